@@ -1,0 +1,1 @@
+"""commstack's ComponentResources: one module per service."""

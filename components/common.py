@@ -1,0 +1,130 @@
+"""Small pieces every component uses: options, secrets, images, files, containers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Mapping, Optional, Sequence
+
+import pulumi
+import pulumi_docker as docker
+import pulumi_random as random
+import yaml
+
+from components.settings import CONFIGS_DIR
+
+# Options for anything whose loss loses data: never deleted by `pulumi up`
+# or `destroy`, and kept in the cloud if it ever leaves the program.
+STATEFUL = {"protect": True, "retain_on_delete": True}
+
+
+def child(parent: pulumi.Resource, **kwargs: Any) -> pulumi.ResourceOptions:
+    return pulumi.ResourceOptions(parent=parent, **kwargs)
+
+
+def stateful_child(parent: pulumi.Resource, **kwargs: Any) -> pulumi.ResourceOptions:
+    return pulumi.ResourceOptions(parent=parent, **STATEFUL, **kwargs)
+
+
+@lru_cache(maxsize=1)
+def images() -> dict[str, str]:
+    return yaml.safe_load((CONFIGS_DIR / "images.yaml").read_text())
+
+
+def image(key: str) -> str:
+    return images()[key]
+
+
+def generated_secret(name: str, parent: pulumi.Resource, length: int = 48, protect: bool = False) -> pulumi.Output:
+    """A random alphanumeric secret; the value only ever travels as a secret Output.
+
+    Alphanumeric keeps it safe inside URLs, YAML, SQL literals and config files
+    without quoting rules.
+    """
+    password = random.RandomPassword(
+        name, length=length, special=False, opts=pulumi.ResourceOptions(parent=parent, protect=protect)
+    )
+    return pulumi.Output.secret(password.result)
+
+
+def generated_bytes_b64(name: str, parent: pulumi.Resource, length: int = 32, protect: bool = False) -> pulumi.Output:
+    """`length` random bytes, base64: the shape Signal-Server's shared secrets need."""
+    raw = random.RandomBytes(name, length=length, opts=pulumi.ResourceOptions(parent=parent, protect=protect))
+    return pulumi.Output.secret(raw.base64)
+
+
+def to_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=1000)
+
+
+def yaml_output(data: Any) -> pulumi.Output:
+    """Renders a structure that may hold Outputs to YAML; stays secret if any part is."""
+    return pulumi.Output.from_input(data).apply(to_yaml)
+
+
+@dataclass
+class ConfigFile:
+    """A file the program places in a container."""
+
+    path: str
+    content: pulumi.Input[str]
+    executable: bool = False
+
+
+@dataclass
+class ContainerSpec:
+    """What differs between the service containers; the rest is policy."""
+
+    image_key: str
+    network: pulumi.Input[str]
+    aliases: Sequence[str]
+    files: Sequence[ConfigFile] = ()
+    command: Optional[Sequence[str]] = None
+    entrypoint: Optional[Sequence[str]] = None
+    envs: Optional[Mapping[str, pulumi.Input[str]]] = None
+    ports: Sequence[docker.ContainerPortArgs] = ()
+    volumes: Sequence[docker.ContainerVolumeArgs] = ()
+    healthcheck: Optional[Sequence[str]] = None
+    user: Optional[str] = None
+    extra: dict = field(default_factory=dict)
+
+
+def service_container(name: str, spec: ContainerSpec, parent: pulumi.Resource,
+                      provider: Optional[pulumi.ProviderResource] = None,
+                      depends_on: Sequence[pulumi.Resource] = ()) -> docker.Container:
+    """A long-running service container: pinned image, restart unless stopped,
+    private network only, config files uploaded (no bind-mounted hand-edited files)."""
+    opts = pulumi.ResourceOptions(parent=parent, provider=provider)
+    img = docker.RemoteImage(f"{name}-image", name=image(spec.image_key), keep_locally=True, opts=opts)
+    healthcheck = None
+    if spec.healthcheck:
+        healthcheck = docker.ContainerHealthcheckArgs(
+            tests=list(spec.healthcheck), interval="15s", timeout="5s", retries=5, start_period="30s"
+        )
+    envs = None
+    if spec.envs:
+        envs = pulumi.Output.all(**dict(spec.envs)).apply(lambda e: [f"{k}={v}" for k, v in sorted(e.items())])
+    return docker.Container(
+        name,
+        name=name,
+        image=img.image_id,
+        restart="unless-stopped",
+        networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=spec.network, aliases=list(spec.aliases))],
+        uploads=[
+            docker.ContainerUploadArgs(file=f.path, content=f.content, executable=f.executable)
+            for f in spec.files
+        ],
+        command=list(spec.command) if spec.command else None,
+        entrypoints=list(spec.entrypoint) if spec.entrypoint else None,
+        envs=envs,
+        ports=list(spec.ports),
+        volumes=list(spec.volumes),
+        healthcheck=healthcheck,
+        user=spec.user,
+        **spec.extra,
+        opts=pulumi.ResourceOptions(parent=parent, provider=provider, depends_on=list(depends_on)),
+    )
+
+
+def tcp_port(port: int, external: Optional[int] = None, protocol: str = "tcp") -> docker.ContainerPortArgs:
+    return docker.ContainerPortArgs(internal=port, external=external or port, protocol=protocol)

@@ -1,0 +1,425 @@
+"""Every stack setting, read once, validated, and frozen.
+
+`load_settings()` is the only place that touches `pulumi.Config`. It runs
+before any resource is registered and raises one `SettingsError` that lists
+every bad or missing value, each with the key, what is wrong and the
+`pulumi config set …` line that fixes it.
+
+`CONFIG_KEYS` is the config reference: the README table is checked against it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pulumi
+
+PROJECT = "commstack"
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+KNOWN_BRIDGES = ("whatsapp", "telegram")
+_DNS_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_DOMAIN_RE = re.compile(rf"^(?:{_DNS_LABEL}\.)+{_DNS_LABEL}$")
+_REGION_RE = re.compile(r"^[a-z]{2}(?:-gov)?-[a-z]+-\d$")
+_INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\d[a-z0-9-]*\.(?:nano|micro|small|medium|large|metal|\d*xlarge)$")
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_DOCKER_HOST_RE = re.compile(r"^(?:unix|tcp|ssh|npipe)://\S+$")
+_S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S+$")
+_REPO_RE = re.compile(r"^https://[A-Za-z0-9.-]+/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+?(?:\.git)?$")
+
+
+@dataclass(frozen=True)
+class ConfigKey:
+    """One documented stack setting."""
+
+    name: str
+    default: Any
+    meaning: str
+    example: str
+    secret: bool = False
+    namespace: str = PROJECT
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.namespace}:{self.name}"
+
+    def fix(self, value: Optional[str] = None) -> str:
+        flag = "--secret " if self.secret else ""
+        return f"pulumi config set {flag}{self.full_name} {value or self.example}"
+
+
+CONFIG_KEYS: dict[str, ConfigKey] = {
+    k.full_name: k
+    for k in [
+        # -- the platform as a whole ------------------------------------------
+        ConfigKey("domain", None, "Base domain and Matrix server_name; user IDs are @user:<domain>. Cannot change after the first deploy.", "example.org"),
+        ConfigKey("dockerHost", "", "Docker engine for the containers: empty uses the local socket or DOCKER_HOST; or unix://, tcp://, ssh://user@host.", "ssh://deploy@home.example.org"),
+        ConfigKey("publicIp", "127.0.0.1", "Public IPv4 of the Docker host: TURN's external-ip and the target of the DNS records.", "203.0.113.10"),
+        ConfigKey("tls", "self-signed", "`self-signed` (a certificate the program generates) or `letsencrypt` (Traefik, DNS-01 through Cloudflare).", "letsencrypt"),
+        ConfigKey("acmeEmail", "", "Let's Encrypt account e-mail; required when tls is letsencrypt or the Signal half runs on AWS.", "admin@example.org"),
+        ConfigKey("cloudflareApiToken", None, "Cloudflare API token (secret): manages DNS records and, unless a scoped token is created, answers Traefik's DNS-01.", "<token>", secret=True),
+        ConfigKey("cloudflareDns", False, "Manage the DNS records for both halves in Cloudflare (the zone is looked up by name).", "true"),
+        ConfigKey("cloudflareProxyHttp", False, "Proxy the HTTP hostnames through Cloudflare (TURN and other non-HTTP names always stay DNS-only).", "true"),
+        ConfigKey("cloudflareScopedDnsToken", False, "Create a Cloudflare API token limited to DNS edits in this zone, for Traefik's DNS-01.", "true"),
+        # -- Matrix -------------------------------------------------------------
+        ConfigKey("matrixSubdomain", "matrix", "Host of Synapse (and the proxied client/federation API): <matrixSubdomain>.<domain>.", "matrix"),
+        ConfigKey("elementSubdomain", "element", "Host of Element Web: <elementSubdomain>.<domain>.", "element"),
+        ConfigKey("turnSubdomain", "turn", "Host of the TURN server: <turnSubdomain>.<domain>.", "turn"),
+        ConfigKey("registration", "closed", "`closed` (admins create users) or `token` (registration needs a token an admin issues). Open registration is not offered.", "token"),
+        ConfigKey("federation", True, "Federate with other homeservers.", "false"),
+        ConfigKey("federationPort", 443, "443 (delegated through /.well-known/matrix/server) or 8448 (served directly, published on the host).", "8448"),
+        ConfigKey("turn", True, "Run coturn for voice and video calls (3478, 5349, 49160-49200/udp).", "false"),
+        ConfigKey("element", True, "Serve Element Web.", "false"),
+        ConfigKey("bridges", [], "JSON list of mautrix bridges to run: whatsapp, telegram.", "'[\"whatsapp\",\"telegram\"]'"),
+        ConfigKey("telegramApiId", None, "Telegram api_id from my.telegram.org; required when the telegram bridge is on.", "123456"),
+        ConfigKey("telegramApiHash", None, "Telegram api_hash (secret) from my.telegram.org; required when the telegram bridge is on.", "<api_hash>", secret=True),
+        # -- Signal -------------------------------------------------------------
+        ConfigKey("signal", False, "Deploy the Signal backend as well.", "true"),
+        ConfigKey("signalTarget", "aws", "`aws` (EC2, DynamoDB, S3, SSM) or `docker` (DynamoDB Local and Redis containers on the Docker host).", "docker"),
+        ConfigKey("signalInstanceType", "t3.large", "EC2 instance type for Signal-Server.", "t3.xlarge"),
+        ConfigKey("signalServerRepo", "https://github.com/signalapp/Signal-Server", "Signal-Server source repository (upstream or a fork such as jtof-dev/Signal-Server).", "https://github.com/jtof-dev/Signal-Server"),
+        ConfigKey("signalServerRef", "v9.81.0", "Git tag of Signal-Server; must have a data file configs/signal/<ref>.yaml.", "v9.81.0"),
+        ConfigKey("signalJarS3Uri", "", "Optional s3:// URI of a prebuilt TextSecureServer jar, so a replacement instance starts without building.", "s3://my-builds/TextSecureServer-9.81.0.jar"),
+        ConfigKey("signalRedis", "containers", "`containers` (six-node Redis cluster on the instance) or `elasticache` (AWS ElastiCache, cluster mode).", "elasticache"),
+        ConfigKey("adminCidrs", [], "JSON list of CIDRs allowed to SSH to the Signal instance; empty keeps SSH closed.", "'[\"198.51.100.7/32\"]'"),
+        ConfigKey("region", None, "AWS region of the Signal half; required when signal is on and signalTarget is aws.", "eu-central-1", namespace="aws"),
+    ]
+}
+
+
+class SettingsError(ValueError):
+    """Raised with every problem found in the stack config."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__(
+            "The stack config has "
+            + (f"{len(problems)} problems" if len(problems) > 1 else "a problem")
+            + ":\n  - "
+            + "\n  - ".join(problems)
+        )
+
+
+# -- settings objects -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    public_ip: str
+    tls: str
+    acme_email: str
+    cloudflare_dns: bool
+    cloudflare_proxy_http: bool
+    cloudflare_scoped_dns_token: bool
+    cloudflare_api_token: Optional[pulumi.Output] = field(default=None, repr=False)
+
+    @property
+    def letsencrypt(self) -> bool:
+        return self.tls == "letsencrypt"
+
+
+@dataclass(frozen=True)
+class MatrixSettings:
+    domain: str
+    matrix_host: str
+    element_host: str
+    turn_host: str
+    registration: str
+    federation: bool
+    federation_port: int
+    turn: bool
+    element: bool
+    bridges: tuple[str, ...]
+    telegram_api_id: Optional[int] = None
+    telegram_api_hash: Optional[pulumi.Output] = field(default=None, repr=False)
+
+    @property
+    def server_name(self) -> str:
+        return self.domain
+
+    @property
+    def public_baseurl(self) -> str:
+        return f"https://{self.matrix_host}/"
+
+
+@dataclass(frozen=True)
+class SignalSettings:
+    enabled: bool
+    target: str
+    region: Optional[str]
+    instance_type: str
+    server_repo: str
+    server_ref: str
+    jar_s3_uri: str
+    redis: str
+    admin_cidrs: tuple[str, ...]
+
+    @property
+    def data_file(self) -> Path:
+        return CONFIGS_DIR / "signal" / f"{self.server_ref}.yaml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    stack: str
+    docker_host: str
+    edge: EdgeSettings
+    matrix: MatrixSettings
+    signal: SignalSettings
+
+
+# -- reading ----------------------------------------------------------------------
+
+
+class _Reader:
+    """Reads raw values and collects problems instead of failing on the first."""
+
+    def __init__(self) -> None:
+        self._configs = {ns: pulumi.Config(ns) for ns in {k.namespace for k in CONFIG_KEYS.values()}}
+        self.problems: list[str] = []
+
+    def problem(self, key: str, what: str, fix_value: Optional[str] = None) -> None:
+        spec = CONFIG_KEYS[key]
+        self.problems.append(f"{spec.full_name}: {what}. Fix: {spec.fix(fix_value)}")
+
+    def raw(self, key: str) -> Optional[str]:
+        spec = CONFIG_KEYS[key]
+        cfg = self._configs[spec.namespace]
+        if spec.secret:
+            # Presence only; the value stays inside an Output.
+            return None if cfg.get_secret(spec.name) is None else "<secret>"
+        return cfg.get(spec.name)
+
+    def secret(self, key: str) -> Optional[pulumi.Output]:
+        spec = CONFIG_KEYS[key]
+        return self._configs[spec.namespace].get_secret(spec.name)
+
+    def text(self, key: str) -> str:
+        value = self.raw(key)
+        if value is None:
+            default = CONFIG_KEYS[key].default
+            return "" if default is None else str(default)
+        return value.strip()
+
+    def choice(self, key: str, choices: tuple[str, ...]) -> str:
+        value = self.text(key)
+        if value not in choices:
+            self.problem(key, f"must be one of {', '.join(choices)}, not {value!r}", choices[0])
+        return value
+
+    def boolean(self, key: str) -> bool:
+        value = self.raw(key)
+        if value is None:
+            return bool(CONFIG_KEYS[key].default)
+        lowered = value.strip().lower()
+        if lowered in ("true", "false"):
+            return lowered == "true"
+        self.problem(key, f"must be true or false, not {value!r}", "true")
+        return bool(CONFIG_KEYS[key].default)
+
+    def string_list(self, key: str) -> tuple[str, ...]:
+        value = self.raw(key)
+        if value is None:
+            return tuple(CONFIG_KEYS[key].default)
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, list) or not all(isinstance(item, str) for item in parsed):
+            self.problem(key, f"must be a JSON list of strings, not {value!r}")
+            return ()
+        return tuple(parsed)
+
+    def check(self, ok: bool, key: str, what: str, fix_value: Optional[str] = None) -> None:
+        if not ok:
+            self.problem(key, what, fix_value)
+
+
+def _valid_ipv4(value: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(value), ipaddress.IPv4Address)
+    except ValueError:
+        return False
+
+
+def _valid_cidr(value: str) -> bool:
+    try:
+        ipaddress.ip_network(value, strict=True)
+        return True
+    except ValueError:
+        return False
+
+
+def valid_git_ref(ref: str) -> bool:
+    """The rules of `git check-ref-format` that matter for a tag or branch name."""
+    if not ref or ref.startswith(("-", "/")) or ref.endswith((".", "/", ".lock")):
+        return False
+    if ".." in ref or "@{" in ref or "//" in ref:
+        return False
+    return not any(c in ref for c in " ~^:?*[\\\t\n") and ref.isprintable()
+
+
+def supported_signal_refs() -> list[str]:
+    return sorted(p.stem for p in (CONFIGS_DIR / "signal").glob("v*.yaml"))
+
+
+def load_settings(stack: Optional[str] = None) -> Settings:
+    """Reads and validates the whole stack config; raises SettingsError."""
+    r = _Reader()
+    stack = stack or pulumi.get_stack()
+
+    # -- edge
+    domain = r.text("commstack:domain").lower()
+    if not domain:
+        r.problem("commstack:domain", "is required (the Matrix server_name; user IDs become @user:<domain>)")
+    elif not _DOMAIN_RE.match(domain):
+        r.problem("commstack:domain", f"{domain!r} is not a valid DNS name (lowercase labels joined by dots)")
+
+    docker_host = r.text("commstack:dockerHost")
+    r.check(not docker_host or bool(_DOCKER_HOST_RE.match(docker_host)), "commstack:dockerHost",
+            f"{docker_host!r} is not a Docker host URL (unix://, tcp:// or ssh://user@host)")
+
+    public_ip = r.text("commstack:publicIp")
+    r.check(_valid_ipv4(public_ip), "commstack:publicIp", f"{public_ip!r} is not an IPv4 address")
+
+    tls = r.choice("commstack:tls", ("self-signed", "letsencrypt"))
+    acme_email = r.text("commstack:acmeEmail")
+    r.check(not acme_email or bool(_EMAIL_RE.match(acme_email)), "commstack:acmeEmail",
+            f"{acme_email!r} is not an e-mail address")
+
+    cloudflare_dns = r.boolean("commstack:cloudflareDns")
+    cloudflare_proxy_http = r.boolean("commstack:cloudflareProxyHttp")
+    scoped_token = r.boolean("commstack:cloudflareScopedDnsToken")
+    cloudflare_token = r.secret("commstack:cloudflareApiToken")
+    if tls == "letsencrypt":
+        r.check(bool(acme_email), "commstack:acmeEmail", "is required when tls is letsencrypt")
+    needs_cloudflare = [why for why, on in (("tls is letsencrypt (DNS-01)", tls == "letsencrypt"),
+                                           ("cloudflareDns is true", cloudflare_dns),
+                                           ("cloudflareScopedDnsToken is true", scoped_token)) if on]
+    if needs_cloudflare and cloudflare_token is None:
+        r.problem("commstack:cloudflareApiToken", f"is required because {' and '.join(needs_cloudflare)}")
+    r.check(not scoped_token or cloudflare_dns, "commstack:cloudflareScopedDnsToken",
+            "needs cloudflareDns true (the token is scoped to the zone the program looks up)", "false")
+    r.check(not cloudflare_proxy_http or cloudflare_dns, "commstack:cloudflareProxyHttp",
+            "needs cloudflareDns true", "false")
+
+    # -- matrix
+    subdomains = {}
+    for key in ("commstack:matrixSubdomain", "commstack:elementSubdomain", "commstack:turnSubdomain"):
+        label = r.text(key).lower()
+        r.check(bool(re.fullmatch(_DNS_LABEL, label)), key, f"{label!r} is not a single DNS label")
+        subdomains[key] = label
+    if len(set(subdomains.values())) != len(subdomains):
+        r.problem("commstack:elementSubdomain", "matrix, element and turn subdomains must all differ", "element")
+
+    registration = r.choice("commstack:registration", ("closed", "token"))
+    federation = r.boolean("commstack:federation")
+    federation_port_text = r.text("commstack:federationPort")
+    federation_port = int(federation_port_text) if federation_port_text in ("443", "8448") else 443
+    r.check(federation_port_text in ("443", "8448"), "commstack:federationPort",
+            f"must be 443 or 8448, not {federation_port_text!r}", "443")
+    turn = r.boolean("commstack:turn")
+    element = r.boolean("commstack:element")
+
+    bridges = r.string_list("commstack:bridges")
+    unknown = [b for b in bridges if b not in KNOWN_BRIDGES]
+    r.check(not unknown, "commstack:bridges",
+            f"unknown bridge(s) {', '.join(unknown)}; known: {', '.join(KNOWN_BRIDGES)}", '\'["whatsapp"]\'')
+    r.check(len(set(bridges)) == len(bridges), "commstack:bridges", "lists a bridge twice", '\'["whatsapp"]\'')
+    bridges = tuple(b for b in dict.fromkeys(bridges) if b in KNOWN_BRIDGES)
+
+    telegram_api_id: Optional[int] = None
+    telegram_api_hash = r.secret("commstack:telegramApiHash")
+    if "telegram" in bridges:
+        api_id = r.text("commstack:telegramApiId")
+        if not api_id:
+            r.problem("commstack:telegramApiId", "is required when the telegram bridge is on (get it at my.telegram.org)")
+        elif not api_id.isdigit():
+            r.problem("commstack:telegramApiId", f"must be a number, not {api_id!r}")
+        else:
+            telegram_api_id = int(api_id)
+        r.check(telegram_api_hash is not None, "commstack:telegramApiHash",
+                "is required when the telegram bridge is on (get it at my.telegram.org)")
+
+    # -- signal
+    signal_on = r.boolean("commstack:signal")
+    target = r.choice("commstack:signalTarget", ("aws", "docker"))
+    region = r.text("aws:region") or None
+    instance_type = r.text("commstack:signalInstanceType")
+    repo = r.text("commstack:signalServerRepo")
+    ref = r.text("commstack:signalServerRef")
+    jar = r.text("commstack:signalJarS3Uri")
+    redis = r.choice("commstack:signalRedis", ("containers", "elasticache"))
+    admin_cidrs = r.string_list("commstack:adminCidrs")
+    if signal_on:
+        if target == "aws":
+            if region is None:
+                r.problem("aws:region", "is required when signal is on and signalTarget is aws")
+            else:
+                r.check(bool(_REGION_RE.match(region)), "aws:region", f"{region!r} is not an AWS region name")
+            r.check(bool(acme_email), "commstack:acmeEmail", "is required for the Signal TLS front (certbot)")
+        r.check(target == "aws" or redis == "containers", "commstack:signalRedis",
+                "elasticache needs signalTarget aws", "containers")
+        r.check(bool(_INSTANCE_TYPE_RE.match(instance_type)), "commstack:signalInstanceType",
+                f"{instance_type!r} is not an EC2 instance type", "t3.large")
+        r.check(bool(_REPO_RE.match(repo)), "commstack:signalServerRepo",
+                f"{repo!r} is not an https git repository URL")
+        if not valid_git_ref(ref):
+            r.problem("commstack:signalServerRef", f"{ref!r} is not a valid git ref")
+        elif ref not in supported_signal_refs():
+            r.problem("commstack:signalServerRef",
+                      f"{ref!r} has no data file configs/signal/{ref}.yaml; supported: {', '.join(supported_signal_refs())}",
+                      "v9.81.0")
+        r.check(not jar or bool(_S3_URI_RE.match(jar)), "commstack:signalJarS3Uri", f"{jar!r} is not an s3://bucket/key URI")
+        bad_cidrs = [c for c in admin_cidrs if not _valid_cidr(c)]
+        r.check(not bad_cidrs, "commstack:adminCidrs", f"not CIDRs: {', '.join(bad_cidrs)}", '\'["198.51.100.7/32"]\'')
+        open_world = [c for c in admin_cidrs if _valid_cidr(c) and ipaddress.ip_network(c).prefixlen == 0]
+        r.check(not open_world, "commstack:adminCidrs", "must not open SSH to the whole internet (0.0.0.0/0 or ::/0)",
+                '\'["198.51.100.7/32"]\'')
+
+    if r.problems:
+        raise SettingsError(r.problems)
+
+    return Settings(
+        stack=stack,
+        docker_host=docker_host,
+        edge=EdgeSettings(
+            public_ip=public_ip,
+            tls=tls,
+            acme_email=acme_email,
+            cloudflare_dns=cloudflare_dns,
+            cloudflare_proxy_http=cloudflare_proxy_http,
+            cloudflare_scoped_dns_token=scoped_token,
+            cloudflare_api_token=cloudflare_token,
+        ),
+        matrix=MatrixSettings(
+            domain=domain,
+            matrix_host=f"{subdomains['commstack:matrixSubdomain']}.{domain}",
+            element_host=f"{subdomains['commstack:elementSubdomain']}.{domain}",
+            turn_host=f"{subdomains['commstack:turnSubdomain']}.{domain}",
+            registration=registration,
+            federation=federation,
+            federation_port=federation_port,
+            turn=turn,
+            element=element,
+            bridges=bridges,
+            telegram_api_id=telegram_api_id,
+            telegram_api_hash=telegram_api_hash if "telegram" in bridges else None,
+        ),
+        signal=SignalSettings(
+            enabled=signal_on,
+            target=target,
+            region=region,
+            instance_type=instance_type,
+            server_repo=repo,
+            server_ref=ref,
+            jar_s3_uri=jar,
+            redis=redis,
+            admin_cidrs=tuple(admin_cidrs),
+        ),
+    )
