@@ -1,9 +1,74 @@
-"""commstack: reads the stack settings, then composes the components."""
+"""commstack: reads the stack settings, then composes the components.
+
+Provider SDKs a stack does not use are never imported (pulumi_cloudflare
+alone costs seconds), so each optional half is imported where it is used.
+"""
 
 import pulumi
 
 from components.settings import load_settings
 
-settings = load_settings()
+settings = load_settings()  # raises before any resource exists if the config is wrong
 
-pulumi.export("serverName", settings.matrix.server_name)
+import pulumi_docker as docker  # noqa: E402
+
+from components.matrix.homeserver import Homeserver, HomeserverArgs  # noqa: E402
+
+# An explicit provider only when the stack names a Docker host; otherwise the
+# default provider uses the local socket or DOCKER_HOST.
+docker_opts = (
+    pulumi.ResourceOptions(provider=docker.Provider("docker-host", host=settings.docker_host))
+    if settings.docker_host
+    else pulumi.ResourceOptions()
+)
+
+dns_api_token = settings.edge.cloudflare_api_token
+if settings.edge.cloudflare_scoped_dns_token:
+    from components.edge.dns import DnsApiToken, DnsApiTokenArgs
+
+    dns_api_token = DnsApiToken(
+        "acme-dns-token",
+        DnsApiTokenArgs(zone_name=settings.matrix.domain, api_token=settings.edge.cloudflare_api_token),
+    ).value
+
+matrix = Homeserver(
+    "matrix",
+    HomeserverArgs(matrix=settings.matrix, edge=settings.edge, dns_api_token=dns_api_token),
+    opts=docker_opts,
+)
+dns_records = list(matrix.dns_records)
+
+pulumi.export("serverName", matrix.server_name)
+pulumi.export("homeserverUrl", matrix.homeserver_url)
+pulumi.export("elementUrl", matrix.element_url)
+pulumi.export("turnUris", matrix.turn_uris)
+pulumi.export("registrationSharedSecret", matrix.registration_shared_secret)
+pulumi.export("createAdminCommand", matrix.create_admin_command)
+
+if settings.signal.enabled:
+    from components.signal.backend import Backend, BackendArgs
+
+    signal = Backend(
+        "signal",
+        BackendArgs(signal=settings.signal, edge=settings.edge, domain=settings.matrix.domain),
+        opts=docker_opts if settings.signal.target == "docker" else pulumi.ResourceOptions(),
+    )
+    dns_records += signal.dns_records
+    pulumi.export("signalPublicIp", signal.public_ip)
+    pulumi.export("signalHostnames", signal.hostnames)
+    pulumi.export("signalUdTrustRoot", signal.ud_trust_root)
+    pulumi.export("signalZkPublicParams", signal.zk_public_params)
+    pulumi.export("signalClientInstructions", signal.client_instructions)
+
+if settings.edge.cloudflare_dns:
+    from components.edge.dns import Dns, DnsArgs
+
+    Dns(
+        "dns",
+        DnsArgs(
+            zone_name=settings.matrix.domain,
+            api_token=settings.edge.cloudflare_api_token,
+            records=dns_records,
+            proxy_http=settings.edge.cloudflare_proxy_http,
+        ),
+    )

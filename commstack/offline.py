@@ -447,11 +447,13 @@ def evaluate(
     secret_keys: Optional[list[str]] = None,
     program: Optional[Path] = None,
     preview: bool = False,
+    record: Optional[Evaluation] = None,
 ) -> Evaluation:
     """Runs the program once on the offline engine and returns what it registered.
 
     `config` is the full config map (keys like `commstack:domain`); omit it to
-    use the committed stack file. Exceptions raised by the program propagate.
+    use the committed stack file. Exceptions raised by the program propagate;
+    pass `record` to keep what was registered before one.
     """
     import pulumi
     from pulumi.runtime import mocks, settings as runtime_settings
@@ -460,7 +462,7 @@ def evaluate(
 
     if config is None:
         config = stack_config(stack)
-    evaluation = Evaluation(stack=stack)
+    evaluation = record if record is not None else Evaluation(stack=stack)
     monitor = make_monitor(evaluation)
     runtime_settings.ROOT.set(None)
     pulumi.runtime.set_all_config(dict(config), list(secret_keys or []))
