@@ -1,0 +1,109 @@
+"""The whole program on each committed stack file, on the offline engine."""
+
+import re
+
+import pytest
+
+from commstack import offline
+from components.edge.ports import FEDERATION_PORT, public_ports
+from tests.conftest import evaluate
+
+STACKS = offline.committed_stacks()
+STATEFUL_TYPES = {
+    "docker:index/volume:Volume",
+    "aws:dynamodb/table:Table",
+    "aws:ssm/parameter:Parameter",
+    "aws:s3/bucketV2:BucketV2",
+    "aws:s3/bucket:Bucket",
+}
+
+
+@pytest.fixture(scope="module", params=STACKS)
+def evaluation(request):
+    return evaluate(request.param)
+
+
+def generated_secret_values(ev: offline.Evaluation) -> set[str]:
+    """Every value the emulated providers generated as a secret (passwords, keys, tokens)."""
+    values = set()
+    for reg in ev.registrations:
+        for key, value in reg.outputs.items():
+            if offline.is_secret(value) and key not in reg.inputs:
+                plain = offline.unwrap(value)
+                if isinstance(plain, str) and len(plain) >= 8:
+                    values.add(plain)
+    return values
+
+
+def walk_strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from walk_strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from walk_strings(v)
+
+
+def test_committed_stacks_are_dev_and_prod():
+    assert {"dev", "prod"} <= set(STACKS)
+
+
+def test_program_registers_resources(evaluation):
+    assert len(evaluation.registrations) > 20
+
+
+def test_component_type_tokens_follow_the_convention(evaluation):
+    components = [r for r in evaluation.registrations if not r.custom]
+    assert components
+    for reg in components:
+        assert re.fullmatch(r"commstack:(matrix|signal|edge):[A-Z][A-Za-z]+", reg.type), reg.type
+
+
+def test_every_resource_has_a_component_parent(evaluation):
+    component_urns = {r.urn for r in evaluation.registrations if not r.custom}
+    for reg in evaluation.registrations:
+        if reg.type.startswith("pulumi:providers:"):
+            continue
+        if reg.custom:
+            assert reg.parent in component_urns, f"{reg.type} {reg.name} is not parented to a component"
+
+
+def test_no_generated_secret_reaches_a_non_secret_input_or_output(evaluation):
+    secrets = generated_secret_values(evaluation)
+    assert secrets, "the program generated no secrets?"
+    for reg in evaluation.registrations:
+        for where, data in (("input", reg.inputs), ("output", reg.outputs)):
+            for text in walk_strings(offline.strip_secrets(data)):
+                leaked = [s for s in secrets if s in text]
+                assert not leaked, f"{reg.type} {reg.name}: a generated secret is in a plain {where}"
+    for text in walk_strings(offline.strip_secrets(evaluation.stack_outputs)):
+        assert not [s for s in secrets if s in text], "a generated secret is in a plain stack output"
+
+
+def test_shared_secret_output_is_secret(evaluation):
+    assert offline.is_secret(evaluation.stack_outputs["registrationSharedSecret"])
+
+
+def test_only_listed_ports_are_published(evaluation):
+    allowed = {(n, proto) for p in public_ports() for n in p.numbers() for proto in p.protocols}
+    if offline.stack_config(evaluation.stack).get("commstack:federationPort") == "8448":
+        allowed |= {(FEDERATION_PORT, "tcp")}
+    for reg in evaluation.of_type("docker:index/container:Container"):
+        for port in reg.plain_inputs.get("ports") or []:
+            published = (int(port.get("external", port["internal"])), port.get("protocol", "tcp"))
+            assert published in allowed, f"{reg.name} publishes {published}"
+
+
+def test_stateful_resources_are_protected(evaluation):
+    stateful = [r for r in evaluation.registrations if r.type in STATEFUL_TYPES]
+    assert stateful
+    for reg in stateful:
+        assert reg.protect is True, f"{reg.type} {reg.name} is not protected"
+
+
+def test_images_are_pinned(evaluation):
+    for reg in evaluation.of_type("docker:index/remoteImage:RemoteImage"):
+        name = reg.plain_inputs["name"]
+        assert ":" in name.rsplit("/", 1)[-1] and not name.endswith(":latest"), name
