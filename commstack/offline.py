@@ -314,6 +314,15 @@ def emulate_outputs(type_: str, name: str, inputs: dict) -> tuple[str, dict]:
             rid = f"sg-{secrets.token_hex(8)}"
         elif type_ == "aws:kms/key:Key":
             state["arn"] = f"arn:aws:kms:{region}:{ACCOUNT_ID}:key/{secrets.token_hex(16)}"
+        elif type_.startswith("aws:appconfig/"):
+            kind = type_.rsplit(":", 1)[1]
+            generated = {"Environment": "environmentId", "ConfigurationProfile": "configurationProfileId",
+                         "Application": "id"}.get(kind)
+            if generated:
+                state.setdefault(generated, secrets.token_hex(4))
+            if kind == "HostedConfigurationVersion":
+                state["versionNumber"] = 1
+            state["arn"] = f"arn:aws:appconfig:{region}:{ACCOUNT_ID}:application/{inputs.get('applicationId', rid)}"
         elif type_.startswith("aws:elasticache/"):
             state["configurationEndpointAddress"] = f"{name}.abc123.clustercfg.{region}.cache.amazonaws.com"
             state["arn"] = f"arn:aws:elasticache:{region}:{ACCOUNT_ID}:replicationgroup:{name}"
@@ -392,7 +401,7 @@ def make_monitor(evaluation: Evaluation):
                     retain_on_delete=request.retainOnDelete if request.HasField("retainOnDelete") else None,
                     ignore_changes=list(request.ignoreChanges), replace_on_changes=list(request.replaceOnChanges),
                     dependencies=list(request.dependencies),
-                    aliases=[a.name or a.urn for a in request.aliases] + list(request.aliasURNs),
+                    aliases=[a.urn or a.spec.name or a.spec.type for a in request.aliases] + list(request.aliasURNs),
                     provider=request.provider,
                 )
             )

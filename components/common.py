@@ -86,6 +86,8 @@ class ContainerSpec:
     volumes: Sequence[docker.ContainerVolumeArgs] = ()
     healthcheck: Optional[Sequence[str]] = None
     user: Optional[str] = None
+    # One-shot jobs (e.g. the Postgres provisioner) use "no".
+    restart: str = "unless-stopped"
     extra: dict = field(default_factory=dict)
 
 
@@ -108,7 +110,7 @@ def service_container(name: str, spec: ContainerSpec, parent: pulumi.Resource,
         name,
         name=name,
         image=img.image_id,
-        restart="unless-stopped",
+        restart=spec.restart,
         networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=spec.network, aliases=list(spec.aliases))],
         uploads=[
             docker.ContainerUploadArgs(file=f.path, content=f.content, executable=f.executable)
@@ -128,3 +130,10 @@ def service_container(name: str, spec: ContainerSpec, parent: pulumi.Resource,
 
 def tcp_port(port: int, external: Optional[int] = None, protocol: str = "tcp") -> docker.ContainerPortArgs:
     return docker.ContainerPortArgs(internal=port, external=external or port, protocol=protocol)
+
+
+def published_ports(ports: Sequence[Any]) -> list[docker.ContainerPortArgs]:
+    """Host port mappings, one per number and protocol, for entries of configs/ports.yaml
+    (`components.edge.ports.PublicPort`), so Docker publishes exactly that list."""
+    return [docker.ContainerPortArgs(internal=number, external=number, protocol=protocol)
+            for port in ports for number in port.numbers() for protocol in port.protocols]

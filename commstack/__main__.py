@@ -1,0 +1,58 @@
+"""`python -m commstack COMMAND …`: dispatches to one subcommand module.
+
+Every subcommand module exposes `add_arguments(parser)` and
+`main(args: argparse.Namespace) -> int`. Only the module of the command
+being run is imported, so `doctor` never pays for the Pulumi SDKs and
+`render` never for `requests`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from types import ModuleType
+from typing import Optional, Sequence
+
+COMMANDS = {
+    "render": ("commstack.render", "write every file the program would deploy, from the offline engine"),
+    "bench": ("commstack.bench", "time each committed stack on the offline engine and the harness cold boot"),
+    "doctor": ("commstack.doctor", "check a deployed stack from outside: DNS, TLS, well-known, APIs, TURN, bridges"),
+    "create-admin": ("commstack.admin", "create the first Synapse admin with the registration shared secret"),
+}
+
+
+def _module(command: str) -> Optional[ModuleType]:
+    name = COMMANDS[command][0]
+    # find_spec rather than catching ImportError, so a broken module still fails loudly.
+    return importlib.import_module(name) if importlib.util.find_spec(name) else None
+
+
+def build_parser(selected: Optional[str] = None) -> argparse.ArgumentParser:
+    """The CLI parser; only `selected`'s options are added (its module is imported)."""
+    parser = argparse.ArgumentParser(prog="python -m commstack",
+                                     description="Offline render and bench of the commstack program; checks of a deployed stack.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command, (_, help_text) in COMMANDS.items():
+        sub = commands.add_parser(command, help=help_text, description=help_text)
+        module = _module(command) if command == selected else None
+        if module is not None:
+            module.add_arguments(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    selected = argv[0] if argv and argv[0] in COMMANDS else None
+    args = build_parser(selected).parse_args(argv)
+    module = _module(args.command)
+    if module is None:
+        print(f"error: `{args.command}` is not available in this checkout ({COMMANDS[args.command][0]} is missing)",
+              file=sys.stderr)
+        return 2
+    return int(module.main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""`python -m commstack create-admin`: the first admin user, with the shared secret.
+
+Implements Synapse's shared-secret registration (element-hq/synapse
+docs/admin_api/register_api.md and synapse/rest/admin/users.py, v1.163.2):
+GET a nonce from /_synapse/admin/v1/register, then POST the user with an
+HMAC-SHA1 keyed by `registration_shared_secret` over
+nonce NUL user NUL password NUL ("admin" | "notadmin").
+
+The secret is read from stack state (`pulumi stack output --show-secrets`)
+and only ever held in memory; nothing here prints it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import hmac
+import json
+import subprocess
+import sys
+from typing import Any, Optional
+
+import requests
+
+REGISTER_PATH = "/_synapse/admin/v1/register"
+TIMEOUT = 15
+
+
+class AdminError(RuntimeError):
+    """A failure the user can act on; the message says how."""
+
+
+def registration_mac(shared_secret: str, nonce: str, username: str, password: str, admin: bool) -> str:
+    mac = hmac.new(shared_secret.encode(), digestmod=hashlib.sha1)
+    for part in (nonce, username, password):
+        mac.update(part.encode())
+        mac.update(b"\x00")
+    mac.update(b"admin" if admin else b"notadmin")
+    return mac.hexdigest()
+
+
+def register_user(base_url: str, shared_secret: str, username: str, password: str, admin: bool = True,
+                  verify: bool = True) -> str:
+    """Creates `username` on the homeserver at `base_url`; returns the full user id."""
+    return register(base_url, shared_secret, username, password, admin=admin, verify=verify)["user_id"]
+
+
+def register(base_url: str, shared_secret: str, username: str, password: str, admin: bool = True,
+             verify: bool = True) -> dict:
+    """Shared-secret registration; returns Synapse's answer (user_id, access_token, device_id)."""
+    url = base_url.rstrip("/") + REGISTER_PATH
+    nonce_response = requests.get(url, timeout=TIMEOUT, verify=verify)
+    if nonce_response.status_code != 200:
+        raise AdminError(f"GET {url} answered {nonce_response.status_code}: is registration_shared_secret set "
+                         f"and /_synapse/admin reachable at this URL? ({nonce_response.text[:200]})")
+    nonce = nonce_response.json()["nonce"]
+    body = {
+        "nonce": nonce,
+        "username": username,
+        "password": password,
+        "admin": admin,
+        "mac": registration_mac(shared_secret, nonce, username, password, admin),
+    }
+    response = requests.post(url, json=body, timeout=TIMEOUT, verify=verify)
+    if response.status_code != 200:
+        error = _matrix_error(response)
+        hint = {
+            "M_USER_IN_USE": "that user already exists; pick another --user",
+            "M_UNKNOWN": "check that the shared secret in stack state matches the deployed homeserver.yaml",
+        }.get(error.get("errcode", ""), "see the homeserver log")
+        raise AdminError(f"registration of {username!r} failed ({response.status_code} "
+                         f"{error.get('errcode')}: {error.get('error')}); {hint}")
+    return response.json()
+
+
+def _matrix_error(response: requests.Response) -> dict:
+    try:
+        return response.json()
+    except ValueError:
+        return {"error": response.text[:200]}
+
+
+def stack_outputs(stack: str, show_secrets: bool = False) -> dict[str, Any]:
+    """The stack's outputs from the Pulumi CLI (values stay in this process)."""
+    command = ["pulumi", "stack", "output", "--stack", stack, "--json"]
+    if show_secrets:
+        command.insert(3, "--show-secrets")
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+    except FileNotFoundError as exc:
+        raise AdminError("the Pulumi CLI is not installed; see the README's quick start") from exc
+    if done.returncode != 0:
+        # stderr never holds output values, only the CLI's complaint.
+        raise AdminError(f"`pulumi stack output --stack {stack}` failed: {done.stderr.strip()[:300]}")
+    return json.loads(done.stdout or "{}")
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("Password for the new admin: ")
+        if password != getpass.getpass("Repeat the password: "):
+            raise AdminError("the passwords differ")
+    if len(password) < 12:
+        raise AdminError("use a password of at least 12 characters")
+    return password
+
+
+def main(args: Any) -> int:
+    """`create-admin --stack NAME --user NAME [--url URL] [--password-stdin] [--insecure-tls]`."""
+    try:
+        outputs = stack_outputs(args.stack, show_secrets=True)
+        secret: Optional[str] = outputs.get("registrationSharedSecret")
+        if not secret:
+            raise AdminError(f"stack {args.stack!r} has no registrationSharedSecret output; run `pulumi up` first")
+        url = getattr(args, "url", None) or outputs.get("homeserverUrl")
+        if not url:
+            raise AdminError("no --url given and the stack has no homeserverUrl output")
+        password = _read_password(getattr(args, "password_stdin", False))
+        user_id = register_user(url, secret, args.user, password, admin=True,
+                                verify=not getattr(args, "insecure_tls", False))
+    except (AdminError, requests.RequestException) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(user_id)
+    return 0
+
+
+def add_arguments(parser) -> None:
+    """The `create-admin` options, for the dispatcher in commstack/__main__.py."""
+    parser.add_argument("--stack", required=True, help="Pulumi stack whose shared secret to use")
+    parser.add_argument("--user", default="admin", help="localpart of the new admin (default: admin)")
+    parser.add_argument("--url", help="homeserver base URL (default: the stack's homeserverUrl output)")
+    parser.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    parser.add_argument("--insecure-tls", action="store_true", help="accept a self-signed certificate")

@@ -1,0 +1,221 @@
+"""`python -m commstack bench`: how heavy is each committed stack?
+
+For every Pulumi.<stack>.yaml it evaluates the whole program on the offline
+engine in fresh interpreters (so SDK import costs count, as they do for
+`pulumi up`), several times, and reports min/median times, the resource
+count and the longest dependency chain (parent, provider and dependency
+edges; its custom resources are created one after another, so its length is
+a floor on `pulumi up`'s duration). A first, untimed run under
+`python -X importtime` shows what each provider SDK costs that stack,
+lazily loaded submodules (`aws.ec2`, …) included. Last, the loopback
+harness's cold boot when tests/integration/harness exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from commstack import offline
+
+PROVIDER_SDKS = ("pulumi_docker", "pulumi_aws", "pulumi_cloudflare", "pulumi_random", "pulumi_tls")
+HARNESS_MODULE = "tests.integration.harness"
+HARNESS_TIMEOUT = 600
+
+_MEASURE = "import json, sys; from commstack.bench import measure_stack; print(json.dumps(measure_stack(sys.argv[1])))"
+
+
+@dataclass
+class StackBench:
+    stack: str
+    process_seconds: list[float] = field(default_factory=list)
+    evaluate_seconds: list[float] = field(default_factory=list)
+    resources: int = 0
+    custom_resources: int = 0
+    chain: list[str] = field(default_factory=list)
+    sdks: list[str] = field(default_factory=list)
+    sdk_import_seconds: dict[str, float] = field(default_factory=dict)
+    error: Optional[str] = None
+
+
+def longest_chain(evaluation: offline.Evaluation) -> list[offline.Registration]:
+    """The custom resources on the longest path of the creation-order graph.
+
+    A resource waits for its dependencies, its parent and its explicit provider;
+    components take no time, so only custom resources count toward the length.
+    """
+    by_urn = {r.urn: r for r in evaluation.registrations}
+    best: dict[str, list[offline.Registration]] = {}
+
+    def waits_for(reg: offline.Registration) -> set[str]:
+        edges = set(reg.dependencies) | {reg.parent}
+        if reg.provider:
+            edges.add(reg.provider.rsplit("::", 1)[0])  # a provider reference is "<urn>::<id>"
+        return {u for u in edges if u in by_urn and u != reg.urn}
+
+    def chain_to(reg: offline.Registration) -> list[offline.Registration]:
+        if reg.urn not in best:
+            longest = max((chain_to(by_urn[u]) for u in sorted(waits_for(reg))), key=len, default=[])
+            best[reg.urn] = longest + [reg] if reg.custom else longest
+        return best[reg.urn]
+
+    # In URN order, so that ties resolve the same way on every run.
+    return max((chain_to(r) for r in sorted(evaluation.registrations, key=lambda r: r.urn)), key=len, default=[])
+
+
+def measure_stack(stack: str) -> dict:
+    """One evaluation in this process (run in a fresh interpreter by `bench`)."""
+    from commstack.render import offline_config
+
+    config, secret_keys, _ = offline_config(stack)
+    start = time.perf_counter()
+    evaluation = offline.evaluate(stack, config=config, secret_keys=secret_keys)
+    elapsed = time.perf_counter() - start
+    return {
+        "evaluateSeconds": elapsed,
+        "resources": len(evaluation.registrations),
+        "customResources": sum(r.custom for r in evaluation.registrations),
+        "chain": [r.name for r in longest_chain(evaluation)],
+        "sdks": [m for m in PROVIDER_SDKS if m in sys.modules],
+    }
+
+
+def _python(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=offline.ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def sdk_import_seconds(importtime_log: str) -> dict[str, float]:
+    """Seconds spent executing each provider SDK's modules, from `-X importtime` output
+    ("import time: self [us] | cumulative | module"); self times, so dependencies such as
+    pulumi itself are not counted twice."""
+    totals = dict.fromkeys(PROVIDER_SDKS, 0.0)
+    for line in importtime_log.splitlines():
+        if not line.startswith("import time:"):
+            continue
+        fields = line[len("import time:"):].split("|")
+        if len(fields) != 3 or not fields[0].strip().isdigit():
+            continue  # the header line
+        module = fields[2].strip()
+        sdk = module.split(".", 1)[0]
+        if sdk in totals:
+            totals[sdk] += int(fields[0]) / 1e6
+    return totals
+
+
+def _failure(proc: subprocess.CompletedProcess) -> str:
+    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("import time:")]
+    return lines[-1] if lines else f"exit status {proc.returncode}"
+
+
+def bench_stack(stack: str, repeat: int) -> StackBench:
+    result = StackBench(stack)
+    warmup = _python("-X", "importtime", "-c", _MEASURE, stack, timeout=300)
+    if warmup.returncode != 0:
+        result.error = _failure(warmup)
+        return result
+    result.sdk_import_seconds = sdk_import_seconds(warmup.stderr)
+    for _ in range(repeat):
+        start = time.perf_counter()
+        proc = _python("-c", _MEASURE, stack, timeout=300)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            result.error = _failure(proc)
+            return result
+        measured = json.loads(proc.stdout.strip().splitlines()[-1])
+        result.process_seconds.append(wall)
+        result.evaluate_seconds.append(measured["evaluateSeconds"])
+        result.resources, result.custom_resources = measured["resources"], measured["customResources"]
+        result.chain, result.sdks = measured["chain"], measured["sdks"]
+    return result
+
+
+def harness_boot() -> tuple[Optional[float], Optional[dict], str]:
+    """(wall seconds, the harness's JSON report, message) of one cold boot."""
+    harness = offline.ROOT.joinpath(*HARNESS_MODULE.split("."))
+    if not (harness.with_suffix(".py").exists() or (harness / "__init__.py").exists()):
+        return None, None, f"skipped: {HARNESS_MODULE} does not exist in this checkout"
+    start = time.perf_counter()
+    try:
+        proc = _python("-m", HARNESS_MODULE, "--boot-only", "--json", timeout=HARNESS_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return None, None, f"failed: no answer within {HARNESS_TIMEOUT} s"
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        return wall, None, f"failed (exit {proc.returncode}): {lines[-1] if lines else 'no output'}"
+    try:
+        report = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        return wall, None, "booted, but its --json output did not parse"
+    return wall, report, "ok"
+
+
+def _min_median(values: list[float]) -> str:
+    return f"{min(values):.2f} / {statistics.median(values):.2f}" if values else "-"
+
+
+def format_report(stacks: list[StackBench], harness: tuple[Optional[float], Optional[dict], str]) -> str:
+    rows = [("stack", "resources", "custom", "evaluate s (min/median)", "process s (min/median)", "longest chain",
+             "provider SDKs imported")]
+    for s in stacks:
+        if s.error:
+            rows.append((s.stack, "-", "-", "-", "-", "-", f"error: {s.error}"))
+            continue
+        rows.append((s.stack, str(s.resources), str(s.custom_resources), _min_median(s.evaluate_seconds),
+                     _min_median(s.process_seconds), str(len(s.chain)),
+                     ", ".join(m.removeprefix("pulumi_") for m in s.sdks) or "none"))
+    lines = _table(rows)
+    lines.append("")
+    for s in stacks:
+        if s.chain:
+            lines.append(f"{s.stack}: longest chain, {len(s.chain)} resources: {' -> '.join(s.chain)}")
+    measured = [s for s in stacks if s.sdk_import_seconds]
+    if measured:
+        lines.append("")
+        lines.append("seconds each stack spends importing each provider SDK (-X importtime, submodules included):")
+        lines += _table([("stack", *(m.removeprefix("pulumi_") for m in PROVIDER_SDKS))] + [
+            (s.stack, *(f"{s.sdk_import_seconds[m]:.2f}" if m in s.sdks else "-" for m in PROVIDER_SDKS))
+            for s in measured])
+    lines.append("")
+    wall, report, message = harness
+    if wall is None or report is None:
+        lines.append(f"loopback harness cold boot: {message}")
+    else:
+        numbers = {k: v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        details = ", ".join(f"{k} {v:.2f}" for k, v in numbers.items())
+        lines.append(f"loopback harness cold boot: {wall:.2f} s wall" + (f" ({details})" if details else ""))
+    return "\n".join(lines)
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repeat", type=int, default=3, help="evaluations per stack (default 3)")
+    parser.add_argument("--stack", action="append", default=[], help="bench only this stack; repeatable")
+    parser.add_argument("--skip-harness", action="store_true", help="do not boot the loopback harness")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.repeat < 1:
+        print("error: --repeat must be at least 1", file=sys.stderr)
+        return 2
+    committed = offline.committed_stacks()
+    unknown = [s for s in args.stack if s not in committed]
+    if unknown:
+        print(f"error: no stack file for {', '.join(unknown)}; committed stacks: {', '.join(committed)}",
+              file=sys.stderr)
+        return 2
+    stacks = [bench_stack(stack, args.repeat) for stack in args.stack or committed]
+    harness = (None, None, "skipped (--skip-harness)") if args.skip_harness else harness_boot()
+    print(format_report(stacks, harness))
+    # Times are information, not a verdict; a stack that does not evaluate is.
+    return 1 if any(s.error for s in stacks) else 0

@@ -1,0 +1,569 @@
+"""`python -m commstack doctor`: checks a deployed stack from outside, as a person would.
+
+DNS answers, TLS certificates, the well-known documents, the client and
+federation APIs, a real TURN allocation with freshly issued credentials,
+each bridge's appservice ping and Signal-Server's health. Prints one table
+row per check with PASS/FAIL/SKIP and a fix hint; exits 1 on any FAIL.
+
+`--stack NAME` reads the hostnames (and, for the throwaway TURN user, the
+shared secret) from `pulumi stack output`; explicit flags override them.
+`--via PUBLIC=LOCAL` sends traffic for a public host:port elsewhere (like
+curl's --connect-to), for a stack reached through a tunnel or the loopback
+harness; only there is `--insecure-tls` meant to be used.
+
+Protocols: Matrix spec v1.x server discovery (/.well-known/matrix/*),
+Client-Server API (/versions, /voip/turnServer, /v1/appservice/{id}/ping),
+Server-Server API (/federation/v1/version, /key/v2/server); TURN per
+RFC 8656 (Allocate) with STUN long-term credentials per RFC 8489 §9.2, and
+the TURN REST credential scheme coturn's use-auth-secret implements.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import os
+import secrets
+import socket
+import ssl
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+
+from commstack.admin import AdminError, register, stack_outputs
+
+TIMEOUT = 10
+PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    detail: str
+    hint: str = ""
+
+
+@dataclass
+class Target:
+    """What to check. Public names as clients see them; `via` only changes where packets go."""
+
+    server_name: str
+    homeserver_url: Optional[str] = None  # expected m.homeserver.base_url (public)
+    well_known_url: Optional[str] = None  # default https://<server_name>
+    turn_uris: list[str] = field(default_factory=list)  # default: what Synapse hands out
+    public_ip: Optional[str] = None  # every A record should point here
+    shared_secret: Optional[str] = None  # registration_shared_secret, for a throwaway user
+    admin_url: Optional[str] = None  # where /_synapse/admin/v1/register is reachable
+    access_token: Optional[str] = None  # instead of a throwaway user
+    bridges: dict[str, str] = field(default_factory=dict)  # appservice id -> as_token
+    signal_health_url: Optional[str] = None
+    insecure_tls: bool = False
+    via: dict[str, str] = field(default_factory=dict)  # "host:port" -> "[scheme://]addr:port"
+
+
+# -- reaching public names ----------------------------------------------------------------
+
+
+def _default_port(scheme: str) -> int:
+    return {"https": 443, "http": 80, "turns": 5349, "turn": 3478}.get(scheme, 443)
+
+
+def reach(target: Target, url: str) -> str:
+    """`url` rewritten through `--via`, if its host:port has an entry."""
+    parts = urlsplit(url)
+    key = f"{parts.hostname}:{parts.port or _default_port(parts.scheme)}"
+    local = target.via.get(key)
+    if local is None:
+        return url
+    scheme, sep, netloc = local.rpartition("://")
+    return urlunsplit((scheme if sep else parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def reach_address(target: Target, host: str, port: int) -> tuple[str, int]:
+    local = target.via.get(f"{host}:{port}")
+    if local is None:
+        return host, port
+    netloc = local.rpartition("://")[2]
+    addr, _, local_port = netloc.rpartition(":")
+    return addr, int(local_port)
+
+
+def _get(target: Target, url: str, **kwargs) -> requests.Response:
+    return requests.get(reach(target, url), timeout=TIMEOUT, verify=not target.insecure_tls, **kwargs)
+
+
+def _post(target: Target, url: str, **kwargs) -> requests.Response:
+    return requests.post(reach(target, url), timeout=TIMEOUT, verify=not target.insecure_tls, **kwargs)
+
+
+def _errcode(response: requests.Response) -> str:
+    try:
+        return response.json().get("errcode", "")
+    except ValueError:
+        return ""
+
+
+# -- DNS and TLS -----------------------------------------------------------------------------
+
+
+def resolve(host: str) -> list[str]:
+    """A/AAAA answers; names under .localhost are loopback by definition (RFC 6761 §6.3)."""
+    try:
+        return sorted({info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)})
+    except socket.gaierror:
+        if host == "localhost" or host.endswith(".localhost"):
+            return ["127.0.0.1"]
+        raise
+
+
+def check_dns(host: str, public_ip: Optional[str]) -> Check:
+    name = f"dns {host}"
+    try:
+        addresses = resolve(host)
+    except socket.gaierror as exc:
+        return Check(name, FAIL, f"no answer ({exc.strerror})",
+                     f"create an A record for {host} (cloudflareDns true, or at your DNS provider)")
+    if public_ip and public_ip not in addresses:
+        return Check(name, FAIL, f"answers {', '.join(addresses)}, not {public_ip}",
+                     f"point {host} at {public_ip} (and keep TURN names DNS-only, not proxied)")
+    return Check(name, PASS, ", ".join(addresses))
+
+
+def check_tls(target: Target, host: str, port: int) -> Check:
+    name = f"tls {host}:{port}"
+    if target.insecure_tls:
+        return Check(name, SKIP, "relaxed by --insecure-tls", "drop --insecure-tls outside a test harness")
+    addr, local_port = reach_address(target, host, port)
+    context = ssl.create_default_context()
+    try:
+        with socket.create_connection((addr, local_port), timeout=TIMEOUT) as raw:
+            with context.wrap_socket(raw, server_hostname=host) as tls:
+                cert = tls.getpeercert()
+    except ssl.SSLCertVerificationError as exc:
+        return Check(name, FAIL, exc.verify_message or str(exc),
+                     "check the Traefik ACME log (DNS-01 token, acmeEmail) or that the name is in certificate_hosts")
+    except OSError as exc:
+        return Check(name, FAIL, f"cannot connect: {exc}", f"open {port}/tcp to the host and check the proxy runs")
+    expires = ssl.cert_time_to_seconds(cert["notAfter"])
+    days = (expires - time.time()) / 86400
+    if days < 7:
+        return Check(name, FAIL, f"expires in {days:.1f} days", "Traefik renews 30 days ahead; check its ACME log")
+    return Check(name, PASS, f"valid, expires in {days:.0f} days")
+
+
+# -- Matrix HTTP APIs ------------------------------------------------------------------------
+
+
+def _json_document(target: Target, url: str) -> tuple[Optional[dict], Optional[str]]:
+    """The JSON at `url`, or why it is not a proper well-known document."""
+    try:
+        response = _get(target, url)
+    except requests.RequestException as exc:
+        return None, f"request failed: {exc.__class__.__name__}"
+    if response.status_code != 200:
+        return None, f"HTTP {response.status_code}"
+    content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+    if content_type != "application/json":
+        return None, f"Content-Type is {content_type or 'missing'}, not application/json"
+    if response.headers.get("Access-Control-Allow-Origin") != "*":
+        return None, "no Access-Control-Allow-Origin: * (browsers cannot read it)"
+    try:
+        return response.json(), None
+    except ValueError:
+        return None, "body is not JSON"
+
+
+def check_well_known_server(target: Target) -> tuple[Check, Optional[str]]:
+    url = f"{target.well_known_url}/.well-known/matrix/server"
+    data, problem = _json_document(target, url)
+    hint = "the wellknown nginx must serve /.well-known/matrix/server on the apex (route <domain> in Traefik)"
+    if problem:
+        return Check("well-known server", FAIL, problem, hint), None
+    delegated = data.get("m.server") if isinstance(data, dict) else None
+    if not isinstance(delegated, str) or not delegated:
+        return Check("well-known server", FAIL, f"no m.server in {data}", hint), None
+    return Check("well-known server", PASS, f"m.server = {delegated}"), delegated
+
+
+def check_well_known_client(target: Target) -> tuple[Check, Optional[str]]:
+    url = f"{target.well_known_url}/.well-known/matrix/client"
+    data, problem = _json_document(target, url)
+    hint = "public_baseurl in homeserver.yaml and m.homeserver.base_url must be the same https URL"
+    if problem:
+        return Check("well-known client", FAIL, problem, hint), None
+    base_url = ((data or {}).get("m.homeserver") or {}).get("base_url")
+    if not isinstance(base_url, str) or urlsplit(base_url).scheme != "https":
+        return Check("well-known client", FAIL, f"m.homeserver.base_url is {base_url!r}", hint), None
+    if target.homeserver_url and base_url.rstrip("/") != target.homeserver_url.rstrip("/"):
+        return Check("well-known client", FAIL, f"base_url {base_url} != expected {target.homeserver_url}", hint), None
+    return Check("well-known client", PASS, f"base_url = {base_url}"), base_url
+
+
+def check_client_api(target: Target, base_url: str) -> Check:
+    try:
+        response = _get(target, f"{base_url.rstrip('/')}/_matrix/client/versions")
+        versions = response.json().get("versions") if response.status_code == 200 else None
+    except (requests.RequestException, ValueError) as exc:
+        versions, response = None, exc
+    if not versions:
+        detail = f"HTTP {response.status_code}" if isinstance(response, requests.Response) else str(response)
+        return Check("client API", FAIL, detail, "Traefik must route the matrix host to nginx, and nginx /_matrix to Synapse")
+    return Check("client API", PASS, f"/versions: {versions[-1]} and {len(versions) - 1} older")
+
+
+def check_federation_api(target: Target, delegated: str) -> Check:
+    host, _, port = delegated.rpartition(":") if delegated.rsplit(":", 1)[-1].isdigit() else (delegated, "", "8448")
+    base = f"https://{host}:{port}"
+    hint = "federation needs m.server's host:port to reach Synapse's federation listener (federation true?)"
+    try:
+        version = _get(target, f"{base}/_matrix/federation/v1/version")
+        keys = _get(target, f"{base}/_matrix/key/v2/server")
+    except requests.RequestException as exc:
+        return Check("federation API", FAIL, f"{base}: {exc.__class__.__name__}", hint)
+    if version.status_code != 200 or keys.status_code != 200:
+        return Check("federation API", FAIL, f"version HTTP {version.status_code}, keys HTTP {keys.status_code}", hint)
+    server_keys = keys.json()
+    if server_keys.get("server_name") != target.server_name or not server_keys.get("verify_keys"):
+        return Check("federation API", FAIL, f"key/v2/server names {server_keys.get('server_name')!r}",
+                     "server_name in homeserver.yaml must be the stack's domain")
+    name = version.json().get("server", {})
+    return Check("federation API", PASS, f"{name.get('name')} {name.get('version')}, keys {sorted(server_keys['verify_keys'])}")
+
+
+# -- TURN --------------------------------------------------------------------------------------
+
+_MAGIC = 0x2112A442
+_ALLOCATE, _ALLOCATE_OK, _ALLOCATE_ERROR = 0x0003, 0x0103, 0x0113
+_USERNAME, _MESSAGE_INTEGRITY, _ERROR_CODE, _REALM, _NONCE = 0x0006, 0x0008, 0x0009, 0x0014, 0x0015
+_XOR_RELAYED_ADDRESS, _LIFETIME, _REQUESTED_TRANSPORT = 0x0016, 0x000D, 0x0019
+_UDP = 17
+
+
+@dataclass
+class TurnResult:
+    ok: bool
+    detail: str
+    error_code: Optional[int] = None
+
+
+def _attribute(kind: int, value: bytes) -> bytes:
+    return struct.pack("!HH", kind, len(value)) + value + b"\x00" * (-len(value) % 4)
+
+
+def _stun_message(method: int, transaction: bytes, attributes: list[bytes], integrity_key: Optional[bytes]) -> bytes:
+    body = b"".join(attributes)
+    if integrity_key is not None:
+        # The length field covers MESSAGE-INTEGRITY itself (RFC 8489 §14.5).
+        header = struct.pack("!HHI", method, len(body) + 24, _MAGIC) + transaction
+        digest = hmac.new(integrity_key, header + body, hashlib.sha1).digest()
+        body += _attribute(_MESSAGE_INTEGRITY, digest)
+    return struct.pack("!HHI", method, len(body), _MAGIC) + transaction + body
+
+
+def _parse_stun(data: bytes) -> tuple[int, dict[int, bytes]]:
+    method, length, _ = struct.unpack("!HHI", data[:8])
+    attributes, offset = {}, 20
+    while offset < 20 + length:
+        kind, size = struct.unpack("!HH", data[offset:offset + 4])
+        attributes.setdefault(kind, data[offset + 4:offset + 4 + size])
+        offset += 4 + size + (-size % 4)
+    return method, attributes
+
+
+def _xor_address(value: bytes) -> str:
+    port = struct.unpack("!H", value[2:4])[0] ^ (_MAGIC >> 16)
+    address = struct.unpack("!I", value[4:8])[0] ^ _MAGIC
+    return f"{ipaddress.IPv4Address(address)}:{port}"
+
+
+def turn_allocate(host: str, port: int, username: str, password: str, transport: str = "udp",
+                  tls_server_name: Optional[str] = None, verify_tls: bool = True) -> TurnResult:
+    """One TURN Allocate with long-term credentials; proves the server relays for them."""
+    if transport == "udp":
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.settimeout(3)
+        sock.connect((host, port))
+    else:
+        sock = socket.create_connection((host, port), timeout=TIMEOUT)
+        if transport == "tls":
+            context = ssl.create_default_context()
+            if not verify_tls:
+                context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            sock = context.wrap_socket(sock, server_hostname=tls_server_name or host)
+
+    def exchange(message: bytes) -> tuple[int, dict[int, bytes]]:
+        for _ in range(3 if transport == "udp" else 1):
+            sock.send(message)
+            try:
+                if transport == "udp":
+                    return _parse_stun(sock.recv(2048))
+                header = _recv_exact(sock, 20)
+                return _parse_stun(header + _recv_exact(sock, struct.unpack("!H", header[2:4])[0]))
+            except socket.timeout:
+                continue
+        raise TimeoutError(f"no answer from {host}:{port}/{transport}")
+
+    try:
+        transport_attr = _attribute(_REQUESTED_TRANSPORT, bytes([_UDP, 0, 0, 0]))
+        _, challenge = exchange(_stun_message(_ALLOCATE, secrets.token_bytes(12), [transport_attr], None))
+        realm, nonce = challenge.get(_REALM), challenge.get(_NONCE)
+        if realm is None or nonce is None:
+            return TurnResult(False, "the server did not ask for long-term credentials (use-auth-secret off?)")
+        key = hashlib.md5(f"{username}:{realm.decode()}:{password}".encode()).digest()
+        attributes = [transport_attr, _attribute(_USERNAME, username.encode()),
+                      _attribute(_REALM, realm), _attribute(_NONCE, nonce)]
+        method, answer = exchange(_stun_message(_ALLOCATE, secrets.token_bytes(12), attributes, key))
+    except (OSError, TimeoutError, ssl.SSLError) as exc:
+        return TurnResult(False, f"{host}:{port}/{transport}: {exc}")
+    finally:
+        sock.close()
+    if method == _ALLOCATE_OK and _XOR_RELAYED_ADDRESS in answer:
+        lifetime = struct.unpack("!I", answer[_LIFETIME])[0] if _LIFETIME in answer else 0
+        return TurnResult(True, f"relay {_xor_address(answer[_XOR_RELAYED_ADDRESS])} for {lifetime} s")
+    code = None
+    if _ERROR_CODE in answer:
+        raw = answer[_ERROR_CODE]
+        code = raw[2] * 100 + raw[3]
+        return TurnResult(False, f"error {code} {raw[4:].decode(errors='replace')}", code)
+    return TurnResult(False, f"unexpected STUN method {method:#06x}")
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("connection closed")
+        data += chunk
+    return data
+
+
+def turn_rest_credentials(shared_secret: str, user: str, expires_at: int) -> tuple[str, str]:
+    """coturn's use-auth-secret scheme (what Synapse's turn_shared_secret issues)."""
+    username = f"{expires_at}:{user}"
+    return username, base64.b64encode(hmac.new(shared_secret.encode(), username.encode(), hashlib.sha1).digest()).decode()
+
+
+def parse_turn_uri(uri: str) -> tuple[str, str, int, str]:
+    """`turn:host:3478?transport=udp` -> (scheme, host, port, transport)."""
+    scheme, _, rest = uri.partition(":")
+    address, _, query = rest.partition("?")
+    host, _, port = address.rpartition(":") if address.rsplit(":", 1)[-1].isdigit() else (address, "", "")
+    transport = dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("transport", "udp")
+    if scheme == "turns":
+        transport = "tls"
+    return scheme, host, int(port or _default_port(scheme)), transport
+
+
+def check_turn(target: Target, base_url: str, token: str, checked_hosts: set[str]) -> list[Check]:
+    try:
+        response = _get(target, f"{base_url.rstrip('/')}/_matrix/client/v3/voip/turnServer",
+                        headers={"Authorization": f"Bearer {token}"})
+    except requests.RequestException as exc:
+        return [Check("turn credentials", FAIL, str(exc), "the client API must be reachable")]
+    data = response.json() if response.status_code == 200 else {}
+    if not data.get("uris"):
+        return [Check("turn credentials", FAIL, f"HTTP {response.status_code}, no uris",
+                      "set turn_uris and turn_shared_secret in homeserver.yaml (turn true)")]
+    checks = [Check("turn credentials", PASS, f"{len(data['uris'])} URIs, ttl {data.get('ttl')} s")]
+    for uri in target.turn_uris or data["uris"]:
+        _, host, port, transport = parse_turn_uri(uri)
+        if host not in checked_hosts:
+            checked_hosts.add(host)
+            checks.append(check_dns(host, target.public_ip))
+        addr, local_port = reach_address(target, host, port)
+        result = turn_allocate(addr, local_port, data["username"], data["password"], transport,
+                               tls_server_name=host, verify_tls=not target.insecure_tls)
+        hint = ("401: coturn's static-auth-secret differs from Synapse's turn_shared_secret" if result.error_code == 401
+                else f"open {port}/{'udp' if transport == 'udp' else 'tcp'} and 49160-49200/udp; check external-ip")
+        checks.append(Check(f"turn {uri}", PASS if result.ok else FAIL, result.detail, "" if result.ok else hint))
+    return checks
+
+
+@dataclass
+class TestUser:
+    token: Optional[str]
+    check: Check
+    user_id: Optional[str] = None
+    password: Optional[str] = None
+
+
+def _test_user(target: Target, base_url: str) -> TestUser:
+    """An access token: the one given, or a throwaway non-admin user's (shared-secret registration)."""
+    if target.access_token:
+        return TestUser(target.access_token, Check("test user", PASS, "using --access-token"))
+    if not target.shared_secret:
+        return TestUser(None, Check("test user", SKIP, "no shared secret or access token",
+                                    "give --stack (reads registrationSharedSecret) or --access-token"))
+    password = secrets.token_urlsafe(24)
+    try:
+        session = register(target.admin_url or base_url, target.shared_secret, f"doctor-{secrets.token_hex(4)}",
+                           password, admin=False, verify=not target.insecure_tls)
+    except (AdminError, requests.RequestException) as exc:
+        return TestUser(None, Check("test user", FAIL, str(exc)[:300],
+                                    "give --admin-url where /_synapse/admin/v1/register is reachable, or --access-token"))
+    return TestUser(session["access_token"], Check("test user", PASS, f"registered {session['user_id']}"),
+                    session["user_id"], password)
+
+
+def _deactivate(target: Target, base_url: str, user: TestUser) -> None:
+    """Removes the throwaway user again (best effort: a leftover is harmless, deactivated or not)."""
+    if user.user_id is None:
+        return
+    try:
+        _post(target, f"{base_url.rstrip('/')}/_matrix/client/v3/account/deactivate",
+              headers={"Authorization": f"Bearer {user.token}"},
+              json={"erase": True, "auth": {"type": "m.login.password", "password": user.password,
+                                            "identifier": {"type": "m.id.user", "user": user.user_id}}})
+    except requests.RequestException:
+        pass
+
+
+def check_bridge(target: Target, base_url: str, appservice_id: str, as_token: str) -> Check:
+    name = f"bridge {appservice_id}"
+    try:
+        response = _post(target, f"{base_url.rstrip('/')}/_matrix/client/v1/appservice/{appservice_id}/ping",
+                         headers={"Authorization": f"Bearer {as_token}"}, json={"transaction_id": "commstack-doctor"})
+    except requests.RequestException as exc:
+        return Check(name, FAIL, str(exc), "the client API must be reachable")
+    if response.status_code == 200:
+        return Check(name, PASS, f"ping answered in {response.json().get('duration_ms')} ms")
+    errcode = _errcode(response)
+    hint = {
+        "M_UNKNOWN_TOKEN": "Synapse does not know this as_token: is the registration in app_service_config_files?",
+        "M_FORBIDDEN": "the as_token belongs to another appservice id",
+        "M_CONNECTION_FAILED": f"Synapse cannot reach the bridge at its registration url: is bridge-{appservice_id} running?",
+        "M_CONNECTION_TIMEOUT": f"bridge-{appservice_id} did not answer in time; see `docker logs bridge-{appservice_id}`",
+        "M_BAD_STATUS": "the bridge refused Synapse's hs_token: its config.yaml and registration.yaml differ",
+    }.get(errcode, "see the Synapse log")
+    return Check(name, FAIL, f"HTTP {response.status_code} {errcode}", hint)
+
+
+def check_signal(target: Target) -> Check:
+    try:
+        response = _get(target, target.signal_health_url)
+    except requests.RequestException as exc:
+        return Check("signal health", FAIL, str(exc)[:200], "is signal-server.service running? `journalctl -u signal-server`")
+    if response.status_code // 100 != 2:
+        return Check("signal health", FAIL, f"HTTP {response.status_code}", "see `journalctl -u signal-server` on the instance")
+    return Check("signal health", PASS, f"HTTP {response.status_code}")
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+def run_checks(target: Target) -> list[Check]:
+    target.well_known_url = (target.well_known_url or f"https://{target.server_name}").rstrip("/")
+    server_check, delegated = check_well_known_server(target)
+    client_check, discovered = check_well_known_client(target)
+    base_url = target.homeserver_url or discovered
+
+    hosts = [target.server_name]
+    if base_url:
+        hosts.append(urlsplit(base_url).hostname)
+    if delegated:
+        hosts.append(delegated.rsplit(":", 1)[0] if delegated.rsplit(":", 1)[-1].isdigit() else delegated)
+    hosts = list(dict.fromkeys(h for h in hosts if h))
+    checks = [check_dns(host, target.public_ip) for host in hosts]
+    https_origins = {(target.server_name, 443)}
+    if base_url:
+        parts = urlsplit(base_url)
+        https_origins.add((parts.hostname, parts.port or 443))
+    checks += [check_tls(target, host, port) for host, port in sorted(https_origins)]
+    checks += [server_check, client_check]
+    if not base_url:
+        checks.append(Check("client API", FAIL, "no homeserver URL", "fix the well-known client document or give --homeserver-url"))
+        return checks
+    checks.append(check_client_api(target, base_url))
+    if delegated:
+        checks.append(check_federation_api(target, delegated))
+    user = _test_user(target, base_url)
+    checks.append(user.check)
+    if user.token:
+        checks += check_turn(target, base_url, user.token, checked_hosts=set(hosts))
+        _deactivate(target, base_url, user)
+    checks += [check_bridge(target, base_url, appservice_id, as_token)
+               for appservice_id, as_token in sorted(target.bridges.items())]
+    if target.signal_health_url:
+        checks.append(check_signal(target))
+    return checks
+
+
+def format_table(checks: list[Check]) -> str:
+    widths = [max(len(c.name) for c in checks), 6, min(60, max(len(c.detail) for c in checks))]
+    lines = [f"{'CHECK':<{widths[0]}}  {'STATUS':<6}  {'DETAIL':<{widths[2]}}  FIX"]
+    for c in checks:
+        detail = c.detail if len(c.detail) <= widths[2] else c.detail[:widths[2] - 1] + "…"
+        lines.append(f"{c.name:<{widths[0]}}  {c.status:<6}  {detail:<{widths[2]}}  {c.hint if c.status != PASS else ''}".rstrip())
+    failed = sum(c.status == FAIL for c in checks)
+    lines.append(f"{len(checks)} checks: {len(checks) - failed - sum(c.status == SKIP for c in checks)} passed, "
+                 f"{failed} failed, {sum(c.status == SKIP for c in checks)} skipped")
+    return "\n".join(lines)
+
+
+def _pairs(values: list[str], flag: str) -> dict[str, str]:
+    pairs = {}
+    for value in values or []:
+        key, sep, rest = value.partition("=")
+        if not sep:
+            raise AdminError(f"{flag} {value!r} is not KEY=VALUE")
+        pairs[key] = rest
+    return pairs
+
+
+def target_from_args(args: Any, outputs: Callable[[str], dict] = lambda stack: stack_outputs(stack, show_secrets=True)) -> Target:
+    """Flags override what `--stack` reads from `pulumi stack output`."""
+    stack = outputs(args.stack) if args.stack else {}
+    server_name = args.server_name or stack.get("serverName")
+    if not server_name:
+        raise AdminError("give --stack NAME or --server-name DOMAIN")
+    return Target(
+        server_name=server_name,
+        homeserver_url=args.homeserver_url or stack.get("homeserverUrl"),
+        well_known_url=args.well_known_url,
+        turn_uris=list(args.turn_uri or stack.get("turnUris") or []),
+        public_ip=args.public_ip or stack.get("publicIp"),
+        shared_secret=os.environ.get("COMMSTACK_SHARED_SECRET") or stack.get("registrationSharedSecret"),
+        admin_url=args.admin_url,
+        access_token=os.environ.get("COMMSTACK_ACCESS_TOKEN") or args.access_token,
+        bridges={**(stack.get("bridgeTokens") or {}), **_pairs(args.bridge, "--bridge")},
+        signal_health_url=args.signal_health_url or stack.get("signalHealthUrl"),
+        insecure_tls=args.insecure_tls,
+        via=_pairs(args.via, "--via"),
+    )
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--stack", help="read hostnames and the shared secret from this stack's outputs")
+    parser.add_argument("--server-name", help="the Matrix server_name (the stack's domain)")
+    parser.add_argument("--homeserver-url", help="expected public base URL, e.g. https://matrix.example.org/")
+    parser.add_argument("--well-known-url", help="where /.well-known/matrix/* is served (default https://<server-name>)")
+    parser.add_argument("--turn-uri", action="append", help="a TURN URI to allocate on (default: what Synapse issues)")
+    parser.add_argument("--public-ip", help="the address every DNS name should answer")
+    parser.add_argument("--admin-url", help="where /_synapse/admin/v1/register is reachable, for the throwaway user")
+    parser.add_argument("--access-token", help="a user's access token instead of a throwaway user "
+                                               "(or env COMMSTACK_ACCESS_TOKEN, which stays out of `ps`)")
+    parser.add_argument("--bridge", action="append", metavar="ID=AS_TOKEN", help="ping this appservice")
+    parser.add_argument("--signal-health-url", help="Signal-Server health URL that must answer 2xx")
+    parser.add_argument("--via", action="append", metavar="HOST:PORT=[SCHEME://]ADDR:PORT",
+                        help="send traffic for a public host:port here instead (tunnels, the test harness)")
+    parser.add_argument("--insecure-tls", action="store_true", help="skip certificate checks (test harness only)")
+
+
+def main(args: Any) -> int:
+    try:
+        target = target_from_args(args)
+    except AdminError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    checks = run_checks(target)
+    print(format_table(checks))
+    return 1 if any(c.status == FAIL for c in checks) else 0

@@ -1,0 +1,191 @@
+"""The whole Matrix half: network, Postgres, Synapse, well-known, proxy, TURN,
+Element and the enabled bridges, wired so every shared value is made once.
+
+Shared values: the TURN secret is generated here and the same Output goes
+to coturn and Synapse; each database's credentials come from Postgres to
+their one consumer; each bridge's registration goes into Synapse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+import pulumi_tls as tls
+
+from components.common import child, generated_secret
+from components.edge.records import DnsRecordSpec
+from components.matrix.bridges import BRIDGE_SPECS, BridgeArgs, MautrixBridge
+from components.matrix.element import Element, ElementArgs
+from components.matrix.network import Network, NetworkArgs
+from components.matrix.postgres import DatabaseSpec, Postgres, PostgresArgs
+from components.matrix.proxy import ReverseProxy, ReverseProxyArgs, Route
+from components.matrix.synapse import Synapse, SynapseArgs
+from components.matrix.turn import Turn, TurnArgs
+from components.matrix.wellknown import CONTAINER as WELLKNOWN_CONTAINER, WellKnown, WellKnownArgs
+from components.settings import EdgeSettings, MatrixSettings
+
+SYNAPSE_DATABASE = DatabaseSpec("synapse", "synapse", synapse_locale=True)
+# One limit for Synapse's max_upload_size and nginx's client_max_body_size.
+MAX_UPLOAD_SIZE = "50M"
+WELLKNOWN_UPSTREAM = f"http://{WELLKNOWN_CONTAINER}:80"
+
+
+@dataclass
+class HomeserverArgs:
+    matrix: MatrixSettings
+    edge: EdgeSettings
+    # Traefik's DNS-01 token when the edge makes a zone-scoped one; else the stack's Cloudflare token.
+    dns_api_token: Optional[pulumi.Output[str]] = None
+
+
+def bridge_network_config(kind: str, matrix: MatrixSettings) -> dict:
+    """The `network:` values a bridge needs from the stack (see configs/bridges.yaml)."""
+    if kind == "telegram":
+        return {"api_id": matrix.telegram_api_id, "api_hash": matrix.telegram_api_hash}
+    return {}
+
+
+def dns_records(matrix: MatrixSettings, edge: EdgeSettings) -> list[DnsRecordSpec]:
+    records = [
+        DnsRecordSpec(matrix.domain, "A", edge.public_ip, http=True, purpose="well-known delegation"),
+        DnsRecordSpec(matrix.matrix_host, "A", edge.public_ip, http=True, purpose="Synapse client and federation API"),
+    ]
+    if matrix.element:
+        records.append(DnsRecordSpec(matrix.element_host, "CNAME", matrix.matrix_host, http=True, purpose="Element Web"))
+    if matrix.turn:
+        # Media relays cannot pass through an HTTP proxy.
+        records.append(DnsRecordSpec(matrix.turn_host, "A", edge.public_ip, http=False, purpose="TURN"))
+    return records
+
+
+class Homeserver(pulumi.ComponentResource):
+    dns_records: list[DnsRecordSpec]
+    homeserver_url: str
+    element_url: Optional[str]
+    server_name: str
+    turn_uris: list[str]
+    registration_shared_secret: pulumi.Output[str]
+    create_admin_command: str
+
+    def __init__(self, name: str, args: HomeserverArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("commstack:matrix:Homeserver", name, None, opts)
+        m, edge = args.matrix, args.edge
+        letsencrypt = edge.tls == "letsencrypt"
+
+        self.network = Network(f"{name}-network", NetworkArgs(internal_name=f"commstack-{name}"), opts=child(self))
+        net = self.network.name
+
+        bridge_specs = {kind: BRIDGE_SPECS[kind] for kind in m.bridges}
+        self.postgres = Postgres(f"{name}-postgres", PostgresArgs(
+            network=net,
+            databases=[SYNAPSE_DATABASE] + [DatabaseSpec(s.database, s.database) for s in bridge_specs.values()],
+        ), opts=child(self))
+
+        self.bridges = {
+            kind: MautrixBridge(f"{name}-bridge-{kind}", BridgeArgs(
+                kind=kind,
+                network=net,
+                server_name=m.server_name,
+                database_uri=self.postgres.credentials[spec.database].uri(),
+                network_config=bridge_network_config(kind, m),
+            ), opts=child(self))
+            for kind, spec in bridge_specs.items()
+        }
+
+        element_url = f"https://{m.element_host}/" if m.element else None
+        certificate_hosts = [m.domain, m.matrix_host] + ([m.element_host] if m.element else [])
+        if m.turn and not letsencrypt:
+            # coturn reuses the proxy's self-signed certificate for 5349.
+            certificate_hosts.append(m.turn_host)
+
+        routes = [Route(m.domain, WELLKNOWN_UPSTREAM), Route(m.matrix_host, WELLKNOWN_UPSTREAM)]
+        self.element = None
+        if m.element:
+            self.element = Element(f"{name}-element", ElementArgs(
+                network=net, homeserver_base_url=m.public_baseurl, server_name=m.server_name), opts=child(self))
+            routes.append(Route(m.element_host, self.element.internal_url))
+
+        serve_8448 = m.federation and m.federation_port == 8448
+        self.proxy = ReverseProxy(f"{name}-proxy", ReverseProxyArgs(
+            network=net,
+            routes=routes,
+            tls=edge.tls,
+            acme_email=edge.acme_email,
+            dns_api_token=(args.dns_api_token or edge.cloudflare_api_token) if letsencrypt else None,
+            certificate_hosts=certificate_hosts,
+            serve_federation_8448=serve_8448,
+            federation_upstream=Synapse.internal_url,
+        ), opts=child(self))
+
+        self.turn = None
+        turn_secret = None
+        if m.turn:
+            turn_secret = generated_secret(f"{name}-turn-shared-secret", self)
+            cert_pem, key_pem = self._turn_certificate(name, m.turn_host, letsencrypt)
+            self.turn = Turn(f"{name}-turn", TurnArgs(
+                network=net, realm=m.turn_host, external_ip=edge.public_ip, shared_secret=turn_secret,
+                tls_cert_pem=cert_pem, tls_key_pem=key_pem, host=m.turn_host), opts=child(self))
+
+        self.synapse = Synapse(f"{name}-synapse", SynapseArgs(
+            network=net,
+            server_name=m.server_name,
+            public_baseurl=m.public_baseurl,
+            database=self.postgres.credentials[SYNAPSE_DATABASE.name],
+            registration=m.registration,
+            federation=m.federation,
+            turn_uris=self.turn.uris if self.turn else (),
+            turn_shared_secret=turn_secret,
+            appservice_registrations={b.registration_path: b.registration_yaml for b in self.bridges.values()},
+            element_url=element_url,
+            max_upload_size=MAX_UPLOAD_SIZE,
+        ), opts=child(self))
+
+        self.wellknown = WellKnown(f"{name}-wellknown", WellKnownArgs(
+            network=net,
+            server_name=m.server_name,
+            matrix_host=m.matrix_host,
+            public_baseurl=m.public_baseurl,
+            federation_port=m.federation_port,
+            synapse_upstream=Synapse.internal_url,
+            max_body_size=MAX_UPLOAD_SIZE,
+        ), opts=child(self))
+
+        self.dns_records = dns_records(m, edge)
+        self.homeserver_url = m.public_baseurl
+        self.element_url = element_url
+        self.server_name = m.server_name
+        self.turn_uris = list(self.turn.uris) if self.turn else []
+        self.registration_shared_secret = self.synapse.registration_shared_secret
+        self.create_admin_command = f"python -m commstack create-admin --stack {pulumi.get_stack()} --user admin"
+        self.register_outputs({
+            "homeserver_url": self.homeserver_url,
+            "element_url": self.element_url,
+            "server_name": self.server_name,
+            "turn_uris": self.turn_uris,
+            "registration_shared_secret": self.registration_shared_secret,
+            "create_admin_command": self.create_admin_command,
+        })
+
+    def _turn_certificate(self, name: str, turn_host: str, letsencrypt: bool) -> tuple[pulumi.Input[str], pulumi.Output[str]]:
+        """The certificate coturn serves on 5349.
+
+        Self-signed stacks share the proxy's certificate. Traefik keeps Let's
+        Encrypt certificates to itself, so letsencrypt stacks give coturn its
+        own generated one for the TURN host (the `turn:` URIs on 3478 need none).
+        """
+        if not letsencrypt:
+            return self.proxy.certificate_pem, self.proxy.private_key_pem
+        key = tls.PrivateKey(f"{name}-turn-tls-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child(self))
+        cert = tls.SelfSignedCert(
+            f"{name}-turn-tls-cert",
+            private_key_pem=key.private_key_pem,
+            dns_names=[turn_host],
+            subject=tls.SelfSignedCertSubjectArgs(common_name=turn_host, organization="commstack"),
+            validity_period_hours=24 * 365,
+            early_renewal_hours=24 * 30,
+            allowed_uses=["digital_signature", "key_encipherment", "server_auth"],
+            opts=child(self),
+        )
+        return cert.cert_pem, pulumi.Output.secret(key.private_key_pem)

@@ -1,0 +1,229 @@
+"""Traefik: the only HTTP(S) entry to the Matrix half.
+
+Unlike the seed it reads routes from a rendered file (file provider) instead
+of the Docker socket, so a compromised proxy cannot drive the Docker engine.
+Certificates come from Let's Encrypt by DNS-01 through Cloudflare (the token
+is only ever a secret environment variable) or, for `self-signed`, from a key
+and certificate the program generates.
+
+Option names follow Traefik v3's static and dynamic configuration reference
+(traefik/traefik docs/content/reference, tag v3.5).
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import pulumi
+import pulumi_docker as docker
+import pulumi_tls
+
+from components.common import (ConfigFile, ContainerSpec, child, published_ports, service_container,
+                               stateful_child, tcp_port, to_yaml)
+from components.edge.ports import FEDERATION_PORT, ports_for
+
+CONTAINER = "proxy"
+STATIC_PATH = "/etc/traefik/traefik.yml"
+DYNAMIC_PATH = "/etc/traefik/dynamic.yml"
+CERT_PATH = "/etc/traefik/certs/default.crt"
+KEY_PATH = "/etc/traefik/certs/default.key"
+ACME_DIR = "/letsencrypt"
+RESOLVER = "letsencrypt"
+TLS_MODES = ("self-signed", "letsencrypt")
+# Not published: only the container's own health check calls it.
+PING_ADDRESS = ":8082"
+
+_HOST_RE = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_UPSTREAM_RE = re.compile(r"^https?://([a-z0-9.-]+)(?::(\d+))?$")
+
+
+def _check_upstream(upstream: str) -> None:
+    if not _UPSTREAM_RE.match(upstream):
+        raise ValueError(f"upstream {upstream!r} is not scheme://host[:port]")
+
+
+@dataclass(frozen=True)
+class Route:
+    host: str
+    upstream: str  # e.g. http://synapse:8008
+
+    def __post_init__(self) -> None:
+        if not _HOST_RE.match(self.host):
+            raise ValueError(f"route host {self.host!r} is not a lowercase DNS name")
+        _check_upstream(self.upstream)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _service_name(upstream: str) -> str:
+    host, port = _UPSTREAM_RE.match(upstream).groups()
+    return _slug(f"{host}-{port or 80}")
+
+
+def render_traefik_static(*, tls: str, acme_email: str, serve_federation_8448: bool,
+                          trusted_ips: Sequence[str] = ()) -> dict:
+    """traefik.yml: entry points, the file provider, the ACME resolver. No API, no dashboard."""
+    if tls not in TLS_MODES:
+        raise ValueError(f"tls must be one of {TLS_MODES}, not {tls!r}")
+    for cidr in trusted_ips:
+        ipaddress.ip_network(cidr)
+    if tls == "letsencrypt" and not acme_email:
+        raise ValueError("letsencrypt needs an ACME e-mail")
+
+    def forwarded() -> dict:  # a fresh dict per entry point, so the YAML has no aliases
+        return {"forwardedHeaders": {"trustedIPs": list(trusted_ips)}} if trusted_ips else {}
+
+    # TLS is set per router in the dynamic file, where the certificate's hosts are known.
+    entry_points = {
+        "web": {"address": ":80", **forwarded(),
+                "http": {"redirections": {"entryPoint": {"to": "websecure", "scheme": "https", "permanent": True}}}},
+        "websecure": {"address": ":443", **forwarded()},
+        "ping": {"address": PING_ADDRESS},
+    }
+    if serve_federation_8448:
+        entry_points["federation"] = {"address": f":{FEDERATION_PORT}"}
+    static = {
+        "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
+        "log": {"level": "INFO"},
+        "accessLog": {},
+        "ping": {"entryPoint": "ping"},
+        "entryPoints": entry_points,
+        "providers": {"file": {"filename": DYNAMIC_PATH, "watch": False}},
+    }
+    if tls == "letsencrypt":
+        static["certificatesResolvers"] = {RESOLVER: {"acme": {
+            "email": acme_email,
+            "storage": f"{ACME_DIR}/acme.json",
+            # The token comes from the CF_DNS_API_TOKEN environment variable (lego's cloudflare provider).
+            "dnsChallenge": {"provider": "cloudflare", "resolvers": ["1.1.1.1:53", "1.0.0.1:53"]},
+        }}}
+    return static
+
+
+def render_traefik_dynamic(*, routes: Sequence[Route], tls: str, certificate_hosts: Sequence[str] = (),
+                           serve_federation_8448: bool = False,
+                           federation_upstream: str = "http://synapse:8008") -> dict:
+    """dynamic.yml: one TLS router per host, services by upstream, TLS policy."""
+    if tls not in TLS_MODES:
+        raise ValueError(f"tls must be one of {TLS_MODES}, not {tls!r}")
+    hosts = [r.host for r in routes]
+    if len(set(hosts)) != len(hosts):
+        raise ValueError(f"a host is routed twice: {hosts}")
+    router_tls: dict = {}
+    if tls == "letsencrypt":
+        if not certificate_hosts:
+            raise ValueError("letsencrypt needs at least one certificate host")
+        # Every router names the same host set, so one certificate covers them all.
+        # Set per router: a router's own tls replaces an entry point's
+        # (traefik/traefik pkg/server/aggregator.go applyModel). Copied per
+        # router below, as shared objects would become YAML aliases.
+        router_tls = {"certResolver": RESOLVER,
+                      "domains": [{"main": certificate_hosts[0], "sans": list(certificate_hosts[1:])}]}
+    routers: dict = {}
+    services: dict = {}
+
+    def service(upstream: str) -> str:
+        name = _service_name(upstream)
+        services[name] = {"loadBalancer": {"servers": [{"url": upstream}], "passHostHeader": True}}
+        return name
+
+    for route in routes:
+        routers[_slug(route.host)] = {"rule": f"Host(`{route.host}`)", "entryPoints": ["websecure"],
+                                      "service": service(route.upstream), "tls": copy.deepcopy(router_tls)}
+    if serve_federation_8448:
+        _check_upstream(federation_upstream)
+        # Port 8448 carries server-server traffic only.
+        routers["federation"] = {"rule": "PathPrefix(`/_matrix/federation`) || PathPrefix(`/_matrix/key`)",
+                                 "entryPoints": ["federation"], "service": service(federation_upstream),
+                                 "tls": copy.deepcopy(router_tls)}
+    dynamic: dict = {
+        "http": {"routers": routers, "services": services},
+        "tls": {"options": {"default": {"minVersion": "VersionTLS12"}}},
+    }
+    if tls == "self-signed":
+        dynamic["tls"]["stores"] = {"default": {"defaultCertificate": {"certFile": CERT_PATH, "keyFile": KEY_PATH}}}
+    return dynamic
+
+
+@dataclass
+class ReverseProxyArgs:
+    network: pulumi.Input[str]
+    routes: Sequence[Route]
+    tls: str  # "self-signed" | "letsencrypt"
+    acme_email: str
+    dns_api_token: Optional[pulumi.Output[str]]
+    certificate_hosts: Sequence[str]
+    serve_federation_8448: bool
+    federation_upstream: str
+    # Proxies (e.g. Cloudflare's ranges) whose X-Forwarded-* headers are believed.
+    trusted_ips: Sequence[str] = ()
+
+
+class ReverseProxy(pulumi.ComponentResource):
+    # Only in self-signed mode: the generated certificate (covers certificate_hosts) and its key (secret).
+    certificate_pem: Optional[pulumi.Output[str]]
+    private_key_pem: Optional[pulumi.Output[str]]
+
+    def __init__(self, name: str, args: ReverseProxyArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("commstack:matrix:ReverseProxy", name, None, opts)
+        letsencrypt = args.tls == "letsencrypt"
+        assert not letsencrypt or args.dns_api_token is not None, "letsencrypt (DNS-01) needs the Cloudflare token"
+        static = render_traefik_static(tls=args.tls, acme_email=args.acme_email,
+                                       serve_federation_8448=args.serve_federation_8448,
+                                       trusted_ips=args.trusted_ips)
+        dynamic = render_traefik_dynamic(routes=args.routes, tls=args.tls, certificate_hosts=args.certificate_hosts,
+                                         serve_federation_8448=args.serve_federation_8448,
+                                         federation_upstream=args.federation_upstream)
+        files = [ConfigFile(STATIC_PATH, to_yaml(static)), ConfigFile(DYNAMIC_PATH, to_yaml(dynamic))]
+        volumes: list[docker.ContainerVolumeArgs] = []
+        envs = None
+        self.certificate_pem = None
+        self.private_key_pem = None
+
+        if letsencrypt:
+            # Account key and certificates: losing them means re-issuing against rate limits.
+            acme = docker.Volume(f"{name}-acme", name=f"{name}-acme", opts=stateful_child(self))
+            volumes.append(docker.ContainerVolumeArgs(volume_name=acme.name, container_path=ACME_DIR))
+            envs = {"CF_DNS_API_TOKEN": pulumi.Output.secret(args.dns_api_token)}
+        else:
+            key = pulumi_tls.PrivateKey(f"{name}-tls-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child(self))
+            cert = pulumi_tls.SelfSignedCert(
+                f"{name}-tls-cert",
+                private_key_pem=key.private_key_pem,
+                dns_names=list(args.certificate_hosts),
+                subject=pulumi_tls.SelfSignedCertSubjectArgs(common_name=args.certificate_hosts[0], organization="commstack"),
+                validity_period_hours=24 * 365,
+                # Re-issued by the `pulumi up` that runs within 30 days of expiry.
+                early_renewal_hours=24 * 30,
+                allowed_uses=["digital_signature", "key_encipherment", "server_auth"],
+                opts=child(self),
+            )
+            self.certificate_pem = cert.cert_pem
+            self.private_key_pem = pulumi.Output.secret(key.private_key_pem)
+            files += [ConfigFile(CERT_PATH, self.certificate_pem), ConfigFile(KEY_PATH, self.private_key_pem)]
+
+        ports = published_ports(ports_for("proxy"))
+        if args.serve_federation_8448:
+            ports.append(tcp_port(FEDERATION_PORT))
+        self.container = service_container(
+            CONTAINER,
+            ContainerSpec(
+                image_key="traefik",
+                network=args.network,
+                aliases=[CONTAINER],
+                files=files,
+                command=[f"--configFile={STATIC_PATH}"],
+                envs=envs,
+                ports=ports,
+                volumes=volumes,
+                healthcheck=["CMD", "traefik", "healthcheck", "--ping", f"--configFile={STATIC_PATH}"],
+            ),
+            parent=self,
+        )
+        self.register_outputs({"certificate_pem": self.certificate_pem})

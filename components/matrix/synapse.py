@@ -1,0 +1,246 @@
+"""Synapse: homeserver.yaml built as data, secrets generated, signing key kept.
+
+Keys and their meaning: element-hq/synapse docs/usage/configuration/config_documentation.md
+(v1.163.2); the container's start-up: element-hq/synapse docker/start.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence
+
+import pulumi
+import pulumi_docker as docker
+import pulumi_tls as tls
+
+from components.common import ConfigFile, ContainerSpec, generated_secret, service_container, stateful_child, to_yaml
+from components.matrix.postgres import DatabaseCredentials
+
+LOGICAL_NAME = "synapse"
+HTTP_PORT = 8008
+INTERNAL_URL = f"http://{LOGICAL_NAME}:{HTTP_PORT}"
+DATA_DIR = "/data"
+CONFIG_PATH = f"{DATA_DIR}/homeserver.yaml"
+# docker/start.py drops root to 991:991 but only chowns the data dir in
+# `generate` mode, so a fresh media volume must be handed over at start.
+SYNAPSE_UID_GID = "991:991"
+
+# Private, loopback, link-local and reserved ranges Synapse must never
+# contact on a user's behalf (the documented ip_range_blacklist example).
+PRIVATE_RANGES = (
+    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+    "192.0.0.0/24", "169.254.0.0/16", "192.88.99.0/24", "198.18.0.0/15", "192.0.2.0/24",
+    "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "::1/128", "fe80::/10", "fc00::/7",
+    "2001:db8::/32", "ff00::/8", "fec0::/10",
+)
+
+
+def data_paths(data_dir: str = DATA_DIR) -> dict[str, str]:
+    return {
+        "signing_key_path": f"{data_dir}/signing.key",
+        "log_config": f"{data_dir}/log.config",
+        "media_store_path": f"{data_dir}/media_store",
+    }
+
+
+def render_homeserver_config(
+    *,
+    server_name: str,
+    public_baseurl: str,
+    database: Mapping[str, Any],
+    registration: str,
+    federation: bool,
+    registration_shared_secret: str,
+    macaroon_secret_key: str,
+    form_secret: str,
+    turn_uris: Sequence[str] = (),
+    turn_shared_secret: Optional[str] = None,
+    app_service_config_files: Sequence[str] = (),
+    element_url: Optional[str] = None,
+    max_upload_size: str = "50M",
+    data_dir: str = DATA_DIR,
+) -> dict:
+    """homeserver.yaml as data. `database` holds user, password, database, host, port."""
+    if registration not in ("closed", "token"):
+        raise ValueError(f"registration must be closed or token, not {registration!r}")
+    if turn_uris and not turn_shared_secret:
+        raise ValueError("turn_uris need the TURN shared secret")
+    config: dict[str, Any] = {
+        "server_name": server_name,
+        "public_baseurl": public_baseurl,
+        # nginx serves /.well-known/matrix/*; Synapse stays behind the proxy.
+        "serve_server_wellknown": False,
+        "listeners": [{
+            "port": HTTP_PORT,
+            "type": "http",
+            "tls": False,
+            "bind_addresses": ["0.0.0.0"],  # inside the private network only
+            "x_forwarded": True,
+            "resources": [{"names": ["client", "federation"] if federation else ["client"], "compress": False}],
+        }],
+        "database": {
+            "name": "psycopg2",
+            "args": {
+                "user": database["user"],
+                "password": database["password"],
+                "database": database["database"],
+                "host": database["host"],
+                "port": int(database["port"]),
+                "cp_min": 5,
+                "cp_max": 10,
+            },
+        },
+        **data_paths(data_dir),
+        "report_stats": False,
+        "enable_metrics": False,
+        "registration_shared_secret": registration_shared_secret,
+        "macaroon_secret_key": macaroon_secret_key,
+        "form_secret": form_secret,
+        # Never registration without verification: closed, or gated by admin tokens.
+        "enable_registration": registration == "token",
+        "registration_requires_token": registration == "token",
+        "allow_guest_access": False,
+        "trusted_key_servers": [{"server_name": "matrix.org"}],
+        "suppress_key_server_warning": True,
+        "ip_range_blacklist": list(PRIVATE_RANGES),
+        "federation_client_minimum_tls_version": "1.2",
+        "max_upload_size": max_upload_size,
+        "url_preview_enabled": False,
+        "app_service_config_files": list(app_service_config_files),
+    }
+    if not federation:
+        # An empty whitelist federates with nobody.
+        config["federation_domain_whitelist"] = []
+    if turn_uris:
+        config.update(
+            turn_uris=list(turn_uris),
+            turn_shared_secret=turn_shared_secret,
+            turn_user_lifetime="1h",
+            turn_allow_guests=False,
+        )
+    if element_url:
+        config["web_client_location"] = element_url
+    return config
+
+
+def render_log_config() -> dict:
+    """Console logging only: Docker keeps the logs and nothing fills the data dir."""
+    return {
+        "version": 1,
+        "formatters": {"precise": {"format": "%(asctime)s - %(name)s - %(lineno)d - %(levelname)s - %(request)s - %(message)s"}},
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "precise"}},
+        "loggers": {"synapse.storage.SQL": {"level": "INFO"}},
+        "root": {"level": "INFO", "handlers": ["console"]},
+        "disable_existing_loggers": False,
+    }
+
+
+def signing_key_id(public_key_pem: str) -> str:
+    """A stable key version derived from the public key (Synapse's own are `a_` + 4 chars)."""
+    return "a_" + hashlib.sha256(public_key_pem.encode()).hexdigest()[:4]
+
+
+def signing_key_line(private_key_pem_pkcs8: str, key_id: str) -> str:
+    """Synapse's signing.key format: `ed25519 <key id> <unpadded base64 of the 32-byte seed>`."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = serialization.load_pem_private_key(private_key_pem_pkcs8.encode(), password=None)
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise ValueError("the Synapse signing key must be ed25519")
+    seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    return f"ed25519 {key_id} {base64.b64encode(seed).decode().rstrip('=')}\n"
+
+
+@dataclass
+class SynapseArgs:
+    network: pulumi.Input[str]
+    server_name: str
+    public_baseurl: str
+    database: DatabaseCredentials
+    registration: str = "closed"
+    federation: bool = True
+    turn_uris: Sequence[str] = ()
+    turn_shared_secret: Optional[pulumi.Output[str]] = None
+    # path inside the synapse container -> registration YAML (secret)
+    appservice_registrations: Mapping[str, pulumi.Output[str]] = field(default_factory=dict)
+    element_url: Optional[str] = None
+    # Keep equal to the well-known nginx's client_max_body_size.
+    max_upload_size: str = "50M"
+
+
+class Synapse(pulumi.ComponentResource):
+    registration_shared_secret: pulumi.Output[str]
+    container: docker.Container
+    internal_url: str = INTERNAL_URL
+
+    def __init__(self, name: str, args: SynapseArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("commstack:matrix:Synapse", name, None, opts)
+        if args.turn_uris and args.turn_shared_secret is None:
+            raise ValueError("turn_uris need turn_shared_secret")
+        for path in args.appservice_registrations:
+            if not path.startswith(f"{DATA_DIR}/appservices/"):
+                raise ValueError(f"appservice registration {path!r} must live under {DATA_DIR}/appservices/")
+
+        # Losing this key breaks federation: generated once, protected, never rotated by the program.
+        signing_key = tls.PrivateKey(f"{name}-signing-key", algorithm="ED25519", opts=stateful_child(self))
+        self.registration_shared_secret = generated_secret(f"{name}-registration-shared-secret", self)
+        macaroon_secret_key = generated_secret(f"{name}-macaroon-secret-key", self)
+        form_secret = generated_secret(f"{name}-form-secret", self)
+        media = docker.Volume(f"{name}-media", name=f"{LOGICAL_NAME}-media", opts=stateful_child(self))
+
+        db = args.database
+        appservice_paths = sorted(args.appservice_registrations)
+        homeserver_yaml = pulumi.Output.all(
+            db_password=db.password,
+            registration_shared_secret=self.registration_shared_secret,
+            macaroon_secret_key=macaroon_secret_key,
+            form_secret=form_secret,
+            turn_shared_secret=args.turn_shared_secret,
+        ).apply(lambda s: to_yaml(render_homeserver_config(
+            server_name=args.server_name,
+            public_baseurl=args.public_baseurl,
+            database={"user": db.user, "password": s["db_password"], "database": db.database,
+                      "host": db.host, "port": db.port},
+            registration=args.registration,
+            federation=args.federation,
+            registration_shared_secret=s["registration_shared_secret"],
+            macaroon_secret_key=s["macaroon_secret_key"],
+            form_secret=s["form_secret"],
+            turn_uris=args.turn_uris,
+            turn_shared_secret=s["turn_shared_secret"],
+            app_service_config_files=appservice_paths,
+            element_url=args.element_url,
+            max_upload_size=args.max_upload_size,
+        )))
+        signing_key_file = pulumi.Output.all(signing_key.private_key_pem_pkcs8, signing_key.public_key_pem).apply(
+            lambda keys: signing_key_line(keys[0], signing_key_id(keys[1]))
+        )
+        paths = data_paths()
+        files = [
+            ConfigFile(CONFIG_PATH, pulumi.Output.secret(homeserver_yaml)),
+            ConfigFile(paths["log_config"], to_yaml(render_log_config())),
+            ConfigFile(paths["signing_key_path"], pulumi.Output.secret(signing_key_file)),
+        ] + [ConfigFile(path, pulumi.Output.secret(args.appservice_registrations[path])) for path in appservice_paths]
+
+        media_path = paths["media_store_path"]
+        self.container = service_container(
+            LOGICAL_NAME,
+            ContainerSpec(
+                image_key="synapse",
+                network=args.network,
+                aliases=[LOGICAL_NAME],
+                files=files,
+                envs={"SYNAPSE_CONFIG_PATH": CONFIG_PATH},
+                entrypoint=["/bin/sh", "-c", f"chown {SYNAPSE_UID_GID} {media_path} && exec /start.py"],
+                volumes=[docker.ContainerVolumeArgs(volume_name=media.name, container_path=media_path)],
+                # The same probe as the image's own HEALTHCHECK.
+                healthcheck=["CMD-SHELL", f"curl -fSs http://localhost:{HTTP_PORT}/health || exit 1"],
+                extra={"wait": True, "wait_timeout": 300},
+            ),
+            parent=self,
+        )
+        self.register_outputs({"internal_url": self.internal_url,
+                               "registration_shared_secret": self.registration_shared_secret})

@@ -1,0 +1,107 @@
+"""nginx for Matrix delegation: user IDs are @user:<domain> while Synapse lives
+at matrix.<domain>.
+
+It serves /.well-known/matrix/server and /client (JSON, CORS) and proxies the
+client and federation API to Synapse, from configs/nginx-matrix.conf.tmpl.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from string import Template
+from typing import Optional
+
+import pulumi
+
+from components.common import ConfigFile, ContainerSpec, service_container
+from components.settings import CONFIGS_DIR
+
+CONTAINER = "wellknown"
+CONF_PATH = "/etc/nginx/conf.d/default.conf"
+# Synapse's default max_upload_size (synapse/config/repository.py).
+DEFAULT_MAX_BODY_SIZE = "50M"
+
+_UPSTREAM_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(?::\d+)?$")
+_SIZE_RE = re.compile(r"^\d+[kKmMgG]?$")
+
+
+@lru_cache(maxsize=1)
+def _template() -> Template:
+    return Template((CONFIGS_DIR / "nginx-matrix.conf.tmpl").read_text())
+
+
+def well_known_server(matrix_host: str, federation_port: int) -> dict:
+    """Where other homeservers reach ours (spec: server discovery)."""
+    return {"m.server": f"{matrix_host}:{federation_port}"}
+
+
+def well_known_client(public_baseurl: str) -> dict:
+    """Where clients reach ours; equal to Synapse's public_baseurl."""
+    return {"m.homeserver": {"base_url": public_baseurl}}
+
+
+def _nginx_literal(document: dict) -> str:
+    """Compact JSON for a single-quoted nginx string."""
+    text = json.dumps(document, separators=(",", ":"), sort_keys=True)
+    if "$" in text:
+        # nginx would expand it as a variable and has no escape for it.
+        raise ValueError(f"well-known document must not contain '$': {text}")
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def render_nginx_conf(*, server_name: str, matrix_host: str, server_json: dict, client_json: dict,
+                      synapse_upstream: str, listen: str = "80",
+                      max_body_size: str = DEFAULT_MAX_BODY_SIZE) -> str:
+    """The server block (for conf.d, inside nginx's http context)."""
+    if not _UPSTREAM_RE.match(synapse_upstream):
+        raise ValueError(f"synapse_upstream must be scheme://host[:port] without a path, not {synapse_upstream!r}")
+    if not _SIZE_RE.match(max_body_size):
+        raise ValueError(f"max_body_size must be an nginx size such as 50M, not {max_body_size!r}")
+    return _template().substitute(
+        listen=listen,
+        server_names=" ".join(dict.fromkeys([server_name, matrix_host])),
+        server_json=_nginx_literal(server_json),
+        client_json=_nginx_literal(client_json),
+        synapse_upstream=synapse_upstream,
+        max_body_size=max_body_size,
+    )
+
+
+@dataclass
+class WellKnownArgs:
+    network: pulumi.Input[str]
+    server_name: str
+    matrix_host: str
+    public_baseurl: str
+    federation_port: int
+    synapse_upstream: str = "http://synapse:8008"
+    # Keep equal to Synapse's max_upload_size.
+    max_body_size: str = DEFAULT_MAX_BODY_SIZE
+
+
+class WellKnown(pulumi.ComponentResource):
+    def __init__(self, name: str, args: WellKnownArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("commstack:matrix:WellKnown", name, None, opts)
+        conf = render_nginx_conf(
+            server_name=args.server_name,
+            matrix_host=args.matrix_host,
+            server_json=well_known_server(args.matrix_host, args.federation_port),
+            client_json=well_known_client(args.public_baseurl),
+            synapse_upstream=args.synapse_upstream,
+            max_body_size=args.max_body_size,
+        )
+        self.container = service_container(
+            CONTAINER,
+            ContainerSpec(
+                image_key="nginx",
+                network=args.network,
+                aliases=[CONTAINER],
+                files=[ConfigFile(CONF_PATH, conf)],
+                healthcheck=["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1/.well-known/matrix/client"],
+            ),
+            parent=self,
+        )
+        self.register_outputs({})

@@ -1,0 +1,224 @@
+"""The EC2 host of Signal-Server: Elastic IP, data volume, instance, and its cloud-init.
+
+cloud-init is built as data and holds no secret: the secrets bundle is assembled from SSM at
+every service start (configs/signal/signal_secrets.py), and values only the server's own jar
+can make are generated there on first boot and stored in SSM for every later boot.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+import pulumi_aws as aws
+
+from components.common import child, image, stateful_child, to_yaml
+from components.signal import redis
+from components.signal.version import ServerVersion, template
+
+OPT = "/opt/signal"
+ETC = "/etc/signal"
+DATA = "/srv/signal-data"  # the persistent EBS volume: certificates and Redis data
+DATA_DEVICE = "/dev/sdf"
+DEBIAN_OWNER = "136693071363"  # Debian's AWS account (https://wiki.debian.org/Cloud/AmazonEC2Image)
+DEBIAN_12_AMI_PATTERN = "debian-12-amd64-*"
+
+PATHS = {
+    "tool": f"{OPT}/signal_secrets.py",
+    "generic_zk_source": f"{OPT}/GenericZkParams.java",
+    "manifest": f"{ETC}/secrets-manifest.json",
+    "jar": f"{OPT}/TextSecureServer.jar",
+    "bundle": f"{ETC}/secrets-bundle.yml",
+    "config_in": f"{ETC}/config.base.yml",
+    "config_out": f"{ETC}/config.yml",
+    "tls_cert": f"{ETC}/registration/cert.pem",
+    "tls_key": f"{ETC}/registration/key.pem",
+    "registration_yml": f"{ETC}/registration/application.yml",
+    "compose": f"{OPT}/compose.yml",
+}
+
+
+def _render(name: str, **values) -> str:
+    return string.Template(template(name)).substitute(**values)
+
+
+def render_nginx_conf(host: str, app_port: int, grpc_port: int, grpc_public_port: int) -> str:
+    return _render("nginx-signal.conf.tmpl", host=host, app_port=app_port, grpc_port=grpc_port,
+                   grpc_public_port=grpc_public_port)
+
+
+def render_systemd_unit(version_ref: str, heap: str = "2g") -> str:
+    return _render("signal-server.service.tmpl", version=version_ref, tool=PATHS["tool"], manifest=PATHS["manifest"],
+                   bundle=PATHS["bundle"], jar=PATHS["jar"], config=PATHS["config_out"], heap=heap)
+
+
+def render_registration_config(port: int, cert_path: str, key_path: str) -> str:
+    """registration-service's Micronaut overrides: TLS on its gRPC port (jtof-dev/registration-service README.md)."""
+    return to_yaml({"grpc": {"server": {"port": port, "ssl": {"enabled": True, "cert-chain": cert_path,
+                                                              "private-key": key_path}}}})
+
+
+def secrets_manifest(version: ServerVersion, *, store: str, prefix: str, paths: dict,
+                     program_values: Optional[str] = None) -> dict:
+    """What signal_secrets.py needs: entry names and sources, never values."""
+    return {
+        "store": store, "prefix": prefix, "program_values": program_values,
+        "jar": paths["jar"], "generic_zk_source": paths["generic_zk_source"], "ud_key_id": version["ud_key_id"],
+        "bundle": {e.key: {"source": e.source, "generator": e.generator, "standin": e.standin, "list": e.list}
+                   for e in version.bundle},
+        "public": {name: spec["generator"] for name, spec in version.public_values.items()},
+        "config_patches": version["config_patches"],
+        "tls_key": "tls/registration-key",
+        "outputs": {k: paths[k] for k in ("bundle", "config_in", "config_out", "tls_key")},
+    }
+
+
+def compose_file(version: ServerVersion, redis_in_containers: bool) -> dict:
+    rs = version.registration_service
+    services = redis.compose_services(DATA) if redis_in_containers else {}
+    services["registration-service"] = {
+        "build": {"context": f"{OPT}/registration", "args": {"BUILD_IMAGE": image("registration-build"),
+                                                             "REPO": rs["repo"], "REF": rs["ref"]}},
+        "network_mode": "host", "restart": "unless-stopped",
+        "volumes": [f"{ETC}/registration:/etc/registration:ro"],
+    }
+    assert rs["port"] not in redis.node_ports()
+    return {"version": "2.4", "services": services}
+
+
+def render_cloud_init(version: ServerVersion, *, server_repo: str, server_ref: str, jar_s3_uri: str, host: str,
+                      acme_email: str, region: str, parameter_prefix: str, config_yml: str, tls_cert_pem: str,
+                      data_volume_id: str, redis_in_containers: bool) -> str:
+    """#cloud-config for the instance. Every input is public; tests assert no secret reaches it."""
+    rs = version.registration_service
+    ports = version.server_ports
+    manifest = secrets_manifest(version, store="ssm", prefix=parameter_prefix, paths=PATHS)
+    files = [
+        (PATHS["tool"], template("signal_secrets.py"), "0755"),
+        (PATHS["generic_zk_source"], template("GenericZkParams.java"), "0644"),
+        (PATHS["manifest"], json.dumps(manifest, indent=2), "0644"),
+        (PATHS["config_in"], config_yml, "0640"),
+        (PATHS["tls_cert"], tls_cert_pem, "0644"),
+        (PATHS["registration_yml"], render_registration_config(rs["port"], "/etc/registration/cert.pem",
+                                                               "/etc/registration/key.pem"), "0644"),
+        (f"{OPT}/registration/Dockerfile", template("Dockerfile.registration"), "0644"),
+        (PATHS["compose"], to_yaml(compose_file(version, redis_in_containers)), "0644"),
+        ("/etc/systemd/system/signal-server.service", render_systemd_unit(server_ref), "0644"),
+        ("/etc/systemd/system/signal-redis.service", _compose_unit(), "0644"),
+        ("/etc/nginx/sites-available/signal.conf",
+         render_nginx_conf(host, ports["app"], rs["port"], rs["public_port"]), "0644"),
+        (f"{OPT}/mount-data.sh", _mount_script(data_volume_id), "0755"),
+    ]
+    if jar_s3_uri:
+        fetch_jar = f"aws s3 cp --region {region} {jar_s3_uri} {PATHS['jar']}"
+    else:
+        fetch_jar = (f"git clone {server_repo} {OPT}/src && cd {OPT}/src && git checkout --detach {server_ref} && "
+                     f"{version['build']} && cp {OPT}/src/{version['jar']} {PATHS['jar']}")
+    certbot = (f"certbot certonly --standalone --non-interactive --agree-tos -m {acme_email} -d {host} "
+               "--pre-hook 'systemctl stop nginx' --post-hook 'systemctl start nginx'")
+    document = {
+        "package_update": True,
+        "packages": [f"openjdk-{version['java']}-jdk-headless", "git", "docker.io", "docker-compose", "nginx",
+                     "certbot", "python3-boto3", "python3-yaml", "awscli", "openssl"],
+        "users": ["default", {"name": "signal", "system": True, "shell": "/usr/sbin/nologin"}],
+        "write_files": [{"path": p, "content": c, "permissions": m} for p, c, m in files],
+        "runcmd": [
+            f"{OPT}/mount-data.sh",
+            f"mkdir -p {DATA}/letsencrypt && rm -rf /etc/letsencrypt && ln -s {DATA}/letsencrypt /etc/letsencrypt",
+            ["sh", "-c", fetch_jar],
+            ["sh", "-c", f"test -f /etc/letsencrypt/live/{host}/fullchain.pem || {certbot}"],
+            "ln -sf /etc/nginx/sites-available/signal.conf /etc/nginx/sites-enabled/signal.conf",
+            "rm -f /etc/nginx/sites-enabled/default",
+            "systemctl daemon-reload",
+            "systemctl enable --now docker signal-redis.service",
+            "systemctl enable --now signal-server.service",
+            "systemctl restart nginx",
+        ],
+    }
+    return "#cloud-config\n" + to_yaml(document)
+
+
+def _compose_unit() -> str:
+    return (
+        "[Unit]\nDescription=Redis cluster and registration-service (docker-compose)\nRequires=docker.service\n"
+        "After=docker.service\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nWorkingDirectory=/opt/signal\n"
+        f"ExecStartPre=/usr/bin/python3 {PATHS['tool']} first-boot {PATHS['manifest']}\n"
+        f"ExecStartPre=/usr/bin/python3 {PATHS['tool']} assemble {PATHS['manifest']}\n"
+        f"ExecStart=/usr/bin/docker-compose -f {PATHS['compose']} up -d --build\n"
+        f"ExecStop=/usr/bin/docker-compose -f {PATHS['compose']} stop\n\n[Install]\nWantedBy=multi-user.target\n"
+    )
+
+
+def _mount_script(volume_id: str) -> str:
+    """Mounts the data volume; formats it only when it has no filesystem (a new volume)."""
+    nvme = f"/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{volume_id.replace('-', '')}"
+    return (
+        "#!/bin/sh\nset -e\n"
+        f"for i in $(seq 60); do for d in {nvme} /dev/xvdf {DATA_DEVICE}; do [ -e $d ] && DEV=$d && break 2; done; "
+        "sleep 5; done\n"
+        'blkid "$DEV" || mkfs.ext4 -L signal-data "$DEV"\n'
+        f"mkdir -p {DATA}\n"
+        f"grep -q signal-data /etc/fstab || echo 'LABEL=signal-data {DATA} ext4 defaults,nofail 0 2' >> /etc/fstab\n"
+        f"mountpoint -q {DATA} || mount {DATA}\n"
+    )
+
+
+@dataclass
+class SignalHostArgs:
+    version: ServerVersion
+    instance_type: str
+    server_repo: str
+    server_ref: str
+    jar_s3_uri: str
+    host: str  # chat.<domain>
+    acme_email: str
+    region: str
+    parameter_prefix: str
+    security_group_id: pulumi.Input[str]
+    instance_profile_name: pulumi.Input[str]
+    config_yml: pulumi.Input[str]
+    tls_cert_pem: pulumi.Input[str]
+    redis_in_containers: bool
+    data_volume_gb: int = 20
+
+
+class SignalHost(pulumi.ComponentResource):
+    instance: aws.ec2.Instance
+    eip: aws.ec2.Eip
+    public_ip: pulumi.Output
+    user_data: pulumi.Output
+
+    def __init__(self, name: str, args: SignalHostArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("commstack:signal:SignalHost", name, None, opts)
+        ami = aws.ec2.get_ami_output(most_recent=True, owners=[DEBIAN_OWNER],
+                                     filters=[aws.ec2.GetAmiFilterArgs(name="name", values=[DEBIAN_12_AMI_PATTERN]),
+                                              aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"])],
+                                     opts=pulumi.InvokeOptions(parent=self))
+        # One AZ for the instance and its volume.
+        zone = aws.get_availability_zones_output(state="available", opts=pulumi.InvokeOptions(parent=self)).names[0]
+        volume = aws.ebs.Volume(f"{name}-data", availability_zone=zone, size=args.data_volume_gb, type="gp3",
+                                encrypted=True, opts=stateful_child(self))
+        self.user_data = pulumi.Output.all(args.config_yml, args.tls_cert_pem, volume.id).apply(
+            lambda a: render_cloud_init(
+                args.version, server_repo=args.server_repo, server_ref=args.server_ref, jar_s3_uri=args.jar_s3_uri,
+                host=args.host, acme_email=args.acme_email, region=args.region,
+                parameter_prefix=args.parameter_prefix, config_yml=a[0], tls_cert_pem=a[1], data_volume_id=a[2],
+                redis_in_containers=args.redis_in_containers))
+        self.instance = aws.ec2.Instance(
+            f"{name}-instance", ami=ami.id, instance_type=args.instance_type, availability_zone=zone,
+            iam_instance_profile=args.instance_profile_name, vpc_security_group_ids=[args.security_group_id],
+            user_data=self.user_data, user_data_replace_on_change=True,
+            # IMDSv2 only: the role's credentials are not reachable through a simple SSRF.
+            metadata_options=aws.ec2.InstanceMetadataOptionsArgs(http_tokens="required", http_put_response_hop_limit=2),
+            root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(volume_size=30, volume_type="gp3", encrypted=True),
+            tags={"Name": f"{name}-signal-server"}, opts=child(self))
+        aws.ec2.VolumeAttachment(f"{name}-data-attachment", device_name=DATA_DEVICE, volume_id=volume.id,
+                                 instance_id=self.instance.id, opts=child(self))
+        self.eip = aws.ec2.Eip(f"{name}-eip", domain="vpc", opts=stateful_child(self))
+        aws.ec2.EipAssociation(f"{name}-eip-association", allocation_id=self.eip.allocation_id,
+                               instance_id=self.instance.id, opts=child(self))
+        self.public_ip = self.eip.public_ip
+        self.register_outputs({"public_ip": self.public_ip, "instance_id": self.instance.id})

@@ -1,0 +1,161 @@
+"""The docker target: the Signal half on the local Docker host, no AWS account.
+
+DynamoDB Local gets the same tables, created from the same data file by a one-shot AWS CLI
+container on the private network (DynamoDB Local is never published on a host port, so the
+aws provider cannot reach it from where Pulumi runs). Redis is the same six-node cluster,
+formed by a one-shot `redis-cli --cluster create`. Signal-Server and registration-service
+images are built from the pinned sources.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+import pulumi_docker as docker
+
+from components.common import ConfigFile, ContainerSpec, child, image, service_container, stateful_child
+from components.signal import redis
+from components.signal.host import secrets_manifest
+from components.signal.storage import create_table_request
+from components.signal.version import SIGNAL_CONFIGS, ServerVersion
+
+DYNAMODB_ALIAS = "dynamodb"
+DYNAMODB_PORT = 8000
+REGISTRATION_ALIAS = "registration-service"
+REDIS_PORT = 6379
+# DynamoDB Local accepts any credentials; these name the local account, they guard nothing.
+LOCAL_AWS_ENV = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local", "AWS_DEFAULT_REGION": "local"}
+
+LOCAL_PATHS = {
+    "jar": "/opt/signal/TextSecureServer.jar",
+    "generic_zk_source": "/opt/signal/GenericZkParams.java",
+    "bundle": "/etc/signal/secrets-bundle.yml",
+    "config_in": "/etc/signal/config.base.yml",
+    "config_out": "/etc/signal/config.yml",
+    "tls_key": "/etc/signal/registration/key.pem",
+}
+
+
+def redis_alias(index: int) -> str:
+    return f"redis-{index}"
+
+
+def tables_script(physical_names: list[str]) -> str:
+    """Creates each table unless it exists (DynamoDB Local keeps data in its volume)."""
+    endpoint = f"http://{DYNAMODB_ALIAS}:{DYNAMODB_PORT}"
+    lines = ["set -e", f"until aws dynamodb list-tables --endpoint-url {endpoint} >/dev/null; do sleep 1; done"]
+    for table in physical_names:
+        lines.append(f"aws dynamodb describe-table --endpoint-url {endpoint} --table-name {table} >/dev/null 2>&1 || "
+                     f"aws dynamodb create-table --endpoint-url {endpoint} --cli-input-json file:///tables/{table}.json")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class LocalBackendArgs:
+    version: ServerVersion
+    server_repo: str
+    server_ref: str
+    name_prefix: str
+    config_yml: pulumi.Input[str]
+    tls_cert_pem: pulumi.Input[str]
+    program_values: pulumi.Input[dict]  # secret: {"bundle/<key>": value, "tls/registration-key": pem}
+
+
+class LocalBackend(pulumi.ComponentResource):
+    table_names: dict[str, str]  # config path -> name
+    network: docker.Network
+
+    def __init__(self, name: str, args: LocalBackendArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("commstack:signal:LocalBackend", name, None, opts)
+        version = args.version
+        self.network = docker.Network(f"{name}-net", name=f"{name}-net", internal=False, opts=child(self))
+        net = self.network.name
+
+        dynamo_data = docker.Volume(f"{name}-dynamodb-data", name=f"{name}-dynamodb-data", opts=stateful_child(self))
+        dynamodb = service_container(f"{name}-dynamodb", ContainerSpec(
+            image_key="dynamodb-local", network=net, aliases=[DYNAMODB_ALIAS],
+            command=["-jar", "DynamoDBLocal.jar", "-sharedDb", "-dbPath", "/home/dynamodblocal/data"],
+            volumes=[docker.ContainerVolumeArgs(volume_name=dynamo_data.name, container_path="/home/dynamodblocal/data")],
+            user="root"), self)
+
+        self.table_names = {t.config: f"{args.name_prefix}-{t.name}" for t in version.tables}
+        table_files = [ConfigFile(f"/tables/{self.table_names[t.config]}.json",
+                                  json.dumps(create_table_request(t, self.table_names[t.config]), indent=2))
+                       for t in version.tables]
+        service_container(f"{name}-tables", ContainerSpec(
+            image_key="aws-cli", network=net, aliases=[], restart="no",
+            files=table_files + [ConfigFile("/tables/create.sh", tables_script(list(self.table_names.values())), True)],
+            entrypoint=["sh", "/tables/create.sh"], envs=LOCAL_AWS_ENV,
+            extra={"must_run": False, "attach": True, "logs": True}), self, depends_on=[dynamodb])
+
+        nodes = []
+        for i in range(redis.NODES):
+            data = docker.Volume(f"{name}-redis-{i}-data", name=f"{name}-redis-{i}-data", opts=stateful_child(self))
+            nodes.append(service_container(f"{name}-redis-{i}", ContainerSpec(
+                image_key="redis", network=net, aliases=[redis_alias(i)],
+                command=redis.node_command(REDIS_PORT, announce_hostname=redis_alias(i)),
+                volumes=[docker.ContainerVolumeArgs(volume_name=data.name, container_path="/data")],
+                healthcheck=["CMD", "redis-cli", "ping"]), self))
+        # redis-cli --cluster create wants addresses; the names resolve on the private network.
+        resolved = [f"$(getent hosts {redis_alias(i)} | cut -d' ' -f1):{REDIS_PORT}" for i in range(redis.NODES)]
+        redis_cluster = service_container(f"{name}-redis-cluster-create", ContainerSpec(
+            image_key="redis", network=net, aliases=[], restart="no",
+            command=["sh", "-c", redis.cluster_create_script(resolved, f"{redis_alias(0)}:{REDIS_PORT}")],
+            extra={"must_run": False, "attach": True, "logs": True}), self, depends_on=nodes)
+
+        rs = version.registration_service
+        context = str(SIGNAL_CONFIGS)
+        registration_image = docker.Image(
+            f"{name}-registration-image", image_name=f"commstack/registration-service:{rs['ref']}", skip_push=True,
+            build=docker.DockerBuildArgs(context=context, dockerfile=str(SIGNAL_CONFIGS / "Dockerfile.registration"),
+                                         args={"BUILD_IMAGE": image("registration-build"), "REPO": rs["repo"],
+                                               "REF": rs["ref"]}),
+            opts=child(self))
+        server_image = docker.Image(
+            f"{name}-server-image", image_name=f"commstack/signal-server:{args.server_ref}", skip_push=True,
+            build=docker.DockerBuildArgs(context=context, dockerfile=str(SIGNAL_CONFIGS / "Dockerfile"), args={
+                "BUILD_IMAGE": image("signal-build"), "RUNTIME_IMAGE": image("signal-runtime"),
+                "REPO": args.server_repo, "REF": args.server_ref, "BUILD": version["build"],
+                "ARTIFACT": version["jar"]}),
+            opts=child(self))
+
+        program_values = pulumi.Output.secret(pulumi.Output.from_input(args.program_values).apply(json.dumps))
+        secrets_volume = docker.Volume(f"{name}-secrets", name=f"{name}-secrets", opts=stateful_child(self))
+        manifest = secrets_manifest(version, store="dir:/var/lib/signal/secrets", prefix="", paths=LOCAL_PATHS,
+                                    program_values="/etc/signal/program-values.json")
+        tool = "python3 /opt/signal/signal_secrets.py"
+        start = (f"{tool} first-boot /etc/signal/manifest.json && {tool} assemble /etc/signal/manifest.json && "
+                 f"exec java -Dsecrets.bundle.filename={LOCAL_PATHS['bundle']} -jar {LOCAL_PATHS['jar']} "
+                 f"server {LOCAL_PATHS['config_out']}")
+        secrets_spec_files = [
+            ConfigFile("/etc/signal/manifest.json", json.dumps(manifest, indent=2)),
+            ConfigFile("/etc/signal/program-values.json", program_values),
+            ConfigFile(LOCAL_PATHS["config_in"], args.config_yml),
+        ]
+        registration = self._registration(name, net, registration_image, args, rs["port"])
+        self.server = docker.Container(
+            f"{name}-server", name=f"{name}-server", image=server_image.image_name, restart="unless-stopped",
+            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=net, aliases=["signal-server"])],
+            uploads=[docker.ContainerUploadArgs(file=f.path, content=f.content) for f in secrets_spec_files],
+            volumes=[docker.ContainerVolumeArgs(volume_name=secrets_volume.name, container_path="/var/lib/signal/secrets")],
+            entrypoints=["sh", "-c", start],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[redis_cluster, registration]))
+        self.register_outputs({"network": net})
+
+    def _registration(self, name: str, net, built: docker.Image, args: LocalBackendArgs, port: int) -> docker.Container:
+        from components.signal.host import render_registration_config
+
+        key = pulumi.Output.secret(pulumi.Output.from_input(args.program_values).apply(lambda v: v["tls/registration-key"]))
+        return docker.Container(
+            f"{name}-registration", name=f"{name}-registration", image=built.image_name, restart="unless-stopped",
+            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=net, aliases=[REGISTRATION_ALIAS])],
+            uploads=[
+                docker.ContainerUploadArgs(file="/etc/registration/application.yml", content=render_registration_config(
+                    port, "/etc/registration/cert.pem", "/etc/registration/key.pem")),
+                docker.ContainerUploadArgs(file="/etc/registration/cert.pem", content=args.tls_cert_pem),
+                docker.ContainerUploadArgs(file="/etc/registration/key.pem", content=key),
+            ],
+            opts=child(self))

@@ -1,0 +1,95 @@
+"""Redis for Signal-Server: a six-node cluster (3 masters + 3 replicas) formed by a one-shot
+`redis-cli --cluster create --cluster-yes`, or AWS ElastiCache in cluster mode.
+
+Signal-Server v9.81.0 builds every *Cluster entry as a Lettuce cluster client
+(WhisperServerService.java, FaultTolerantRedisCluster), so Redis must run in cluster mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import pulumi
+import pulumi_aws as aws
+
+from components.common import child, image
+
+NODES = 6
+REPLICAS_PER_MASTER = 1
+FIRST_PORT = 7000
+
+
+def node_ports() -> list[int]:
+    return [FIRST_PORT + i for i in range(NODES)]
+
+
+def cluster_uri(host: str = "127.0.0.1", port: int = FIRST_PORT, tls: bool = False) -> str:
+    return f"{'rediss' if tls else 'redis'}://{host}:{port}"
+
+
+def node_command(port: int, announce_hostname: Optional[str] = None) -> list[str]:
+    command = ["redis-server", "--port", str(port), "--cluster-enabled", "yes",
+               "--cluster-config-file", f"nodes-{port}.conf", "--appendonly", "yes", "--dir", "/data"]
+    if announce_hostname:
+        # On a Docker network the nodes advertise names, not container IPs that change on restart.
+        command += ["--cluster-announce-hostname", announce_hostname, "--cluster-preferred-endpoint-type", "hostname"]
+    else:
+        command += ["--bind", "127.0.0.1"]
+    return command
+
+
+def cluster_create_script(addresses: Sequence[str], probe: str) -> str:
+    """Forms the cluster once; a no-op when it is already formed (later boots, replacements).
+    `addresses` may be shell expressions (Docker DNS lookups); `probe` is host:port of one node."""
+    host, port = probe.rsplit(":", 1)
+    return (
+        f"until redis-cli -h {host} -p {port} ping; do sleep 1; done; "
+        f"redis-cli -h {host} -p {port} cluster info | grep -q cluster_state:ok && exit 0; "
+        f"redis-cli --cluster create {' '.join(addresses)} --cluster-replicas {REPLICAS_PER_MASTER} --cluster-yes"
+    )
+
+
+def compose_services(data_dir: str) -> dict:
+    """docker-compose services for the instance: host networking bound to 127.0.0.1 (never public)."""
+    services = {}
+    for port in node_ports():
+        services[f"redis-{port}"] = {
+            "image": image("redis"), "network_mode": "host", "restart": "unless-stopped",
+            "command": node_command(port), "volumes": [f"{data_dir}/redis/{port}:/data"],
+            "healthcheck": {"test": ["CMD", "redis-cli", "-p", str(port), "ping"], "interval": "5s", "retries": 10},
+        }
+    services["redis-cluster-create"] = {
+        "image": image("redis"), "network_mode": "host", "restart": "no",
+        "depends_on": {name: {"condition": "service_healthy"} for name in list(services)},
+        "command": ["sh", "-c", cluster_create_script([f"127.0.0.1:{p}" for p in node_ports()], f"127.0.0.1:{FIRST_PORT}")],
+    }
+    return services
+
+
+@dataclass
+class ElastiCacheRedisArgs:
+    client_security_group_id: pulumi.Input[str]  # the instance's group; the only one let in
+    node_type: str = "cache.t4g.small"
+
+
+class ElastiCacheRedis(pulumi.ComponentResource):
+    """Cluster-mode ElastiCache with encryption in transit and at rest."""
+
+    uri: pulumi.Output
+
+    def __init__(self, name: str, args: ElastiCacheRedisArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("commstack:signal:ElastiCacheRedis", name, None, opts)
+        access = aws.ec2.SecurityGroup(
+            f"{name}-access", description="Redis from the Signal instance only",
+            ingress=[aws.ec2.SecurityGroupIngressArgs(protocol="tcp", from_port=6379, to_port=6379,
+                                                      security_groups=[args.client_security_group_id])],
+            opts=child(self))
+        group = aws.elasticache.ReplicationGroup(
+            f"{name}-redis", description="Signal-Server Redis (cluster mode)", engine="redis", engine_version="7.1",
+            node_type=args.node_type, port=6379, cluster_mode="enabled", num_node_groups=NODES // 2,
+            replicas_per_node_group=REPLICAS_PER_MASTER, automatic_failover_enabled=True, multi_az_enabled=True,
+            transit_encryption_enabled=True, at_rest_encryption_enabled=True,
+            security_group_ids=[access.id], opts=child(self))
+        self.uri = group.configuration_endpoint_address.apply(lambda host: cluster_uri(host, 6379, tls=True))
+        self.register_outputs({"uri": self.uri})

@@ -1,0 +1,98 @@
+"""Server secrets: what the program can generate it generates; the rest is made once on first boot.
+
+Layout under the parameter prefix (e.g. /commstack/prod/signal):
+  bundle/<secrets-bundle key>   SecureString; `program` entries are Pulumi resources (protected),
+                                `first_boot`/`external` entries are written by the instance only if absent
+  public/<name>                 String; UD trust root and zk public params, written on first boot
+  tls/registration-key          SecureString; private key of registration-service's TLS certificate
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_tls as tls
+
+from components.common import child, generated_bytes_b64, stateful_child
+from components.signal.version import ServerVersion
+
+TLS_KEY_PARAMETER = "tls/registration-key"
+
+
+def bundle_parameter(prefix: str, key: str) -> str:
+    return f"{prefix}/bundle/{key}"
+
+
+def public_parameter(prefix: str, name: str) -> str:
+    return f"{prefix}/public/{name}"
+
+
+def first_boot_parameters(version: ServerVersion, prefix: str) -> list[str]:
+    """Every parameter the instance itself writes (and so may create, never overwrite)."""
+    written = [bundle_parameter(prefix, e.key) for e in version.bundle if e.source in ("first_boot", "external")]
+    return written + [public_parameter(prefix, name) for name in version.public_values]
+
+
+def parameter_arn(region: str, account: str, name: str) -> str:
+    return f"arn:aws:ssm:{region}:{account}:parameter/{name.lstrip('/')}"
+
+
+@dataclass
+class InternalTlsArgs:
+    dns_names: Sequence[str]
+
+
+class InternalTls(pulumi.ComponentResource):
+    """A self-signed certificate for registration-service; Signal-Server trusts exactly it."""
+
+    cert_pem: pulumi.Output
+    private_key_pem: pulumi.Output  # secret
+
+    def __init__(self, name: str, args: InternalTlsArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("commstack:signal:InternalTls", name, None, opts)
+        key = tls.PrivateKey(f"{name}-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child(self))
+        cert = tls.SelfSignedCert(
+            f"{name}-cert", private_key_pem=key.private_key_pem, dns_names=list(args.dns_names),
+            subject=tls.SelfSignedCertSubjectArgs(common_name=args.dns_names[0]),
+            validity_period_hours=24 * 365 * 5, early_renewal_hours=24 * 30,
+            allowed_uses=["digital_signature", "key_encipherment", "server_auth", "cert_signing"],
+            is_ca_certificate=True, opts=child(self))
+        self.cert_pem = cert.cert_pem
+        self.private_key_pem = pulumi.Output.secret(key.private_key_pem_pkcs8)
+        self.register_outputs({"cert_pem": self.cert_pem})
+
+
+@dataclass
+class ServerSecretsArgs:
+    version: ServerVersion
+    tls_key_pem: pulumi.Input[str]
+    parameter_prefix: Optional[str] = None  # None: no SSM (docker target keeps values in the Pulumi state only)
+
+
+class ServerSecrets(pulumi.ComponentResource):
+    """Random shared secrets (RandomBytes, base64) and, on AWS, their SSM SecureString parameters."""
+
+    values: dict[str, pulumi.Output]  # bundle key -> secret Output
+    parameters: list[aws.ssm.Parameter]
+
+    def __init__(self, name: str, args: ServerSecretsArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("commstack:signal:ServerSecrets", name, None, opts)
+        self.values = {}
+        self.parameters = []
+        for entry in args.version.bundle_from("program"):
+            slug = entry.key.replace(".", "-").lower()
+            # Protected: a new value would log out every client (tokens) or break shared-secret peers.
+            self.values[entry.key] = generated_bytes_b64(f"{name}-{slug}", self, length=entry.bytes, protect=True)
+        if args.parameter_prefix:
+            prefix = args.parameter_prefix
+            named = {bundle_parameter(prefix, k): v for k, v in self.values.items()}
+            named[f"{prefix}/{TLS_KEY_PARAMETER}"] = pulumi.Output.secret(args.tls_key_pem)
+            for param_name, value in named.items():
+                slug = param_name[len(prefix) + 1:].replace("/", "-").replace(".", "-").lower()
+                self.parameters.append(aws.ssm.Parameter(
+                    f"{name}-{slug}", name=param_name, type="SecureString", value=value,
+                    opts=stateful_child(self, additional_secret_outputs=["value"])))
+        self.register_outputs({"parameter_names": [p.name for p in self.parameters]})

@@ -1,0 +1,120 @@
+"""Renders Signal-Server's config.yml from the version data file and the stack's resources.
+
+Pure functions: plain values in, text out. Secrets never pass through here;
+the config names them as `secret://<bundle key>` and the server resolves them
+from the secrets bundle the instance assembles from SSM.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from typing import Mapping
+
+from components.common import to_yaml
+from components.signal.version import ServerVersion, set_dotted
+
+
+@dataclass(frozen=True)
+class RegistrationEndpoint:
+    """Where Signal-Server reaches registration-service (always TLS, trusting `ca_pem`)."""
+
+    host: str
+    port: int
+    ca_pem: str
+
+
+@dataclass(frozen=True)
+class AppConfigNames:
+    application: str
+    environment: str
+    configuration: str
+
+
+def external_account_credentials(audience: str) -> str:
+    """The GCP external-account credential config the registration client requires at startup
+    (IdentityTokenCallCredentials.fromCredentialConfig at v9.81.0). It uses the instance's own
+    AWS identity as the subject token, so it holds no secret; the registration-service dev
+    environment does not check the token."""
+    return json.dumps({
+        "type": "external_account",
+        "audience": audience,
+        "subject_token_type": "urn:ietf:params:aws:token-type:aws4_request",
+        "token_url": "https://sts.googleapis.com/v1/token",
+        "credential_source": {
+            "environment_id": "aws1",
+            "region_url": "http://169.254.169.254/latest/meta-data/placement/availability-zone",
+            "url": "http://169.254.169.254/latest/meta-data/iam/security-credentials",
+            "regional_cred_verification_url": "https://sts.{region}.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15",
+        },
+    }, indent=2)
+
+
+def render_server_config(
+    version: ServerVersion,
+    *,
+    region: str,
+    domain: str,
+    table_names: Mapping[str, str],
+    bucket_names: Mapping[str, str],
+    redis_cluster_uri: str,
+    redis_pubsub_uri: str,
+    registration: RegistrationEndpoint,
+    app_config: AppConfigNames,
+    internal_ca_pem: str,
+) -> str:
+    """config.yml for `version`. `table_names`/`bucket_names` map the data file's config paths to
+    the physical names of the resources the program created."""
+    missing = [t.config for t in version.tables if t.config not in table_names]
+    missing += [b.config for b in version.buckets if b.config not in bucket_names]
+    if missing:
+        raise ValueError(f"no resource for config path(s): {', '.join(missing)}")
+
+    config = copy.deepcopy(version["static_config"])
+    set_dotted(config, "dynamoDbClientConfiguration.region", region)
+    tables: dict = {}
+    for spec in version.tables:
+        set_dotted(tables, spec.config, table_names[spec.config])
+    for path, value in version.table_settings.items():
+        set_dotted(tables, path, value)
+    config["dynamoDbTables"] = tables
+
+    for entry in version.redis_cluster_entries:
+        set_dotted(config, f"{entry}.configurationUri", redis_cluster_uri)
+    for entry in version.redis_standalone_entries:
+        set_dotted(config, f"{entry}.uri", redis_pubsub_uri)
+
+    for spec in version.buckets:
+        set_dotted(config, spec.config, bucket_names[spec.config])
+        set_dotted(config, spec.config.rsplit(".", 1)[0] + ".region", region)
+
+    config["appConfig"] = {"application": app_config.application, "environment": app_config.environment,
+                           "configuration": app_config.configuration}
+
+    # Services this stack does not run yet still need a URI and a trust root to start.
+    set_dotted(config, "storageService.uri", f"storage.{domain}")
+    set_dotted(config, "storageService.storageCaCertificates", [internal_ca_pem])
+    set_dotted(config, "backupService.uri", f"backup.{domain}")
+    set_dotted(config, "backupService.backupCaCertificates", [internal_ca_pem])
+    set_dotted(config, "svr2.uri", f"svr2.{domain}")
+    set_dotted(config, "svr2.svrCaCertificates", [internal_ca_pem])
+
+    audience = f"https://{registration.host}"
+    credential_json = external_account_credentials(audience)
+    config["registrationService"] = {
+        "host": registration.host,
+        "port": registration.port,
+        "credentialConfigurationJson": credential_json,
+        "secondaryCredentialConfigurationJson": credential_json,
+        "identityTokenAudience": audience,
+        "registrationCaCertificate": registration.ca_pem,
+    }
+    # Filled on the instance (configs/signal/signal_secrets.py assemble); kept as keys so the shape is complete.
+    for path in version["config_patches"]:
+        set_dotted(config, path, None)
+
+    ordered = {section: config[section] for section in version.required_sections if section in config}
+    ordered.update({k: v for k, v in config.items() if k not in ordered})
+    return to_yaml(ordered)
+

@@ -1,0 +1,130 @@
+"""DynamoDB tables and S3 buckets of one Signal-Server version, from its data file only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import pulumi
+import pulumi_aws as aws
+
+from components.common import child, stateful_child
+from components.signal.version import BucketSpec, IndexSpec, TableSpec
+
+
+def _key_schema(index: IndexSpec, table: TableSpec) -> list[dict]:
+    hash_attr = index.hash or table.hash
+    schema = [{"AttributeName": hash_attr.name, "KeyType": "HASH"}]
+    if index.range:
+        schema.append({"AttributeName": index.range.name, "KeyType": "RANGE"})
+    return schema
+
+
+def create_table_request(spec: TableSpec, physical_name: str) -> dict:
+    """The DynamoDB CreateTable request for `spec` (what DynamoDB Local is given in the docker target)."""
+    request = {
+        "TableName": physical_name,
+        "BillingMode": "PAY_PER_REQUEST",
+        "AttributeDefinitions": [{"AttributeName": a.name, "AttributeType": a.type} for a in spec.attributes],
+        "KeySchema": [{"AttributeName": spec.hash.name, "KeyType": "HASH"}]
+        + ([{"AttributeName": spec.range.name, "KeyType": "RANGE"}] if spec.range else []),
+    }
+    if spec.gsis:
+        request["GlobalSecondaryIndexes"] = [
+            {"IndexName": i.name, "KeySchema": _key_schema(i, spec), "Projection": {"ProjectionType": i.projection}}
+            for i in spec.gsis
+        ]
+    if spec.lsis:
+        request["LocalSecondaryIndexes"] = [
+            {"IndexName": i.name, "KeySchema": _key_schema(i, spec), "Projection": {"ProjectionType": i.projection}}
+            for i in spec.lsis
+        ]
+    return request
+
+
+@dataclass
+class TablesArgs:
+    tables: Sequence[TableSpec]
+    name_prefix: str  # physical names are <prefix>-<spec.name>
+
+
+class Tables(pulumi.ComponentResource):
+    """Every table, on-demand, PITR, encrypted, deletion-protected, TTL where the server writes one."""
+
+    tables: dict[str, aws.dynamodb.Table]  # by config path
+    names: pulumi.Output  # {config path: physical name}
+    arns: pulumi.Output  # [table ARN]
+
+    def __init__(self, name: str, args: TablesArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("commstack:signal:Tables", name, None, opts)
+        self.tables = {}
+        for spec in args.tables:
+            self.tables[spec.config] = aws.dynamodb.Table(
+                f"{name}-{spec.name.lower().replace('_', '-')}",
+                name=f"{args.name_prefix}-{spec.name}",
+                billing_mode="PAY_PER_REQUEST",
+                hash_key=spec.hash.name,
+                range_key=spec.range.name if spec.range else None,
+                attributes=[aws.dynamodb.TableAttributeArgs(name=a.name, type=a.type) for a in spec.attributes],
+                global_secondary_indexes=[
+                    aws.dynamodb.TableGlobalSecondaryIndexArgs(
+                        name=i.name, projection_type=i.projection,
+                        key_schemas=[aws.dynamodb.TableGlobalSecondaryIndexKeySchemaArgs(
+                            attribute_name=k["AttributeName"], key_type=k["KeyType"]) for k in _key_schema(i, spec)])
+                    for i in spec.gsis
+                ] or None,
+                local_secondary_indexes=[
+                    aws.dynamodb.TableLocalSecondaryIndexArgs(name=i.name, projection_type=i.projection,
+                                                              range_key=i.range.name) for i in spec.lsis
+                ] or None,
+                point_in_time_recovery=aws.dynamodb.TablePointInTimeRecoveryArgs(enabled=True),
+                server_side_encryption=aws.dynamodb.TableServerSideEncryptionArgs(enabled=True),
+                deletion_protection_enabled=True,
+                ttl=aws.dynamodb.TableTtlArgs(attribute_name=spec.ttl, enabled=True) if spec.ttl else None,
+                opts=stateful_child(self),
+            )
+        self.names = pulumi.Output.all(**{path: t.name for path, t in self.tables.items()})
+        self.arns = pulumi.Output.all(*[t.arn for t in self.tables.values()])
+        self.register_outputs({"names": self.names, "arns": self.arns})
+
+
+@dataclass
+class BucketsArgs:
+    buckets: Sequence[BucketSpec]
+    name_prefix: str
+
+
+class Buckets(pulumi.ComponentResource):
+    """Private, public-access-blocked, encrypted, versioned, protected buckets."""
+
+    buckets: dict[str, aws.s3.Bucket]  # by config path
+    controls: list[pulumi.CustomResource]  # access block, ownership, encryption, versioning of each bucket
+    names: pulumi.Output
+    arns: pulumi.Output
+
+    def __init__(self, name: str, args: BucketsArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("commstack:signal:Buckets", name, None, opts)
+        self.buckets = {}
+        self.controls = []
+        for spec in args.buckets:
+            res = f"{name}-{spec.name}"
+            bucket = aws.s3.Bucket(res, bucket_prefix=f"{args.name_prefix}-{spec.name}-", force_destroy=False,
+                                   opts=stateful_child(self))
+            self.controls += [
+                aws.s3.BucketPublicAccessBlock(f"{res}-public-access", bucket=bucket.id, block_public_acls=True,
+                                               block_public_policy=True, ignore_public_acls=True,
+                                               restrict_public_buckets=True, opts=child(self)),
+                aws.s3.BucketOwnershipControls(f"{res}-ownership", bucket=bucket.id,
+                                               rule={"object_ownership": "BucketOwnerEnforced"}, opts=child(self)),
+                aws.s3.BucketServerSideEncryptionConfiguration(
+                    f"{res}-sse", bucket=bucket.id,
+                    rules=[{"apply_server_side_encryption_by_default": {"sse_algorithm": "AES256"},
+                            "bucket_key_enabled": True}],
+                    opts=child(self)),
+                aws.s3.BucketVersioning(f"{res}-versioning", bucket=bucket.id,
+                                        versioning_configuration={"status": "Enabled"}, opts=child(self)),
+            ]
+            self.buckets[spec.config] = bucket
+        self.names = pulumi.Output.all(**{path: b.bucket for path, b in self.buckets.items()})
+        self.arns = pulumi.Output.all(*[b.arn for b in self.buckets.values()])
+        self.register_outputs({"names": self.names, "arns": self.arns})

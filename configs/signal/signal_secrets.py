@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""Signal-Server secrets on the instance: `first-boot` creates what is missing, `assemble` writes files.
+
+first-boot: for every secrets-bundle entry and public value the manifest lists that the store
+  does not hold yet, generate it (server jar, openssl) and store it WITHOUT overwriting, so the
+  first instance creates them and every later boot or replacement reuses them.
+assemble:   writes the secrets bundle (0600), the registration-service TLS key (0600) and config.yml
+  (the base file plus the values listed under config_patches).
+Stores: `ssm` (Parameter Store, instance role credentials) or `dir:<path>` (docker target volume).
+Never prints a secret value.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+
+class SsmStore:
+    def __init__(self, prefix):
+        import boto3
+
+        self.prefix = prefix
+        self.ssm = boto3.client("ssm")
+
+    def get(self, name):
+        try:
+            return self.ssm.get_parameter(Name=f"{self.prefix}/{name}", WithDecryption=True)["Parameter"]["Value"]
+        except self.ssm.exceptions.ParameterNotFound:
+            return None
+
+    def put_if_absent(self, name, value, secret):
+        try:
+            self.ssm.put_parameter(Name=f"{self.prefix}/{name}", Value=value, Overwrite=False,
+                                   Type="SecureString" if secret else "String")
+        except self.ssm.exceptions.ParameterAlreadyExists:
+            pass  # another boot won the race; its value stands
+
+
+class DirStore:
+    """Files under a directory, plus the program's generated values (read-only JSON)."""
+
+    def __init__(self, root, program_values):
+        self.root = Path(root)
+        self.program = json.loads(Path(program_values).read_text()) if program_values else {}
+
+    def get(self, name):
+        if name in self.program:
+            return self.program[name]
+        path = self.root / name
+        return path.read_text() if path.exists() else None
+
+    def put_if_absent(self, name, value, secret):
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(path, "x") as handle:
+                os.chmod(path, 0o600)
+                handle.write(value)
+        except FileExistsError:
+            pass
+
+
+def _run(cmd):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+def _fields(text):
+    """'Public key : X' lines -> {'Public key': 'X'}"""
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in text.splitlines()) if v}
+
+
+def _java(manifest, *args):
+    with tempfile.NamedTemporaryFile("w", suffix=".yml") as empty_bundle:
+        empty_bundle.write("{}\n")
+        empty_bundle.flush()
+        return _run(["java", f"-Dsecrets.bundle.filename={empty_bundle.name}", *args])
+
+
+def generate(manifest, generator):
+    """-> ({bundle key: value}, {public name: value}) for one generator."""
+    jar = manifest["jar"]
+    if generator == "zkparams":
+        out = _fields(_java(manifest, "-jar", jar, "zkparams"))
+        return {"zkConfig.serverSecret": out["Private"]}, {"zkServerPublic": out["Public"]}
+    if generator == "generic-zkparams":
+        out = _fields(_java(manifest, "-cp", jar, manifest["generic_zk_source"]))
+        return {"genericZkConfig.serverSecret": out["Private"]}, {"genericZkServerPublic": out["Public"]}
+    if generator == "ud-certificate":
+        ca = _fields(_java(manifest, "-jar", jar, "certificate", "--ca"))
+        cert = _fields(_java(manifest, "-jar", jar, "certificate", "--key", ca["Private key"],
+                             "--id", str(manifest["ud_key_id"])))
+        # The CA private key is not kept: the server certificate does not expire, and a new CA
+        # would change the trust root every client build embeds.
+        return ({"unidentifiedDelivery.certificate": cert["Certificate"],
+                 "unidentifiedDelivery.privateKey": cert["Private key"]}, {"udTrustRoot": ca["Public key"]})
+    if generator == "rsa-pem":
+        return {"gcpAttachments.rsaSigningKey": _run(["openssl", "genpkey", "-algorithm", "RSA",
+                                                       "-pkeyopt", "rsa_keygen_bits:2048"])}, {}
+    if generator == "ec-pem":
+        return {"apn.signingKey": _run(["openssl", "genpkey", "-algorithm", "EC",
+                                        "-pkeyopt", "ec_paramgen_curve:P-256"])}, {}
+    if generator == "gcp-service-account":
+        # A well-formed stand-in so the FCM client starts; push stays off until the operator
+        # replaces it with a real Firebase service account.
+        key = _run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])
+        return {"fcm.credentials": json.dumps({
+            "type": "service_account", "project_id": "unset", "private_key_id": "unset", "private_key": key,
+            "client_email": "unset@unset.iam.gserviceaccount.com", "client_id": "0",
+            "token_uri": "https://oauth2.googleapis.com/token"})}, {}
+    raise SystemExit(f"unknown generator {generator}")
+
+
+def first_boot(manifest, store):
+    bundle = manifest["bundle"]
+    pending = sorted({spec["generator"] for key, spec in bundle.items()
+                      if spec["source"] == "first_boot" and store.get(f"bundle/{key}") is None}
+                     | {gen for name, gen in manifest["public"].items() if store.get(f"public/{name}") is None})
+    for generator in pending:
+        secrets, public = generate(manifest, generator)
+        for key, value in secrets.items():
+            store.put_if_absent(f"bundle/{key}", value, secret=True)
+        for name, value in public.items():
+            store.put_if_absent(f"public/{name}", value, secret=False)
+        print(f"first-boot: generated {generator}")
+    for key, spec in bundle.items():
+        if spec["source"] == "external" and store.get(f"bundle/{key}") is None:
+            store.put_if_absent(f"bundle/{key}", spec["standin"], secret=True)
+
+
+def _write_private(path, text):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def _set(config, dotted, value):
+    *parents, last = dotted.split(".")
+    for part in parents:
+        config = config.setdefault(part, {})
+    config[last] = value
+
+
+def assemble(manifest, store):
+    out = manifest["outputs"]
+    bundle = {}
+    for key, spec in manifest["bundle"].items():
+        value = store.get(f"bundle/{key}")
+        if value is None:
+            raise SystemExit(f"missing secret {key}; run first-boot")
+        bundle[key] = [value] if spec.get("list") else value
+    _write_private(out["bundle"], yaml.safe_dump(bundle, default_flow_style=False, width=100000))
+    _write_private(out["tls_key"], store.get(manifest["tls_key"]) or "")
+    config = yaml.safe_load(Path(out["config_in"]).read_text())
+    for path, source in manifest["config_patches"].items():
+        value = store.get(f"public/{source['public']}") if "public" in source else store.get(f"bundle/{source['secret']}")
+        _set(config, path, value)
+    _write_private(out["config_out"], yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=100000))
+    print("assemble: wrote bundle, tls key and config")
+
+
+def main(argv):
+    command, manifest_path = argv[1], argv[2]
+    manifest = json.loads(Path(manifest_path).read_text())
+    where = manifest["store"]
+    store = SsmStore(manifest["prefix"]) if where == "ssm" else DirStore(where.split(":", 1)[1], manifest.get("program_values"))
+    {"first-boot": first_boot, "assemble": assemble}[command](manifest, store)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,125 @@
+"""commstack.doctor's pieces that need no deployment: address rewriting, DNS rules, STUN
+encoding, TURN REST credentials, argument precedence and the table.
+(Doctor against real servers: tests/integration/test_doctor.py.)"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import hmac
+import struct
+
+import pytest
+
+from commstack import doctor
+
+
+def _target(**via) -> doctor.Target:
+    return doctor.Target(server_name="example.org", via=dict(via))
+
+
+@pytest.mark.parametrize("url, via, expected", [
+    ("https://matrix.example.org/_matrix/client/versions", {"matrix.example.org:443": "http://127.0.0.1:8080"},
+     "http://127.0.0.1:8080/_matrix/client/versions"),
+    ("https://matrix.example.org:8448/x?y=1", {"matrix.example.org:8448": "10.0.0.5:9000"}, "https://10.0.0.5:9000/x?y=1"),
+    ("https://matrix.example.org/x", {"matrix.example.org:8448": "http://127.0.0.1:1"}, "https://matrix.example.org/x"),
+])
+def test_reach_rewrites_only_the_mapped_origin(url, via, expected):
+    assert doctor.reach(doctor.Target(server_name="example.org", via=via), url) == expected
+
+
+def test_reach_address_maps_turn_host_and_port():
+    target = doctor.Target(server_name="example.org", via={"turn.example.org:3478": "127.0.0.1:40000"})
+    assert doctor.reach_address(target, "turn.example.org", 3478) == ("127.0.0.1", 40000)
+    assert doctor.reach_address(target, "turn.example.org", 5349) == ("turn.example.org", 5349)
+
+
+@pytest.mark.parametrize("uri, expected", [
+    ("turn:turn.example.org:3478?transport=udp", ("turn", "turn.example.org", 3478, "udp")),
+    ("turn:turn.example.org:3478?transport=tcp", ("turn", "turn.example.org", 3478, "tcp")),
+    ("turns:turn.example.org:5349?transport=tcp", ("turns", "turn.example.org", 5349, "tls")),
+    ("turn:turn.example.org", ("turn", "turn.example.org", 3478, "udp")),
+])
+def test_parse_turn_uri(uri, expected):
+    assert doctor.parse_turn_uri(uri) == expected
+
+
+def test_localhost_names_are_loopback_by_rfc_6761():
+    assert doctor.resolve("matrix.commstack.localhost") == ["127.0.0.1"]
+
+
+def test_dns_check_fails_with_a_hint_when_the_address_differs():
+    check = doctor.check_dns("matrix.commstack.localhost", "203.0.113.10")
+    assert check.status == doctor.FAIL
+    assert "point matrix.commstack.localhost at 203.0.113.10" in check.hint
+
+
+def test_dns_check_fails_for_a_missing_name():
+    check = doctor.check_dns("nothing.invalid", None)
+    assert (check.status, check.hint.startswith("create an A record")) == (doctor.FAIL, True)
+
+
+def test_turn_rest_credentials_follow_the_use_auth_secret_scheme():
+    username, password = doctor.turn_rest_credentials("turnsecret", "@a:x.org", 1700000000)
+    assert username == "1700000000:@a:x.org"
+    assert base64.b64decode(password) == hmac.new(b"turnsecret", username.encode(), hashlib.sha1).digest()
+
+
+def test_stun_message_integrity_covers_the_header_with_its_own_length():
+    transaction = bytes(range(12))
+    key = hashlib.md5(b"user:realm:pass").digest()
+    message = doctor._stun_message(doctor._ALLOCATE, transaction, [doctor._attribute(doctor._USERNAME, b"user")], key)
+    method, length, magic = struct.unpack("!HHI", message[:8])
+    assert (method, magic, message[8:20], length) == (doctor._ALLOCATE, doctor._MAGIC, transaction, len(message) - 20)
+    body_before_integrity = message[:-24]
+    adjusted = body_before_integrity[:2] + struct.pack("!H", length) + body_before_integrity[4:]
+    assert message[-20:] == hmac.new(key, adjusted, hashlib.sha1).digest()
+    parsed_method, attributes = doctor._parse_stun(message)
+    assert (parsed_method, attributes[doctor._USERNAME]) == (doctor._ALLOCATE, b"user")
+
+
+def test_xor_relayed_address_decodes():
+    port, address = 49170, 0x7F000001
+    value = struct.pack("!BBHI", 0, 1, port ^ (doctor._MAGIC >> 16), address ^ doctor._MAGIC)
+    assert doctor._xor_address(value) == "127.0.0.1:49170"
+
+
+def _args(**overrides) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    doctor.add_arguments(parser)
+    argv = []
+    for key, value in overrides.items():
+        argv += [f"--{key.replace('_', '-')}", value] if value is not True else [f"--{key.replace('_', '-')}"]
+    return parser.parse_args(argv)
+
+
+def test_flags_override_stack_outputs(monkeypatch):
+    monkeypatch.delenv("COMMSTACK_SHARED_SECRET", raising=False)
+    outputs = {"serverName": "example.org", "homeserverUrl": "https://matrix.example.org/",
+               "turnUris": ["turn:turn.example.org:3478?transport=udp"], "registrationSharedSecret": "s"}
+    target = doctor.target_from_args(_args(stack="prod", homeserver_url="https://hs.example.org/",
+                                           via="example.org:443=http://127.0.0.1:1"), outputs=lambda stack: outputs)
+    assert target.server_name == "example.org"
+    assert target.homeserver_url == "https://hs.example.org/"
+    assert target.turn_uris == outputs["turnUris"]
+    assert target.shared_secret == "s"
+    assert target.via == {"example.org:443": "http://127.0.0.1:1"}
+
+
+def test_a_server_name_is_required():
+    with pytest.raises(doctor.AdminError, match="--stack NAME or --server-name"):
+        doctor.target_from_args(_args(), outputs=lambda stack: {})
+
+
+def test_table_counts_and_hints():
+    table = doctor.format_table([
+        doctor.Check("a", doctor.PASS, "fine", "never shown"),
+        doctor.Check("b", doctor.FAIL, "broken", "do this"),
+        doctor.Check("c", doctor.SKIP, "relaxed", "drop the flag"),
+    ])
+    rows = table.splitlines()
+    assert rows[0].split() == ["CHECK", "STATUS", "DETAIL", "FIX"]
+    assert rows[1].split() == ["a", "PASS", "fine"]
+    assert rows[2].endswith("do this") and rows[3].endswith("drop the flag")
+    assert rows[-1] == "3 checks: 1 passed, 1 failed, 1 skipped"

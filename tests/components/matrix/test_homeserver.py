@@ -1,0 +1,344 @@
+"""The whole Matrix half on the offline engine: shared values are wired once
+and equal on both sides, secrets stay secret, only the public ports are
+published, state is protected and every resource hangs off the Homeserver."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+import pulumi
+import pytest
+import yaml
+
+from commstack import offline
+from components.matrix.homeserver import Homeserver, HomeserverArgs
+from components.settings import EdgeSettings, MatrixSettings
+
+CONTAINER = "docker:index/container:Container"
+TELEGRAM_HASH = "0123456789abcdef0123456789abcdef"
+CF_TOKEN = "cf-token-under-test-0123456789"
+
+
+def matrix_settings(**overrides) -> MatrixSettings:
+    values = dict(domain="example.org", matrix_host="matrix.example.org", element_host="element.example.org",
+                  turn_host="turn.example.org", registration="token", federation=True, federation_port=443,
+                  turn=True, element=True, bridges=("whatsapp", "telegram"), telegram_api_id=123456,
+                  telegram_api_hash=pulumi.Output.secret(TELEGRAM_HASH))
+    values.update(overrides)
+    return MatrixSettings(**values)
+
+
+def edge_settings(tls: str = "self-signed") -> EdgeSettings:
+    letsencrypt = tls == "letsencrypt"
+    return EdgeSettings(public_ip="203.0.113.10", tls=tls, acme_email="admin@example.org" if letsencrypt else "",
+                        cloudflare_dns=letsencrypt, cloudflare_proxy_http=False, cloudflare_scoped_dns_token=False,
+                        cloudflare_api_token=pulumi.Output.secret(CF_TOKEN) if letsencrypt else None)
+
+
+def build(matrix: MatrixSettings, edge: EdgeSettings) -> tuple[Homeserver, pulumi.Output]:
+    """The Homeserver and an Output that resolves once every container is registered."""
+    hs = Homeserver("matrix", HomeserverArgs(matrix=matrix, edge=edge))
+    containers = [hs.postgres.provisioner, hs.synapse.container, hs.proxy.container, hs.wellknown.container]
+    containers += [b.container for b in hs.bridges.values()]
+    containers += [c.container for c in (hs.turn, hs.element) if c is not None]
+    return hs, pulumi.Output.all(*(c.id for c in containers))
+
+
+def container(recorded, name: str):
+    (found,) = [r for r in recorded.of_type(CONTAINER) if r.name == name]
+    return found
+
+
+def uploads(recorded, name: str) -> dict[str, str]:
+    return {u["file"]: u["content"] for u in container(recorded, name).plain_inputs.get("uploads") or []}
+
+
+def published(recorded) -> dict[str, set[tuple[int, str]]]:
+    out = {}
+    for reg in recorded.of_type(CONTAINER):
+        ports = {(p["external"], p.get("protocol", "tcp")) for p in reg.plain_inputs.get("ports") or []}
+        if ports:
+            out[reg.name] = ports
+    return out
+
+
+def expected_ports(turn: bool = True, federation_8448: bool = False) -> dict[str, set[tuple[int, str]]]:
+    ports = {"proxy": {(80, "tcp"), (443, "tcp")} | ({(8448, "tcp")} if federation_8448 else set())}
+    if turn:
+        ports["turn"] = {(p, proto) for p in (3478, 5349) for proto in ("tcp", "udp")}
+        ports["turn"] |= {(p, "udp") for p in range(49160, 49201)}
+    return ports
+
+
+def certificate_domains(node) -> set[str]:
+    """Every host in Traefik `domains: [{main, sans}]` entries, wherever they sit."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "domains":
+                for domain in value:
+                    found |= {domain["main"], *domain.get("sans", [])}
+            else:
+                found |= certificate_domains(value)
+    elif isinstance(node, list):
+        for item in node:
+            found |= certificate_domains(item)
+    return found
+
+
+def role_passwords(init_sql: str) -> dict[str, str]:
+    return dict(re.findall(r"^ALTER ROLE (\w+) WITH .* PASSWORD '([^']*)';$", init_sql, flags=re.M))
+
+
+def generated_values(recorded) -> list[str]:
+    """Every value the program generated: random passwords and private keys."""
+    values = [r.plain_outputs["result"] for r in recorded.of_type("random:index/randomPassword:RandomPassword")]
+    for key in recorded.of_type("tls:index/privateKey:PrivateKey"):
+        values += [key.plain_outputs["privateKeyPem"], key.plain_outputs["privateKeyPemPkcs8"]]
+    return values
+
+
+@pulumi.runtime.test
+def test_shared_values_are_equal_on_both_sides(recorded, tmp_path):
+    hs, done = build(matrix_settings(), edge_settings())
+
+    def check(_):
+        synapse_files = uploads(recorded, "synapse")
+        homeserver = yaml.safe_load(synapse_files["/data/homeserver.yaml"])
+
+        # TURN: one secret, in coturn's static-auth-secret and Synapse's turn_shared_secret.
+        turn_conf = uploads(recorded, "turn")["/etc/coturn/turnserver.conf"]
+        conf = dict(line.split("=", 1) for line in turn_conf.splitlines() if "=" in line and not line.startswith("#"))
+        assert conf["static-auth-secret"] == homeserver["turn_shared_secret"]
+        assert len(homeserver["turn_shared_secret"]) >= 32
+        assert conf["external-ip"] == "203.0.113.10" and conf["realm"] == "turn.example.org"
+        assert homeserver["turn_uris"] == hs.turn_uris == [
+            "turn:turn.example.org:3478?transport=udp", "turn:turn.example.org:3478?transport=tcp",
+            "turns:turn.example.org:5349?transport=tcp"]
+
+        # Bridges: same tokens in config and registration; registration listed and uploaded into Synapse.
+        assert homeserver["app_service_config_files"] == ["/data/appservices/telegram.yaml",
+                                                          "/data/appservices/whatsapp.yaml"]
+        for kind in ("whatsapp", "telegram"):
+            bridge_files = uploads(recorded, f"bridge-{kind}")
+            config = yaml.safe_load(bridge_files["/data/config.yaml"])
+            registration = yaml.safe_load(synapse_files[f"/data/appservices/{kind}.yaml"])
+            assert bridge_files["/data/registration.yaml"] == synapse_files[f"/data/appservices/{kind}.yaml"]
+            assert (config["appservice"]["as_token"], config["appservice"]["hs_token"]) == (
+                registration["as_token"], registration["hs_token"])
+            assert config["homeserver"]["address"] == "http://synapse:8008"
+            assert urlsplit(registration["url"]).hostname == f"bridge-{kind}"
+        telegram = yaml.safe_load(uploads(recorded, "bridge-telegram")["/data/config.yaml"])
+        assert telegram["network"] == {"api_id": 123456, "api_hash": TELEGRAM_HASH}
+
+        # Synapse's own appservice loader accepts the registrations as uploaded.
+        from synapse.config.appservice import load_appservices
+
+        for kind in ("whatsapp", "telegram"):
+            (tmp_path / f"{kind}.yaml").write_text(synapse_files[f"/data/appservices/{kind}.yaml"])
+        services = load_appservices("example.org", [str(tmp_path / f"{k}.yaml") for k in ("whatsapp", "telegram")])
+        assert sorted(s.id for s in services) == ["telegram", "whatsapp"]
+
+        # Databases: the roles and passwords the init SQL creates are the ones each consumer uses.
+        init_sql = uploads(recorded, "postgres-init")["/commstack/init.sql"]
+        passwords = role_passwords(init_sql)
+        assert set(passwords) == {"synapse", "mautrix_whatsapp", "mautrix_telegram"}
+        assert len(set(passwords.values())) == 3
+        db = homeserver["database"]["args"]
+        assert (db["user"], db["database"], db["host"], db["port"]) == ("synapse", "synapse", "postgres", 5432)
+        assert db["password"] == passwords["synapse"]
+        assert "SELECT 'CREATE DATABASE synapse WITH OWNER synapse ENCODING ''UTF8'' LC_COLLATE ''C''" in init_sql
+        for kind in ("whatsapp", "telegram"):
+            uri = urlsplit(yaml.safe_load(uploads(recorded, f"bridge-{kind}")["/data/config.yaml"])["database"]["uri"])
+            assert (uri.username, uri.hostname, uri.path) == (f"mautrix_{kind}", "postgres", f"/mautrix_{kind}")
+            assert uri.password == passwords[f"mautrix_{kind}"]
+
+        # Routing: the apex and matrix host reach Synapse only through the well-known nginx.
+        dynamic = yaml.safe_load(uploads(recorded, "proxy")["/etc/traefik/dynamic.yml"])
+        rules = {r["rule"]: dynamic["http"]["services"][r["service"]]["loadBalancer"]["servers"][0]["url"]
+                 for r in dynamic["http"]["routers"].values()}
+        assert rules == {"Host(`example.org`)": "http://wellknown:80", "Host(`matrix.example.org`)": "http://wellknown:80",
+                         "Host(`element.example.org`)": "http://element:80"}
+        assert homeserver["max_upload_size"] == "50M"
+        assert "client_max_body_size 50M;" in uploads(recorded, "wellknown")["/etc/nginx/conf.d/default.conf"]
+
+    return done.apply(check)
+
+
+@pulumi.runtime.test
+def test_no_generated_value_reaches_a_plain_input_or_output(recorded):
+    hs, done = build(matrix_settings(), edge_settings("letsencrypt"))
+
+    def check(_):
+        secrets = generated_values(recorded) + [TELEGRAM_HASH, CF_TOKEN]
+        assert len(secrets) >= 15
+        for reg in recorded.registrations:
+            plain = str(offline.strip_secrets(reg.inputs)) + str(offline.strip_secrets(reg.outputs))
+            leaked = [s[:6] + "…" for s in secrets if s in plain]
+            assert not leaked, f"{reg.type} {reg.name} holds generated values outside secrets: {leaked}"
+        # and the secrets are really there, inside the secret parts
+        synapse = container(recorded, "synapse")
+        assert "uploads" in offline.secret_paths(synapse.inputs)
+        proxy_env = [e for e in container(recorded, "proxy").plain_inputs["envs"] if e.startswith("CF_DNS_API_TOKEN=")]
+        assert proxy_env == [f"CF_DNS_API_TOKEN={CF_TOKEN}"]
+        assert "envs" in offline.secret_paths(container(recorded, "proxy").inputs)
+
+    return done.apply(check)
+
+
+@pulumi.runtime.test
+def test_stack_level_secret_and_admin_command(recorded):
+    hs, done = build(matrix_settings(), edge_settings())
+
+    def check(args):
+        flag, shared_secret, _ = args
+        assert flag is True
+        homeserver = yaml.safe_load(uploads(recorded, "synapse")["/data/homeserver.yaml"])
+        assert homeserver["registration_shared_secret"] == shared_secret
+        assert hs.create_admin_command == "python -m commstack create-admin --stack test --user admin"
+        assert shared_secret not in hs.create_admin_command
+        assert (hs.homeserver_url, hs.element_url, hs.server_name) == (
+            "https://matrix.example.org/", "https://element.example.org/", "example.org")
+
+    return pulumi.Output.all(offline.secret_flag(hs.registration_shared_secret), hs.registration_shared_secret,
+                             done).apply(check)
+
+
+@pytest.mark.parametrize("overrides, ports", [
+    ({}, expected_ports()),
+    ({"federation_port": 8448}, expected_ports(federation_8448=True)),
+    # 8448 is served only while federating.
+    ({"federation_port": 8448, "federation": False}, expected_ports()),
+    ({"turn": False}, expected_ports(turn=False)),
+])
+def test_only_the_public_ports_are_published(overrides, ports):
+    recorded = offline.install_component_mocks()
+
+    @pulumi.runtime.test
+    def run():
+        _, done = build(matrix_settings(**overrides), edge_settings())
+
+        def check(_):
+            assert published(recorded) == ports
+            assert not container(recorded, "postgres").plain_inputs.get("ports")
+
+        return done.apply(check)
+
+    run()
+
+
+@pulumi.runtime.test
+def test_stateful_resources_are_protected_and_everything_is_parented(recorded):
+    hs, done = build(matrix_settings(), edge_settings("letsencrypt"))
+
+    def check(_):
+        volumes = {r.plain_inputs["name"]: r for r in recorded.of_type("docker:index/volume:Volume")}
+        assert {"postgres-data", "synapse-media"} <= set(volumes)
+        for volume in volumes.values():
+            assert volume.protect is True and volume.retain_on_delete is True, volume.name
+        (signing_key,) = [r for r in recorded.of_type("tls:index/privateKey:PrivateKey")
+                          if r.plain_inputs["algorithm"] == "ED25519"]
+        assert signing_key.protect is True and signing_key.retain_on_delete is True
+
+        (root,) = recorded.of_type("commstack:matrix:Homeserver")
+        descendants = {r.urn for r in recorded.descendants_of(root.urn)}
+        assert descendants == {r.urn for r in recorded.registrations} - {root.urn}
+        child_types = {r.type for r in recorded.children_of(root.urn)}
+        assert {"commstack:matrix:Network", "commstack:matrix:Postgres", "commstack:matrix:Synapse",
+                "commstack:matrix:ReverseProxy", "commstack:matrix:WellKnown", "commstack:matrix:Turn",
+                "commstack:matrix:Element", "commstack:matrix:Bridge"} <= child_types
+
+        for reg in recorded.of_type(CONTAINER):
+            inputs = reg.plain_inputs
+            assert inputs["networksAdvanced"][0]["name"] == "commstack-matrix", reg.name
+            expected_restart = "no" if reg.name == "postgres-init" else "unless-stopped"
+            assert inputs["restart"] == expected_restart, reg.name
+        for image in recorded.of_type("docker:index/remoteImage:RemoteImage"):
+            tag = image.plain_inputs["name"].rsplit(":", 1)[1]
+            assert tag != "latest" and re.search(r"\d", tag), image.plain_inputs["name"]
+
+    return done.apply(check)
+
+
+@pulumi.runtime.test
+def test_letsencrypt_gives_turn_its_own_certificate(recorded):
+    hs, done = build(matrix_settings(), edge_settings("letsencrypt"))
+
+    def check(_):
+        from cryptography import x509
+
+        proxy_files = uploads(recorded, "proxy")
+        ordered = set()
+        for path in ("/etc/traefik/traefik.yml", "/etc/traefik/dynamic.yml"):
+            ordered |= certificate_domains(yaml.safe_load(proxy_files[path]))
+        # Traefik's Let's Encrypt certificates stay inside Traefik; TURN is not among them.
+        assert ordered == {"example.org", "matrix.example.org", "element.example.org"}
+        turn_files = uploads(recorded, "turn")
+        cert = x509.load_pem_x509_certificate(turn_files["/etc/coturn/certs/fullchain.pem"].encode())
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert sans.get_values_for_type(x509.DNSName) == ["turn.example.org"]
+        assert "uploads" in offline.secret_paths(container(recorded, "turn").inputs)
+
+    return done.apply(check)
+
+
+@pulumi.runtime.test
+def test_self_signed_turn_shares_the_proxy_certificate(recorded):
+    hs, done = build(matrix_settings(), edge_settings())
+
+    def check(_):
+        proxy_cert = uploads(recorded, "proxy")["/etc/traefik/certs/default.crt"]
+        assert uploads(recorded, "turn")["/etc/coturn/certs/fullchain.pem"] == proxy_cert
+        assert len(recorded.of_type("tls:index/selfSignedCert:SelfSignedCert")) == 1
+
+    return done.apply(check)
+
+
+@pulumi.runtime.test
+def test_minimal_homeserver_without_bridges_turn_or_element(recorded):
+    hs, done = build(matrix_settings(bridges=(), turn=False, element=False, registration="closed",
+                                     federation=False, telegram_api_id=None, telegram_api_hash=None),
+                     edge_settings())
+
+    def check(_):
+        names = {r.name for r in recorded.of_type(CONTAINER)}
+        assert names == {"postgres", "postgres-init", "synapse", "proxy", "wellknown"}
+        homeserver = yaml.safe_load(uploads(recorded, "synapse")["/data/homeserver.yaml"])
+        assert homeserver["app_service_config_files"] == []
+        assert homeserver["enable_registration"] is False and homeserver["federation_domain_whitelist"] == []
+        assert "turn_uris" not in homeserver and "web_client_location" not in homeserver
+        assert set(role_passwords(uploads(recorded, "postgres-init")["/commstack/init.sql"])) == {"synapse"}
+        assert hs.turn_uris == [] and hs.element_url is None
+        assert [(r.fqdn, r.type, r.http) for r in hs.dns_records] == [
+            ("example.org", "A", True), ("matrix.example.org", "A", True)]
+
+    return done.apply(check)
+
+
+@pulumi.runtime.test
+def test_dns_records_keep_turn_dns_only(recorded):
+    hs, done = build(matrix_settings(), edge_settings())
+
+    def check(_):
+        assert [(r.fqdn, r.type, r.content, r.http) for r in hs.dns_records] == [
+            ("example.org", "A", "203.0.113.10", True),
+            ("matrix.example.org", "A", "203.0.113.10", True),
+            ("element.example.org", "CNAME", "matrix.example.org", True),
+            ("turn.example.org", "A", "203.0.113.10", False),
+        ]
+
+    return done.apply(check)
+
+
+@pulumi.runtime.test
+def test_database_consumers_wait_for_provisioning(recorded):
+    hs, done = build(matrix_settings(), edge_settings())
+
+    def check(_):
+        provisioner = container(recorded, "postgres-init")
+        assert container(recorded, "postgres").urn in provisioner.dependencies
+        for consumer in ("synapse", "bridge-whatsapp", "bridge-telegram"):
+            assert provisioner.urn in container(recorded, consumer).dependencies, consumer
+
+    return done.apply(check)

@@ -1,0 +1,128 @@
+"""Postgres: the init SQL, the provisioner job and the credentials it hands out."""
+
+import re
+from urllib.parse import urlsplit
+
+import pulumi
+import pytest
+
+from commstack import offline
+from components.matrix.postgres import (
+    INIT_SQL_PATH, DatabaseSpec, Postgres, PostgresArgs, render_init_sql,
+)
+
+SYNAPSE_DB = DatabaseSpec("synapse", "synapse", synapse_locale=True)
+BRIDGE_DB = DatabaseSpec("mautrix_whatsapp", "mautrix_whatsapp")
+
+
+def statements(sql: str) -> list[str]:
+    return [line for line in sql.splitlines() if line and not line.startswith("--")]
+
+
+def test_init_sql_creates_each_role_and_database_guarded_for_reruns():
+    sql = render_init_sql([(SYNAPSE_DB, "pwsynapse1"), (BRIDGE_DB, "pwbridge2")])
+    lines = statements(sql)
+    assert lines[0] == "\\set ON_ERROR_STOP on"
+    for spec, password in ((SYNAPSE_DB, "pwsynapse1"), (BRIDGE_DB, "pwbridge2")):
+        create_role = [l for l in lines if l.startswith(f"SELECT 'CREATE ROLE {spec.owner}'")]
+        assert len(create_role) == 1 and create_role[0].endswith("\\gexec")
+        assert f"WHERE rolname = '{spec.owner}'" in create_role[0]
+        alter = [l for l in lines if l.startswith(f"ALTER ROLE {spec.owner} ")]
+        assert alter == [f"ALTER ROLE {spec.owner} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION"
+                         f" NOBYPASSRLS PASSWORD '{password}';"]
+        create_db = [l for l in lines if l.startswith(f"SELECT 'CREATE DATABASE {spec.name} ")]
+        assert len(create_db) == 1 and f"WITH OWNER {spec.owner} " in create_db[0]
+        assert f"WHERE datname = '{spec.name}')\\gexec" in create_db[0]
+        assert f"REVOKE ALL ON DATABASE {spec.name} FROM PUBLIC;" in lines
+
+
+def test_only_the_synapse_database_gets_c_locale_and_a_locale_guard():
+    lines = statements(render_init_sql([(SYNAPSE_DB, "a1"), (BRIDGE_DB, "b2")]))
+    synapse_create = next(l for l in lines if l.startswith("SELECT 'CREATE DATABASE synapse "))
+    bridge_create = next(l for l in lines if l.startswith("SELECT 'CREATE DATABASE mautrix_whatsapp "))
+    assert re.search(r"ENCODING ''UTF8'' LC_COLLATE ''C'' LC_CTYPE ''C'' TEMPLATE template0'", synapse_create)
+    assert "LC_COLLATE" not in bridge_create and "TEMPLATE template0" in bridge_create
+    guards = [l for l in lines if l.startswith("DO $$")]
+    assert len(guards) == 1 and "datname = 'synapse'" in guards[0] and "RAISE EXCEPTION" in guards[0]
+
+
+def test_password_literal_is_quoted():
+    sql = render_init_sql([(BRIDGE_DB, "it's")])
+    assert "PASSWORD 'it''s';" in sql
+
+
+@pytest.mark.parametrize("databases, message", [
+    ([(DatabaseSpec("Synapse", "synapse"), "pw")], "identifier"),
+    ([(DatabaseSpec("synapse", "drop table;"), "pw")], "identifier"),
+    ([(DatabaseSpec("x", "x"), "")], "password"),
+    ([(DatabaseSpec("x", "x"), "a"), (DatabaseSpec("x", "y"), "b")], "unique"),
+])
+def test_init_sql_rejects_unsafe_input(databases, message):
+    with pytest.raises(ValueError, match=message):
+        render_init_sql(databases)
+
+
+@pulumi.runtime.test
+def test_postgres_provisions_by_job_and_hands_out_matching_credentials(recorded):
+    pg = Postgres("pg", PostgresArgs(network="net", databases=[SYNAPSE_DB, BRIDGE_DB]))
+    creds = pg.credentials
+
+    def check(args):
+        synapse_password, bridge_password, bridge_uri = args
+        component = recorded.of_type("commstack:matrix:Postgres")[0]
+        assert all(r.parent == component.urn for r in recorded.children_of(component.urn))
+
+        server = recorded.named("postgres").plain_inputs
+        assert server["restart"] == "unless-stopped"
+        assert not server.get("ports"), "Postgres must never be published"
+        assert server["networksAdvanced"][0]["aliases"] == ["postgres"]
+        assert server["wait"] is True and server["healthcheck"]["tests"][0] == "CMD-SHELL"
+        assert "POSTGRES_PASSWORD" in "".join(server["envs"])
+        assert offline.secret_paths(recorded.named("postgres").inputs) == ["envs"]
+
+        (volume,) = recorded.of_type("docker:index/volume:Volume")
+        assert volume.protect is True and volume.retain_on_delete is True
+        assert server["volumes"][0]["containerPath"] == "/var/lib/postgresql/data"
+        assert server["volumes"][0]["volumeName"] == volume.plain_outputs["name"]
+
+        job_reg = recorded.named("postgres-init")
+        job = job_reg.plain_inputs
+        assert job["restart"] == "no" and job["mustRun"] is False and job["attach"] is True
+        assert recorded.named("postgres").urn in job_reg.dependencies
+        assert not job.get("ports")
+        (upload,) = job["uploads"]
+        assert upload["file"] == INIT_SQL_PATH
+        assert {"uploads", "envs"} <= set(offline.secret_paths(job_reg.inputs))
+        assert INIT_SQL_PATH in job["command"][0] and "ON_ERROR_STOP=1" in job["command"][0]
+        sql = upload["content"]
+        assert f"ALTER ROLE synapse WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '{synapse_password}';" in sql
+        assert f"PASSWORD '{bridge_password}';" in sql
+        assert synapse_password != bridge_password and len(synapse_password) >= 32
+
+        uri = urlsplit(bridge_uri)
+        assert (uri.scheme, uri.username, uri.password, uri.hostname, uri.port, uri.path, uri.query) == (
+            "postgres", "mautrix_whatsapp", bridge_password, "postgres", 5432, "/mautrix_whatsapp", "sslmode=disable")
+        for reg in recorded.registrations:
+            plain = str(offline.strip_secrets(reg.inputs)) + str(offline.strip_secrets(reg.outputs))
+            assert synapse_password not in plain and bridge_password not in plain
+
+    return pulumi.Output.all(creds["synapse"].password, creds["mautrix_whatsapp"].password,
+                             creds["mautrix_whatsapp"].uri()).apply(check)
+
+
+@pulumi.runtime.test
+def test_credentials_are_secret(recorded):
+    pg = Postgres("pg", PostgresArgs(network="net", databases=[BRIDGE_DB]))
+
+    def check(flag):
+        assert flag is True
+
+    return offline.secret_flag(pg.credentials["mautrix_whatsapp"].uri()).apply(check)
+
+
+def test_a_failed_provisioner_stops_the_deployment():
+    from components.matrix.postgres import _require_success
+
+    assert _require_success(0) == 0
+    with pytest.raises(RuntimeError, match="exited with 3"):
+        _require_success(3)

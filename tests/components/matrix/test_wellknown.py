@@ -1,0 +1,178 @@
+"""nginx for delegation: the well-known documents, the rendered server block, the component."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pulumi
+import pytest
+
+from components.matrix.wellknown import (CONF_PATH, WellKnown, WellKnownArgs, render_nginx_conf, well_known_client,
+                                         well_known_server)
+
+CONTAINER_TYPE = "docker:index/container:Container"
+
+
+def tokenize(text: str):
+    tokens, i = [], 0
+    while i < len(text):
+        c = text[i]
+        if c.isspace():
+            i += 1
+        elif c == "#":
+            i = text.find("\n", i) if "\n" in text[i:] else len(text)
+        elif c in "{};":
+            tokens.append(c)
+            i += 1
+        elif c in "'\"":
+            j, buf = i + 1, []
+            while text[j] != c:
+                if text[j] == "\\":
+                    j += 1
+                buf.append(text[j])
+                j += 1
+            tokens.append("".join(buf))
+            i = j + 1
+        else:
+            j = i
+            while j < len(text) and not text[j].isspace() and text[j] not in "{};":
+                j += 1
+            tokens.append(text[i:j])
+            i = j
+    return tokens
+
+
+def parse_nginx(text: str) -> list:
+    """nginx config as nested [name, args, children-or-None] lists."""
+    tokens = tokenize(text)
+    pos = 0
+
+    def block():
+        nonlocal pos
+        items = []
+        while pos < len(tokens) and tokens[pos] != "}":
+            words = []
+            while tokens[pos] not in ("{", ";"):
+                words.append(tokens[pos])
+                pos += 1
+            if tokens[pos] == ";":
+                pos += 1
+                items.append([words[0], words[1:], None])
+            else:
+                pos += 1
+                children = block()
+                assert tokens[pos] == "}"
+                pos += 1
+                items.append([words[0], words[1:], children])
+        return items
+
+    tree = block()
+    assert pos == len(tokens), "unbalanced braces"
+    return tree
+
+
+def find(items, name, args=None):
+    return [i for i in items if i[0] == name and (args is None or i[1] == args)]
+
+
+def directives(items):
+    return {name: args for name, args, children in items if children is None}
+
+
+def rendered(**overrides):
+    kwargs = dict(server_name="example.org", matrix_host="matrix.example.org",
+                  server_json=well_known_server("matrix.example.org", 443),
+                  client_json=well_known_client("https://matrix.example.org/"),
+                  synapse_upstream="http://synapse:8008")
+    return render_nginx_conf(**{**kwargs, **overrides})
+
+
+def test_documents_follow_the_spec():
+    assert well_known_server("matrix.example.org", 8448) == {"m.server": "matrix.example.org:8448"}
+    assert well_known_client("https://matrix.example.org/") == {
+        "m.homeserver": {"base_url": "https://matrix.example.org/"}}
+
+
+def test_server_block_serves_both_documents_as_json_with_cors():
+    tree = parse_nginx(rendered())
+    server, = find(tree, "server")
+    body = server[2]
+    top = directives(body)
+    assert top["listen"] == ["80", "default_server"]
+    assert top["server_name"] == ["example.org", "matrix.example.org"]
+    wellknown, = find(body, "location", ["/.well-known/matrix/"])
+    headers = {args[0]: args[1:] for name, args, _ in wellknown[2] if name == "add_header"}
+    assert headers["Access-Control-Allow-Origin"] == ["*", "always"]
+    assert "OPTIONS" in headers["Access-Control-Allow-Methods"][0]
+    assert directives(wellknown[2])["default_type"] == ["application/json"]
+    served = {}
+    for path in ("server", "client"):
+        location, = find(wellknown[2], "location", ["=", f"/.well-known/matrix/{path}"])
+        options, = find(location[2], "if", ["($request_method", "=", "OPTIONS)"])
+        assert directives(options[2])["return"] == ["204"]
+        status, body_text = directives(location[2])["return"]
+        assert status == "200"
+        served[path] = json.loads(body_text)
+    assert served == {"server": {"m.server": "matrix.example.org:443"},
+                      "client": {"m.homeserver": {"base_url": "https://matrix.example.org/"}}}
+
+
+def test_client_and_federation_api_are_proxied_with_forwarded_headers():
+    body = find(parse_nginx(rendered(max_body_size="100M")), "server")[0][2]
+    api, = find(body, "location", ["~", "^(/_matrix|/_synapse/client)"])
+    settings = api[2]
+    assert directives(settings)["set"] == ["$synapse_upstream", "http://synapse:8008"]
+    assert directives(settings)["proxy_pass"] == ["$synapse_upstream"]
+    headers = {args[0]: args[1] for name, args, _ in settings if name == "proxy_set_header"}
+    assert headers["X-Forwarded-For"] == "$proxy_add_x_forwarded_for"
+    assert headers["X-Forwarded-Proto"] == "$matrix_forwarded_proto"
+    assert headers["Host"] == "$host"
+    assert directives(settings)["client_max_body_size"] == ["100M"]
+    # Admin API and everything else stays closed.
+    fallback, = find(body, "location", ["/"])
+    assert directives(fallback[2])["return"] == ["404"]
+
+
+@pytest.mark.parametrize("bad", [
+    dict(synapse_upstream="http://synapse:8008/"),  # a path would make nginx rewrite URIs
+    dict(synapse_upstream="synapse:8008"),
+    dict(max_body_size="50 MB"),
+    dict(client_json={"m.homeserver": {"base_url": "https://$host/"}}),
+])
+def test_bad_values_are_refused(bad):
+    with pytest.raises(ValueError):
+        rendered(**bad)
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx not installed")
+def test_real_nginx_accepts_the_conf(tmp_path: Path):
+    (tmp_path / "matrix.conf").write_text(rendered(listen="127.0.0.1:18081"))
+    temp = " ".join(f"{k}_temp_path {tmp_path / k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path / 'nginx.pid'};\nerror_log stderr;\nevents {{}}\n"
+        f"http {{ access_log off; {temp} include {tmp_path / 'matrix.conf'}; }}\n")
+    result = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-e", "stderr"],
+                            capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+@pulumi.runtime.test
+def test_component_uploads_the_conf_to_conf_d(recorded):
+    wellknown = WellKnown("wellknown", WellKnownArgs(
+        network="matrix-net", server_name="example.org", matrix_host="matrix.example.org",
+        public_baseurl="https://matrix.example.org/", federation_port=443))
+
+    def check(_):
+        container, = recorded.of_type(CONTAINER_TYPE)
+        inputs = container.plain_inputs
+        assert inputs["name"] == "wellknown"
+        assert inputs["networksAdvanced"][0]["aliases"] == ["wellknown"]
+        assert inputs.get("ports", []) == []  # reached only through the proxy
+        upload, = inputs["uploads"]
+        assert upload["file"] == CONF_PATH
+        assert upload["content"] == rendered()
+        assert inputs["healthcheck"]["tests"][0] == "CMD"
+
+    return pulumi.Output.from_input(wellknown.container.id).apply(check)

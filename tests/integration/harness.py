@@ -1,0 +1,524 @@
+"""The loopback harness: boots the program's rendered files in the real programs.
+
+It renders a test stack with every Matrix feature on (offline engine, no
+Pulumi CLI), adapts the files for loopback in one place (loopback.py), then
+boots PostgreSQL 15, Synapse, coturn, nginx, six Redis nodes and moto's
+DynamoDB server on 127.0.0.1 without Docker, all in a temp dir, in parallel.
+
+    python -m tests.integration.harness --boot-only --json
+
+boots, prints {"cold_boot_seconds": ...} and shuts everything down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable, Optional
+
+import requests
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from commstack import offline  # noqa: E402
+from tests.conftest import TEST_SECRETS, stack_config  # noqa: E402
+from tests.integration import loopback  # noqa: E402
+from tests.integration.loopback import LOOPBACK, LoopbackPorts, host_path  # noqa: E402
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+APT_PACKAGES = "postgresql coturn nginx-light redis-server"
+# binary -> Debian package that ships it
+REQUIRED_BINARIES = {
+    str(PG_BIN / "initdb"): "postgresql",
+    str(PG_BIN / "postgres"): "postgresql",
+    "psql": "postgresql-client",
+    "turnserver": "coturn",
+    "turnutils_uclient": "coturn",
+    "nginx": "nginx-light",
+    "redis-server": "redis-server",
+    "redis-cli": "redis-tools",
+}
+SBIN_PATHS = ("/usr/sbin", "/sbin")
+STACK = "dev"
+BOOT_TIMEOUT = 30.0
+POLL = 0.02
+
+
+# `python -m synapse.app.homeserver -c CONFIG`, started before its database exists.
+SYNAPSE_AFTER_GATE = """
+import os, sys, time
+import synapse.app.homeserver as homeserver
+gate, config = sys.argv[1:3]
+while not os.path.exists(gate):
+    time.sleep(0.01)
+sys.argv = ["synapse.app.homeserver", "-c", config]
+homeserver.main()
+"""
+
+
+class HarnessError(RuntimeError):
+    pass
+
+
+def harness_config() -> dict[str, str]:
+    """The test stack: the dev stack with every Matrix feature on and the Signal half on Docker."""
+    return stack_config(
+        STACK,
+        bridges='["whatsapp", "telegram"]',
+        telegramApiId="123456",
+        registration="token",
+        federation="true",
+        turn="true",
+        element="true",
+        signal="true",
+        signalTarget="docker",
+    )
+
+
+def which(binary: str) -> Optional[str]:
+    if os.path.isabs(binary):
+        return binary if os.access(binary, os.X_OK) else None
+    return shutil.which(binary, path=os.pathsep.join([os.environ.get("PATH", ""), *SBIN_PATHS]))
+
+
+def require_binaries() -> dict[str, str]:
+    """The absolute path of every Debian program the harness boots; fails with the apt-get line."""
+    found = {b: which(b) for b in REQUIRED_BINARIES}
+    missing = sorted({REQUIRED_BINARIES[b] for b, path in found.items() if path is None})
+    if missing:
+        raise HarnessError(f"the loopback harness needs Debian packages {' '.join(missing)}; "
+                           f"install them with: sudo apt-get install -y {APT_PACKAGES}")
+    return found  # type: ignore[return-value]
+
+
+def free_port() -> int:
+    """A port free for both TCP and UDP on loopback (coturn listens on both)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind((LOOPBACK, 0))
+            port = tcp.getsockname()[1]
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                    udp.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
+
+
+def free_cluster_port() -> int:
+    """A Redis cluster port: at most 55535, with its bus port (+10000) free as well."""
+    while True:
+        port = free_port()
+        if port > 55535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as bus:
+            try:
+                bus.bind((LOOPBACK, port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+def wait_until(what: str, ready: Callable[[], bool], process: Optional[subprocess.Popen] = None,
+               log: Optional[Path] = None, timeout: float = BOOT_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+            raise HarnessError(f"{what} exited with {process.returncode} while starting:\n{tail}")
+        try:
+            if ready():
+                return
+        except (OSError, requests.RequestException):
+            pass
+        time.sleep(POLL)
+    raise HarnessError(f"{what} was not ready within {timeout:.0f} s")
+
+
+def tcp_open(port: int) -> bool:
+    with socket.create_connection((LOOPBACK, port), timeout=0.5):
+        return True
+
+
+# -- the rendered stack ---------------------------------------------------------------
+
+
+@dataclass
+class Rendered:
+    """The program's output for the test stack: each container's uploaded files."""
+
+    evaluation: offline.Evaluation
+    files: dict[str, dict[str, str]]  # container name -> path inside it -> content
+    commands: dict[str, list[str]] = field(default_factory=dict)  # container name -> command
+
+    @property
+    def redis_nodes(self) -> list[str]:
+        """The Signal Redis cluster's node containers, in order."""
+        return sorted(name for name, command in self.commands.items() if command[:1] == ["redis-server"])
+
+    def text(self, container: str, path: str) -> str:
+        return self.files[container][path]
+
+    def yaml(self, container: str, path: str):
+        return yaml.safe_load(self.text(container, path))
+
+
+def render(config: Optional[dict[str, str]] = None) -> Rendered:
+    evaluation = offline.evaluate(STACK, config=config or harness_config(), secret_keys=list(TEST_SECRETS))
+    files: dict[str, dict[str, str]] = {}
+    commands: dict[str, list[str]] = {}
+    for reg in evaluation.of_type("docker:index/container:Container"):
+        inputs = reg.plain_inputs
+        files[inputs["name"]] = {u["file"]: u.get("content", "") for u in inputs.get("uploads") or []}
+        commands[inputs["name"]] = list(inputs.get("command") or [])
+    return Rendered(evaluation, files, commands)
+
+
+# -- processes -------------------------------------------------------------------------
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen
+    log: Path
+
+
+class AppserviceStandIn:
+    """Answers Synapse's appservice calls for one bridge on loopback, accepting only
+    the hs_token from that bridge's own rendered config.yaml (mautrix bridges are
+    Go binaries with no Debian package; this stands in for their HTTP listener)."""
+
+    def __init__(self, kind: str, hs_token: str, port: int):
+        expected = f"Bearer {hs_token}"
+        self.kind = kind
+        self.pings: list[dict] = []
+        pings = self.pings
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.headers.get("Authorization") != expected:
+                    self._send(403, {"errcode": "M_FORBIDDEN"})
+                elif self.path.startswith("/_matrix/app/v1/ping"):
+                    pings.append(json.loads(body or b"{}"))
+                    self._send(200, {})
+                elif self.path.startswith("/_matrix/app/v1/transactions/"):
+                    self._send(200, {})
+                else:
+                    self._send(404, {"errcode": "M_NOT_FOUND"})
+
+            def _send(self, status: int, payload: dict) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_POST = do_PUT = do_GET = _answer
+
+            def log_message(self, *args) -> None:  # keep test output quiet
+                pass
+
+        self.server = ThreadingHTTPServer((LOOPBACK, port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class Harness:
+    rendered: Rendered
+    root: Path
+    ports: LoopbackPorts
+    binaries: dict[str, str]
+    services: list[Service] = field(default_factory=list)
+    stand_ins: dict[str, AppserviceStandIn] = field(default_factory=dict)
+    moto: object = None
+    cold_boot_seconds: float = 0.0
+
+    # -- addresses the tests use
+    @property
+    def synapse_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.ports.synapse}"
+
+    @property
+    def nginx_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.ports.nginx}"
+
+    @property
+    def dynamodb_url(self) -> str:
+        host, port = self.moto.get_host_and_port()  # type: ignore[attr-defined]
+        return f"http://{host}:{port}"
+
+    def psql_superuser(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [self.binaries["psql"], "-X", "-q", "-h", str(self.pg_socket_dir), "-p", str(self.ports.postgres),
+             "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", *args],
+            capture_output=True, text=True, check=False,
+        )
+
+    @property
+    def pg_socket_dir(self) -> Path:
+        return self.root / "postgres-run"
+
+    # -- boot ---------------------------------------------------------------------------
+    def spawn(self, name: str, argv: list[str], **kwargs) -> Service:
+        log = self.root / "logs" / f"{name}.log"
+        handle = log.open("ab")
+        process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, **kwargs)
+        handle.close()
+        service = Service(name, process, log)
+        self.services.append(service)
+        return service
+
+    def write(self, container: str, path: str, content: str, mode: int = 0o644) -> Path:
+        target = host_path(self.root, container, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+        target.chmod(mode)
+        return target
+
+    def boot(self) -> None:
+        started = time.perf_counter()
+        synapse = self._spawn_synapse()
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            database_then_synapse = pool.submit(self._boot_postgres_then_synapse, synapse)
+            others = [pool.submit(self._boot_turn), pool.submit(self._boot_nginx),
+                      pool.submit(self._boot_signal_backends)]
+            self._start_stand_ins()
+            for future in [database_then_synapse, *others]:
+                future.result()
+        self.cold_boot_seconds = time.perf_counter() - started
+
+    # PostgreSQL ------------------------------------------------------------------------
+    def _postgres_user(self) -> dict:
+        """initdb and postgres refuse to run as root: run them as the `postgres` OS user."""
+        if os.geteuid() != 0:
+            return {}
+        try:
+            entry = pwd.getpwnam("postgres")
+        except KeyError as exc:
+            raise HarnessError("running as root needs the `postgres` OS user (apt-get install -y postgresql)") from exc
+        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+    def _boot_postgres_then_synapse(self, synapse: Service) -> None:
+        as_postgres = self._postgres_user()
+        data = self.root / "postgres-data"
+        for directory in (data, self.pg_socket_dir):
+            directory.mkdir(mode=0o700)
+            if as_postgres:
+                os.chown(directory, as_postgres["user"], as_postgres["group"])
+        # Like the postgres image: scram passwords over TCP, trust only on the private socket.
+        subprocess.run(
+            [self.binaries[str(PG_BIN / "initdb")], "-D", str(data), "-U", "postgres", "-E", "UTF8",
+             "--locale=C.UTF-8", "--auth-local=trust", "--auth-host=scram-sha-256", "-N", "--no-instructions"],
+            check=True, capture_output=True, **as_postgres,
+        )
+        service = self.spawn("postgres", [
+            self.binaries[str(PG_BIN / "postgres")], "-D", str(data), "-p", str(self.ports.postgres),
+            "-k", str(self.pg_socket_dir), "-c", f"listen_addresses={LOOPBACK}",
+            # A throwaway test cluster: durability off for a fast boot.
+            "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+        ], **as_postgres)
+        wait_until("postgres", lambda: self.psql_superuser("-c", "select 1").returncode == 0,
+                   service.process, service.log)
+        # The program runs its init SQL from a one-shot `postgres-init` container.
+        init_sql = self.write("postgres-init", self.init_sql_path,
+                              self.rendered.text("postgres-init", self.init_sql_path))
+        for attempt in (1, 2):  # the second run proves the init SQL is idempotent
+            done = self.psql_superuser("-f", str(init_sql))
+            if done.returncode != 0:
+                raise HarnessError(f"the program's init SQL failed on run {attempt}: {done.stderr[-2000:]}")
+        self.synapse_gate.touch()
+        wait_until("synapse", lambda: requests.get(f"{self.synapse_url}/_matrix/client/versions",
+                                                   timeout=1).status_code == 200,
+                   synapse.process, synapse.log)
+
+    @property
+    def init_sql_path(self) -> str:
+        sql = [p for p in self.rendered.files["postgres-init"] if p.endswith(".sql")]
+        assert len(sql) == 1, f"expected one init SQL file in the postgres-init container, got {sql}"
+        return sql[0]
+
+    # Synapse ---------------------------------------------------------------------------
+    @property
+    def synapse_gate(self) -> Path:
+        return self.root / "synapse-may-start"
+
+    def _spawn_synapse(self) -> Service:
+        """Starts Synapse's interpreter at once, so its ~2 s of imports overlap initdb;
+        it opens the database only after the init SQL has run (the gate file)."""
+        for path, content in self.rendered.files["synapse"].items():
+            if path == "/data/homeserver.yaml":
+                content = loopback_yaml(loopback.homeserver_config(yaml.safe_load(content), root=self.root,
+                                                                  ports=self.ports))
+            elif path == "/data/log.config":
+                content = loopback_yaml(loopback.log_config(yaml.safe_load(content), root=self.root))
+            elif path.startswith("/data/appservices/"):
+                content = loopback_yaml(loopback.appservice_registration(
+                    yaml.safe_load(content), stand_in_port=self.ports.bridges[Path(path).stem]))
+            self.write("synapse", path, content, mode=0o600)
+        host_path(self.root, "synapse", "/data/media_store").mkdir(parents=True, exist_ok=True)
+        return self.spawn("synapse", [
+            sys.executable, "-c", SYNAPSE_AFTER_GATE, str(self.synapse_gate),
+            str(host_path(self.root, "synapse", "/data/homeserver.yaml")),
+        ], cwd=str(host_path(self.root, "synapse", "/data")))
+
+    # coturn ----------------------------------------------------------------------------
+    def _boot_turn(self) -> None:
+        conf_path = "/etc/coturn/turnserver.conf"
+        for path, content in self.rendered.files["turn"].items():
+            if path == conf_path:
+                content = loopback.turnserver_conf(content, root=self.root, ports=self.ports)
+            self.write("turn", path, content, mode=0o600)
+        for directory in ("/var/log", "/var/run"):
+            host_path(self.root, "turn", directory).mkdir(parents=True, exist_ok=True)
+        service = self.spawn("turn", [self.binaries["turnserver"], "-c",
+                                      str(host_path(self.root, "turn", conf_path))])
+        wait_until("coturn", lambda: tcp_open(self.ports.turn) and tcp_open(self.ports.turn_tls),
+                   service.process, service.log)
+
+    # nginx -----------------------------------------------------------------------------
+    def _boot_nginx(self) -> None:
+        site_path = "/etc/nginx/conf.d/default.conf"
+        site = self.write("wellknown", site_path,
+                          loopback.nginx_conf(self.rendered.text("wellknown", site_path), ports=self.ports))
+        prefix = self.root / "nginx-run"
+        temp = prefix / "temp"
+        temp.mkdir(parents=True)
+        temp.chmod(0o777)  # workers run as `nobody` when the master is root
+        # Stands in for the image's /etc/nginx/nginx.conf, which includes conf.d/*.conf in http{}.
+        main_conf = prefix / "nginx.conf"
+        main_conf.write_text("\n".join([
+            "daemon off;",
+            "worker_processes 1;",
+            f"pid {prefix}/nginx.pid;",
+            "error_log stderr notice;",
+            "events { worker_connections 256; }",
+            "http {",
+            f"  access_log {prefix}/access.log;",
+            "  default_type application/octet-stream;",
+            *[f"  {kind}_temp_path {temp}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")],
+            f"  include {site};",
+            "}",
+        ]) + "\n")
+        service = self.spawn("nginx", [self.binaries["nginx"], "-p", str(prefix), "-c", str(main_conf),
+                                       "-e", "stderr"])
+        wait_until("nginx", lambda: tcp_open(self.ports.nginx), service.process, service.log)
+
+    # Signal backends -------------------------------------------------------------------
+    def _boot_signal_backends(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.moto = ThreadedMotoServer(ip_address=LOOPBACK, port=free_port(), verbose=False)
+        self.moto.start()
+        nodes = self.rendered.redis_nodes
+        assert len(nodes) == len(self.ports.redis), f"the program declares {len(nodes)} Redis nodes"
+        services = []
+        for node, port in zip(nodes, self.ports.redis):
+            command = loopback.redis_node_command(self.rendered.commands[node], root=self.root, container=node,
+                                                  port=port)
+            host_path(self.root, node, "/data").mkdir(parents=True)
+            services.append(self.spawn(node, [self.binaries["redis-server"], *command[1:]]))
+        for service, port in zip(services, self.ports.redis):
+            wait_until(service.name, lambda p=port: tcp_open(p), service.process, service.log)
+
+    # bridges ---------------------------------------------------------------------------
+    def _start_stand_ins(self) -> None:
+        for kind, port in self.ports.bridges.items():
+            config = self.rendered.yaml(f"bridge-{kind}", "/data/config.yaml")
+            self.stand_ins[kind] = AppserviceStandIn(kind, config["appservice"]["hs_token"], port)
+
+    # teardown --------------------------------------------------------------------------
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            if service.process.poll() is None:
+                service.process.terminate()
+        deadline = time.monotonic() + 10
+        for service in self.services:
+            try:
+                service.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                service.process.wait()
+        for stand_in in self.stand_ins.values():
+            stand_in.stop()
+        if self.moto is not None:
+            self.moto.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def loopback_yaml(data) -> str:
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def start(rendered: Optional[Rendered] = None) -> Harness:
+    """Renders (unless given) and boots everything; the caller must call `stop()`."""
+    binaries = require_binaries()
+    rendered = rendered or render()
+    # tmpfs when there is one: initdb and CREATE DATABASE are several times faster there.
+    shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    root = Path(tempfile.mkdtemp(prefix="commstack-harness-", dir=shm))
+    root.chmod(0o755)  # the postgres OS user must reach its directories
+    (root / "logs").mkdir()
+    bridges = sorted(k[len("bridge-"):] for k in rendered.files if k.startswith("bridge-"))
+    ports = LoopbackPorts(
+        postgres=free_port(), synapse=free_port(), nginx=free_port(), turn=free_port(), turn_tls=free_port(),
+        bridges={kind: free_port() for kind in bridges}, redis=tuple(free_cluster_port() for _ in rendered.redis_nodes),
+    )
+    harness = Harness(rendered=rendered, root=root, ports=ports, binaries=binaries)
+    try:
+        harness.boot()
+    except BaseException:
+        harness.stop()
+        raise
+    return harness
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.integration.harness", description=__doc__.split("\n")[0])
+    parser.add_argument("--boot-only", action="store_true", help="boot, report the timing, shut down")
+    parser.add_argument("--json", action="store_true", help="print the timing as JSON")
+    args = parser.parse_args(argv)
+    rendered = render()
+    harness = start(rendered)
+    try:
+        if args.json:
+            print(json.dumps({"cold_boot_seconds": round(harness.cold_boot_seconds, 2)}))
+        else:
+            print(f"harness cold boot: {harness.cold_boot_seconds:.2f} s")
+        if not args.boot_only:
+            print(f"synapse {harness.synapse_url}  nginx {harness.nginx_url}  (Ctrl-C stops)")
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        harness.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

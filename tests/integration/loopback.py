@@ -1,0 +1,147 @@
+"""The ONE place that adapts the program's rendered files for loopback.
+
+The harness boots real programs on 127.0.0.1 without Docker, so a few
+things that Docker provides must change: listener addresses and ports,
+the container hostnames of upstreams, absolute paths inside containers and,
+for tests only, rate limits and coturn's loopback-peer guard. Every other
+byte is the program's rendered content, unmodified. Each adaptation below
+says why in one line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LOOPBACK = "127.0.0.1"
+
+# Tests log in and send in bursts; Synapse's default rc_* limits would
+# throttle them with M_LIMIT_EXCEEDED. Keys from synapse/config/ratelimiting.py (v1.163.2).
+_UNLIMITED = {"per_second": 1000, "burst_count": 1000}
+TEST_RATE_LIMITS = {
+    "rc_message": _UNLIMITED,
+    "rc_registration": _UNLIMITED,
+    "rc_login": {"address": _UNLIMITED, "account": _UNLIMITED, "failed_attempts": _UNLIMITED},
+    "rc_joins": {"local": _UNLIMITED, "remote": _UNLIMITED},
+    "rc_room_creation": _UNLIMITED,
+    "rc_admin_redaction": _UNLIMITED,
+}
+
+
+@dataclass(frozen=True)
+class LoopbackPorts:
+    """The free loopback ports the harness picked for this run."""
+
+    postgres: int
+    synapse: int
+    nginx: int
+    turn: int
+    turn_tls: int
+    bridges: dict[str, int] = field(default_factory=dict)  # bridge kind -> appservice stand-in port
+    redis: tuple[int, ...] = ()
+
+
+def host_path(root: Path, container: str, path: str) -> Path:
+    """Where a file placed at `path` inside `container` lives on this machine
+    (the layout `python -m commstack render` writes: DIR/<container>/<path>)."""
+    return root / container / path.lstrip("/")
+
+
+def _relocate(value: Any, prefix: str, root: Path, container: str) -> Any:
+    """Absolute in-container paths under `prefix` -> the container's directory in the temp dir."""
+    if isinstance(value, dict):
+        return {k: _relocate(v, prefix, root, container) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relocate(v, prefix, root, container) for v in value]
+    if isinstance(value, str) and (value == prefix or value.startswith(prefix + "/")):
+        return str(host_path(root, container, value))
+    return value
+
+
+def homeserver_config(config: dict, *, root: Path, ports: LoopbackPorts, data_dir: str = "/data") -> dict:
+    """Synapse's homeserver.yaml for loopback."""
+    adapted = _relocate(config, data_dir, root, "synapse")  # no /data volume outside Docker
+    http_listeners = [listener for listener in adapted["listeners"] if listener.get("type") == "http"]
+    assert len(http_listeners) == 1, "the harness expects one HTTP listener (client + federation)"
+    # Docker's published port -> a free loopback port; no other interface.
+    adapted["listeners"] = [{**http_listeners[0], "port": ports.synapse, "bind_addresses": [LOOPBACK]}]
+    # Container hostname `postgres` -> the harness's PostgreSQL on loopback.
+    adapted["database"] = {**adapted["database"],
+                           "args": {**adapted["database"]["args"], "host": LOOPBACK, "port": ports.postgres}}
+    adapted.update(TEST_RATE_LIMITS)  # tests only: no throttling of bursts
+    return adapted
+
+
+def log_config(config: dict, *, root: Path, data_dir: str = "/data") -> dict:
+    """Synapse's log config: file handlers (if any) write under the temp dir."""
+    return _relocate(config, data_dir, root, "synapse")
+
+
+def appservice_registration(registration: dict, *, stand_in_port: int) -> dict:
+    """The bridge container's hostname -> the loopback stand-in that answers Synapse's pings
+    (the mautrix bridges are Go binaries with no Debian package)."""
+    return {**registration, "url": f"http://{LOOPBACK}:{stand_in_port}"}
+
+
+def _conf_lines_without(text: str, keys: set[str]) -> list[str]:
+    kept = []
+    for line in text.splitlines():
+        key = re.split(r"[=\s]", line.strip(), maxsplit=1)[0]
+        if key not in keys:
+            kept.append(line)
+    return kept
+
+
+def turnserver_conf(text: str, *, root: Path, ports: LoopbackPorts) -> str:
+    """coturn's turnserver.conf for loopback."""
+    lines = []
+    for line in _conf_lines_without(text, {"listening-port", "tls-listening-port", "listening-ip", "relay-ip",
+                                           "log-file", "pidfile"}):
+        key, sep, value = line.partition("=")
+        if key.strip() in ("cert", "pkey") and value.strip().startswith("/"):
+            line = f"{key}{sep}{host_path(root, 'turn', value.strip())}"  # in-container path -> temp dir
+        lines.append(line)
+    lines += [
+        f"listening-port={ports.turn}",  # free loopback ports instead of the published 3478/5349
+        f"tls-listening-port={ports.turn_tls}",
+        f"listening-ip={LOOPBACK}",  # never listen on this machine's real interfaces
+        f"relay-ip={LOOPBACK}",  # relays on loopback so a local peer can reach them
+        "allow-loopback-peers",  # tests only: both TURN clients are on 127.0.0.1
+        f"log-file={host_path(root, 'turn', '/var/log/turnserver.log')}",  # not the system's /var/log
+        f"pidfile={host_path(root, 'turn', '/var/run/turnserver.pid')}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def nginx_conf(text: str, *, ports: LoopbackPorts, synapse_upstream: str = "synapse:8008") -> str:
+    """The well-known server's nginx site for loopback."""
+    # The container's port 80 -> a free loopback port (other listen flags kept).
+    text = re.sub(r"(?m)^(\s*listen\s+)(?:[\d.]+:)?80\b", rf"\g<1>{LOOPBACK}:{ports.nginx}", text)
+    # Container hostname `synapse` -> the harness's Synapse on loopback.
+    return text.replace(synapse_upstream, f"{LOOPBACK}:{ports.synapse}")
+
+
+def _without_options(command: list[str], options: set[str]) -> list[str]:
+    kept, skip = [], False
+    for word in command:
+        if skip:
+            skip = False
+        elif word in options:
+            skip = True
+        else:
+            kept.append(word)
+    return kept
+
+
+def redis_node_command(command: list[str], *, root: Path, container: str, port: int) -> list[str]:
+    """A Signal Redis node's command line for loopback."""
+    # Container DNS names (redis-0 …) do not resolve here: nodes announce loopback addresses.
+    adapted = _without_options(command, {"--port", "--dir", "--bind", "--cluster-announce-hostname",
+                                         "--cluster-preferred-endpoint-type"})
+    return adapted + [
+        "--port", str(port),  # one free loopback port per node instead of 6379 in each container
+        "--bind", LOOPBACK,
+        "--dir", str(host_path(root, container, "/data")),  # the node's volume -> temp dir
+    ]

@@ -1,0 +1,66 @@
+"""The harness proves the program's files only if loopback.py changes nothing but what it documents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.integration import harness as harness_module
+from tests.integration import loopback
+
+ROOT = Path("/tmp/harness-root")
+PORTS = loopback.LoopbackPorts(postgres=1, synapse=2, nginx=3, turn=4, turn_tls=5, bridges={"whatsapp": 6})
+
+
+def test_homeserver_changes_only_listener_database_paths_and_rate_limits(harness):
+    rendered = harness.rendered.yaml("synapse", "/data/homeserver.yaml")
+    adapted = loopback.homeserver_config(rendered, root=ROOT, ports=PORTS)
+    changed = {k for k in set(rendered) | set(adapted) if rendered.get(k) != adapted.get(k)}
+    assert changed - set(loopback.TEST_RATE_LIMITS) == {
+        "listeners", "database", "signing_key_path", "log_config", "media_store_path", "app_service_config_files"}
+    listener, = adapted["listeners"]
+    assert {k: v for k, v in listener.items() if k not in ("port", "bind_addresses")} == \
+        {k: v for k, v in rendered["listeners"][0].items() if k not in ("port", "bind_addresses")}
+    assert {k: v for k, v in adapted["database"]["args"].items() if k not in ("host", "port")} == \
+        {k: v for k, v in rendered["database"]["args"].items() if k not in ("host", "port")}
+    assert adapted["media_store_path"] == str(ROOT / "synapse" / "data" / "media_store")
+
+
+def test_turnserver_keeps_every_rendered_line_but_ports_and_paths(harness):
+    rendered = harness.rendered.text("turn", "/etc/coturn/turnserver.conf").splitlines()
+    adapted = loopback.turnserver_conf("\n".join(rendered), root=ROOT, ports=PORTS).splitlines()
+    added = {"listening-port", "tls-listening-port", "listening-ip", "relay-ip", "allow-loopback-peers",
+             "log-file", "pidfile"}
+    body = [line for line in rendered if line.split("=")[0] not in added]
+    assert len(adapted) == len(body) + len(added)
+    for before, after in zip(body, adapted):
+        key, _, value = before.partition("=")
+        expected = f"{key}={ROOT / 'turn' / value.lstrip('/')}" if key in ("cert", "pkey") else before
+        assert after == expected
+    assert {line.split("=")[0] for line in adapted[len(body):]} == added
+    assert f"listening-port={PORTS.turn}" in adapted and "listening-ip=127.0.0.1" in adapted
+
+
+def test_nginx_changes_only_listen_and_upstream_lines(harness):
+    rendered = harness.rendered.text("wellknown", "/etc/nginx/conf.d/default.conf").splitlines()
+    adapted = loopback.nginx_conf("\n".join(rendered), ports=PORTS).splitlines()
+    assert len(adapted) == len(rendered)
+    differing = [(a.strip(), b.strip()) for a, b in zip(rendered, adapted) if a != b]
+    assert differing and all(a.startswith(("listen ", "set $synapse_upstream")) for a, _ in differing)
+    assert all("127.0.0.1:" in b for _, b in differing)
+
+
+def test_a_missing_debian_program_fails_with_the_apt_get_line(monkeypatch):
+    monkeypatch.setitem(harness_module.REQUIRED_BINARIES, "/nonexistent/turnserver", "coturn")
+    with pytest.raises(harness_module.HarnessError, match="sudo apt-get install -y postgresql coturn nginx-light"):
+        harness_module.require_binaries()
+
+
+def test_appservice_registration_changes_only_the_url(harness):
+    rendered = harness.rendered.yaml("bridge-whatsapp", "/data/registration.yaml")
+    adapted = loopback.appservice_registration(rendered, stand_in_port=6)
+    assert {k: v for k, v in adapted.items() if k != "url"} == {k: v for k, v in rendered.items() if k != "url"}
+    assert adapted["url"] == "http://127.0.0.1:6"
+    assert yaml.safe_load(yaml.safe_dump(adapted)) == adapted

@@ -1,0 +1,81 @@
+"""coturn, booted from the program's turnserver.conf, relays for Synapse-issued credentials only."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import time
+
+import pytest
+import requests
+
+from commstack.admin import register
+from commstack.doctor import turn_allocate, turn_rest_credentials
+
+
+def _conf_values(text: str) -> dict[str, str]:
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and not key.startswith("#"):
+            values[key] = value
+    return values
+
+
+@pytest.fixture(scope="module")
+def turn_credentials(harness) -> dict:
+    secret = harness.rendered.yaml("synapse", "/data/homeserver.yaml")["registration_shared_secret"]
+    session = register(harness.synapse_url, secret, f"caller-{secrets.token_hex(3)}", secrets.token_urlsafe(18),
+                       admin=False)
+    response = requests.get(f"{harness.nginx_url}/_matrix/client/v3/voip/turnServer", timeout=10,
+                            headers={"Authorization": f"Bearer {session['access_token']}"})
+    assert response.status_code == 200
+    return response.json()
+
+
+@pytest.fixture(scope="module")
+def turn_secret(harness) -> str:
+    return _conf_values(harness.rendered.text("turn", "/etc/coturn/turnserver.conf"))["static-auth-secret"]
+
+
+def _uclient(harness, username: str, password: str) -> subprocess.CompletedProcess:
+    # -y: a second client on the same server is the peer (client -> relay -> relay -> client).
+    return subprocess.run(
+        [harness.binaries["turnutils_uclient"], "-y", "-n", "5", "-u", username, "-w", password,
+         "-p", str(harness.ports.turn), "127.0.0.1"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+def test_synapse_issues_the_rendered_turn_uris(harness, turn_credentials):
+    assert turn_credentials["uris"] == harness.rendered.yaml("synapse", "/data/homeserver.yaml")["turn_uris"]
+    expires_at = int(turn_credentials["username"].split(":")[0])
+    assert time.time() < expires_at <= time.time() + turn_credentials["ttl"] + 5
+
+
+def test_synapse_credentials_allocate_and_relay_with_turnutils(harness, turn_credentials):
+    done = _uclient(harness, turn_credentials["username"], turn_credentials["password"])
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def test_synapse_credentials_allocate_over_udp_tcp_and_tls(harness, turn_credentials):
+    for port, transport in ((harness.ports.turn, "udp"), (harness.ports.turn, "tcp"), (harness.ports.turn_tls, "tls")):
+        result = turn_allocate("127.0.0.1", port, turn_credentials["username"], turn_credentials["password"],
+                               transport, verify_tls=False)
+        assert result.ok, f"{transport}: {result.detail}"
+
+
+def test_a_wrong_password_is_refused(harness, turn_credentials):
+    assert _uclient(harness, turn_credentials["username"], "not-the-password").returncode != 0
+    result = turn_allocate("127.0.0.1", harness.ports.turn, turn_credentials["username"], "not-the-password")
+    assert (result.ok, result.error_code) == (False, 401)
+
+
+def test_an_expired_credential_is_refused(harness, turn_secret):
+    # Correctly signed with the shared secret, but for a time that has passed.
+    username, password = turn_rest_credentials(turn_secret, "@late:commstack.localhost", int(time.time()) - 60)
+    result = turn_allocate("127.0.0.1", harness.ports.turn, username, password)
+    assert (result.ok, result.error_code) == (False, 401)
+    fresh_username, fresh_password = turn_rest_credentials(turn_secret, "@late:commstack.localhost",
+                                                           int(time.time()) + 600)
+    assert turn_allocate("127.0.0.1", harness.ports.turn, fresh_username, fresh_password).ok
