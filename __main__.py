@@ -44,6 +44,7 @@ pulumi.export("elementUrl", matrix.element_url)
 pulumi.export("turnUris", matrix.turn_uris)
 pulumi.export("registrationSharedSecret", matrix.registration_shared_secret)
 pulumi.export("createAdminCommand", matrix.create_admin_command)
+pulumi.export("bridgeTokens", matrix.bridge_tokens)  # secret; `commstack doctor` pings each appservice
 
 if settings.signal.enabled:
     from components.signal.backend import Backend, BackendArgs
@@ -56,6 +57,8 @@ if settings.signal.enabled:
     dns_records += signal.dns_records
     pulumi.export("signalPublicIp", signal.public_ip)
     pulumi.export("signalHostnames", signal.hostnames)
+    # Answers 401 from Signal-Server itself when it is up (the seed's own smoke test).
+    pulumi.export("signalHealthUrl", f"https://chat.{settings.matrix.domain}/v1/accounts/whoami")
     pulumi.export("signalUdTrustRoot", signal.ud_trust_root)
     pulumi.export("signalZkPublicParams", signal.zk_public_params)
     pulumi.export("signalClientInstructions", signal.client_instructions)

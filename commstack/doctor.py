@@ -448,13 +448,28 @@ def check_bridge(target: Target, base_url: str, appservice_id: str, as_token: st
 
 
 def check_signal(target: Target) -> Check:
+    """Signal-Server answers: 2xx, or its own JSON 401 for an endpoint that needs credentials
+    (e.g. /v1/accounts/whoami, the stack's signalHealthUrl) — not a proxy error page."""
     try:
         response = _get(target, target.signal_health_url)
     except requests.RequestException as exc:
         return Check("signal health", FAIL, str(exc)[:200], "is signal-server.service running? `journalctl -u signal-server`")
-    if response.status_code // 100 != 2:
-        return Check("signal health", FAIL, f"HTTP {response.status_code}", "see `journalctl -u signal-server` on the instance")
-    return Check("signal health", PASS, f"HTTP {response.status_code}")
+    if response.status_code // 100 == 2:
+        return Check("signal health", PASS, f"HTTP {response.status_code}")
+    if response.status_code == 401 and _json_field(response, "code") == 401:
+        return Check("signal health", PASS, "HTTP 401 from Signal-Server (credentials required)")
+    if response.status_code in (502, 503, 504):
+        return Check("signal health", FAIL, f"HTTP {response.status_code}",
+                     "nginx cannot reach Signal-Server: `systemctl status signal-server` on the instance")
+    return Check("signal health", FAIL, f"HTTP {response.status_code}", "see `journalctl -u signal-server` on the instance")
+
+
+def _json_field(response: requests.Response, key: str):
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get(key) if isinstance(body, dict) else None
 
 
 # -- the run ---------------------------------------------------------------------------------------

@@ -23,6 +23,9 @@ PROJECT = "commstack"
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 KNOWN_BRIDGES = ("whatsapp", "telegram")
+# Hostnames Signal clients call (Signal-Android app/build.gradle.kts); the
+# Matrix subdomains must stay clear of them when the Signal half is on.
+SIGNAL_SUBDOMAINS = ("chat", "storage", "cdn", "cdn2")
 _DNS_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 _DOMAIN_RE = re.compile(rf"^(?:{_DNS_LABEL}\.)+{_DNS_LABEL}$")
 _REGION_RE = re.compile(r"^[a-z]{2}(?:-gov)?-[a-z]+-\d$")
@@ -357,6 +360,10 @@ def load_settings(stack: Optional[str] = None) -> Settings:
     redis = r.choice("commstack:signalRedis", ("containers", "elasticache"))
     admin_cidrs = r.string_list("commstack:adminCidrs")
     if signal_on:
+        for key, label in subdomains.items():
+            r.check(label not in SIGNAL_SUBDOMAINS, key,
+                    f"{label!r} is a Signal hostname ({', '.join(SIGNAL_SUBDOMAINS)}) and the Signal half is on",
+                    CONFIG_KEYS[key].default)
         if target == "aws":
             if region is None:
                 r.problem("aws:region", "is required when signal is on and signalTarget is aws")

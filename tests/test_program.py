@@ -107,3 +107,20 @@ def test_images_are_pinned(evaluation):
     for reg in evaluation.of_type("docker:index/remoteImage:RemoteImage"):
         name = reg.plain_inputs["name"]
         assert ":" in name.rsplit("/", 1)[-1] and not name.endswith(":latest"), name
+
+
+def test_bridge_tokens_output_is_secret_and_matches_each_registration(evaluation):
+    import yaml
+
+    tokens = evaluation.stack_outputs["bridgeTokens"]
+    assert offline.is_secret(tokens)
+    synapse = next(r for r in evaluation.of_type("docker:index/container:Container") if r.name == "synapse")
+    registrations = {u["file"]: yaml.safe_load(u["content"]) for u in synapse.plain_inputs["uploads"]
+                     if u["file"].startswith("/data/appservices/")}
+    expected = {doc["id"]: doc["as_token"] for doc in registrations.values()}
+    assert expected and offline.unwrap(tokens) == expected
+
+
+def test_signal_health_url_is_the_chat_host(evaluation):
+    domain = offline.stack_config(evaluation.stack)["commstack:domain"]
+    assert evaluation.plain_stack_outputs["signalHealthUrl"] == f"https://chat.{domain}/v1/accounts/whoami"

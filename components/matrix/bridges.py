@@ -140,6 +140,7 @@ class BridgeArgs:
 class MautrixBridge(pulumi.ComponentResource):
     registration_yaml: pulumi.Output[str]
     registration_path: str
+    as_token: pulumi.Output[str]
 
     def __init__(self, name: str, args: BridgeArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("commstack:matrix:Bridge", name, None, opts)
@@ -163,6 +164,8 @@ class MautrixBridge(pulumi.ComponentResource):
             lambda tokens: to_yaml(render_registration(
                 spec, server_name=args.server_name, as_token=tokens[0], hs_token=tokens[1]))))
         self.registration_path = f"/data/appservices/{spec.kind}.yaml"
+        # For `commstack doctor`'s appservice ping; secret end to end.
+        self.as_token = as_token
 
         self.container = service_container(
             spec.container,

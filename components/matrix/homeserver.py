@@ -159,6 +159,10 @@ class Homeserver(pulumi.ComponentResource):
         self.turn_uris = list(self.turn.uris) if self.turn else []
         self.registration_shared_secret = self.synapse.registration_shared_secret
         self.create_admin_command = f"python -m commstack create-admin --stack {pulumi.get_stack()} --user admin"
+        self.bridge_tokens = pulumi.Output.secret(
+            pulumi.Output.all(**{kind: bridge.as_token for kind, bridge in self.bridges.items()})
+            if self.bridges else pulumi.Output.from_input({})
+        )
         self.register_outputs({
             "homeserver_url": self.homeserver_url,
             "element_url": self.element_url,
@@ -166,6 +170,7 @@ class Homeserver(pulumi.ComponentResource):
             "turn_uris": self.turn_uris,
             "registration_shared_secret": self.registration_shared_secret,
             "create_admin_command": self.create_admin_command,
+            "bridge_tokens": self.bridge_tokens,
         })
 
     def _turn_certificate(self, name: str, turn_host: str, letsencrypt: bool) -> tuple[pulumi.Input[str], pulumi.Output[str]]:

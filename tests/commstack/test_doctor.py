@@ -123,3 +123,47 @@ def test_table_counts_and_hints():
     assert rows[1].split() == ["a", "PASS", "fine"]
     assert rows[2].endswith("do this") and rows[3].endswith("drop the flag")
     assert rows[-1] == "3 checks: 1 passed, 1 failed, 1 skipped"
+
+
+# A real HTTP server on loopback playing each answer a Signal front can give.
+SIGNAL_ANSWERS = {
+    "/ok": (200, "application/json", b'{"status":"ok"}'),
+    "/v1/accounts/whoami": (401, "application/json", b'{"code":401,"message":"HTTP 401 Unauthorized"}'),
+    "/html401": (401, "text/html", b"<html>401 Authorization Required</html>"),
+    "/down": (502, "text/html", b"<html>502 Bad Gateway</html>"),
+}
+
+
+@pytest.fixture(scope="module")
+def signal_front():
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            status, content_type, body = SIGNAL_ANSWERS[self.path]
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("path, status, hint_part", [
+    ("/ok", doctor.PASS, ""),
+    ("/v1/accounts/whoami", doctor.PASS, ""),
+    ("/html401", doctor.FAIL, "journalctl -u signal-server"),
+    ("/down", doctor.FAIL, "nginx cannot reach Signal-Server"),
+])
+def test_signal_check_accepts_only_the_servers_own_answers(signal_front, path, status, hint_part):
+    check = doctor.check_signal(doctor.Target(server_name="example.org", signal_health_url=signal_front + path))
+    assert check.status == status
+    assert hint_part in (check.hint or "")

@@ -66,6 +66,8 @@ BAD_SETTINGS = [
      "not an s3://bucket/key URI", "pulumi config set commstack:signalJarS3Uri"),
     ("elasticache-needs-aws", "dev", {"signalRedis": "elasticache"}, "commstack:signalRedis",
      "elasticache needs signalTarget aws", "pulumi config set commstack:signalRedis containers"),
+    ("subdomain-is-signals", "dev", {"elementSubdomain": "chat"}, "commstack:elementSubdomain",
+     "is a Signal hostname", "pulumi config set commstack:elementSubdomain element"),
     ("scoped-token-needs-dns", "dev", {"cloudflareScopedDnsToken": "true", "cloudflareApiToken": "t"},
      "commstack:cloudflareScopedDnsToken", "needs cloudflareDns true", "pulumi config set commstack:cloudflareScopedDnsToken false"),
 ]
@@ -113,3 +115,10 @@ def test_every_key_documents_a_working_fix():
         assert fix.startswith("pulumi config set ")
         assert key.full_name in fix
         assert ("--secret" in fix) == key.secret
+
+
+def test_signal_subdomains_match_the_signal_backend():
+    from components.settings import SIGNAL_SUBDOMAINS
+    from components.signal.backend import SIGNAL_SUBDOMAINS as backend_subdomains
+
+    assert tuple(backend_subdomains) == SIGNAL_SUBDOMAINS

@@ -37,6 +37,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from commstack import offline  # noqa: E402
+from commstack.render import write_render  # noqa: E402
 from tests.conftest import TEST_SECRETS, stack_config  # noqa: E402
 from tests.integration import loopback  # noqa: E402
 from tests.integration.loopback import LOOPBACK, LoopbackPorts, host_path  # noqa: E402
@@ -180,13 +181,17 @@ class Rendered:
 
 
 def render(config: Optional[dict[str, str]] = None) -> Rendered:
+    """Renders the test stack with `python -m commstack render`'s own writer and
+    reads back the files it wrote, so the harness boots exactly the render output."""
     evaluation = offline.evaluate(STACK, config=config or harness_config(), secret_keys=list(TEST_SECRETS))
     files: dict[str, dict[str, str]] = {}
-    commands: dict[str, list[str]] = {}
-    for reg in evaluation.of_type("docker:index/container:Container"):
-        inputs = reg.plain_inputs
-        files[inputs["name"]] = {u["file"]: u.get("content", "") for u in inputs.get("uploads") or []}
-        commands[inputs["name"]] = list(inputs.get("command") or [])
+    with tempfile.TemporaryDirectory(prefix="commstack-render-") as tmp:
+        out = Path(tmp) / "render"
+        for rendered in write_render(evaluation, out).files:
+            container, *inside = rendered.path.parts
+            files.setdefault(container, {})["/" + "/".join(inside)] = (out / rendered.path).read_text()
+    commands = {reg.name: list(reg.plain_inputs.get("command") or [])
+                for reg in evaluation.of_type("docker:index/container:Container")}
     return Rendered(evaluation, files, commands)
 
 
