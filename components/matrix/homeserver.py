@@ -158,7 +158,9 @@ class Homeserver(pulumi.ComponentResource):
         self.server_name = m.server_name
         self.turn_uris = list(self.turn.uris) if self.turn else []
         self.registration_shared_secret = self.synapse.registration_shared_secret
-        self.create_admin_command = f"python -m commstack create-admin --stack {pulumi.get_stack()} --user admin"
+        # The program's own self-signed certificate is not in any trust store.
+        self.create_admin_command = (f"python -m commstack create-admin --stack {pulumi.get_stack()} --user admin"
+                                     + ("" if letsencrypt else " --insecure-tls"))
         self.bridge_tokens = pulumi.Output.secret(
             pulumi.Output.all(**{kind: bridge.as_token for kind, bridge in self.bridges.items()})
             if self.bridges else pulumi.Output.from_input({})

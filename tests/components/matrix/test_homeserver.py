@@ -196,7 +196,8 @@ def test_stack_level_secret_and_admin_command(recorded):
         assert flag is True
         homeserver = yaml.safe_load(uploads(recorded, "synapse")["/data/homeserver.yaml"])
         assert homeserver["registration_shared_secret"] == shared_secret
-        assert hs.create_admin_command == "python -m commstack create-admin --stack test --user admin"
+        # self-signed: the program's own certificate is in no trust store
+        assert hs.create_admin_command == "python -m commstack create-admin --stack test --user admin --insecure-tls"
         assert shared_secret not in hs.create_admin_command
         assert (hs.homeserver_url, hs.element_url, hs.server_name) == (
             "https://matrix.example.org/", "https://element.example.org/", "example.org")
@@ -340,5 +341,15 @@ def test_database_consumers_wait_for_provisioning(recorded):
         assert container(recorded, "postgres").urn in provisioner.dependencies
         for consumer in ("synapse", "bridge-whatsapp", "bridge-telegram"):
             assert provisioner.urn in container(recorded, consumer).dependencies, consumer
+
+    return done.apply(check)
+
+
+@pulumi.runtime.test
+def test_admin_command_verifies_tls_with_letsencrypt(recorded):
+    hs, done = build(matrix_settings(), edge_settings("letsencrypt"))
+
+    def check(_):
+        assert hs.create_admin_command == "python -m commstack create-admin --stack test --user admin"
 
     return done.apply(check)
