@@ -16,7 +16,8 @@ from components.signal import redis
 from components.signal.appconfig import DynamicConfig, DynamicConfigArgs
 from components.signal.host import SignalHost, SignalHostArgs
 from components.signal.iam import InstanceRole, InstanceRoleArgs, s3_object_arn
-from components.signal.local import REDIS_PORT, REGISTRATION_ALIAS, LocalBackend, LocalBackendArgs, redis_alias
+from components.signal.local import (LOCAL_REGION, REDIS_PORT, REGISTRATION_ALIAS, LocalBackend, LocalBackendArgs,
+                                     redis_alias)
 from components.signal.secrets import (TLS_KEY_PARAMETER, InternalTls, InternalTlsArgs, ServerSecrets,
                                        ServerSecretsArgs, bundle_parameter, first_boot_parameters, parameter_arn,
                                        public_parameter)
@@ -81,7 +82,8 @@ class Backend(pulumi.ComponentResource):
             self.public_ip, commands = self._docker(name, args, version, name_prefix, internal_tls, registration)
 
         self.hostnames = [f"{sub}.{args.domain}" for sub in SIGNAL_SUBDOMAINS]
-        self.dns_records = [DnsRecordSpec(fqdn=f"{sub}.{args.domain}", type="A", content=self.public_ip, http=True,
+        # Never behind Cloudflare's proxy: clients pin the server's own certificate, and chat. carries gRPC.
+        self.dns_records = [DnsRecordSpec(fqdn=f"{sub}.{args.domain}", type="A", content=self.public_ip, http=False,
                                           purpose=f"Signal: {why}") for sub, why in SIGNAL_SUBDOMAINS.items()]
         self.ud_trust_root = pulumi.Output.from_input(commands["udTrustRoot"])
         self.zk_public_params = pulumi.Output.from_input({"zkgroup": commands["zkServerPublic"],
@@ -150,19 +152,19 @@ class Backend(pulumi.ComponentResource):
                                               for k, v in secrets.values.items()},
                                            **{TLS_KEY_PARAMETER: internal_tls.private_key_pem})
         table_names = {t.config: f"{name_prefix}-{t.name}" for t in version.tables}
-        # No S3 or AppConfig locally: the sections keep names so the config stays complete.
+        # S3 is not served locally (see aws_clients in the data file); the sections keep names so the config is complete.
         bucket_names = {b.config: f"{name_prefix}-{b.name}" for b in version.buckets}
         redis_uri = redis.cluster_uri(redis_alias(0), REDIS_PORT)
+        app_config = AppConfigNames(name_prefix, "local", "dynamic")  # served by aws-local under these names
         config_yml = internal_tls.cert_pem.apply(lambda pem: render_server_config(
-            version, region="local", domain=args.domain, table_names=table_names, bucket_names=bucket_names,
+            version, region=LOCAL_REGION, domain=args.domain, table_names=table_names, bucket_names=bucket_names,
             redis_cluster_uri=redis_uri, redis_pubsub_uri=redis_uri,
-            registration=RegistrationEndpoint(*registration, pem),
-            app_config=AppConfigNames(name_prefix, "local", "dynamic"), internal_ca_pem=pem))
+            registration=RegistrationEndpoint(*registration, pem), app_config=app_config, internal_ca_pem=pem))
         self.config_yml = config_yml
         local = LocalBackend(f"{name}-local", LocalBackendArgs(
             version=version, server_repo=args.signal.server_repo, server_ref=args.signal.server_ref,
             name_prefix=name_prefix, config_yml=config_yml, tls_cert_pem=internal_tls.cert_pem,
-            program_values=program_values), opts=opts)
+            program_values=program_values, app_config=app_config, region=LOCAL_REGION), opts=opts)
         self.components = {"secrets": secrets, "local": local}
         commands = {n: f"docker exec {name}-local-server cat /var/lib/signal/secrets/public/{n}"
                     for n in version.public_values}

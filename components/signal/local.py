@@ -5,6 +5,11 @@ container on the private network (DynamoDB Local is never published on a host po
 aws provider cannot reach it from where Pulumi runs). Redis is the same six-node cluster,
 formed by a one-shot `redis-cli --cluster create`. Signal-Server and registration-service
 images are built from the pinned sources.
+
+Signal-Server's AWS clients cannot be pointed anywhere by configuration (see `aws_clients` in the
+version data file), so an `aws-local` container answers for AWS on the private network: the
+instance-metadata endpoint the SDKs honour, and HTTPS on the AWS hostnames (network aliases) with
+a certificate the server's JVM is told to trust. The built jar is used unchanged.
 """
 
 from __future__ import annotations
@@ -16,9 +21,12 @@ from typing import Optional
 import pulumi
 import pulumi_docker as docker
 
-from components.common import ConfigFile, ContainerSpec, child, image, service_container, stateful_child
+from components.common import ConfigFile, ContainerSpec, child, image, service_container, stateful_child, to_yaml
 from components.signal import redis
+from components.signal.appconfig import DEFAULT_DYNAMIC_CONFIG
 from components.signal.host import secrets_manifest
+from components.signal.secrets import InternalTls, InternalTlsArgs
+from components.signal.server_config import AppConfigNames
 from components.signal.storage import create_table_request
 from components.signal.version import SIGNAL_CONFIGS, ServerVersion
 
@@ -28,6 +36,15 @@ REGISTRATION_ALIAS = "registration-service"
 REDIS_PORT = 6379
 # DynamoDB Local accepts any credentials; these name the local account, they guard nothing.
 LOCAL_AWS_ENV = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local", "AWS_DEFAULT_REGION": "local"}
+AWS_LOCAL_ALIAS = "aws-local"
+METADATA_PORT = 80
+# A real region's name, so every client (SDK v1 and v2) resolves the ordinary https://<service>.<region>.amazonaws.com,
+# which only the private network maps to aws-local. ("local" means localhost:8000, over http or https by SDK.)
+LOCAL_REGION = "us-east-1"
+LOCAL_ROLE = "signal-local"
+AWS_LOCAL_DIR = "/etc/aws-local"
+# Rebuilt on every start from the image's CA bundle plus the aws-local certificate.
+TRUSTSTORE = "/tmp/aws-local-truststore"
 
 LOCAL_PATHS = {
     "jar": "/opt/signal/TextSecureServer.jar",
@@ -36,6 +53,7 @@ LOCAL_PATHS = {
     "config_in": "/etc/signal/config.base.yml",
     "config_out": "/etc/signal/config.yml",
     "tls_key": "/etc/signal/registration/key.pem",
+    "aws_ca": "/etc/signal/aws-local-ca.pem",
 }
 
 
@@ -53,6 +71,35 @@ def tables_script(physical_names: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def aws_hostnames(version: ServerVersion, region: str) -> list[str]:
+    """The AWS endpoints aws-local answers for (network aliases and certificate names)."""
+    return [f"{service}.{region}.amazonaws.com" for service in version["aws_clients"]["served_locally"]]
+
+
+def server_environment(region: str) -> dict[str, str]:
+    """Where Signal-Server's AWS clients look: the region (AppConfigData reads it from the environment)
+    and the metadata endpoint behind the instance-profile credential chain."""
+    return {"AWS_REGION": region, "AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://{AWS_LOCAL_ALIAS}:{METADATA_PORT}"}
+
+
+def server_start_command(paths: dict[str, str]) -> str:
+    """First-boot secrets, the trust store that adds aws-local's certificate, then the server."""
+    tool = "python3 /opt/signal/signal_secrets.py"
+    trust = (f'cp -f "$JAVA_HOME/lib/security/cacerts" {TRUSTSTORE} && keytool -importcert -noprompt '
+             f"-storepass changeit -keystore {TRUSTSTORE} -alias {AWS_LOCAL_ALIAS} -file {paths['aws_ca']}")
+    return (f"{tool} first-boot /etc/signal/manifest.json && {tool} assemble /etc/signal/manifest.json && {trust} && "
+            f"exec java -Djavax.net.ssl.trustStore={TRUSTSTORE} -Djavax.net.ssl.trustStorePassword=changeit "
+            f"-Dsecrets.bundle.filename={paths['bundle']} -jar {paths['jar']} server {paths['config_out']}")
+
+
+def aws_local_command(app_config: AppConfigNames) -> list[str]:
+    return ["python3", f"{AWS_LOCAL_DIR}/aws_local.py", "--metadata-port", str(METADATA_PORT), "--https-port", "443",
+            "--cert", f"{AWS_LOCAL_DIR}/cert.pem", "--key", f"{AWS_LOCAL_DIR}/key.pem", "--role", LOCAL_ROLE,
+            "--dynamodb", f"http://{DYNAMODB_ALIAS}:{DYNAMODB_PORT}", "--application", app_config.application,
+            "--environment", app_config.environment, "--profile", app_config.configuration,
+            "--document", f"{AWS_LOCAL_DIR}/dynamic-config.yml"]
+
+
 @dataclass
 class LocalBackendArgs:
     version: ServerVersion
@@ -62,11 +109,15 @@ class LocalBackendArgs:
     config_yml: pulumi.Input[str]
     tls_cert_pem: pulumi.Input[str]
     program_values: pulumi.Input[dict]  # secret: {"bundle/<key>": value, "tls/registration-key": pem}
+    app_config: AppConfigNames  # the names config.yml's appConfig section carries
+    region: str = LOCAL_REGION
 
 
 class LocalBackend(pulumi.ComponentResource):
     table_names: dict[str, str]  # config path -> name
     network: docker.Network
+    aws_local: docker.Container
+    server: docker.Container
 
     def __init__(self, name: str, args: LocalBackendArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("commstack:signal:LocalBackend", name, None, opts)
@@ -85,11 +136,23 @@ class LocalBackend(pulumi.ComponentResource):
         table_files = [ConfigFile(f"/tables/{self.table_names[t.config]}.json",
                                   json.dumps(create_table_request(t, self.table_names[t.config]), indent=2))
                        for t in version.tables]
-        service_container(f"{name}-tables", ContainerSpec(
+        tables_job = service_container(f"{name}-tables", ContainerSpec(
             image_key="aws-cli", network=net, aliases=[], restart="no",
             files=table_files + [ConfigFile("/tables/create.sh", tables_script(list(self.table_names.values())), True)],
             entrypoint=["sh", "/tables/create.sh"], envs=LOCAL_AWS_ENV,
             extra={"must_run": False, "attach": True, "logs": True}), self, depends_on=[dynamodb])
+
+        hostnames = aws_hostnames(version, args.region)
+        aws_tls = InternalTls(f"{name}-aws-tls", InternalTlsArgs(dns_names=hostnames), opts=child(self))
+        self.aws_local = service_container(f"{name}-aws-local", ContainerSpec(
+            image_key="python", network=net, aliases=[AWS_LOCAL_ALIAS, *hostnames],
+            files=[ConfigFile(f"{AWS_LOCAL_DIR}/aws_local.py", (SIGNAL_CONFIGS / "aws_local.py").read_text()),
+                   ConfigFile(f"{AWS_LOCAL_DIR}/cert.pem", aws_tls.cert_pem),
+                   ConfigFile(f"{AWS_LOCAL_DIR}/key.pem", aws_tls.private_key_pem),
+                   ConfigFile(f"{AWS_LOCAL_DIR}/dynamic-config.yml", to_yaml(DEFAULT_DYNAMIC_CONFIG))],
+            command=aws_local_command(args.app_config),
+            healthcheck=["CMD", "python3", "-c", f"import socket; socket.create_connection(('127.0.0.1', {METADATA_PORT}), 2)"]),
+            self, depends_on=[dynamodb])
 
         nodes = []
         for i in range(redis.NODES):
@@ -126,14 +189,11 @@ class LocalBackend(pulumi.ComponentResource):
         secrets_volume = docker.Volume(f"{name}-secrets", name=f"{name}-secrets", opts=stateful_child(self))
         manifest = secrets_manifest(version, store="dir:/var/lib/signal/secrets", prefix="", paths=LOCAL_PATHS,
                                     program_values="/etc/signal/program-values.json")
-        tool = "python3 /opt/signal/signal_secrets.py"
-        start = (f"{tool} first-boot /etc/signal/manifest.json && {tool} assemble /etc/signal/manifest.json && "
-                 f"exec java -Dsecrets.bundle.filename={LOCAL_PATHS['bundle']} -jar {LOCAL_PATHS['jar']} "
-                 f"server {LOCAL_PATHS['config_out']}")
         secrets_spec_files = [
             ConfigFile("/etc/signal/manifest.json", json.dumps(manifest, indent=2)),
             ConfigFile("/etc/signal/program-values.json", program_values),
             ConfigFile(LOCAL_PATHS["config_in"], args.config_yml),
+            ConfigFile(LOCAL_PATHS["aws_ca"], aws_tls.cert_pem),
         ]
         registration = self._registration(name, net, registration_image, args, rs["port"])
         self.server = docker.Container(
@@ -141,8 +201,9 @@ class LocalBackend(pulumi.ComponentResource):
             networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=net, aliases=["signal-server"])],
             uploads=[docker.ContainerUploadArgs(file=f.path, content=f.content) for f in secrets_spec_files],
             volumes=[docker.ContainerVolumeArgs(volume_name=secrets_volume.name, container_path="/var/lib/signal/secrets")],
-            entrypoints=["sh", "-c", start],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[redis_cluster, registration]))
+            envs=[f"{k}={v}" for k, v in sorted(server_environment(args.region).items())],
+            entrypoints=["sh", "-c", server_start_command(LOCAL_PATHS)],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[tables_job, redis_cluster, registration, self.aws_local]))
         self.register_outputs({"network": net})
 
     def _registration(self, name: str, net, built: docker.Image, args: LocalBackendArgs, port: int) -> docker.Container:

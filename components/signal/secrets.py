@@ -46,7 +46,8 @@ class InternalTlsArgs:
 
 
 class InternalTls(pulumi.ComponentResource):
-    """A self-signed certificate for registration-service; Signal-Server trusts exactly it."""
+    """A self-signed certificate Signal-Server trusts exactly: registration-service's, and on the
+    docker target aws-local's (the AWS hostnames it answers for)."""
 
     cert_pem: pulumi.Output
     private_key_pem: pulumi.Output  # secret

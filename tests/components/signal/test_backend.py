@@ -51,7 +51,9 @@ def test_rendered_config_has_every_required_section_and_only_known_secret_refere
 
 def test_registration_service_address_and_trust_root_are_the_deployed_ones(prod_signal):
     config = _server_config(prod_signal)["registrationService"]
-    cert = prod_signal.of_type("tls:index/selfSignedCert:SelfSignedCert")[0]
+    # By name: other self-signed certificates (the TURN one) exist too, in any order.
+    cert = prod_signal.named("signal-internal-tls-cert")
+    assert prod_signal.by_urn(cert.parent).type == "commstack:signal:InternalTls"
     assert (config["host"], config["port"]) == ("localhost", VERSION.registration_service["port"])
     assert config["registrationCaCertificate"] == cert.plain_outputs["certPem"]
     assert "localhost" in cert.plain_inputs["dnsNames"]
@@ -197,3 +199,15 @@ def test_instance_redis_cluster_is_local_only_and_formed_once(prod_signal):
     assert set(create["depends_on"]) == set(nodes)
     assert all(v == {"condition": "service_healthy"} for v in create["depends_on"].values())
     assert "--cluster-replicas 1 --cluster-yes" in create["command"][2]
+
+
+def test_signal_records_stay_dns_only_even_when_http_names_are_proxied():
+    from tests.conftest import evaluate
+
+    evaluation = evaluate("prod", cloudflareProxyHttp="true")
+    proxied = {r.plain_inputs["name"]: r.plain_inputs["proxied"]
+               for r in evaluation.of_type("cloudflare:index/dnsRecord:DnsRecord")}
+    signal = {f"{sub}.example.org" for sub in ("chat", "storage", "cdn", "cdn2")}
+    assert signal <= set(proxied)
+    assert {name: proxied[name] for name in signal} == dict.fromkeys(signal, False)
+    assert any(proxied.values())  # the switch is on: Matrix's HTTP names are proxied, Signal's are not

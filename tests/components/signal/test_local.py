@@ -2,6 +2,9 @@
 
 import json
 
+import yaml
+
+from commstack import offline
 from components.signal.version import load_version
 
 VERSION = load_version("v9.81.0")
@@ -48,3 +51,70 @@ def test_nothing_stateful_is_published_and_images_are_built_from_the_pinned_ref(
     assert ":latest" not in image["build"]["args"]["BUILD_IMAGE"]
     volumes = dev_evaluation.of_type("docker:index/volume:Volume")
     assert all(v.protect is True for v in volumes if v.name.startswith("signal-"))
+
+
+def _envs(reg) -> dict:
+    return dict(e.split("=", 1) for e in reg.plain_inputs.get("envs", []))
+
+
+def _private_network_only(evaluation, reg) -> list[str]:
+    assert not reg.plain_inputs.get("ports")
+    networks = reg.plain_inputs["networksAdvanced"]
+    assert [n["name"] for n in networks] == [evaluation.named("signal-local-net").plain_inputs["name"]]
+    return networks[0]["aliases"]
+
+
+def test_server_reaches_every_aws_client_through_aws_local(dev_evaluation):
+    from components.signal.local import AWS_LOCAL_ALIAS, LOCAL_REGION, METADATA_PORT, TRUSTSTORE
+
+    server = dev_evaluation.named("signal-local-server")
+    env = _envs(server)
+    # Instance-profile chain (SDK v1 and v2) -> the metadata stub; AppConfigData's region from the environment.
+    assert env == {"AWS_REGION": LOCAL_REGION,
+                   "AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://{AWS_LOCAL_ALIAS}:{METADATA_PORT}"}
+    config = yaml.safe_load(_uploads(server)["/etc/signal/config.base.yml"])
+    assert config["dynamoDbClientConfiguration"]["region"] == LOCAL_REGION
+    assert {config["cdn"]["region"], config["awsAttachments"]["region"]} == {LOCAL_REGION}
+
+    aws_local = dev_evaluation.named("signal-local-aws-local")
+    aliases = _private_network_only(dev_evaluation, aws_local)
+    served = {f"{s}.{LOCAL_REGION}.amazonaws.com" for s in VERSION["aws_clients"]["served_locally"]}
+    assert served == {f"dynamodb.{LOCAL_REGION}.amazonaws.com", f"appconfigdata.{LOCAL_REGION}.amazonaws.com"}
+    assert set(aliases) == served | {AWS_LOCAL_ALIAS}
+
+    # The certificate aws-local presents names exactly those hosts, and the server's JVM trusts exactly it.
+    cert = dev_evaluation.named("signal-local-aws-tls-cert")
+    assert set(cert.plain_inputs["dnsNames"]) == served
+    stub_files = _uploads(aws_local)
+    assert stub_files["/etc/aws-local/cert.pem"] == cert.plain_outputs["certPem"]
+    assert _uploads(server)["/etc/signal/aws-local-ca.pem"] == cert.plain_outputs["certPem"]
+    start = server.plain_inputs["entrypoints"][2]
+    assert "keytool -importcert" in start and "-file /etc/signal/aws-local-ca.pem" in start
+    java = start[start.index("exec java"):].split()
+    assert f"-Djavax.net.ssl.trustStore={TRUSTSTORE}" in java and java[-2:] == ["server", "/etc/signal/config.yml"]
+
+
+def test_aws_local_serves_dynamodb_local_and_the_config_names_of_appconfig(dev_evaluation):
+    from components.signal.appconfig import DEFAULT_DYNAMIC_CONFIG
+    from components.signal.local import DYNAMODB_ALIAS, DYNAMODB_PORT, LOCAL_ROLE
+    from components.signal.version import SIGNAL_CONFIGS
+
+    aws_local = dev_evaluation.named("signal-local-aws-local")
+    command = aws_local.plain_inputs["command"]
+    flags = dict(zip(command[2::2], command[3::2]))
+    server_config = yaml.safe_load(_uploads(dev_evaluation.named("signal-local-server"))["/etc/signal/config.base.yml"])
+    app = server_config["appConfig"]
+    assert (flags["--application"], flags["--environment"], flags["--profile"]) == (
+        app["application"], app["environment"], app["configuration"])
+    assert flags["--dynamodb"] == f"http://{DYNAMODB_ALIAS}:{DYNAMODB_PORT}" and flags["--role"] == LOCAL_ROLE
+    files = _uploads(aws_local)
+    assert files[command[1]] == (SIGNAL_CONFIGS / "aws_local.py").read_text()
+    assert yaml.safe_load(files[flags["--document"]]) == DEFAULT_DYNAMIC_CONFIG
+    assert aws_local.plain_inputs["restart"] == "unless-stopped" and aws_local.plain_inputs["healthcheck"]["tests"]
+    image = dev_evaluation.named("signal-local-aws-local-image").plain_inputs["name"]
+    assert image.startswith("python:") and not image.endswith(":latest")
+    # Its private key reaches the container only as a secret.
+    key_index = [u["file"] for u in aws_local.plain_inputs["uploads"]].index(flags["--key"])
+    assert set(offline.secret_paths(aws_local.inputs)) & {"uploads", f"uploads[{key_index}].content"}
+    server = dev_evaluation.named("signal-local-server")
+    assert {aws_local.urn, dev_evaluation.named("signal-local-tables").urn} <= set(server.dependencies)
