@@ -49,10 +49,22 @@ pulumi.export("bridgeTokens", matrix.bridge_tokens)  # secret; `commstack doctor
 if settings.signal.enabled:
     from components.signal.backend import Backend, BackendArgs
 
+    if settings.signal.target == "docker":
+        signal_opts = docker_opts
+    else:
+        import pulumi_aws as aws
+
+        # Every AWS resource carries the project and stack, for cost reports and clean-up.
+        signal_opts = pulumi.ResourceOptions(provider=aws.Provider(
+            "aws",
+            region=settings.signal.region,
+            default_tags=aws.ProviderDefaultTagsArgs(tags={"commstack:project": "commstack",
+                                                           "commstack:stack": settings.stack}),
+        ))
     signal = Backend(
         "signal",
         BackendArgs(signal=settings.signal, edge=settings.edge, domain=settings.matrix.domain),
-        opts=docker_opts if settings.signal.target == "docker" else pulumi.ResourceOptions(),
+        opts=signal_opts,
     )
     dns_records += signal.dns_records
     pulumi.export("signalPublicIp", signal.public_ip)

@@ -124,3 +124,20 @@ def test_bridge_tokens_output_is_secret_and_matches_each_registration(evaluation
 def test_signal_health_url_is_the_chat_host(evaluation):
     domain = offline.stack_config(evaluation.stack)["commstack:domain"]
     assert evaluation.plain_stack_outputs["signalHealthUrl"] == f"https://chat.{domain}/v1/accounts/whoami"
+
+
+def test_aws_resources_use_the_tagged_regional_provider():
+    ev = evaluate("prod")
+    providers = ev.of_type("pulumi:providers:aws")
+    assert len(providers) == 1
+    provider = providers[0]
+    assert provider.plain_inputs["region"] == offline.stack_config("prod")["aws:region"]
+    import json
+
+    tags = provider.plain_inputs["defaultTags"]
+    tags = json.loads(tags) if isinstance(tags, str) else tags  # providers take nested config as JSON
+    assert tags["tags"] == {"commstack:project": "commstack", "commstack:stack": "prod"}
+    aws_resources = [r for r in ev.registrations if r.type.startswith("aws:")]
+    assert aws_resources
+    for reg in aws_resources:
+        assert reg.provider.startswith(provider.urn), f"{reg.type} {reg.name} uses another AWS provider"
