@@ -24,7 +24,6 @@ import logging
 import os
 import random as _random_module
 import runpy
-import secrets
 import string
 import sys
 from dataclasses import dataclass, field
@@ -46,6 +45,19 @@ OFFLINE_SECRET_STANDINS = {
 }
 
 _SYSRAND = _random_module.SystemRandom()
+# With a seed, generated values are fixed per resource and certificates are
+# dated at this instant, so two evaluations of the same code are identical.
+SEEDED_NOW = datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def generator(type_: str, name: str, seed: Optional[str] = None) -> _random_module.Random:
+    """System randomness, or with `seed` a generator fixed by (seed, type, name):
+    the same resource gets the same values whatever the registration order."""
+    return _SYSRAND if seed is None else _random_module.Random(f"{seed}\0{type_}\0{name}")
+
+
+def _hex(rng: _random_module.Random, nbytes: int) -> str:
+    return rng.randbytes(nbytes).hex()
 
 
 # -- secret markers -----------------------------------------------------------------
@@ -170,7 +182,7 @@ class Evaluation:
 # -- provider emulation -------------------------------------------------------------
 
 
-def _random_password(inputs: dict) -> str:
+def _random_password(inputs: dict, rng: _random_module.Random = _SYSRAND) -> str:
     length = int(inputs.get("length", 32))
     alphabet = ""
     if inputs.get("upper", True):
@@ -181,35 +193,58 @@ def _random_password(inputs: dict) -> str:
         alphabet += string.digits
     if inputs.get("special", True):
         alphabet += inputs.get("overrideSpecial") or "!@#$%&*()-_=+[]{}<>:?"
-    return "".join(_SYSRAND.choice(alphabet) for _ in range(length))
+    return "".join(rng.choice(alphabet) for _ in range(length))
 
 
-def _private_key(inputs: dict) -> dict:
+def _openssh_with_check(text: str, check: bytes) -> str:
+    """An unencrypted OpenSSH private key with its (otherwise random) check integers set to `check`."""
+    lines = text.strip().splitlines()
+    blob = bytearray(base64.b64decode("".join(lines[1:-1])))
+
+    def after_string(at: int) -> int:
+        return at + 4 + int.from_bytes(blob[at:at + 4], "big")
+
+    offset = len(b"openssh-key-v1\0")
+    for _ in range(3):  # cipher name, kdf name, kdf options
+        offset = after_string(offset)
+    offset = after_string(offset + 4)  # the key count, then the public key
+    offset += 4  # the private section's length; the section opens with the two check integers
+    blob[offset:offset + 8] = check * 2
+    body = base64.b64encode(bytes(blob)).decode()
+    width = len(lines[1])
+    return "\n".join([lines[0], *(body[i:i + width] for i in range(0, len(body), width)), lines[-1]]) + "\n"
+
+
+def _private_key(inputs: dict, rng: _random_module.Random = _SYSRAND) -> dict:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
     algorithm = inputs.get("algorithm", "RSA")
+    seeded = rng is not _SYSRAND
     if algorithm == "ED25519":
-        key = ed25519.Ed25519PrivateKey.generate()
+        key = (ed25519.Ed25519PrivateKey.from_private_bytes(rng.randbytes(32)) if seeded
+               else ed25519.Ed25519PrivateKey.generate())
     elif algorithm == "ECDSA":
         curve = {"P224": ec.SECP224R1, "P256": ec.SECP256R1, "P384": ec.SECP384R1, "P521": ec.SECP521R1}[
             inputs.get("ecdsaCurve", "P224")
-        ]
-        key = ec.generate_private_key(curve())
+        ]()
+        # A scalar one byte shorter than the curve order is always a valid private value.
+        key = (ec.derive_private_key(int.from_bytes(rng.randbytes(curve.key_size // 8 - 1), "big") + 1, curve)
+               if seeded else ec.generate_private_key(curve))
     else:
+        # cryptography cannot derive RSA keys from a seed; the program generates none.
         key = rsa.generate_private_key(public_exponent=65537, key_size=int(inputs.get("rsaBits", 2048)))
     pkcs8 = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     traditional = pkcs8 if algorithm == "ED25519" else key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
     )
     public = key.public_key()
+    openssh = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption()).decode()
     return {
         "privateKeyPem": wrap_secret(traditional.decode()),
         "privateKeyPemPkcs8": wrap_secret(pkcs8.decode()),
-        "privateKeyOpenssh": wrap_secret(
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                              serialization.NoEncryption()).decode()
-        ),
+        "privateKeyOpenssh": wrap_secret(_openssh_with_check(openssh, rng.randbytes(4)) if seeded else openssh),
         "publicKeyPem": public.public_bytes(serialization.Encoding.PEM,
                                             serialization.PublicFormat.SubjectPublicKeyInfo).decode(),
         "publicKeyOpenssh": public.public_bytes(serialization.Encoding.OpenSSH,
@@ -217,24 +252,24 @@ def _private_key(inputs: dict) -> dict:
     }
 
 
-def _self_signed_cert(inputs: dict) -> dict:
+def _self_signed_cert(inputs: dict, rng: _random_module.Random = _SYSRAND) -> dict:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
     from cryptography.x509.oid import NameOID
 
     key = serialization.load_pem_private_key(unwrap(inputs["privateKeyPem"]).encode(), password=None)
     subject_in = (inputs.get("subject") or {})
     common_name = subject_in.get("commonName") or "commstack"
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.timezone.utc) if rng is _SYSRAND else SEEDED_NOW
     hours = int(inputs.get("validityPeriodHours", 24))
     builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
+        .serial_number(int.from_bytes(rng.randbytes(19), "big") + 1)
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(hours=hours))
     )
@@ -248,7 +283,8 @@ def _self_signed_cert(inputs: dict) -> dict:
     builder = builder.add_extension(x509.BasicConstraints(ca=bool(inputs.get("isCaCertificate")), path_length=None),
                                     critical=True)
     algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
-    cert = builder.sign(key, algorithm)
+    # Deterministic ECDSA (RFC 6979): the same key and fields give the same certificate.
+    cert = builder.sign(key, algorithm, ecdsa_deterministic=True if isinstance(key, ec.EllipticCurvePrivateKey) else None)
     return {
         "certPem": cert.public_bytes(serialization.Encoding.PEM).decode(),
         "validityStartTime": cert.not_valid_before_utc.isoformat(),
@@ -260,37 +296,38 @@ def _aws_region(inputs: dict) -> str:
     return os.environ.get("COMMSTACK_OFFLINE_AWS_REGION", "eu-central-1")
 
 
-def emulate_outputs(type_: str, name: str, inputs: dict) -> tuple[str, dict]:
-    """What a provider would return for a new resource: (id, state)."""
+def emulate_outputs(type_: str, name: str, inputs: dict, seed: Optional[str] = None) -> tuple[str, dict]:
+    """What a provider would return for a new resource: (id, state); with `seed`, always the same."""
+    rng = generator(type_, name, seed)
     state = dict(inputs)
     rid = f"{name}-id"
     if type_ == "random:index/randomPassword:RandomPassword":
-        state["result"] = wrap_secret(_random_password(unwrap(inputs)))
+        state["result"] = wrap_secret(_random_password(unwrap(inputs), rng))
     elif type_ == "random:index/randomBytes:RandomBytes":
-        raw = secrets.token_bytes(int(inputs.get("length", 32)))
+        raw = rng.randbytes(int(inputs.get("length", 32)))
         state["base64"] = wrap_secret(base64.b64encode(raw).decode())
         state["hex"] = wrap_secret(raw.hex())
     elif type_ == "random:index/randomId:RandomId":
-        raw = secrets.token_bytes(int(inputs.get("byteLength", 8)))
+        raw = rng.randbytes(int(inputs.get("byteLength", 8)))
         state.update(hex=raw.hex(), b64Std=base64.b64encode(raw).decode(),
                      b64Url=base64.urlsafe_b64encode(raw).decode().rstrip("="), dec=str(int.from_bytes(raw, "big")))
     elif type_ == "random:index/randomInteger:RandomInteger":
-        state["result"] = _SYSRAND.randint(int(inputs["min"]), int(inputs["max"]))
+        state["result"] = rng.randint(int(inputs["min"]), int(inputs["max"]))
     elif type_ == "tls:index/privateKey:PrivateKey":
-        state.update(_private_key(unwrap(inputs)))
+        state.update(_private_key(unwrap(inputs), rng))
     elif type_ == "tls:index/selfSignedCert:SelfSignedCert":
-        state.update(_self_signed_cert(inputs))
+        state.update(_self_signed_cert(inputs, rng))
     elif type_.startswith("docker:"):
         state.setdefault("name", name)
-        rid = f"{name}-{secrets.token_hex(6)}"
+        rid = f"{name}-{_hex(rng, 6)}"
         if type_ == "docker:index/remoteImage:RemoteImage":
-            state["imageId"] = f"sha256:{secrets.token_hex(32)}"
-            state["repoDigest"] = f"{inputs['name'].split(':')[0]}@sha256:{secrets.token_hex(32)}"
+            state["imageId"] = f"sha256:{_hex(rng, 32)}"
+            state["repoDigest"] = f"{inputs['name'].split(':')[0]}@sha256:{_hex(rng, 32)}"
     elif type_.startswith("aws:"):
         region = _aws_region(inputs)
         service = type_.split(":")[1].split("/")[0]
         if type_ == "aws:s3/bucketV2:BucketV2" or type_ == "aws:s3/bucket:Bucket":
-            bucket = inputs.get("bucket") or f"{inputs.get('bucketPrefix', name)}{secrets.token_hex(4)}"
+            bucket = inputs.get("bucket") or f"{inputs.get('bucketPrefix', name)}{_hex(rng, 4)}"
             state.update(bucket=bucket, arn=f"arn:aws:s3:::{bucket}", id=bucket)
             rid = bucket
         elif type_ == "aws:dynamodb/table:Table":
@@ -306,20 +343,20 @@ def emulate_outputs(type_: str, name: str, inputs: dict) -> tuple[str, dict]:
             param = inputs.get("name", name)
             state["arn"] = f"arn:aws:ssm:{region}:{ACCOUNT_ID}:parameter/{param.lstrip('/')}"
         elif type_ == "aws:ec2/eip:Eip":
-            state.update(publicIp="203.0.113.50", allocationId=f"eipalloc-{secrets.token_hex(8)}")
+            state.update(publicIp="203.0.113.50", allocationId=f"eipalloc-{_hex(rng, 8)}")
         elif type_ == "aws:ec2/instance:Instance":
-            rid = f"i-{secrets.token_hex(8)}"
+            rid = f"i-{_hex(rng, 8)}"
             state.update(publicIp="203.0.113.51", privateIp="10.0.0.10")
         elif type_ == "aws:ec2/securityGroup:SecurityGroup":
-            rid = f"sg-{secrets.token_hex(8)}"
+            rid = f"sg-{_hex(rng, 8)}"
         elif type_ == "aws:kms/key:Key":
-            state["arn"] = f"arn:aws:kms:{region}:{ACCOUNT_ID}:key/{secrets.token_hex(16)}"
+            state["arn"] = f"arn:aws:kms:{region}:{ACCOUNT_ID}:key/{_hex(rng, 16)}"
         elif type_.startswith("aws:appconfig/"):
             kind = type_.rsplit(":", 1)[1]
             generated = {"Environment": "environmentId", "ConfigurationProfile": "configurationProfileId",
                          "Application": "id"}.get(kind)
             if generated:
-                state.setdefault(generated, secrets.token_hex(4))
+                state.setdefault(generated, _hex(rng, 4))
             if kind == "HostedConfigurationVersion":
                 state["versionNumber"] = 1
             state["arn"] = f"arn:aws:appconfig:{region}:{ACCOUNT_ID}:application/{inputs.get('applicationId', rid)}"
@@ -329,9 +366,9 @@ def emulate_outputs(type_: str, name: str, inputs: dict) -> tuple[str, dict]:
         state.setdefault("arn", f"arn:aws:{service}:{region}:{ACCOUNT_ID}:{name}")
         state.setdefault("id", rid)
     elif type_.startswith("cloudflare:"):
-        rid = secrets.token_hex(16)
+        rid = _hex(rng, 16)
         if type_ == "cloudflare:index/apiToken:ApiToken":
-            state["value"] = wrap_secret(secrets.token_urlsafe(30))
+            state["value"] = wrap_secret(base64.urlsafe_b64encode(rng.randbytes(30)).decode())
     return rid, state
 
 
@@ -363,15 +400,16 @@ def emulate_invoke(token: str, args: dict) -> dict:
 # -- the monitor --------------------------------------------------------------------
 
 
-def make_monitor(evaluation: Evaluation):
-    """A mock resource monitor that emulates providers and records into `evaluation`."""
+def make_monitor(evaluation: Evaluation, seed: Optional[str] = None):
+    """A mock resource monitor that emulates providers and records into `evaluation`
+    (with `seed`, generated values are the same in every evaluation)."""
     from pulumi.runtime import mocks, rpc
     from pulumi.runtime.proto import resource_pb2
     from pulumi.runtime.sync_await import _sync_await
 
     class _Mocks(mocks.Mocks):
         def new_resource(self, args: mocks.MockResourceArgs):
-            return emulate_outputs(args.typ, args.name, args.inputs)
+            return emulate_outputs(args.typ, args.name, args.inputs, seed)
 
         def call(self, args: mocks.MockCallArgs):
             evaluation.invokes.append((args.token, unwrap(args.args)))
@@ -457,12 +495,14 @@ def evaluate(
     program: Optional[Path] = None,
     preview: bool = False,
     record: Optional[Evaluation] = None,
+    seed: Optional[str] = None,
 ) -> Evaluation:
     """Runs the program once on the offline engine and returns what it registered.
 
     `config` is the full config map (keys like `commstack:domain`); omit it to
     use the committed stack file. Exceptions raised by the program propagate;
-    pass `record` to keep what was registered before one.
+    pass `record` to keep what was registered before one, and `seed` to make
+    every generated value (secrets, keys, ids) the same in each evaluation.
     """
     import pulumi
     from pulumi.runtime import mocks, settings as runtime_settings
@@ -472,7 +512,7 @@ def evaluate(
     if config is None:
         config = stack_config(stack)
     evaluation = record if record is not None else Evaluation(stack=stack)
-    monitor = make_monitor(evaluation)
+    monitor = make_monitor(evaluation, seed)
     runtime_settings.ROOT.set(None)
     pulumi.runtime.set_all_config(dict(config), list(secret_keys or []))
     runtime_settings.configure(

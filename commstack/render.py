@@ -10,6 +10,13 @@ credentials) and writes what a deployment would place on its machines:
 
 Generated secrets are fresh on every render and are only ever written to
 files (mode 0600), never printed.
+
+With `--redact` the render is for review: every generated value comes from a
+fixed public seed and every secret is written as the marker
+`<secret:RESOURCE.OUTPUT>` (or `<secret:CONFIG-KEY>`; a plain scalar in YAML),
+so two renders of the same code are byte-identical and `diff -ru` between two
+renders shows only what the code changed (`render-diff` does this for a git
+ref). A redacted render cannot be deployed.
 """
 
 from __future__ import annotations
@@ -32,6 +39,10 @@ from commstack import offline
 CONTAINER = "docker:index/container:Container"
 INSTANCE = "aws:ec2/instance:Instance"
 RESOURCES_FILE = "resources.json"
+# Public on purpose: a redacted render's stand-in values are not secrets.
+REDACT_SEED = "commstack-render-redact"
+# Shorter secret values could match ordinary text; generated secrets are far longer.
+MIN_REDACTED_LENGTH = 8
 # Written first into DIR: keeps the render out of git and marks DIR as a render
 # (a later render may replace it; any other non-empty directory is refused).
 RENDER_MARKER = ".gitignore"
@@ -154,6 +165,37 @@ def instance_files(reg: offline.Registration) -> list[tuple[PurePosixPath, bytes
     return files
 
 
+def secret_markers(evaluation: offline.Evaluation, secret_config: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """Each generated secret value (a secret provider output that is not an echoed input) and
+    each secret config value -> its stable marker; JSON-escaped forms too, for values inside JSON."""
+    def leaves(value, path):
+        if isinstance(value, dict):
+            return [leaf for k, v in sorted(value.items()) for leaf in leaves(v, f"{path}.{k}")]
+        if isinstance(value, list):
+            return [leaf for i, v in enumerate(value) for leaf in leaves(v, f"{path}[{i}]")]
+        return [(value, path)] if isinstance(value, str) and len(value) >= MIN_REDACTED_LENGTH else []
+
+    markers: dict[str, str] = {}
+    for key, value in sorted((secret_config or {}).items()):
+        for text, _ in leaves(value, key):
+            markers.setdefault(text, f"<secret:{key}>")
+    for reg in sorted(evaluation.registrations, key=lambda r: r.urn):
+        for key, value in sorted(reg.outputs.items()):
+            if key not in reg.inputs and offline.is_secret(value):
+                for text, path in leaves(offline.unwrap(value), f"{reg.name}.{key}"):
+                    markers.setdefault(text, f"<secret:{path}>")
+    for text, marker in list(markers.items()):
+        markers.setdefault(json.dumps(text)[1:-1], marker)
+    return markers
+
+
+def redact(data: bytes, markers: dict[str, str]) -> bytes:
+    """`data` with every marked value replaced, longest first (a value may contain a shorter one)."""
+    for text in sorted(markers, key=len, reverse=True):
+        data = data.replace(text.encode(), markers[text].encode())
+    return data
+
+
 def _write(path: Path, data: bytes, secret: bool, executable: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     mode = (0o700 if executable else 0o600) if secret else (0o755 if executable else 0o644)
@@ -196,8 +238,10 @@ def _prepare(out: Path) -> None:
     (out / RENDER_MARKER).write_text(MARKER_TEXT)
 
 
-def write_render(evaluation: offline.Evaluation, out: Path) -> RenderResult:
-    """Writes the files and resources.json of a finished evaluation into `out`."""
+def write_render(evaluation: offline.Evaluation, out: Path,
+                 markers: Optional[dict[str, str]] = None) -> RenderResult:
+    """Writes the files and resources.json of a finished evaluation into `out`;
+    with `markers` (see `secret_markers`), secret values are written as their markers."""
     out = Path(out)
     _prepare(out)
     rendered: list[RenderedFile] = []
@@ -212,17 +256,25 @@ def write_render(evaluation: offline.Evaluation, out: Path) -> RenderResult:
             path = Path(reg.name, *relative.parts)
             if (out / path).exists():
                 raise RenderError(f"{reg.name} places {relative} twice")
-            _write(out / path, data, secret, executable)
+            _write(out / path, redact(data, markers) if markers else data, secret, executable)
             rendered.append(RenderedFile(path, reg.name, secret))
-    (out / RESOURCES_FILE).write_text(json.dumps(resources_document(evaluation), indent=2, sort_keys=True) + "\n")
+    document = (json.dumps(resources_document(evaluation), indent=2, sort_keys=True) + "\n").encode()
+    (out / RESOURCES_FILE).write_bytes(redact(document, markers) if markers else document)
     return RenderResult(out=out, files=sorted(rendered, key=lambda f: f.path), resource_count=len(evaluation.registrations), evaluation=evaluation)
 
 
-def render_stack(stack: str, out: Path, config: Optional[dict[str, str]] = None) -> RenderResult:
-    """Evaluates `stack` offline (its committed file, or the full `config` map) and writes the render."""
+def render_stack(stack: str, out: Path, config: Optional[dict[str, str]] = None,
+                 redacted: bool = False) -> RenderResult:
+    """Evaluates `stack` offline (its committed file, or the full `config` map) and writes the render;
+    `redacted` makes it reproducible and secret-free (see the module docstring)."""
     config, secret_keys, standins = offline_config(stack, config)
-    evaluation = offline.evaluate(stack, config=config, secret_keys=secret_keys)
-    result = write_render(evaluation, Path(out))
+    evaluation = offline.evaluate(stack, config=config, secret_keys=secret_keys,
+                                  seed=REDACT_SEED if redacted else None)
+    markers = None
+    if redacted:
+        # The checkout's absolute path (e.g. in image build contexts) differs between checkouts.
+        markers = {**secret_markers(evaluation, {k: config[k] for k in secret_keys}), str(offline.ROOT): "<project>"}
+    result = write_render(evaluation, Path(out), markers)
     result.standins = standins
     return result
 
@@ -235,6 +287,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="directory to write (it will hold secrets)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (bare keys mean commstack:KEY); repeatable")
+    parser.add_argument("--redact", action="store_true",
+                        help="for review: fixed stand-in values and <secret:…> markers, so two renders of the "
+                             "same code are identical (such a render cannot be deployed)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -243,7 +298,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         config = offline.stack_config(args.stack)
         config.update(parse_overrides(args.set))
-        result = render_stack(args.stack, args.out, config)
+        result = render_stack(args.stack, args.out, config, redacted=args.redact)
     except (RenderError, SettingsError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -255,5 +310,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"rendered stack {args.stack!r} into {result.out}: {len(result.files)} files for "
           f"{len(containers)} containers/instances ({len(result.secret_files)} hold secrets, mode 0600), "
           f"{result.resource_count} resources in {RESOURCES_FILE}")
-    print(f"note: {result.out} holds this render's generated secrets; do not commit it")
+    if args.redact:
+        print(f"note: {result.out} is redacted: secrets are <secret:…> markers; it is for review, not deployment")
+    else:
+        print(f"note: {result.out} holds this render's generated secrets; do not commit it")
     return 0

@@ -273,3 +273,77 @@ def test_command_for_an_unknown_stack_fails_clearly(tmp_path, capsys):
 def test_settings_errors_propagate_from_render_stack(tmp_path):
     with pytest.raises(SettingsError):
         render.render_stack("dev", tmp_path, {**offline.stack_config("dev"), "commstack:tls": "bogus"})
+
+
+# -- redacted renders (review and pull-request diffs) --------------------------------------
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_two_redacted_renders_are_identical_and_hold_no_secret_value(tmp_path, capsys):
+    assert cli(["render", "--stack", "prod", "--out", str(tmp_path / "a"), "--redact"]) == 0
+    assert "is redacted" in capsys.readouterr().out
+    second = render.render_stack("prod", tmp_path / "b", redacted=True)
+    first_files, second_files = tree(tmp_path / "a"), tree(tmp_path / "b")
+    assert len(first_files) > 20 and first_files == second_files
+
+    config, _, _ = render.offline_config("prod")
+    secrets = secret_values(second.evaluation, config)
+    assert secrets
+    leaked = [path for path, data in second_files.items() for s in secrets if s.encode() in data]
+    assert leaked == []
+    assert not [path for path, data in second_files.items() if str(offline.ROOT).encode() in data]
+
+    homeserver = yaml.safe_load(second_files["synapse/data/homeserver.yaml"])
+    assert homeserver["registration_shared_secret"] == "<secret:matrix-synapse-registration-shared-secret.result>"
+    bridge = yaml.safe_load(second_files["bridge-telegram/data/config.yaml"])
+    assert "<secret:commstack:telegramApiHash>" in json.dumps(bridge)
+
+
+def test_an_unredacted_render_still_writes_fresh_real_values_0600(tmp_path):
+    result = render.render_stack("dev", tmp_path / "real")
+    path = tmp_path / "real/synapse/data/homeserver.yaml"
+    shared = yaml.safe_load(path.read_text())["registration_shared_secret"]
+    generated = offline.unwrap(result.evaluation.named("matrix-synapse-registration-shared-secret").outputs["result"])
+    assert shared == generated and len(shared) >= 32 and "<secret:" not in path.read_text()
+    assert mode(path) == 0o600
+
+
+def test_redaction_replaces_longest_values_first_and_json_escaped_forms():
+    markers = {"abcdefgh": "[secret:short]", "abcdefgh-and-more": "[secret:long]", "line1\\nline2": "[secret:pem]"}
+    assert render.redact(b"x abcdefgh-and-more y abcdefgh line1\\nline2", markers) == (
+        b"x [secret:long] y [secret:short] [secret:pem]")
+
+
+def test_render_diff_shows_only_what_the_change_does(tmp_path, capsys):
+    """A throwaway repository with the project's program: committed as the base, then one setting changed."""
+    import shutil
+    import subprocess
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("__main__.py", "Pulumi.yaml", "Pulumi.dev.yaml"):
+        shutil.copy(offline.ROOT / name, repo / name)
+    for name in ("commstack", "components", "configs"):
+        shutil.copytree(offline.ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    git = ["git", "-C", str(repo), "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "base"], check=True)
+
+    from commstack import render_diff
+
+    assert render_diff.render_diff("HEAD", ["dev"], repo) == ""
+    stack_file = repo / "Pulumi.dev.yaml"
+    stack_file.write_text(stack_file.read_text().replace("commstack:registration: closed", "commstack:registration: token"))
+    diff = render_diff.render_diff("HEAD", ["dev"], repo)
+    changed_files = [line.split()[-1] for line in diff.splitlines() if line.startswith("diff --git")]
+    assert changed_files == ["b/head/dev/synapse/data/homeserver.yaml"]
+    changes = sorted(line for line in diff.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---"))
+    assert changes == ["+enable_registration: true", "+registration_requires_token: true",
+                       "-enable_registration: false", "-registration_requires_token: false"]
+
+    assert cli(["render-diff", "--base", "no-such-ref", "--stack", "dev"]) == 2
+    assert "no-such-ref" in capsys.readouterr().err
