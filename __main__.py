@@ -39,6 +39,7 @@ matrix = Homeserver(
 dns_records = list(matrix.dns_records)
 
 pulumi.export("serverName", matrix.server_name)
+pulumi.export("publicIp", settings.edge.public_ip)  # every Matrix DNS name should answer it
 pulumi.export("homeserverUrl", matrix.homeserver_url)
 pulumi.export("elementUrl", matrix.element_url)
 pulumi.export("turnUris", matrix.turn_uris)

@@ -141,3 +141,29 @@ def test_aws_resources_use_the_tagged_regional_provider():
     assert aws_resources
     for reg in aws_resources:
         assert reg.provider.startswith(provider.urn), f"{reg.type} {reg.name} uses another AWS provider"
+
+
+def test_doctor_finds_everything_it_checks_in_the_stack_outputs(evaluation):
+    import argparse
+
+    from commstack import doctor
+
+    parser = argparse.ArgumentParser()
+    doctor.add_arguments(parser)
+    args = parser.parse_args(["--stack", evaluation.stack])
+    target = doctor.target_from_args(args, outputs=lambda stack: evaluation.plain_stack_outputs)
+    outputs = evaluation.plain_stack_outputs
+    config = offline.stack_config(evaluation.stack)
+    assert target.server_name == config["commstack:domain"]
+    assert target.homeserver_url == outputs["homeserverUrl"]
+    assert target.public_ip == config["commstack:publicIp"]
+    assert target.turn_uris and target.turn_uris == outputs["turnUris"]
+    assert target.shared_secret == outputs["registrationSharedSecret"]
+    assert set(target.bridges) == set(json_list(config["commstack:bridges"]))
+    assert target.signal_health_url == outputs["signalHealthUrl"]
+
+
+def json_list(text):
+    import json
+
+    return json.loads(text)

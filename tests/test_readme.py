@@ -54,3 +54,12 @@ def test_readme_shows_how_to_set_every_secret():
     for key in CONFIG_KEYS.values():
         if key.secret:
             assert f"pulumi config set --secret {key.full_name}" in README, key.full_name
+
+
+def test_every_stack_output_is_documented():
+    from tests.conftest import evaluate
+
+    outputs = set(evaluate("prod").stack_outputs)
+    table = README.split("### Stack outputs", 1)[1].split("###", 1)[0]
+    documented = set(re.findall(r"`([a-zA-Z]+)`", table))
+    assert outputs <= documented, outputs - documented
