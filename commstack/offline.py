@@ -44,6 +44,10 @@ OFFLINE_SECRET_STANDINS = {
     "commstack:telegramApiHash": "offline-stand-in-telegram-hash",
 }
 
+# The Parameter Store that getParametersByPath answers from ({name: value}). Empty,
+# as before a Signal instance's first boot; a test may fill it to see a later `up`.
+SSM_PARAMETERS: dict[str, str] = {}
+
 _SYSRAND = _random_module.SystemRandom()
 # With a seed, generated values are fixed per resource and certificates are
 # dated at this instant, so two evaluations of the same code are identical.
@@ -159,6 +163,13 @@ class Evaluation:
         found = [r for r in self.registrations if r.name == name]
         if len(found) != 1:
             raise KeyError(f"{len(found)} resources named {name!r}")
+        return found[0]
+
+    def container(self, name: str) -> Registration:
+        """The docker.Container whose docker `name` is `name` (its Pulumi name derives from its component)."""
+        found = [r for r in self.of_type("docker:index/container:Container") if unwrap(r.inputs.get("name")) == name]
+        if len(found) != 1:
+            raise KeyError(f"{len(found)} containers named {name!r}")
         return found[0]
 
     def by_urn(self, urn: str) -> Registration:
@@ -323,6 +334,9 @@ def emulate_outputs(type_: str, name: str, inputs: dict, seed: Optional[str] = N
         if type_ == "docker:index/remoteImage:RemoteImage":
             state["imageId"] = f"sha256:{_hex(rng, 32)}"
             state["repoDigest"] = f"{inputs['name'].split(':')[0]}@sha256:{_hex(rng, 32)}"
+        elif type_ == "docker:index/image:Image":
+            # A local-only build reports its image id as repoDigest (pulumi-docker Image docs).
+            state["repoDigest"] = f"sha256:{_hex(rng, 32)}"
     elif type_.startswith("aws:"):
         region = _aws_region(inputs)
         service = type_.split(":")[1].split("/")[0]
@@ -389,6 +403,14 @@ def emulate_invoke(token: str, args: dict) -> dict:
         name = (args.get("filter") or {}).get("name") or args.get("name")
         zone = {"id": OFFLINE_ZONE_ID, "zoneId": OFFLINE_ZONE_ID, "name": name, "account": {"id": "offline-account"}}
         return {**zone, "results": [zone]}
+    if token == "aws:ssm/getParametersByPath:getParametersByPath":
+        path = args["path"].rstrip("/") + "/"
+        found = sorted((n, v) for n, v in SSM_PARAMETERS.items() if n.startswith(path)
+                       and (args.get("recursive") or "/" not in n[len(path):]))
+        return {"id": args["path"], "path": args["path"], "names": [n for n, _ in found],
+                # The provider marks `values` sensitive, whatever the parameters' types.
+                "values": wrap_secret([v for _, v in found]), "types": ["String"] * len(found),
+                "arns": [f"arn:aws:ssm:{_aws_region(args)}:{ACCOUNT_ID}:parameter/{n.lstrip('/')}" for n, _ in found]}
     if token == "cloudflare:index/getApiTokenPermissionGroupsList:getApiTokenPermissionGroupsList":
         return {"results": [{"id": "4755a26eedb94da69e1066d98aa820be", "name": "DNS Write",
                              "scopes": ["com.cloudflare.api.account.zone"]},

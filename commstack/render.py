@@ -3,7 +3,8 @@
 Runs the Pulumi program in-process on the offline engine (no CLI, no
 credentials) and writes what a deployment would place on its machines:
 
-* every docker.Container `uploads` entry -> DIR/<container>/<path in container>;
+* every docker.Container `uploads` entry -> DIR/<container>/<path in container>,
+  where <container> is the docker container's name (what `docker ps` shows);
 * every aws ec2 Instance's user data -> DIR/<instance>/user-data, plus each
   cloud-init `write_files` entry -> DIR/<instance>/<path on the host>;
 * DIR/resources.json: every resource with its options and non-secret inputs.
@@ -60,7 +61,7 @@ class RenderError(RuntimeError):
 @dataclass(frozen=True)
 class RenderedFile:
     path: Path  # relative to the render directory
-    resource: str  # logical name of the container or instance
+    resource: str  # the container's docker name, or the instance's logical name
     secret: bool  # the content came from a secret Output
 
 
@@ -150,12 +151,18 @@ def container_files(reg: offline.Registration) -> list[tuple[PurePosixPath, byte
 
 
 def instance_files(reg: offline.Registration) -> list[tuple[PurePosixPath, bytes, bool, bool]]:
-    """The instance's user data, and each cloud-init write_files entry in it."""
-    raw = reg.inputs.get("userData")
-    if raw is None:
+    """The instance's user data (decoded from userDataBase64, gunzipped as cloud-init does),
+    and each cloud-init write_files entry in it."""
+    if reg.inputs.get("userDataBase64") is not None:
+        raw = reg.inputs["userDataBase64"]
+        data = base64.b64decode(offline.unwrap(raw))
+        user_data = (gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data).decode()
+    elif reg.inputs.get("userData") is not None:
+        raw = reg.inputs["userData"]
+        user_data = offline.unwrap(raw)
+    else:
         return []
     secret = offline.is_secret(raw)
-    user_data = offline.unwrap(raw)
     files = [(PurePosixPath("user-data"), user_data.encode(), secret, False)]
     if user_data.startswith("#cloud-config"):
         document = yaml.safe_load(user_data) or {}
@@ -248,16 +255,19 @@ def write_render(evaluation: offline.Evaluation, out: Path,
     for reg in evaluation.registrations:
         if reg.type == CONTAINER:
             files = container_files(reg)
+            # The stable container name, not the Pulumi resource name (which derives from its component).
+            owner = reg.plain_inputs.get("name") or reg.name
         elif reg.type == INSTANCE:
             files = instance_files(reg)
+            owner = reg.name
         else:
             continue
         for relative, data, secret, executable in files:
-            path = Path(reg.name, *relative.parts)
+            path = Path(owner, *relative.parts)
             if (out / path).exists():
-                raise RenderError(f"{reg.name} places {relative} twice")
+                raise RenderError(f"{owner} places {relative} twice")
             _write(out / path, redact(data, markers) if markers else data, secret, executable)
-            rendered.append(RenderedFile(path, reg.name, secret))
+            rendered.append(RenderedFile(path, owner, secret))
     document = (json.dumps(resources_document(evaluation), indent=2, sort_keys=True) + "\n").encode()
     (out / RESOURCES_FILE).write_bytes(redact(document, markers) if markers else document)
     return RenderResult(out=out, files=sorted(rendered, key=lambda f: f.path), resource_count=len(evaluation.registrations), evaluation=evaluation)

@@ -89,15 +89,32 @@ class ContainerSpec:
     # One-shot jobs (e.g. the Postgres provisioner) use "no".
     restart: str = "unless-stopped"
     extra: dict = field(default_factory=dict)
+    # An image the program builds from pinned sources (docker.Image.repo_digest, its id): the
+    # container runs it, so a rebuild replaces the container; image_key then names its pinned base.
+    built_image: Optional[pulumi.Input[str]] = None
 
 
 def service_container(name: str, spec: ContainerSpec, parent: pulumi.Resource,
                       provider: Optional[pulumi.ProviderResource] = None,
-                      depends_on: Sequence[pulumi.Resource] = ()) -> docker.Container:
+                      depends_on: Sequence[pulumi.Resource] = (),
+                      resource_name: Optional[str] = None) -> docker.Container:
     """A long-running service container: pinned image, restart unless stopped,
-    private network only, config files uploaded (no bind-mounted hand-edited files)."""
+    private network only, config files uploaded (no bind-mounted hand-edited files).
+
+    `name` is the docker container's name: stable and user-facing (`docker logs
+    <name>`, render directories). `resource_name`, normally the component's own
+    name, prefixes the Pulumi resources (`<resource_name>-container`,
+    `<resource_name>-image`) so child names derive from the parent's. Without it
+    the resources are named after the container (`<name>`, `<name>-image`), for
+    callers whose container names already start with the component's name.
+    """
+    container_resource, image_resource = (
+        (f"{resource_name}-container", f"{resource_name}-image") if resource_name else (name, f"{name}-image")
+    )
     opts = pulumi.ResourceOptions(parent=parent, provider=provider)
-    img = docker.RemoteImage(f"{name}-image", name=image(spec.image_key), keep_locally=True, opts=opts)
+    image_id = spec.built_image
+    if image_id is None:
+        image_id = docker.RemoteImage(image_resource, name=image(spec.image_key), keep_locally=True, opts=opts).image_id
     healthcheck = None
     if spec.healthcheck:
         healthcheck = docker.ContainerHealthcheckArgs(
@@ -107,9 +124,9 @@ def service_container(name: str, spec: ContainerSpec, parent: pulumi.Resource,
     if spec.envs:
         envs = pulumi.Output.all(**dict(spec.envs)).apply(lambda e: [f"{k}={v}" for k, v in sorted(e.items())])
     return docker.Container(
-        name,
+        container_resource,
         name=name,
-        image=img.image_id,
+        image=image_id,
         restart=spec.restart,
         networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=spec.network, aliases=list(spec.aliases))],
         uploads=[

@@ -34,6 +34,22 @@ _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _DOCKER_HOST_RE = re.compile(r"^(?:unix|tcp|ssh|npipe)://\S+$")
 _S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S+$")
 _REPO_RE = re.compile(r"^https://[A-Za-z0-9.-]+/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+?(?:\.git)?$")
+# Graviton (arm64) families: a generation digit then `g` (t4g, m7g, c7gn, r6gd, im4gn, ...), and a1.
+_ARM_INSTANCE_RE = re.compile(r"^(?:a1|[a-z]+\d+g[a-z]*)\.")
+# Suffixes no public CA issues for and no public DNS zone holds: RFC 6761 (localhost,
+# test, invalid, example), RFC 6762 (local), RFC 8375 (home.arpa), ICANN's `internal`,
+# and common private ones.
+NON_PUBLIC_SUFFIXES = ("localhost", "local", "test", "invalid", "example", "internal", "home.arpa",
+                       "lan", "localdomain")
+# Addresses the internet cannot reach, so never DNS answers for it: "this network",
+# RFC 1918, shared CGNAT space, loopback, link-local, multicast and reserved.
+# (The documentation ranges stay allowed: the committed prod example uses 203.0.113.10.)
+NON_ROUTABLE_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4"))
+# Cloudflare proxies HTTPS only on 443, 2053, 2083, 2087, 2096 and 8443
+# (developers.cloudflare.com/fundamentals/reference/network-ports/), never on 8448.
+CLOUDFLARE_HTTPS_PORTS = (443, 2053, 2083, 2087, 2096, 8443)
 
 
 @dataclass(frozen=True)
@@ -258,6 +274,18 @@ def _valid_cidr(value: str) -> bool:
         return False
 
 
+def non_public_domain(domain: str) -> bool:
+    return any(domain == suffix or domain.endswith(f".{suffix}") for suffix in NON_PUBLIC_SUFFIXES)
+
+
+def non_routable_ipv4(value: str) -> bool:
+    return _valid_ipv4(value) and any(ipaddress.ip_address(value) in net for net in NON_ROUTABLE_NETWORKS)
+
+
+def arm_instance_type(instance_type: str) -> bool:
+    return bool(_ARM_INSTANCE_RE.match(instance_type))
+
+
 def valid_git_ref(ref: str) -> bool:
     """The rules of `git check-ref-format` that matter for a tag or branch name."""
     if not ref or ref.startswith(("-", "/")) or ref.endswith((".", "/", ".lock")):
@@ -310,6 +338,13 @@ def load_settings(stack: Optional[str] = None) -> Settings:
             "needs cloudflareDns true (the token is scoped to the zone the program looks up)", "false")
     r.check(not cloudflare_proxy_http or cloudflare_dns, "commstack:cloudflareProxyHttp",
             "needs cloudflareDns true", "false")
+    if domain and _DOMAIN_RE.match(domain) and non_public_domain(domain):
+        r.check(tls != "letsencrypt", "commstack:tls",
+                f"letsencrypt cannot issue for {domain!r}, which is not a public domain "
+                f"({', '.join(NON_PUBLIC_SUFFIXES)} are reserved or private)", "self-signed")
+    r.check(not (cloudflare_dns and non_routable_ipv4(public_ip)), "commstack:publicIp",
+            f"{public_ip!r} is a loopback, private or reserved address, which public DNS records "
+            "(cloudflareDns true) must not point at; give the host's public IPv4", "203.0.113.10")
 
     # -- matrix
     subdomains = {}
@@ -326,6 +361,10 @@ def load_settings(stack: Optional[str] = None) -> Settings:
     federation_port = int(federation_port_text) if federation_port_text in ("443", "8448") else 443
     r.check(federation_port_text in ("443", "8448"), "commstack:federationPort",
             f"must be 443 or 8448, not {federation_port_text!r}", "443")
+    r.check(not (federation and federation_port not in CLOUDFLARE_HTTPS_PORTS and cloudflare_proxy_http),
+            "commstack:federationPort",
+            f"{federation_port} is not a port Cloudflare proxies, and cloudflareProxyHttp is true; "
+            "delegate federation through 443", "443")
     turn = r.boolean("commstack:turn")
     element = r.boolean("commstack:element")
 
@@ -374,6 +413,10 @@ def load_settings(stack: Optional[str] = None) -> Settings:
                 "elasticache needs signalTarget aws", "containers")
         r.check(bool(_INSTANCE_TYPE_RE.match(instance_type)), "commstack:signalInstanceType",
                 f"{instance_type!r} is not an EC2 instance type", "t3.large")
+        # components/signal/host.py looks up an x86_64 AMI (its `architecture` filter).
+        r.check(not (target == "aws" and arm_instance_type(instance_type)), "commstack:signalInstanceType",
+                f"{instance_type!r} is an ARM (Graviton) type, but the Signal instance runs an x86_64 image",
+                "t3.large")
         r.check(bool(_REPO_RE.match(repo)), "commstack:signalServerRepo",
                 f"{repo!r} is not an https git repository URL")
         if not valid_git_ref(ref):

@@ -70,6 +70,16 @@ def test_every_resource_has_a_component_parent(evaluation):
             assert reg.parent in component_urns, f"{reg.type} {reg.name} is not parented to a component"
 
 
+def test_child_names_derive_from_their_parent_component(evaluation):
+    # Pulumi's component guideline: names stay unique when a component is instantiated twice.
+    components = {r.urn: r for r in evaluation.registrations if not r.custom}
+    children = [r for r in evaluation.registrations if r.parent in components]
+    assert any(r.custom for r in children)
+    for reg in children:
+        parent = components[reg.parent].name
+        assert reg.name.startswith(f"{parent}-"), f"{reg.type} {reg.name} does not start with {parent}-"
+
+
 def test_no_generated_secret_reaches_a_non_secret_input_or_output(evaluation):
     secrets = generated_secret_values(evaluation)
     assert secrets, "the program generated no secrets?"
@@ -114,7 +124,7 @@ def test_bridge_tokens_output_is_secret_and_matches_each_registration(evaluation
 
     tokens = evaluation.stack_outputs["bridgeTokens"]
     assert offline.is_secret(tokens)
-    synapse = next(r for r in evaluation.of_type("docker:index/container:Container") if r.name == "synapse")
+    synapse = evaluation.container("synapse")
     registrations = {u["file"]: yaml.safe_load(u["content"]) for u in synapse.plain_inputs["uploads"]
                      if u["file"].startswith("/data/appservices/")}
     expected = {doc["id"]: doc["as_token"] for doc in registrations.values()}

@@ -1,7 +1,7 @@
 """Cloudflare DNS for both halves: one record per DnsRecordSpec, in a zone
 looked up by name (`Dns`), and an API token that can only edit DNS in that
 zone, for Traefik's DNS-01 challenge (`DnsApiToken`, standalone so Traefik
-can get it before the records exist, or created by `Dns`).
+can get it before the records exist).
 
 pulumi_cloudflare is imported inside the components: importing it costs
 seconds and a stack without Cloudflare must not pay for it.
@@ -9,14 +9,18 @@ seconds and a stack without Cloudflare must not pay for it.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Optional, Sequence
 
 import pulumi
+import yaml
 
 from components.common import child
 from components.edge.records import DnsRecordSpec
+from components.settings import CONFIGS_DIR
 
 # TTL 1 is Cloudflare's "automatic"; it is also the only TTL proxied records accept.
 AUTOMATIC_TTL = 1
@@ -40,7 +44,6 @@ class DnsArgs:
     api_token: pulumi.Output[str]
     records: Sequence[DnsRecordSpec]
     proxy_http: bool = False
-    create_scoped_dns_token: bool = False
 
 
 def record_label(fqdn: str, zone_name: str) -> str:
@@ -56,6 +59,20 @@ def record_label(fqdn: str, zone_name: str) -> str:
 def proxied(spec: DnsRecordSpec, proxy_http: bool) -> bool:
     """Only HTTP names may sit behind Cloudflare's proxy, which passes nothing but HTTP(S)."""
     return spec.http and proxy_http
+
+
+@lru_cache(maxsize=1)
+def cloudflare_proxy_ranges() -> tuple[str, ...]:
+    """Cloudflare's published proxy ranges (configs/cloudflare-ips.yaml), IPv4 then IPv6:
+    where proxied requests come from, so the only X-Forwarded-For senders to believe."""
+    data = yaml.safe_load((CONFIGS_DIR / "cloudflare-ips.yaml").read_text())
+    ranges = []
+    for family, version in (("ipv4", 4), ("ipv6", 6)):
+        for cidr in data[family]:
+            if ipaddress.ip_network(cidr).version != version:
+                raise ValueError(f"configs/cloudflare-ips.yaml: {cidr} is listed under {family}")
+            ranges.append(cidr)
+    return tuple(ranges)
 
 
 def zone_token_resources(zone_id: str) -> str:
@@ -121,7 +138,6 @@ class Dns(pulumi.ComponentResource):
     """DNS records in an existing Cloudflare zone, managed with the stack's own token."""
 
     zone_id: pulumi.Output[str]
-    dns_token: pulumi.Output[str]
 
     def __init__(self, name: str, args: DnsArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("commstack:edge:Dns", name, {}, opts)
@@ -150,15 +166,5 @@ class Dns(pulumi.ComponentResource):
             )
             for label, spec in labels
         ]
-
-        self.scoped_token = None
-        if args.create_scoped_dns_token:
-            self.scoped_token = DnsApiToken(f"{name}-dns01", DnsApiTokenArgs(args.zone_name, args.api_token),
-                                            opts=child(self))
-            self.dns_token = self.scoped_token.value
-        else:
-            # Without a scoped token Traefik answers DNS-01 with the stack's own token.
-            self.dns_token = pulumi.Output.secret(args.api_token)
-
         self.hostnames = sorted({spec.fqdn for spec in args.records})
-        self.register_outputs({"zoneId": self.zone_id, "hostnames": self.hostnames, "dnsToken": self.dns_token})
+        self.register_outputs({"zoneId": self.zone_id, "hostnames": self.hostnames})

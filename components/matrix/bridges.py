@@ -180,5 +180,6 @@ class MautrixBridge(pulumi.ComponentResource):
                 healthcheck=["CMD", "curl", "-fsS", f"http://127.0.0.1:{spec.port}/_matrix/mau/live"],
             ),
             parent=self,
+            resource_name=name,
         )
         self.register_outputs({"registration_path": self.registration_path})

@@ -57,5 +57,6 @@ class Element(pulumi.ComponentResource):
                 healthcheck=["CMD-SHELL", f"wget -q -O /dev/null http://127.0.0.1:{HTTP_PORT}/config.json || exit 1"],
             ),
             parent=self,
+            resource_name=name,
         )
         self.register_outputs({"internal_url": self.internal_url})

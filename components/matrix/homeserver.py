@@ -15,6 +15,7 @@ import pulumi
 import pulumi_tls as tls
 
 from components.common import child, generated_secret
+from components.edge.dns import cloudflare_proxy_ranges
 from components.edge.records import DnsRecordSpec
 from components.matrix.bridges import BRIDGE_SPECS, BridgeArgs, MautrixBridge
 from components.matrix.element import Element, ElementArgs
@@ -107,6 +108,9 @@ class Homeserver(pulumi.ComponentResource):
                 network=net, homeserver_base_url=m.public_baseurl, server_name=m.server_name), opts=child(self))
             routes.append(Route(m.element_host, self.element.internal_url))
 
+        # Behind Cloudflare's proxy every request comes from its ranges; believing their
+        # X-Forwarded-For (and nobody else's) keeps each client's own address for Synapse.
+        cloudflare_ranges = cloudflare_proxy_ranges() if edge.cloudflare_proxy_http else ()
         serve_8448 = m.federation and m.federation_port == 8448
         self.proxy = ReverseProxy(f"{name}-proxy", ReverseProxyArgs(
             network=net,
@@ -117,6 +121,7 @@ class Homeserver(pulumi.ComponentResource):
             certificate_hosts=certificate_hosts,
             serve_federation_8448=serve_8448,
             federation_upstream=Synapse.internal_url,
+            trusted_ips=cloudflare_ranges,
         ), opts=child(self))
 
         self.turn = None
@@ -126,7 +131,9 @@ class Homeserver(pulumi.ComponentResource):
             cert_pem, key_pem = self._turn_certificate(name, m.turn_host, letsencrypt)
             self.turn = Turn(f"{name}-turn", TurnArgs(
                 network=net, realm=m.turn_host, external_ip=edge.public_ip, shared_secret=turn_secret,
-                tls_cert_pem=cert_pem, tls_key_pem=key_pem, host=m.turn_host), opts=child(self))
+                tls_cert_pem=cert_pem, tls_key_pem=key_pem, host=m.turn_host,
+                # See _turn_certificate: with letsencrypt nobody trusts 5349's certificate.
+                advertise_tls=not letsencrypt), opts=child(self))
 
         self.synapse = Synapse(f"{name}-synapse", SynapseArgs(
             network=net,
@@ -150,6 +157,7 @@ class Homeserver(pulumi.ComponentResource):
             federation_port=m.federation_port,
             synapse_upstream=Synapse.internal_url,
             max_body_size=MAX_UPLOAD_SIZE,
+            upstream_proxies=cloudflare_ranges,
         ), opts=child(self))
 
         self.dns_records = dns_records(m, edge)
@@ -178,9 +186,15 @@ class Homeserver(pulumi.ComponentResource):
     def _turn_certificate(self, name: str, turn_host: str, letsencrypt: bool) -> tuple[pulumi.Input[str], pulumi.Output[str]]:
         """The certificate coturn serves on 5349.
 
-        Self-signed stacks share the proxy's certificate. Traefik keeps Let's
-        Encrypt certificates to itself, so letsencrypt stacks give coturn its
-        own generated one for the TURN host (the `turn:` URIs on 3478 need none).
+        Self-signed stacks share the proxy's certificate: a client that trusts
+        it for the homeserver trusts `turns:` too. Traefik keeps its Let's
+        Encrypt certificates inside acme.json, and handing them to coturn would
+        take a dumper sidecar plus coturn reloads on renewal (and Let's Encrypt
+        chains on 5349 break some Chromium WebRTC clients, per Synapse's
+        docs/setup/turn/coturn.md). So letsencrypt stacks give coturn its own
+        generated certificate for the TURN host, keep the 5349 listener, and do
+        not advertise `turns:` (clients that verify TLS would fail); the `turn:`
+        URIs on 3478 need no certificate.
         """
         if not letsencrypt:
             return self.proxy.certificate_pem, self.proxy.private_key_pem

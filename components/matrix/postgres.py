@@ -157,6 +157,7 @@ class Postgres(pulumi.ComponentResource):
                 extra={"wait": True, "wait_timeout": 120},
             ),
             parent=self,
+            resource_name=name,
         )
 
         specs = list(args.databases)
@@ -188,6 +189,7 @@ class Postgres(pulumi.ComponentResource):
             ),
             parent=self,
             depends_on=[self.server],
+            resource_name=f"{name}-init",
         )
         provisioned = self.provisioner.exit_code.apply(_require_success)
 

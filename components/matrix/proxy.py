@@ -36,6 +36,19 @@ RESOLVER = "letsencrypt"
 TLS_MODES = ("self-signed", "letsencrypt")
 # Not published: only the container's own health check calls it.
 PING_ADDRESS = ":8082"
+# Access log without credentials. RequestPath is the request URI with its raw query
+# (traefik/traefik pkg/middlewares/accesslog/logger.go), where Matrix clients may put
+# `?access_token=…`. Traefik v3.5 cannot drop just the query
+# (accessLog.fields.queryParameters came later, traefik/traefik#13091), so the path
+# goes; router, status and timing stay. Headers (Authorization, cookies) never logged.
+ACCESS_LOG = {
+    "format": "json",
+    "fields": {
+        "defaultMode": "keep",
+        "names": {"RequestPath": "drop", "ClientUsername": "drop"},
+        "headers": {"defaultMode": "drop"},
+    },
+}
 
 _HOST_RE = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _UPSTREAM_RE = re.compile(r"^https?://([a-z0-9.-]+)(?::(\d+))?$")
@@ -91,7 +104,7 @@ def render_traefik_static(*, tls: str, acme_email: str, serve_federation_8448: b
     static = {
         "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
         "log": {"level": "INFO"},
-        "accessLog": {},
+        "accessLog": copy.deepcopy(ACCESS_LOG),
         "ping": {"entryPoint": "ping"},
         "entryPoints": entry_points,
         "providers": {"file": {"filename": DYNAMIC_PATH, "watch": False}},
@@ -225,5 +238,6 @@ class ReverseProxy(pulumi.ComponentResource):
                 healthcheck=["CMD", "traefik", "healthcheck", "--ping", f"--configFile={STATIC_PATH}"],
             ),
             parent=self,
+            resource_name=name,
         )
         self.register_outputs({"certificate_pem": self.certificate_pem})

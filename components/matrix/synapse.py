@@ -241,6 +241,7 @@ class Synapse(pulumi.ComponentResource):
                 extra={"wait": True, "wait_timeout": 300},
             ),
             parent=self,
+            resource_name=name,
         )
         self.register_outputs({"internal_url": self.internal_url,
                                "registration_shared_secret": self.registration_shared_secret})

@@ -52,13 +52,15 @@ def render_turnserver_conf(*, realm: str, external_ip: str, shared_secret: str, 
     )
 
 
-def turn_uris(host: str, listening_port: int = 3478, tls_listening_port: int = 5349) -> list[str]:
-    """What Synapse advertises to clients (turn_uris)."""
-    return [
+def turn_uris(host: str, listening_port: int = 3478, tls_listening_port: Optional[int] = 5349) -> list[str]:
+    """What Synapse advertises to clients (turn_uris); no `turns:` URI when `tls_listening_port` is None."""
+    uris = [
         f"turn:{host}:{listening_port}?transport=udp",
         f"turn:{host}:{listening_port}?transport=tcp",
-        f"turns:{host}:{tls_listening_port}?transport=tcp",
     ]
+    if tls_listening_port is not None:
+        uris.append(f"turns:{host}:{tls_listening_port}?transport=tcp")
+    return uris
 
 
 @dataclass
@@ -71,6 +73,9 @@ class TurnArgs:
     tls_key_pem: pulumi.Input[str]
     # Public name in the URIs; defaults to the realm (conventionally the TURN host).
     host: Optional[str] = None
+    # Advertise `turns:` (5349) only when clients can verify the certificate served there;
+    # the TLS listener runs either way.
+    advertise_tls: bool = True
 
 
 class Turn(pulumi.ComponentResource):
@@ -105,6 +110,8 @@ class Turn(pulumi.ComponentResource):
                 ports=published_ports(ports_for("turn")),
             ),
             parent=self,
+            resource_name=name,
         )
-        self.uris = turn_uris(args.host or args.realm, listening_port, tls_listening_port)
+        self.uris = turn_uris(args.host or args.realm, listening_port,
+                              tls_listening_port if args.advertise_tls else None)
         self.register_outputs({"uris": self.uris})

@@ -7,12 +7,13 @@ client and federation API to Synapse, from configs/nginx-matrix.conf.tmpl.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from string import Template
-from typing import Optional
+from typing import Optional, Sequence
 
 import pulumi
 
@@ -23,6 +24,10 @@ CONTAINER = "wellknown"
 CONF_PATH = "/etc/nginx/conf.d/default.conf"
 # Synapse's default max_upload_size (synapse/config/repository.py).
 DEFAULT_MAX_BODY_SIZE = "50M"
+
+# Where Traefik reaches nginx from: the private Docker network, whose subnet
+# Docker picks from these pools. Nothing else can reach nginx (it publishes no port).
+PRIVATE_PROXY_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 
 _UPSTREAM_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(?::\d+)?$")
 _SIZE_RE = re.compile(r"^\d+[kKmMgG]?$")
@@ -54,8 +59,13 @@ def _nginx_literal(document: dict) -> str:
 
 def render_nginx_conf(*, server_name: str, matrix_host: str, server_json: dict, client_json: dict,
                       synapse_upstream: str, listen: str = "80",
-                      max_body_size: str = DEFAULT_MAX_BODY_SIZE) -> str:
-    """The server block (for conf.d, inside nginx's http context)."""
+                      max_body_size: str = DEFAULT_MAX_BODY_SIZE,
+                      trusted_proxies: Sequence[str] = PRIVATE_PROXY_RANGES) -> str:
+    """The server block (for conf.d, inside nginx's http context). `trusted_proxies`
+    are the networks whose X-Forwarded-For entries are believed (see the template)."""
+    if not trusted_proxies:
+        raise ValueError("nginx needs at least the network Traefik connects from as a trusted proxy")
+    networks = [str(ipaddress.ip_network(cidr)) for cidr in trusted_proxies]  # raises on anything else
     if not _UPSTREAM_RE.match(synapse_upstream):
         raise ValueError(f"synapse_upstream must be scheme://host[:port] without a path, not {synapse_upstream!r}")
     if not _SIZE_RE.match(max_body_size):
@@ -67,6 +77,7 @@ def render_nginx_conf(*, server_name: str, matrix_host: str, server_json: dict, 
         client_json=_nginx_literal(client_json),
         synapse_upstream=synapse_upstream,
         max_body_size=max_body_size,
+        real_ip_from="\n".join(f"    set_real_ip_from {network};" for network in networks),
     )
 
 
@@ -80,6 +91,8 @@ class WellKnownArgs:
     synapse_upstream: str = "http://synapse:8008"
     # Keep equal to Synapse's max_upload_size.
     max_body_size: str = DEFAULT_MAX_BODY_SIZE
+    # Proxies in front of Traefik (Cloudflare's ranges when it proxies); Traefik's own network is always trusted.
+    upstream_proxies: Sequence[str] = ()
 
 
 class WellKnown(pulumi.ComponentResource):
@@ -92,6 +105,7 @@ class WellKnown(pulumi.ComponentResource):
             client_json=well_known_client(args.public_baseurl),
             synapse_upstream=args.synapse_upstream,
             max_body_size=args.max_body_size,
+            trusted_proxies=[*PRIVATE_PROXY_RANGES, *args.upstream_proxies],
         )
         self.container = service_container(
             CONTAINER,
@@ -103,5 +117,6 @@ class WellKnown(pulumi.ComponentResource):
                 healthcheck=["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1/.well-known/matrix/client"],
             ),
             parent=self,
+            resource_name=name,
         )
         self.register_outputs({})

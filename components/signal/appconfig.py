@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import pulumi
-import pulumi_aws as aws
 
 from components.common import child, to_yaml
 
@@ -31,6 +30,8 @@ class DynamicConfig(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: DynamicConfigArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("commstack:signal:DynamicConfig", name, None, opts)
+        import pulumi_aws as aws  # AWS target only: the docker target never loads the SDK
+
         app = aws.appconfig.Application(f"{name}-app", name=name, opts=child(self))
         env = aws.appconfig.Environment(f"{name}-env", application_id=app.id, name="main", opts=child(self))
         profile = aws.appconfig.ConfigurationProfile(f"{name}-profile", application_id=app.id, name="dynamic",

@@ -1,33 +1,40 @@
 """The Signal half: composes storage, secrets, IAM, firewall, Redis, AppConfig and the host
-(target aws), or the local containers (target docker), from one version data file."""
+(target aws), or the local containers (target docker), from one version data file.
+
+The AWS-only modules (and so pulumi_aws) are imported inside the aws path: a docker stack never loads them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterable, Mapping, Optional
 
 import pulumi
-import pulumi_aws as aws
 
-from components.edge.firewall import Firewall, FirewallArgs
 from components.edge.records import DnsRecordSpec
-from components.settings import EdgeSettings, SignalSettings
+from components.settings import SIGNAL_SUBDOMAINS, EdgeSettings, SignalSettings
 from components.signal import redis
-from components.signal.appconfig import DynamicConfig, DynamicConfigArgs
-from components.signal.host import SignalHost, SignalHostArgs
-from components.signal.iam import InstanceRole, InstanceRoleArgs, s3_object_arn
+from components.signal.host import REGISTRATION_TLS_HOST
 from components.signal.local import (LOCAL_REGION, REDIS_PORT, REGISTRATION_ALIAS, LocalBackend, LocalBackendArgs,
                                      redis_alias)
 from components.signal.secrets import (TLS_KEY_PARAMETER, InternalTls, InternalTlsArgs, ServerSecrets,
-                                       ServerSecretsArgs, bundle_parameter, first_boot_parameters, parameter_arn,
-                                       public_parameter)
+                                       ServerSecretsArgs, bundle_parameter, config_parameter, public_parameter,
+                                       public_path)
 from components.signal.server_config import AppConfigNames, RegistrationEndpoint, render_server_config
-from components.signal.storage import Buckets, BucketsArgs, Tables, TablesArgs
 from components.signal.version import ServerVersion, load_version
 
-# Hostnames the Signal clients call (Signal-Android app/build.gradle.kts); Matrix owns matrix., element., turn.
-SIGNAL_SUBDOMAINS = {"chat": "Signal-Server API and websocket", "storage": "storage-service (not run yet)",
-                     "cdn": "CDN (attachments, avatars)", "cdn2": "CDN 2 (attachments v3)"}
+# What each Signal hostname (components/settings.py SIGNAL_SUBDOMAINS) serves; Matrix owns matrix., element., turn.
+SUBDOMAIN_PURPOSES = {"chat": "Signal-Server API and websocket", "storage": "storage-service (not run yet)",
+                      "cdn": "CDN (attachments, avatars)", "cdn2": "CDN 2 (attachments v3)"}
+assert tuple(SUBDOMAIN_PURPOSES) == SIGNAL_SUBDOMAINS, "describe every Signal hostname, in order"
+
+# Signal-Android app/build.gradle.kts buildConfigField -> the public value (configs/signal/<ref>.yaml public_values).
+CLIENT_BUILD_FIELDS = {"UNIDENTIFIED_SENDER_TRUST_ROOTS": "udTrustRoot",
+                       "ZKGROUP_SERVER_PUBLIC_PARAMS": "zkServerPublic",
+                       "GENERIC_SERVER_PUBLIC_PARAMS": "genericZkServerPublic"}
+PENDING_FIRST_BOOT = ("pending first boot: run `pulumi up` again after the instance has booted "
+                      "(or: {command})")
+ON_DOCKER_HOST = "written by the server container at its first start; read it with: {command}"
 
 
 @dataclass
@@ -37,29 +44,33 @@ class BackendArgs:
     domain: str
 
 
-def client_instructions(domain: str, ud_trust_root: str, zk_public: str, generic_public: str) -> str:
+def public_value_texts(names: Iterable[str], found: Mapping[str, str],
+                       how_to_read: Mapping[str, str]) -> dict[str, str]:
+    """Each public value as read back, or, while it does not exist yet, how to get it."""
+    return {name: found[name] if found.get(name) else how_to_read[name] for name in names}
+
+
+def client_instructions(domain: str, found: Mapping[str, str], how_to_read: Mapping[str, str]) -> str:
     """How to point a Signal-Android build at this server (buildConfigField names in app/build.gradle.kts)."""
-    return "\n".join([
-        "In Signal-Android app/build.gradle.kts set:",
-        f'  SIGNAL_URL = "https://chat.{domain}"',
-        f'  STORAGE_URL = "https://storage.{domain}"',
-        f'  SIGNAL_CDN_URL = "https://cdn.{domain}"',
-        f'  SIGNAL_CDN2_URL = "https://cdn2.{domain}"',
-        f"  UNIDENTIFIED_SENDER_TRUST_ROOTS = output of: {ud_trust_root}",
-        f"  ZKGROUP_SERVER_PUBLIC_PARAMS = output of: {zk_public}",
-        f"  GENERIC_SERVER_PUBLIC_PARAMS = output of: {generic_public}",
-        "The three values exist once the server has booted for the first time and never change afterwards.",
-    ])
+    lines = ["In Signal-Android app/build.gradle.kts set:",
+             f'  SIGNAL_URL = "https://chat.{domain}"',
+             f'  STORAGE_URL = "https://storage.{domain}"',
+             f'  SIGNAL_CDN_URL = "https://cdn.{domain}"',
+             f'  SIGNAL_CDN2_URL = "https://cdn2.{domain}"']
+    for field, name in CLIENT_BUILD_FIELDS.items():
+        lines.append(f'  {field} = "{found[name]}"' if found.get(name) else f"  {field} = ({how_to_read[name]})")
+    lines.append("The three values are generated at the server's first boot and never change afterwards.")
+    return "\n".join(lines)
 
 
 class Backend(pulumi.ComponentResource):
     dns_records: list[DnsRecordSpec]
     public_ip: pulumi.Output
     hostnames: list[str]
-    ud_trust_root: pulumi.Output
-    zk_public_params: pulumi.Output
+    ud_trust_root: pulumi.Output  # the value once the server has booted, else how to get it
+    zk_public_params: pulumi.Output  # {"zkgroup": ..., "generic": ...}, likewise
     client_instructions: pulumi.Output
-    config_yml: pulumi.Output  # the rendered config.yml (no secrets: they are secret:// references)
+    config_yml: pulumi.Output  # the rendered config.yml (no secrets: they are secret:// references or patched in)
     components: dict[str, pulumi.ComponentResource]
 
     def __init__(self, name: str, args: BackendArgs, opts: Optional[pulumi.ResourceOptions] = None):
@@ -69,32 +80,47 @@ class Backend(pulumi.ComponentResource):
         stack = pulumi.get_stack()
         name_prefix = f"{stack}-{name}"
         chat_host = f"chat.{args.domain}"
+        rs = version.registration_service
 
-        # Signal-Server reaches registration-service directly over TLS, trusting exactly its certificate.
-        registration_host = "localhost" if signal.target == "aws" else REGISTRATION_ALIAS
-        internal_tls = InternalTls(f"{name}-internal-tls", InternalTlsArgs(dns_names=[registration_host]),
+        # Always TLS, trusting exactly the internal certificate: on AWS nginx presents it on loopback in front of
+        # registration-service; on Docker (no nginx) registration-service presents it itself.
+        if signal.target == "aws":
+            registration = (REGISTRATION_TLS_HOST, rs["tls_port"])
+        else:
+            registration = (REGISTRATION_ALIAS, rs["port"])
+        internal_tls = InternalTls(f"{name}-internal-tls", InternalTlsArgs(dns_names=[registration[0]]),
                                    opts=pulumi.ResourceOptions(parent=self))
-        registration = (registration_host, version.registration_service["port"])
 
         if signal.target == "aws":
-            self.public_ip, commands = self._aws(name, args, version, name_prefix, chat_host, internal_tls, registration)
+            self.public_ip, found, how_to_read = self._aws(name, args, version, name_prefix, chat_host, internal_tls,
+                                                           registration)
         else:
-            self.public_ip, commands = self._docker(name, args, version, name_prefix, internal_tls, registration)
+            self.public_ip, found, how_to_read = self._docker(name, args, version, name_prefix, internal_tls,
+                                                              registration)
 
         self.hostnames = [f"{sub}.{args.domain}" for sub in SIGNAL_SUBDOMAINS]
         # Never behind Cloudflare's proxy: clients pin the server's own certificate, and chat. carries gRPC.
         self.dns_records = [DnsRecordSpec(fqdn=f"{sub}.{args.domain}", type="A", content=self.public_ip, http=False,
-                                          purpose=f"Signal: {why}") for sub, why in SIGNAL_SUBDOMAINS.items()]
-        self.ud_trust_root = pulumi.Output.from_input(commands["udTrustRoot"])
-        self.zk_public_params = pulumi.Output.from_input({"zkgroup": commands["zkServerPublic"],
-                                                          "generic": commands["genericZkServerPublic"]})
-        self.client_instructions = pulumi.Output.from_input(client_instructions(
-            args.domain, commands["udTrustRoot"], commands["zkServerPublic"], commands["genericZkServerPublic"]))
+                                          purpose=f"Signal: {SUBDOMAIN_PURPOSES[sub]}") for sub in SIGNAL_SUBDOMAINS]
+        texts = found.apply(lambda values: public_value_texts(version.public_values, values, how_to_read))
+        self.ud_trust_root = texts.apply(lambda t: t["udTrustRoot"])
+        self.zk_public_params = texts.apply(lambda t: {"zkgroup": t["zkServerPublic"],
+                                                       "generic": t["genericZkServerPublic"]})
+        self.client_instructions = found.apply(lambda values: client_instructions(args.domain, values, how_to_read))
         self.register_outputs({"public_ip": self.public_ip, "hostnames": self.hostnames,
                                "ud_trust_root": self.ud_trust_root, "zk_public_params": self.zk_public_params,
                                "client_instructions": self.client_instructions})
 
     def _aws(self, name, args, version: ServerVersion, name_prefix, chat_host, internal_tls, registration):
+        import pulumi_aws as aws
+
+        from components.edge.firewall import Firewall, FirewallArgs
+        from components.signal.appconfig import DynamicConfig, DynamicConfigArgs
+        from components.signal.host import SignalHost, SignalHostArgs
+        from components.signal.iam import InstanceRole, InstanceRoleArgs, s3_object_arn
+        from components.signal.secrets import first_boot_parameters, parameter_arn
+        from components.signal.storage import Buckets, BucketsArgs, Tables, TablesArgs
+
         signal = args.signal
         region = signal.region
         parameter_prefix = f"/commstack/{pulumi.get_stack()}/{name}"
@@ -117,8 +143,8 @@ class Backend(pulumi.ComponentResource):
         readable = pulumi.Output.all(written, *[p.arn for p in secrets.parameters]).apply(
             lambda a: list(a[0]) + list(a[1:]))
         role = InstanceRole(f"{name}-iam", InstanceRoleArgs(
-            table_arns=tables.arns, bucket_arns=buckets.arns, ssm_read_arns=readable, ssm_write_arns=written,
-            appconfig_arns=dynamic.profile_arn.apply(lambda arn: [arn]),
+            table_arns=tables.arns, index_arns=tables.index_arns, bucket_arns=buckets.arns, ssm_read_arns=readable,
+            ssm_write_arns=written, appconfig_arns=dynamic.profile_arn.apply(lambda arn: [arn]),
             jar_object_arn=s3_object_arn(signal.jar_s3_uri) if signal.jar_s3_uri else None), opts=opts)
 
         config_yml = pulumi.Output.all(tables.names, buckets.names, redis_uri, internal_tls.cert_pem,
@@ -139,17 +165,25 @@ class Backend(pulumi.ComponentResource):
             redis_in_containers=signal.redis == "containers"), opts=opts)
         self.components = {"secrets": secrets, "tables": tables, "buckets": buckets, "appconfig": dynamic,
                            "firewall": firewall, "iam": role, "host": host}
-        # Public values are written on first boot, after `pulumi up` returns, so the outputs are
-        # the commands that read them (reading them back here would fail on the first deployment).
-        commands = {n: f"aws ssm get-parameter --region {region} --name {public_parameter(parameter_prefix, n)} "
-                       "--query Parameter.Value --output text" for n in version.public_values}
-        return host.public_ip, commands
+        # First boot writes the public values after `pulumi up` returns: the first up finds none (the
+        # outputs say so), every later up or refresh reads them. They are public String parameters,
+        # so they are outputs in the clear even though the provider marks the lookup's values sensitive.
+        stored = aws.ssm.get_parameters_by_path_output(path=public_path(parameter_prefix), with_decryption=False,
+                                                       opts=pulumi.InvokeOptions(parent=self))
+        found = pulumi.Output.unsecret(stored.apply(
+            lambda result: {n.rsplit("/", 1)[1]: v for n, v in zip(result.names or [], result.values or [])}))
+        how_to_read = {n: PENDING_FIRST_BOOT.format(
+            command=f"aws ssm get-parameter --region {region} --name {public_parameter(parameter_prefix, n)} "
+                    "--query Parameter.Value --output text") for n in version.public_values}
+        return host.public_ip, found, how_to_read
 
     def _docker(self, name, args, version: ServerVersion, name_prefix, internal_tls, registration):
         opts = pulumi.ResourceOptions(parent=self)
         secrets = ServerSecrets(f"{name}-secrets", ServerSecretsArgs(version, internal_tls.private_key_pem), opts=opts)
         program_values = pulumi.Output.all(**{bundle_parameter("", k).lstrip("/"): v
                                               for k, v in secrets.values.items()},
+                                           **{config_parameter("", path).lstrip("/"): v
+                                              for path, v in secrets.config_values.items()},
                                            **{TLS_KEY_PARAMETER: internal_tls.private_key_pem})
         table_names = {t.config: f"{name_prefix}-{t.name}" for t in version.tables}
         # S3 is not served locally (see aws_clients in the data file); the sections keep names so the config is complete.
@@ -166,6 +200,8 @@ class Backend(pulumi.ComponentResource):
             name_prefix=name_prefix, config_yml=config_yml, tls_cert_pem=internal_tls.cert_pem,
             program_values=program_values, app_config=app_config, region=LOCAL_REGION), opts=opts)
         self.components = {"secrets": secrets, "local": local}
-        commands = {n: f"docker exec {name}-local-server cat /var/lib/signal/secrets/public/{n}"
-                    for n in version.public_values}
-        return pulumi.Output.from_input(args.edge.public_ip), commands
+        # The values sit in the server container's volume, which the program cannot read.
+        how_to_read = {n: ON_DOCKER_HOST.format(
+            command=f"docker exec {local.server_container_name} cat /var/lib/signal/secrets/public/{n}")
+            for n in version.public_values}
+        return pulumi.Output.from_input(args.edge.public_ip), pulumi.Output.from_input({}), how_to_read

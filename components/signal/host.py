@@ -3,17 +3,21 @@
 cloud-init is built as data and holds no secret: the secrets bundle is assembled from SSM at
 every service start (configs/signal/signal_secrets.py), and values only the server's own jar
 can make are generated there on first boot and stored in SSM for every later boot.
+
+The renderers are pure and shared with the docker target, so pulumi_aws is imported only
+where the instance is made.
 """
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import string
 from dataclasses import dataclass
 from typing import Optional
 
 import pulumi
-import pulumi_aws as aws
 
 from components.common import child, image, stateful_child, to_yaml
 from components.signal import redis
@@ -25,6 +29,12 @@ DATA = "/srv/signal-data"  # the persistent EBS volume: certificates and Redis d
 DATA_DEVICE = "/dev/sdf"
 DEBIAN_OWNER = "136693071363"  # Debian's AWS account (https://wiki.debian.org/Cloud/AmazonEC2Image)
 DEBIAN_12_AMI_PATTERN = "debian-12-amd64-*"
+# EC2 refuses user data over 16 KB (before base64): https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/user-data.html
+USER_DATA_LIMIT = 16384
+# Four attempts an hour stay under Let's Encrypt's five failed validations per hostname an hour.
+CERTBOT_RETRY_SECONDS = 900
+# Signal-Server reaches registration-service through nginx on loopback, under the internal certificate's name.
+REGISTRATION_TLS_HOST = "localhost"
 
 PATHS = {
     "tool": f"{OPT}/signal_secrets.py",
@@ -45,27 +55,49 @@ def _render(name: str, **values) -> str:
     return string.Template(template(name)).substitute(**values)
 
 
-def render_nginx_conf(host: str, app_port: int, grpc_port: int, grpc_public_port: int) -> str:
+def render_nginx_conf(host: str, app_port: int, grpc_port: int, grpc_tls_port: int) -> str:
+    """chat.<domain> -> Signal-Server, and the loopback-only TLS gRPC front of registration-service."""
     return _render("nginx-signal.conf.tmpl", host=host, app_port=app_port, grpc_port=grpc_port,
-                   grpc_public_port=grpc_public_port)
+                   grpc_tls_port=grpc_tls_port, grpc_host=REGISTRATION_TLS_HOST, internal_cert=PATHS["tls_cert"],
+                   internal_key=PATHS["tls_key"])
 
 
-def render_systemd_unit(version_ref: str, heap: str = "2g") -> str:
+def render_systemd_unit(version_ref: str, region: str, heap: str = "2g") -> str:
     return _render("signal-server.service.tmpl", version=version_ref, tool=PATHS["tool"], manifest=PATHS["manifest"],
-                   bundle=PATHS["bundle"], jar=PATHS["jar"], config=PATHS["config_out"], heap=heap)
+                   bundle=PATHS["bundle"], jar=PATHS["jar"], config=PATHS["config_out"], heap=heap, region=region)
 
 
-def render_registration_config(port: int, cert_path: str, key_path: str) -> str:
-    """registration-service's Micronaut overrides: TLS on its gRPC port (jtof-dev/registration-service README.md)."""
-    return to_yaml({"grpc": {"server": {"port": port, "ssl": {"enabled": True, "cert-chain": cert_path,
-                                                              "private-key": key_path}}}})
+def render_certbot_unit(host: str, email: str) -> str:
+    return _render("signal-certbot.service.tmpl", host=host, email=email, retry_seconds=CERTBOT_RETRY_SECONDS)
+
+
+def render_registration_config(port: int, bind_host: Optional[str] = None,
+                               tls: Optional[tuple[str, str]] = None) -> str:
+    """registration-service's Micronaut overrides (micronaut-grpc GrpcServerConfiguration: grpc.server.*):
+    its port, optionally a bind address, and optionally TLS from (certificate, key) paths
+    (jtof-dev/registration-service README.md)."""
+    server: dict = {"port": port}
+    if bind_host:
+        server["host"] = bind_host
+    if tls:
+        server["ssl"] = {"enabled": True, "cert-chain": tls[0], "private-key": tls[1]}
+    return to_yaml({"grpc": {"server": server}})
+
+
+def encode_user_data(cloud_config: str) -> str:
+    """gzip (cloud-init unpacks it) then base64, for the instance's user_data_base64. A fixed mtime keeps the
+    bytes stable, so an unchanged cloud-config never replaces the instance."""
+    packed = gzip.compress(cloud_config.encode(), compresslevel=9, mtime=0)
+    if len(packed) > USER_DATA_LIMIT:
+        raise ValueError(f"the Signal instance's user data is {len(packed)} bytes gzipped; EC2 allows {USER_DATA_LIMIT}")
+    return base64.b64encode(packed).decode()
 
 
 def secrets_manifest(version: ServerVersion, *, store: str, prefix: str, paths: dict,
-                     program_values: Optional[str] = None) -> dict:
+                     program_values: Optional[str] = None, region: Optional[str] = None) -> dict:
     """What signal_secrets.py needs: entry names and sources, never values."""
     return {
-        "store": store, "prefix": prefix, "program_values": program_values,
+        "store": store, "prefix": prefix, "region": region, "program_values": program_values,
         "jar": paths["jar"], "generic_zk_source": paths["generic_zk_source"], "ud_key_id": version["ud_key_id"],
         "bundle": {e.key: {"source": e.source, "generator": e.generator, "standin": e.standin, "list": e.list}
                    for e in version.bundle},
@@ -83,7 +115,8 @@ def compose_file(version: ServerVersion, redis_in_containers: bool) -> dict:
         "build": {"context": f"{OPT}/registration", "args": {"BUILD_IMAGE": image("registration-build"),
                                                              "REPO": rs["repo"], "REF": rs["ref"]}},
         "network_mode": "host", "restart": "unless-stopped",
-        "volumes": [f"{ETC}/registration:/etc/registration:ro"],
+        # Only its configuration: the internal TLS key is nginx's, not registration-service's.
+        "volumes": [f"{PATHS['registration_yml']}:/etc/registration/application.yml:ro"],
     }
     assert rs["port"] not in redis.node_ports()
     return {"version": "2.4", "services": services}
@@ -95,21 +128,22 @@ def render_cloud_init(version: ServerVersion, *, server_repo: str, server_ref: s
     """#cloud-config for the instance. Every input is public; tests assert no secret reaches it."""
     rs = version.registration_service
     ports = version.server_ports
-    manifest = secrets_manifest(version, store="ssm", prefix=parameter_prefix, paths=PATHS)
+    manifest = secrets_manifest(version, store="ssm", prefix=parameter_prefix, paths=PATHS, region=region)
     files = [
         (PATHS["tool"], template("signal_secrets.py"), "0755"),
         (PATHS["generic_zk_source"], template("GenericZkParams.java"), "0644"),
         (PATHS["manifest"], json.dumps(manifest, indent=2), "0644"),
         (PATHS["config_in"], config_yml, "0640"),
         (PATHS["tls_cert"], tls_cert_pem, "0644"),
-        (PATHS["registration_yml"], render_registration_config(rs["port"], "/etc/registration/cert.pem",
-                                                               "/etc/registration/key.pem"), "0644"),
+        # Plaintext on loopback: nginx terminates TLS for it (render_nginx_conf).
+        (PATHS["registration_yml"], render_registration_config(rs["port"], bind_host="127.0.0.1"), "0644"),
         (f"{OPT}/registration/Dockerfile", template("Dockerfile.registration"), "0644"),
         (PATHS["compose"], to_yaml(compose_file(version, redis_in_containers)), "0644"),
-        ("/etc/systemd/system/signal-server.service", render_systemd_unit(server_ref), "0644"),
-        ("/etc/systemd/system/signal-redis.service", _compose_unit(), "0644"),
+        ("/etc/systemd/system/signal-server.service", render_systemd_unit(server_ref, region), "0644"),
+        ("/etc/systemd/system/signal-redis.service", _compose_unit(region), "0644"),
+        ("/etc/systemd/system/signal-certbot.service", render_certbot_unit(host, acme_email), "0644"),
         ("/etc/nginx/sites-available/signal.conf",
-         render_nginx_conf(host, ports["app"], rs["port"], rs["public_port"]), "0644"),
+         render_nginx_conf(host, ports["app"], rs["port"], rs["tls_port"]), "0644"),
         (f"{OPT}/mount-data.sh", _mount_script(data_volume_id), "0755"),
     ]
     if jar_s3_uri:
@@ -117,8 +151,6 @@ def render_cloud_init(version: ServerVersion, *, server_repo: str, server_ref: s
     else:
         fetch_jar = (f"git clone {server_repo} {OPT}/src && cd {OPT}/src && git checkout --detach {server_ref} && "
                      f"{version['build']} && cp {OPT}/src/{version['jar']} {PATHS['jar']}")
-    certbot = (f"certbot certonly --standalone --non-interactive --agree-tos -m {acme_email} -d {host} "
-               "--pre-hook 'systemctl stop nginx' --post-hook 'systemctl start nginx'")
     document = {
         "package_update": True,
         "packages": [f"openjdk-{version['java']}-jdk-headless", "git", "docker.io", "docker-compose", "nginx",
@@ -129,22 +161,23 @@ def render_cloud_init(version: ServerVersion, *, server_repo: str, server_ref: s
             f"{OPT}/mount-data.sh",
             f"mkdir -p {DATA}/letsencrypt && rm -rf /etc/letsencrypt && ln -s {DATA}/letsencrypt /etc/letsencrypt",
             ["sh", "-c", fetch_jar],
-            ["sh", "-c", f"test -f /etc/letsencrypt/live/{host}/fullchain.pem || {certbot}"],
             "ln -sf /etc/nginx/sites-available/signal.conf /etc/nginx/sites-enabled/signal.conf",
             "rm -f /etc/nginx/sites-enabled/default",
             "systemctl daemon-reload",
             "systemctl enable --now docker signal-redis.service",
             "systemctl enable --now signal-server.service",
-            "systemctl restart nginx",
+            # Retries in the background until the certificate is issued, then (re)starts nginx.
+            "systemctl enable --now --no-block signal-certbot.service",
         ],
     }
     return "#cloud-config\n" + to_yaml(document)
 
 
-def _compose_unit() -> str:
+def _compose_unit(region: str) -> str:
     return (
         "[Unit]\nDescription=Redis cluster and registration-service (docker-compose)\nRequires=docker.service\n"
         "After=docker.service\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nWorkingDirectory=/opt/signal\n"
+        f"Environment=AWS_DEFAULT_REGION={region}\n"
         f"ExecStartPre=/usr/bin/python3 {PATHS['tool']} first-boot {PATHS['manifest']}\n"
         f"ExecStartPre=/usr/bin/python3 {PATHS['tool']} assemble {PATHS['manifest']}\n"
         f"ExecStart=/usr/bin/docker-compose -f {PATHS['compose']} up -d --build\n"
@@ -186,13 +219,16 @@ class SignalHostArgs:
 
 
 class SignalHost(pulumi.ComponentResource):
-    instance: aws.ec2.Instance
-    eip: aws.ec2.Eip
+    instance: pulumi.CustomResource  # aws.ec2.Instance
+    eip: pulumi.CustomResource  # aws.ec2.Eip
     public_ip: pulumi.Output
-    user_data: pulumi.Output
+    user_data: pulumi.Output  # the #cloud-config text
+    user_data_base64: pulumi.Output  # what the instance is given (encode_user_data)
 
     def __init__(self, name: str, args: SignalHostArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("commstack:signal:SignalHost", name, None, opts)
+        import pulumi_aws as aws
+
         ami = aws.ec2.get_ami_output(most_recent=True, owners=[DEBIAN_OWNER],
                                      filters=[aws.ec2.GetAmiFilterArgs(name="name", values=[DEBIAN_12_AMI_PATTERN]),
                                               aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"])],
@@ -207,14 +243,17 @@ class SignalHost(pulumi.ComponentResource):
                 host=args.host, acme_email=args.acme_email, region=args.region,
                 parameter_prefix=args.parameter_prefix, config_yml=a[0], tls_cert_pem=a[1], data_volume_id=a[2],
                 redis_in_containers=args.redis_in_containers))
+        self.user_data_base64 = self.user_data.apply(encode_user_data)
         self.instance = aws.ec2.Instance(
             f"{name}-instance", ami=ami.id, instance_type=args.instance_type, availability_zone=zone,
             iam_instance_profile=args.instance_profile_name, vpc_security_group_ids=[args.security_group_id],
-            user_data=self.user_data, user_data_replace_on_change=True,
+            user_data_base64=self.user_data_base64, user_data_replace_on_change=True,
             # IMDSv2 only: the role's credentials are not reachable through a simple SSRF.
             metadata_options=aws.ec2.InstanceMetadataOptionsArgs(http_tokens="required", http_put_response_hop_limit=2),
             root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(volume_size=30, volume_type="gp3", encrypted=True),
-            tags={"Name": f"{name}-signal-server"}, opts=child(self))
+            tags={"Name": f"{name}-signal-server"},
+            # A newer Debian AMI must not replace the server; a replacement is a deliberate `up --replace`.
+            opts=child(self, ignore_changes=["ami"]))
         aws.ec2.VolumeAttachment(f"{name}-data-attachment", device_name=DATA_DEVICE, volume_id=volume.id,
                                  instance_id=self.instance.id, opts=child(self))
         self.eip = aws.ec2.Eip(f"{name}-eip", domain="vpc", opts=stateful_child(self))

@@ -17,16 +17,17 @@ ASSUME_EC2 = json.dumps({
 })
 
 
-def policy_document(*, table_arns: Sequence[str], bucket_arns: Sequence[str], ssm_read_arns: Sequence[str],
-                    ssm_write_arns: Sequence[str], appconfig_arns: Sequence[str],
+def policy_document(*, table_arns: Sequence[str], index_arns: Sequence[str], bucket_arns: Sequence[str],
+                    ssm_read_arns: Sequence[str], ssm_write_arns: Sequence[str], appconfig_arns: Sequence[str],
                     jar_object_arn: Optional[str] = None) -> dict:
-    """Least privilege, resource by resource; no action or resource is a wildcard."""
+    """Least privilege, resource by resource; no action is a wildcard, and the only wildcard resource is
+    `<bucket ARN>/*` for object actions (an S3 object ARN names a key, and the server writes new keys)."""
     statements = [
         {"Sid": "Tables", "Effect": "Allow",
          "Action": ["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem", "dynamodb:ConditionCheckItem",
                     "dynamodb:DeleteItem", "dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:PutItem",
                     "dynamodb:Query", "dynamodb:Scan", "dynamodb:UpdateItem"],
-         "Resource": list(table_arns) + [f"{arn}/index/*" for arn in table_arns]},
+         "Resource": list(table_arns) + list(index_arns)},
         {"Sid": "Buckets", "Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetBucketLocation"],
          "Resource": list(bucket_arns)},
         {"Sid": "Objects", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
@@ -49,6 +50,7 @@ def policy_document(*, table_arns: Sequence[str], bucket_arns: Sequence[str], ss
 @dataclass
 class InstanceRoleArgs:
     table_arns: pulumi.Input[Sequence[str]]
+    index_arns: pulumi.Input[Sequence[str]]  # exactly the tables' GSIs and LSIs
     bucket_arns: pulumi.Input[Sequence[str]]
     ssm_read_arns: pulumi.Input[Sequence[str]]
     ssm_write_arns: pulumi.Input[Sequence[str]]
@@ -66,10 +68,10 @@ class InstanceRole(pulumi.ComponentResource):
         super().__init__("commstack:signal:InstanceRole", name, None, opts)
         self.role = aws.iam.Role(f"{name}-role", assume_role_policy=ASSUME_EC2,
                                  description="Signal-Server instance (least privilege)", opts=child(self))
-        document = pulumi.Output.all(args.table_arns, args.bucket_arns, args.ssm_read_arns, args.ssm_write_arns,
-                                     args.appconfig_arns).apply(
-            lambda a: json.dumps(policy_document(table_arns=a[0], bucket_arns=a[1], ssm_read_arns=a[2],
-                                                 ssm_write_arns=a[3], appconfig_arns=a[4],
+        document = pulumi.Output.all(args.table_arns, args.index_arns, args.bucket_arns, args.ssm_read_arns,
+                                     args.ssm_write_arns, args.appconfig_arns).apply(
+            lambda a: json.dumps(policy_document(table_arns=a[0], index_arns=a[1], bucket_arns=a[2],
+                                                 ssm_read_arns=a[3], ssm_write_arns=a[4], appconfig_arns=a[5],
                                                  jar_object_arn=args.jar_object_arn)))
         aws.iam.RolePolicy(f"{name}-policy", role=self.role.id, policy=document, opts=child(self))
         self.profile = aws.iam.InstanceProfile(f"{name}-profile", role=self.role.name, opts=child(self))

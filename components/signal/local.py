@@ -4,7 +4,9 @@ DynamoDB Local gets the same tables, created from the same data file by a one-sh
 container on the private network (DynamoDB Local is never published on a host port, so the
 aws provider cannot reach it from where Pulumi runs). Redis is the same six-node cluster,
 formed by a one-shot `redis-cli --cluster create`. Signal-Server and registration-service
-images are built from the pinned sources.
+images are built from the pinned sources; their containers run the built image by id, so a
+rebuild replaces them. There is no nginx here: registration-service itself presents the
+internal certificate Signal-Server trusts.
 
 Signal-Server's AWS clients cannot be pointed anywhere by configuration (see `aws_clients` in the
 version data file), so an `aws-local` container answers for AWS on the private network: the
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, Optional
 
 import pulumi
 import pulumi_docker as docker
@@ -24,8 +26,8 @@ import pulumi_docker as docker
 from components.common import ConfigFile, ContainerSpec, child, image, service_container, stateful_child, to_yaml
 from components.signal import redis
 from components.signal.appconfig import DEFAULT_DYNAMIC_CONFIG
-from components.signal.host import secrets_manifest
-from components.signal.secrets import InternalTls, InternalTlsArgs
+from components.signal.host import render_registration_config, secrets_manifest
+from components.signal.secrets import TLS_KEY_PARAMETER, InternalTls, InternalTlsArgs
 from components.signal.server_config import AppConfigNames
 from components.signal.storage import create_table_request
 from components.signal.version import SIGNAL_CONFIGS, ServerVersion
@@ -61,13 +63,19 @@ def redis_alias(index: int) -> str:
     return f"redis-{index}"
 
 
-def tables_script(physical_names: list[str]) -> str:
-    """Creates each table unless it exists (DynamoDB Local keeps data in its volume)."""
+def tables_script(tables: Mapping[str, Optional[str]]) -> str:
+    """Creates each table unless it exists (DynamoDB Local keeps data in its volume) and, like the AWS
+    tables, turns on TTL on its expiry attribute. `tables`: physical name -> TTL attribute or None."""
     endpoint = f"http://{DYNAMODB_ALIAS}:{DYNAMODB_PORT}"
     lines = ["set -e", f"until aws dynamodb list-tables --endpoint-url {endpoint} >/dev/null; do sleep 1; done"]
-    for table in physical_names:
+    for table, ttl in tables.items():
+        create = f"aws dynamodb create-table --endpoint-url {endpoint} --cli-input-json file:///tables/{table}.json"
+        if ttl:
+            # Only right after creation: UpdateTimeToLive rejects enabling TTL that is already on.
+            create = (f"{{ {create} && aws dynamodb update-time-to-live --endpoint-url {endpoint} --table-name {table} "
+                      f"--time-to-live-specification Enabled=true,AttributeName={ttl}; }}")
         lines.append(f"aws dynamodb describe-table --endpoint-url {endpoint} --table-name {table} >/dev/null 2>&1 || "
-                     f"aws dynamodb create-table --endpoint-url {endpoint} --cli-input-json file:///tables/{table}.json")
+                     + create)
     return "\n".join(lines) + "\n"
 
 
@@ -118,6 +126,7 @@ class LocalBackend(pulumi.ComponentResource):
     network: docker.Network
     aws_local: docker.Container
     server: docker.Container
+    server_container_name: str  # what `docker exec` takes
 
     def __init__(self, name: str, args: LocalBackendArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("commstack:signal:LocalBackend", name, None, opts)
@@ -133,12 +142,13 @@ class LocalBackend(pulumi.ComponentResource):
             user="root"), self)
 
         self.table_names = {t.config: f"{args.name_prefix}-{t.name}" for t in version.tables}
+        ttls = {self.table_names[t.config]: t.ttl for t in version.tables}
         table_files = [ConfigFile(f"/tables/{self.table_names[t.config]}.json",
                                   json.dumps(create_table_request(t, self.table_names[t.config]), indent=2))
                        for t in version.tables]
         tables_job = service_container(f"{name}-tables", ContainerSpec(
             image_key="aws-cli", network=net, aliases=[], restart="no",
-            files=table_files + [ConfigFile("/tables/create.sh", tables_script(list(self.table_names.values())), True)],
+            files=table_files + [ConfigFile("/tables/create.sh", tables_script(ttls), True)],
             entrypoint=["sh", "/tables/create.sh"], envs=LOCAL_AWS_ENV,
             extra={"must_run": False, "attach": True, "logs": True}), self, depends_on=[dynamodb])
 
@@ -196,27 +206,27 @@ class LocalBackend(pulumi.ComponentResource):
             ConfigFile(LOCAL_PATHS["aws_ca"], aws_tls.cert_pem),
         ]
         registration = self._registration(name, net, registration_image, args, rs["port"])
-        self.server = docker.Container(
-            f"{name}-server", name=f"{name}-server", image=server_image.image_name, restart="unless-stopped",
-            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=net, aliases=["signal-server"])],
-            uploads=[docker.ContainerUploadArgs(file=f.path, content=f.content) for f in secrets_spec_files],
+        self.server_container_name = f"{name}-server"
+        admin_port = version.server_ports["admin"]
+        self.server = service_container(self.server_container_name, ContainerSpec(
+            image_key="signal-runtime", built_image=server_image.repo_digest, network=net, aliases=["signal-server"],
+            files=secrets_spec_files,
             volumes=[docker.ContainerVolumeArgs(volume_name=secrets_volume.name, container_path="/var/lib/signal/secrets")],
-            envs=[f"{k}={v}" for k, v in sorted(server_environment(args.region).items())],
-            entrypoints=["sh", "-c", server_start_command(LOCAL_PATHS)],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[tables_job, redis_cluster, registration, self.aws_local]))
+            envs=server_environment(args.region), entrypoint=["sh", "-c", server_start_command(LOCAL_PATHS)],
+            # Dropwizard's admin healthcheck (the runtime image has python3, not curl).
+            healthcheck=["CMD", "python3", "-c", "import urllib.request; "
+                         f"urllib.request.urlopen('http://127.0.0.1:{admin_port}/healthcheck', timeout=4)"]),
+            self, depends_on=[tables_job, redis_cluster, registration, self.aws_local])
         self.register_outputs({"network": net})
 
     def _registration(self, name: str, net, built: docker.Image, args: LocalBackendArgs, port: int) -> docker.Container:
-        from components.signal.host import render_registration_config
-
-        key = pulumi.Output.secret(pulumi.Output.from_input(args.program_values).apply(lambda v: v["tls/registration-key"]))
-        return docker.Container(
-            f"{name}-registration", name=f"{name}-registration", image=built.image_name, restart="unless-stopped",
-            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=net, aliases=[REGISTRATION_ALIAS])],
-            uploads=[
-                docker.ContainerUploadArgs(file="/etc/registration/application.yml", content=render_registration_config(
-                    port, "/etc/registration/cert.pem", "/etc/registration/key.pem")),
-                docker.ContainerUploadArgs(file="/etc/registration/cert.pem", content=args.tls_cert_pem),
-                docker.ContainerUploadArgs(file="/etc/registration/key.pem", content=key),
-            ],
-            opts=child(self))
+        key = pulumi.Output.secret(pulumi.Output.from_input(args.program_values).apply(lambda v: v[TLS_KEY_PARAMETER]))
+        cert_path, key_path = "/etc/registration/cert.pem", "/etc/registration/key.pem"
+        return service_container(f"{name}-registration", ContainerSpec(
+            image_key="registration-build", built_image=built.repo_digest, network=net, aliases=[REGISTRATION_ALIAS],
+            files=[ConfigFile("/etc/registration/application.yml",
+                              render_registration_config(port, tls=(cert_path, key_path))),
+                   ConfigFile(cert_path, args.tls_cert_pem),
+                   ConfigFile(key_path, key)],
+            # A gRPC port that accepts connections (the image has bash, no gRPC client).
+            healthcheck=["CMD", "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"]), self)

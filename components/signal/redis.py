@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import pulumi
-import pulumi_aws as aws
 
-from components.common import child, image
+from components.common import child, image, stateful_child
 
 NODES = 6
 REPLICAS_PER_MASTER = 1
@@ -80,6 +79,8 @@ class ElastiCacheRedis(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ElastiCacheRedisArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("commstack:signal:ElastiCacheRedis", name, None, opts)
+        import pulumi_aws as aws  # AWS target only: the docker target never loads the SDK
+
         access = aws.ec2.SecurityGroup(
             f"{name}-access", description="Redis from the Signal instance only",
             ingress=[aws.ec2.SecurityGroupIngressArgs(protocol="tcp", from_port=6379, to_port=6379,
@@ -90,6 +91,8 @@ class ElastiCacheRedis(pulumi.ComponentResource):
             node_type=args.node_type, port=6379, cluster_mode="enabled", num_node_groups=NODES // 2,
             replicas_per_node_group=REPLICAS_PER_MASTER, automatic_failover_enabled=True, multi_az_enabled=True,
             transit_encryption_enabled=True, at_rest_encryption_enabled=True,
-            security_group_ids=[access.id], opts=child(self))
+            security_group_ids=[access.id],
+            # Protected: replacing it drops the message cache and every session of the running server.
+            opts=stateful_child(self))
         self.uri = group.configuration_endpoint_address.apply(lambda host: cluster_uri(host, 6379, tls=True))
         self.register_outputs({"uri": self.uri})

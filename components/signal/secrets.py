@@ -3,8 +3,11 @@
 Layout under the parameter prefix (e.g. /commstack/prod/signal):
   bundle/<secrets-bundle key>   SecureString; `program` entries are Pulumi resources (protected),
                                 `first_boot`/`external` entries are written by the instance only if absent
+  config/<config path>          SecureString; config values the program generates (Pulumi resources, protected)
   public/<name>                 String; UD trust root and zk public params, written on first boot
-  tls/registration-key          SecureString; private key of registration-service's TLS certificate
+  tls/registration-key          SecureString; private key of the internal TLS certificate (registration gRPC)
+
+pulumi_aws is imported only where an SSM parameter is made: the docker target never loads it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import pulumi
-import pulumi_aws as aws
 import pulumi_tls as tls
 
 from components.common import child, generated_bytes_b64, stateful_child
@@ -26,8 +28,16 @@ def bundle_parameter(prefix: str, key: str) -> str:
     return f"{prefix}/bundle/{key}"
 
 
+def config_parameter(prefix: str, path: str) -> str:
+    return f"{prefix}/config/{path}"
+
+
+def public_path(prefix: str) -> str:
+    return f"{prefix}/public"
+
+
 def public_parameter(prefix: str, name: str) -> str:
-    return f"{prefix}/public/{name}"
+    return f"{public_path(prefix)}/{name}"
 
 
 def first_boot_parameters(version: ServerVersion, prefix: str) -> list[str]:
@@ -77,19 +87,28 @@ class ServerSecrets(pulumi.ComponentResource):
     """Random shared secrets (RandomBytes, base64) and, on AWS, their SSM SecureString parameters."""
 
     values: dict[str, pulumi.Output]  # bundle key -> secret Output
-    parameters: list[aws.ssm.Parameter]
+    config_values: dict[str, pulumi.Output]  # config path -> secret Output (config_patches with `program`)
+    parameters: list[pulumi.CustomResource]  # aws.ssm.Parameter
 
     def __init__(self, name: str, args: ServerSecretsArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("commstack:signal:ServerSecrets", name, None, opts)
         self.values = {}
+        self.config_values = {}
         self.parameters = []
         for entry in args.version.bundle_from("program"):
             slug = entry.key.replace(".", "-").lower()
             # Protected: a new value would log out every client (tokens) or break shared-secret peers.
             self.values[entry.key] = generated_bytes_b64(f"{name}-{slug}", self, length=entry.bytes, protect=True)
+        for path, length in args.version.program_config_values.items():
+            slug = path.replace(".", "-").lower()
+            # Protected: a new generator would no longer recognise the receipts already issued.
+            self.config_values[path] = generated_bytes_b64(f"{name}-{slug}", self, length=length, protect=True)
         if args.parameter_prefix:
+            import pulumi_aws as aws
+
             prefix = args.parameter_prefix
             named = {bundle_parameter(prefix, k): v for k, v in self.values.items()}
+            named.update({config_parameter(prefix, path): v for path, v in self.config_values.items()})
             named[f"{prefix}/{TLS_KEY_PARAMETER}"] = pulumi.Output.secret(args.tls_key_pem)
             for param_name, value in named.items():
                 slug = param_name[len(prefix) + 1:].replace("/", "-").replace(".", "-").lower()

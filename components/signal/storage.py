@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import pulumi
-import pulumi_aws as aws
 
 from components.common import child, stateful_child
 from components.signal.version import BucketSpec, IndexSpec, TableSpec
@@ -51,12 +50,15 @@ class TablesArgs:
 class Tables(pulumi.ComponentResource):
     """Every table, on-demand, PITR, encrypted, deletion-protected, TTL where the server writes one."""
 
-    tables: dict[str, aws.dynamodb.Table]  # by config path
+    tables: dict[str, pulumi.CustomResource]  # aws.dynamodb.Table by config path
     names: pulumi.Output  # {config path: physical name}
     arns: pulumi.Output  # [table ARN]
+    index_arns: pulumi.Output  # [<table ARN>/index/<name>] of every GSI and LSI, nothing for tables without one
 
     def __init__(self, name: str, args: TablesArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("commstack:signal:Tables", name, None, opts)
+        import pulumi_aws as aws  # AWS target only: the docker target never loads the SDK
+
         self.tables = {}
         for spec in args.tables:
             self.tables[spec.config] = aws.dynamodb.Table(
@@ -85,7 +87,10 @@ class Tables(pulumi.ComponentResource):
             )
         self.names = pulumi.Output.all(**{path: t.name for path, t in self.tables.items()})
         self.arns = pulumi.Output.all(*[t.arn for t in self.tables.values()])
-        self.register_outputs({"names": self.names, "arns": self.arns})
+        self.index_arns = pulumi.Output.all(*[
+            self.tables[spec.config].arn.apply(lambda arn, index=index.name: f"{arn}/index/{index}")
+            for spec in args.tables for index in spec.gsis + spec.lsis])
+        self.register_outputs({"names": self.names, "arns": self.arns, "index_arns": self.index_arns})
 
 
 @dataclass
@@ -97,13 +102,15 @@ class BucketsArgs:
 class Buckets(pulumi.ComponentResource):
     """Private, public-access-blocked, encrypted, versioned, protected buckets."""
 
-    buckets: dict[str, aws.s3.Bucket]  # by config path
+    buckets: dict[str, pulumi.CustomResource]  # aws.s3.Bucket by config path
     controls: list[pulumi.CustomResource]  # access block, ownership, encryption, versioning of each bucket
     names: pulumi.Output
     arns: pulumi.Output
 
     def __init__(self, name: str, args: BucketsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("commstack:signal:Buckets", name, None, opts)
+        import pulumi_aws as aws  # AWS target only: the docker target never loads the SDK
+
         self.buckets = {}
         self.controls = []
         for spec in args.buckets:

@@ -94,7 +94,23 @@ class ServerVersion:
 
     @property
     def required_sections(self) -> tuple[str, ...]:
-        return tuple(self.raw["required_sections"])
+        """The sample config's top-level sections, in its order."""
+        return tuple(self.raw["sample_key_paths"])
+
+    @property
+    def required_key_paths(self) -> tuple[str, ...]:
+        """Every key path of the sample config (see key_paths)."""
+        return tuple(f"{section}.{rest}" for section, rests in self.raw["sample_key_paths"].items() for rest in rests)
+
+    @property
+    def sample_open_maps(self) -> tuple[str, ...]:
+        return tuple(self.raw["sample_open_maps"])
+
+    @property
+    def program_config_values(self) -> dict[str, int]:
+        """Config paths whose value the program generates: path -> random bytes."""
+        return {path: source["program"]["bytes"] for path, source in self.raw["config_patches"].items()
+                if "program" in source}
 
     @property
     def table_settings(self) -> dict[str, Any]:
@@ -151,6 +167,15 @@ def set_dotted(target: dict, dotted: str, value: Any) -> None:
     for part in parents:
         target = target.setdefault(part, {})
     target[last] = value
+
+
+def key_paths(node: Any, open_maps: tuple[str, ...] = (), prefix: str = "") -> list[str]:
+    """Dotted paths of every leaf of a YAML document: a path ends at a scalar, a list, a null,
+    or a map listed in `open_maps` (one whose keys are data, not schema)."""
+    if not isinstance(node, dict) or prefix in open_maps:
+        return [prefix]
+    return [path for key, value in node.items()
+            for path in key_paths(value, open_maps, f"{prefix}.{key}" if prefix else str(key))]
 
 
 def get_dotted(source: dict, dotted: str) -> Any:

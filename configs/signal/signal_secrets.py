@@ -4,9 +4,10 @@
 first-boot: for every secrets-bundle entry and public value the manifest lists that the store
   does not hold yet, generate it (server jar, openssl) and store it WITHOUT overwriting, so the
   first instance creates them and every later boot or replacement reuses them.
-assemble:   writes the secrets bundle (0600), the registration-service TLS key (0600) and config.yml
+assemble:   writes the secrets bundle (0600), the internal TLS key (0600) and config.yml
   (the base file plus the values listed under config_patches).
-Stores: `ssm` (Parameter Store, instance role credentials) or `dir:<path>` (docker target volume).
+Stores: `ssm` (Parameter Store in the manifest's region, instance role credentials) or
+`dir:<path>` (docker target volume).
 Never prints a secret value.
 """
 
@@ -20,12 +21,17 @@ from pathlib import Path
 import yaml
 
 
+# Where config_patches sources live in the store: {public: name} -> public/name, and so on.
+PATCH_SOURCES = {"public": "public", "secret": "bundle", "program": "config"}
+
+
 class SsmStore:
-    def __init__(self, prefix):
+    def __init__(self, prefix, region):
         import boto3
 
         self.prefix = prefix
-        self.ssm = boto3.client("ssm")
+        # Explicit: nothing on the instance configures a default region for boto3.
+        self.ssm = boto3.client("ssm", region_name=region)
 
     def get(self, name):
         try:
@@ -159,7 +165,12 @@ def assemble(manifest, store):
     _write_private(out["tls_key"], store.get(manifest["tls_key"]) or "")
     config = yaml.safe_load(Path(out["config_in"]).read_text())
     for path, source in manifest["config_patches"].items():
-        value = store.get(f"public/{source['public']}") if "public" in source else store.get(f"bundle/{source['secret']}")
+        (kind, name), = source.items()
+        # A program value is stored under its config path; the others under the name they give.
+        stored = f"{PATCH_SOURCES[kind]}/{path if kind == 'program' else name}"
+        value = store.get(stored)
+        if value is None:
+            raise SystemExit(f"missing {stored} for {path}; run first-boot (or `pulumi up` for program values)")
         _set(config, path, value)
     _write_private(out["config_out"], yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=100000))
     print("assemble: wrote bundle, tls key and config")
@@ -169,7 +180,10 @@ def main(argv):
     command, manifest_path = argv[1], argv[2]
     manifest = json.loads(Path(manifest_path).read_text())
     where = manifest["store"]
-    store = SsmStore(manifest["prefix"]) if where == "ssm" else DirStore(where.split(":", 1)[1], manifest.get("program_values"))
+    if where == "ssm":
+        store = SsmStore(manifest["prefix"], manifest["region"])
+    else:
+        store = DirStore(where.split(":", 1)[1], manifest.get("program_values"))
     {"first-boot": first_boot, "assemble": assemble}[command](manifest, store)
 
 

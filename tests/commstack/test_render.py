@@ -158,12 +158,21 @@ def test_every_upload_and_user_data_file_exists(rendered):
     expected = set()
     for reg in rendered.evaluation.registrations:
         if reg.type == render.CONTAINER:
-            expected |= {f"{reg.name}/{u['file'].lstrip('/')}" for u in reg.plain_inputs.get("uploads") or []}
-        elif reg.type == render.INSTANCE and "userData" in reg.inputs:
+            container = reg.plain_inputs["name"]  # the docker name, not the Pulumi resource name
+            expected |= {f"{container}/{u['file'].lstrip('/')}" for u in reg.plain_inputs.get("uploads") or []}
+        elif reg.type == render.INSTANCE and {"userData", "userDataBase64"} & set(reg.inputs):
             expected.add(f"{reg.name}/user-data")
     assert expected, "the stack places no files"
     assert expected <= {str(f.path) for f in rendered.files}
     assert all((rendered.out / f.path).is_file() for f in rendered.files)
+
+
+def test_container_files_sit_under_the_docker_container_name(rendered):
+    synapse, = [r for r in rendered.evaluation.of_type(render.CONTAINER) if r.plain_inputs["name"] == "synapse"]
+    assert synapse.name != "synapse"  # the Pulumi name derives from the component's
+    assert (rendered.out / "synapse" / "data" / "homeserver.yaml").is_file()
+    assert not (rendered.out / synapse.name).exists()
+    assert {f.resource for f in rendered.files if f.path.parts[0] == "synapse"} == {"synapse"}
 
 
 def test_structured_files_parse(rendered):

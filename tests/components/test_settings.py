@@ -3,7 +3,8 @@
 import pytest
 
 from commstack import offline
-from components.settings import CONFIG_KEYS, SettingsError, valid_git_ref
+from components.settings import (CONFIG_KEYS, SettingsError, arm_instance_type, non_public_domain, non_routable_ipv4,
+                                 valid_git_ref)
 from tests.conftest import stack_config
 
 # (case id, base stack, overrides (None removes a key), key named, what the message says, fix shown)
@@ -70,6 +71,20 @@ BAD_SETTINGS = [
      "is a Signal hostname", "pulumi config set commstack:elementSubdomain element"),
     ("scoped-token-needs-dns", "dev", {"cloudflareScopedDnsToken": "true", "cloudflareApiToken": "t"},
      "commstack:cloudflareScopedDnsToken", "needs cloudflareDns true", "pulumi config set commstack:cloudflareScopedDnsToken false"),
+    ("8448-behind-cloudflare-proxy", "prod", {"federationPort": "8448", "cloudflareProxyHttp": "true"},
+     "commstack:federationPort", "not a port Cloudflare proxies", "pulumi config set commstack:federationPort 443"),
+    ("letsencrypt-for-localhost", "prod", {"domain": "commstack.localhost"}, "commstack:tls",
+     "letsencrypt cannot issue for 'commstack.localhost'", "pulumi config set commstack:tls self-signed"),
+    ("letsencrypt-for-home-arpa", "prod", {"domain": "chat.home.arpa"}, "commstack:tls",
+     "not a public domain", "pulumi config set commstack:tls self-signed"),
+    ("loopback-ip-in-public-dns", "prod", {"publicIp": "127.0.0.1"}, "commstack:publicIp",
+     "loopback, private or reserved address", "pulumi config set commstack:publicIp 203.0.113.10"),
+    ("private-ip-in-public-dns", "prod", {"publicIp": "192.168.1.20"}, "commstack:publicIp",
+     "must not point at", "pulumi config set commstack:publicIp 203.0.113.10"),
+    ("graviton-on-aws", "prod", {"signalInstanceType": "t4g.large"}, "commstack:signalInstanceType",
+     "ARM (Graviton) type", "pulumi config set commstack:signalInstanceType t3.large"),
+    ("graviton-m7g-on-aws", "prod", {"signalInstanceType": "m7g.xlarge"}, "commstack:signalInstanceType",
+     "runs an x86_64 image", "pulumi config set commstack:signalInstanceType t3.large"),
 ]
 
 
@@ -107,6 +122,41 @@ def test_secret_values_never_appear_in_errors():
                                     ("-rf", False), ("a b", False), ("x.lock", False), ("a~1", False), ("", False)])
 def test_git_ref_rules(ref, ok):
     assert valid_git_ref(ref) is ok
+
+
+@pytest.mark.parametrize("instance_type,arm", [
+    ("t4g.large", True), ("m7g.xlarge", True), ("c7gn.2xlarge", True), ("r6gd.large", True), ("im4gn.large", True),
+    ("a1.medium", True), ("t3.large", False), ("m7i.xlarge", False), ("c7a.large", False), ("g5.xlarge", False),
+    ("g4dn.xlarge", False),
+])
+def test_graviton_instance_types_are_recognised(instance_type, arm):
+    assert arm_instance_type(instance_type) is arm
+
+
+@pytest.mark.parametrize("domain,public", [("example.org", True), ("localhost.example.org", True),
+                                           ("commstack.localhost", False), ("matrix.lan", False),
+                                           ("box.home.arpa", False), ("corp.internal", False), ("a.test", False)])
+def test_non_public_domains(domain, public):
+    assert non_public_domain(domain) is not public
+
+
+@pytest.mark.parametrize("ip,routable", [("203.0.113.10", True), ("198.51.100.7", True), ("8.8.8.8", True),
+                                         ("127.0.0.1", False), ("10.1.2.3", False), ("172.20.0.1", False),
+                                         ("100.64.0.1", False), ("169.254.1.1", False), ("0.0.0.0", False)])
+def test_non_routable_addresses(ip, routable):
+    assert non_routable_ipv4(ip) is not routable
+
+
+def test_the_new_checks_leave_valid_combinations_alone():
+    # Each of these differs from a rejected case by the one value that makes it fine.
+    for overrides in ({"federationPort": "8448"}, {"cloudflareProxyHttp": "true"},
+                      {"signalInstanceType": "t3.xlarge"}, {"publicIp": "198.51.100.20"}):
+        offline.evaluate("prod", config=stack_config("prod", **overrides),
+                         secret_keys=["commstack:cloudflareApiToken", "commstack:telegramApiHash"],
+                         record=offline.Evaluation(stack="prod"))
+    # An ARM type is fine where no EC2 instance is made.
+    settings_only = stack_config("dev", signalInstanceType="t4g.large")
+    offline.evaluate("dev", config=settings_only, record=offline.Evaluation(stack="dev"))
 
 
 def test_every_key_documents_a_working_fix():

@@ -190,7 +190,7 @@ def render(config: Optional[dict[str, str]] = None) -> Rendered:
         for rendered in write_render(evaluation, out).files:
             container, *inside = rendered.path.parts
             files.setdefault(container, {})["/" + "/".join(inside)] = (out / rendered.path).read_text()
-    commands = {reg.name: list(reg.plain_inputs.get("command") or [])
+    commands = {reg.plain_inputs["name"]: list(reg.plain_inputs.get("command") or [])
                 for reg in evaluation.of_type("docker:index/container:Container")}
     return Rendered(evaluation, files, commands)
 

@@ -103,8 +103,9 @@ def test_every_guarded_kind_of_resource_is_present_so_the_clean_run_means_someth
     datastores = {resource.name for ev in stacks.values() for resource in stack_args(ev.registrations).resources
                   if resource.resource_type == rules.CONTAINER
                   and any(rules.is_datastore_image(ref) for ref in rules.container_image_references(resource))}
-    assert datastores >= {"postgres", "postgres-init", "signal-local-dynamodb", "signal-local-redis-0"}
-    assert not datastores & {"synapse", "proxy", "turn"}
+    assert datastores >= {"matrix-postgres-container", "matrix-postgres-init-container", "signal-local-dynamodb",
+                          "signal-local-redis-0"}
+    assert not datastores & {"matrix-synapse-container", "matrix-proxy-container", "matrix-turn-container"}
     assert any(reg.plain_inputs.get("ports") for reg in registrations if reg.type == rules.CONTAINER)
 
 
@@ -147,21 +148,21 @@ TCP_80_WORLD = {"protocol": "tcp", "fromPort": 80, "toPort": 80, "cidrBlocks": [
 
 # (id, stack, resource name, change to its props, change to the registration, expected (policy, message part)s)
 CASES = [
-    ("image without a tag", "prod", "postgres-image", set_props(name="postgres"), None,
+    ("image without a tag", "prod", "matrix-postgres-image", set_props(name="postgres"), None,
      [("images-pinned", "has no tag")]),
-    ("image on latest", "prod", "synapse-image", set_props(name="ghcr.io/element-hq/synapse:latest"), None,
+    ("image on latest", "prod", "matrix-synapse-image", set_props(name="ghcr.io/element-hq/synapse:latest"), None,
      [("images-pinned", "'latest'")]),
     ("built image without a tag", "dev", "signal-local-server-image", set_props(imageName="commstack/signal-server"),
      None, [("images-pinned", "has no tag")]),
     ("container image by moving tag", "dev", "signal-local-registration", set_props(image="redis:latest"), None,
      [("images-pinned", "'latest'")]),
-    ("postgres published on its own port", "prod", "postgres",
+    ("postgres published on its own port", "prod", "matrix-postgres-container",
      set_props(ports=[{"internal": 5432, "external": 5432, "protocol": "tcp"}]), None,
      [("datastores-not-published", "5432/tcp"), ("published-ports-listed", "publishes 5432/tcp")]),
     ("redis published even on a listed port", "dev", "signal-local-redis-3",
      set_props(ports=[{"internal": 6379, "external": 443, "protocol": "tcp"}]), None,
      [("datastores-not-published", "443/tcp")]),
-    ("service published off the list", "prod", "element",
+    ("service published off the list", "prod", "matrix-element-container",
      set_props(ports=[{"internal": 8080, "external": 8080, "protocol": "tcp"}]), None,
      [("published-ports-listed", "publishes 8080/tcp")]),
     ("unprotected table", "prod", "signal-tables-accounts", None, lambda r: dataclasses.replace(r, protect=False),
@@ -204,10 +205,10 @@ CASES = [
     ("SSH from the IPv6 world by a standalone rule", "prod", "signal-firewall-sg", None,
      retype(rules.INGRESS_RULE, {"ipProtocol": "tcp", "fromPort": 22, "toPort": 22, "cidrIpv6": "::/0"}),
      [("ingress-only-public-ports", "SSH is open to ::/0")]),
-    ("open registration", "prod", "synapse",
+    ("open registration", "prod", "matrix-synapse-container",
      homeserver_edit(enable_registration=True, registration_requires_token=False), None,
      [("synapse-registration-gated", "without registration_requires_token")]),
-    ("registration without verification", "dev", "synapse",
+    ("registration without verification", "dev", "matrix-synapse-container",
      homeserver_edit(enable_registration_without_verification=True), None,
      [("synapse-registration-gated", "enable_registration_without_verification")]),
 ]

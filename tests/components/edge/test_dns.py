@@ -1,12 +1,14 @@
 """Cloudflare DNS: records per spec, zone by name, a token scoped to that zone."""
 
+import ipaddress
 import json
 
 import pulumi
 import pytest
 
 from commstack import offline
-from components.edge.dns import Dns, DnsApiToken, DnsApiTokenArgs, DnsArgs, permission_group_ids, record_label
+from components.edge.dns import (Dns, DnsApiToken, DnsApiTokenArgs, DnsArgs, cloudflare_proxy_ranges,
+                                 permission_group_ids, record_label)
 from components.edge.records import DnsRecordSpec
 from tests.conftest import evaluate
 
@@ -24,9 +26,13 @@ SPECS = [
 ]
 
 
-def make(name="dns", proxy_http=True, scoped=True, records=SPECS):
+def make(name="dns", proxy_http=True, records=SPECS):
     return Dns(name, DnsArgs(zone_name=ZONE, api_token=pulumi.Output.secret(TOKEN), records=records,
-                             proxy_http=proxy_http, create_scoped_dns_token=scoped))
+                             proxy_http=proxy_http))
+
+
+def make_token(name="acme-dns-token"):
+    return DnsApiToken(name, DnsApiTokenArgs(zone_name=ZONE, api_token=pulumi.Output.secret(TOKEN)))
 
 
 def records_by_name(recorded):
@@ -65,7 +71,7 @@ def test_http_names_proxied_only_when_asked_and_turn_never(recorded):
 
 @pulumi.runtime.test
 def test_nothing_proxied_by_default(recorded):
-    dns = make(proxy_http=False, scoped=False)
+    dns = make(proxy_http=False)
 
     def check(_):
         assert [r.plain_inputs["proxied"] for r in records_by_name(recorded).values()] == [False] * len(SPECS)
@@ -75,7 +81,7 @@ def test_nothing_proxied_by_default(recorded):
 
 @pulumi.runtime.test
 def test_zone_is_looked_up_by_name_with_explicit_provider(recorded):
-    dns = make(scoped=False)
+    dns = make()
 
     def check(_):
         lookups = [args for token, args in recorded.invokes if token == "cloudflare:index/getZone:getZone"]
@@ -99,19 +105,17 @@ def test_children_are_parented_and_named_after_the_instance(recorded):
         children = recorded.children_of(component.urn)
         assert children and all(c.name.startswith("edge-dns-") for c in children)
         assert {c.name for c in children} == {"edge-dns-provider", "edge-dns-matrix-a", "edge-dns-element-cname",
-                                              "edge-dns-turn-a", "edge-dns-apex-a", "edge-dns-chat-a",
-                                              "edge-dns-dns01"}
-        token_component = recorded.named("edge-dns-dns01")
-        assert token_component.type == "commstack:edge:DnsApiToken"
-        assert {c.name for c in recorded.children_of(token_component.urn)} == {
-            "edge-dns-dns01-provider", "edge-dns-dns01-api-token"}
+                                              "edge-dns-turn-a", "edge-dns-apex-a", "edge-dns-chat-a"}
+        # Records only: the DNS-01 token is the standalone DnsApiToken's job.
+        assert recorded.of_type("cloudflare:index/apiToken:ApiToken") == []
+        assert not [t for t, _ in recorded.invokes if t.endswith("getApiTokenPermissionGroupsList")]
 
-    return pulumi.Output.all(dns.dns_token, *[r.id for r in dns.records]).apply(check)
+    return pulumi.Output.all(*[r.id for r in dns.records]).apply(check)
 
 
 @pulumi.runtime.test
 def test_scoped_token_has_dns_write_and_zone_read_on_exactly_this_zone(recorded):
-    dns = make(scoped=True)
+    token_component = make_token()
 
     def check(_):
         token, = recorded.of_type("cloudflare:index/apiToken:ApiToken")
@@ -124,13 +128,15 @@ def test_scoped_token_has_dns_write_and_zone_read_on_exactly_this_zone(recorded)
         assert sorted(names[g["id"]] for g in policy["permissionGroups"]) == ["DNS Write", "Zone Read"]
         lookups = [a for t, a in recorded.invokes if t.endswith("getApiTokenPermissionGroupsList")]
         assert [a.get("scope") for a in lookups] == ["com.cloudflare.api.account.zone"]
+        assert {c.name for c in recorded.children_of(recorded.named("acme-dns-token").urn)} == {
+            "acme-dns-token-provider", "acme-dns-token-api-token"}
 
-    return pulumi.Output.all(dns.dns_token).apply(check)
+    return pulumi.Output.all(token_component.value).apply(check)
 
 
 @pulumi.runtime.test
-def test_scoped_token_value_is_a_secret_and_is_the_dns_token(recorded):
-    dns = make(scoped=True)
+def test_scoped_token_value_is_the_created_tokens_secret_value(recorded):
+    token_component = make_token()
 
     def check(args):
         flag, token = args
@@ -139,25 +145,13 @@ def test_scoped_token_value_is_a_secret_and_is_the_dns_token(recorded):
         assert offline.is_secret(reg.outputs["value"])
         assert token == offline.unwrap(reg.outputs["value"]) and token != TOKEN
 
-    return pulumi.Output.all(offline.secret_flag(dns.dns_token), dns.dns_token).apply(check)
-
-
-@pulumi.runtime.test
-def test_without_scoped_token_dns_token_is_the_stack_token_still_secret(recorded):
-    dns = make(scoped=False)
-
-    def check(args):
-        flag, token = args
-        assert flag is True and token == TOKEN
-        assert recorded.of_type("cloudflare:index/apiToken:ApiToken") == []
-        assert not [t for t, _ in recorded.invokes if t.endswith("getApiTokenPermissionGroupsList")]
-
-    return pulumi.Output.all(offline.secret_flag(dns.dns_token), dns.dns_token).apply(check)
+    return pulumi.Output.all(offline.secret_flag(token_component.value), token_component.value).apply(check)
 
 
 @pulumi.runtime.test
 def test_token_never_appears_in_plain_inputs_or_outputs(recorded):
-    dns = make(scoped=True)
+    dns = make()
+    token_component = make_token()
 
     def check(args):
         scoped = args[0]
@@ -166,7 +160,7 @@ def test_token_never_appears_in_plain_inputs_or_outputs(recorded):
                 assert secret not in json.dumps(offline.strip_secrets(reg.inputs))
                 assert secret not in json.dumps(offline.strip_secrets(reg.outputs))
 
-    return pulumi.Output.all(dns.dns_token, *[r.id for r in dns.records]).apply(check)
+    return pulumi.Output.all(token_component.value, *[r.id for r in dns.records]).apply(check)
 
 
 @pulumi.runtime.test
@@ -193,6 +187,14 @@ def test_record_outside_the_zone_is_refused():
         record_label("matrix.example.net", ZONE)
     with pytest.raises(ValueError, match="not inside the zone"):
         record_label("badexample.org", ZONE)
+
+
+def test_cloudflare_proxy_ranges_are_the_published_v4_and_v6_networks():
+    networks = [ipaddress.ip_network(cidr) for cidr in cloudflare_proxy_ranges()]
+    assert [n.version for n in networks] == [4] * 15 + [6] * 7
+    assert len(set(networks)) == len(networks)
+    assert ipaddress.ip_address("104.16.1.1") in networks[11]  # 104.16.0.0/13
+    assert not any(n.is_private for n in networks)
 
 
 def test_permission_groups_are_picked_by_name_and_zone_scope():

@@ -25,7 +25,8 @@ def test_element_uploads_its_config_and_publishes_nothing(recorded):
     def check(_):
         (container,) = recorded.of_type("docker:index/container:Container")
         inputs = container.plain_inputs
-        assert container.name == "element" and container.parent == recorded.of_type("commstack:matrix:Element")[0].urn
+        assert container.name == "element-container" and inputs["name"] == "element"
+        assert container.parent == recorded.of_type("commstack:matrix:Element")[0].urn
         (upload,) = inputs["uploads"]
         assert upload["file"] == CONFIG_PATH
         assert json.loads(upload["content"]) == render_element_config("https://matrix.example.org/", "example.org")

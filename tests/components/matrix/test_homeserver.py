@@ -13,7 +13,7 @@ import yaml
 
 from commstack import offline
 from components.matrix.homeserver import Homeserver, HomeserverArgs
-from components.settings import EdgeSettings, MatrixSettings
+from components.settings import CONFIGS_DIR, EdgeSettings, MatrixSettings
 
 CONTAINER = "docker:index/container:Container"
 TELEGRAM_HASH = "0123456789abcdef0123456789abcdef"
@@ -29,10 +29,10 @@ def matrix_settings(**overrides) -> MatrixSettings:
     return MatrixSettings(**values)
 
 
-def edge_settings(tls: str = "self-signed") -> EdgeSettings:
+def edge_settings(tls: str = "self-signed", proxy_http: bool = False) -> EdgeSettings:
     letsencrypt = tls == "letsencrypt"
     return EdgeSettings(public_ip="203.0.113.10", tls=tls, acme_email="admin@example.org" if letsencrypt else "",
-                        cloudflare_dns=letsencrypt, cloudflare_proxy_http=False, cloudflare_scoped_dns_token=False,
+                        cloudflare_dns=letsencrypt, cloudflare_proxy_http=proxy_http, cloudflare_scoped_dns_token=False,
                         cloudflare_api_token=pulumi.Output.secret(CF_TOKEN) if letsencrypt else None)
 
 
@@ -46,8 +46,7 @@ def build(matrix: MatrixSettings, edge: EdgeSettings) -> tuple[Homeserver, pulum
 
 
 def container(recorded, name: str):
-    (found,) = [r for r in recorded.of_type(CONTAINER) if r.name == name]
-    return found
+    return recorded.container(name)
 
 
 def uploads(recorded, name: str) -> dict[str, str]:
@@ -59,7 +58,7 @@ def published(recorded) -> dict[str, set[tuple[int, str]]]:
     for reg in recorded.of_type(CONTAINER):
         ports = {(p["external"], p.get("protocol", "tcp")) for p in reg.plain_inputs.get("ports") or []}
         if ports:
-            out[reg.name] = ports
+            out[reg.plain_inputs["name"]] = ports
     return out
 
 
@@ -253,7 +252,7 @@ def test_stateful_resources_are_protected_and_everything_is_parented(recorded):
         for reg in recorded.of_type(CONTAINER):
             inputs = reg.plain_inputs
             assert inputs["networksAdvanced"][0]["name"] == "commstack-matrix", reg.name
-            expected_restart = "no" if reg.name == "postgres-init" else "unless-stopped"
+            expected_restart = "no" if inputs["name"] == "postgres-init" else "unless-stopped"
             assert inputs["restart"] == expected_restart, reg.name
         for image in recorded.of_type("docker:index/remoteImage:RemoteImage"):
             tag = image.plain_inputs["name"].rsplit(":", 1)[1]
@@ -281,7 +280,47 @@ def test_letsencrypt_gives_turn_its_own_certificate(recorded):
         assert sans.get_values_for_type(x509.DNSName) == ["turn.example.org"]
         assert "uploads" in offline.secret_paths(container(recorded, "turn").inputs)
 
+        # No client trusts that certificate, so `turns:` is not advertised; the listener stays.
+        homeserver = yaml.safe_load(uploads(recorded, "synapse")["/data/homeserver.yaml"])
+        assert homeserver["turn_uris"] == hs.turn_uris == [
+            "turn:turn.example.org:3478?transport=udp", "turn:turn.example.org:3478?transport=tcp"]
+        conf = dict(line.split("=", 1) for line in turn_files["/etc/coturn/turnserver.conf"].splitlines()
+                    if "=" in line and not line.startswith("#"))
+        assert conf["tls-listening-port"] == "5349"
+        assert (5349, "tcp") in published(recorded)["turn"]
+
     return done.apply(check)
+
+
+@pytest.mark.parametrize("proxy_http", [True, False])
+def test_forwarded_headers_are_trusted_only_from_cloudflare_when_proxied(proxy_http):
+    @pulumi.runtime.test
+    def run():
+        recorded = offline.install_component_mocks()
+        hs, done = build(matrix_settings(), edge_settings("letsencrypt", proxy_http=proxy_http))
+
+        def check(_):
+            static = yaml.safe_load(uploads(recorded, "proxy")["/etc/traefik/traefik.yml"])
+            trusted = {name: ep.get("forwardedHeaders", {}).get("trustedIPs")
+                       for name, ep in static["entryPoints"].items()}
+            nginx = uploads(recorded, "wellknown")["/etc/nginx/conf.d/default.conf"]
+            real_ip_from = [line.split()[1].rstrip(";") for line in nginx.splitlines()
+                            if line.strip().startswith("set_real_ip_from ")]
+            private = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]  # Traefik's Docker network
+            if not proxy_http:
+                # Nobody is believed: Traefik replaces X-Forwarded-For with the real peer.
+                assert set(trusted.values()) == {None}
+                assert real_ip_from == private
+                return
+            cloudflare = yaml.safe_load((CONFIGS_DIR / "cloudflare-ips.yaml").read_text())
+            expected = cloudflare["ipv4"] + cloudflare["ipv6"]
+            assert trusted == {"web": expected, "websecure": expected, "ping": None}
+            assert "173.245.48.0/20" in expected and "2606:4700::/32" in expected
+            assert real_ip_from == private + expected
+
+        return done.apply(check)
+
+    run()
 
 
 @pulumi.runtime.test
@@ -303,7 +342,7 @@ def test_minimal_homeserver_without_bridges_turn_or_element(recorded):
                      edge_settings())
 
     def check(_):
-        names = {r.name for r in recorded.of_type(CONTAINER)}
+        names = {r.plain_inputs["name"] for r in recorded.of_type(CONTAINER)}
         assert names == {"postgres", "postgres-init", "synapse", "proxy", "wellknown"}
         homeserver = yaml.safe_load(uploads(recorded, "synapse")["/data/homeserver.yaml"])
         assert homeserver["app_service_config_files"] == []

@@ -72,23 +72,25 @@ def test_postgres_provisions_by_job_and_hands_out_matching_credentials(recorded)
         component = recorded.of_type("commstack:matrix:Postgres")[0]
         assert all(r.parent == component.urn for r in recorded.children_of(component.urn))
 
-        server = recorded.named("postgres").plain_inputs
+        server = recorded.named("pg-container").plain_inputs
+        assert server["name"] == "postgres"
         assert server["restart"] == "unless-stopped"
         assert not server.get("ports"), "Postgres must never be published"
         assert server["networksAdvanced"][0]["aliases"] == ["postgres"]
         assert server["wait"] is True and server["healthcheck"]["tests"][0] == "CMD-SHELL"
         assert "POSTGRES_PASSWORD" in "".join(server["envs"])
-        assert offline.secret_paths(recorded.named("postgres").inputs) == ["envs"]
+        assert offline.secret_paths(recorded.named("pg-container").inputs) == ["envs"]
 
         (volume,) = recorded.of_type("docker:index/volume:Volume")
         assert volume.protect is True and volume.retain_on_delete is True
         assert server["volumes"][0]["containerPath"] == "/var/lib/postgresql/data"
         assert server["volumes"][0]["volumeName"] == volume.plain_outputs["name"]
 
-        job_reg = recorded.named("postgres-init")
+        job_reg = recorded.named("pg-init-container")
         job = job_reg.plain_inputs
+        assert job["name"] == "postgres-init"
         assert job["restart"] == "no" and job["mustRun"] is False and job["attach"] is True
-        assert recorded.named("postgres").urn in job_reg.dependencies
+        assert recorded.named("pg-container").urn in job_reg.dependencies
         assert not job.get("ports")
         (upload,) = job["uploads"]
         assert upload["file"] == INIT_SQL_PATH

@@ -49,6 +49,26 @@ def test_static_self_signed_has_no_resolver_and_federation_port_when_asked():
     assert config["entryPoints"]["federation"]["address"] == ":8448"
 
 
+def traefik_keeps(access_log: dict, field: str) -> bool:
+    """Traefik's own rule (types.AccessLogFields.Keep): a named field's mode, else the default."""
+    fields = access_log.get("fields") or {}
+    names = {k.lower(): v for k, v in (fields.get("names") or {}).items()}
+    return names.get(field.lower(), fields.get("defaultMode", "keep")) == "keep"
+
+
+@pytest.mark.parametrize("tls", ["letsencrypt", "self-signed"])
+def test_access_log_never_holds_query_strings_or_headers(tls):
+    access_log = yaml.safe_load(to_yaml(static(tls=tls)))["accessLog"]
+    # RequestPath is where `?access_token=…` would land.
+    assert not traefik_keeps(access_log, "RequestPath")
+    assert not traefik_keeps(access_log, "ClientUsername")
+    assert access_log["fields"]["headers"] == {"defaultMode": "drop"}  # Authorization, cookies
+    # Still useful: who answered, how, how fast.
+    assert all(traefik_keeps(access_log, f) for f in ("RouterName", "DownstreamStatus", "Duration", "RequestHost"))
+    # Only options Traefik v3.5 documents (queryParameters, e.g., came later).
+    assert set(access_log) == {"format", "fields"} and set(access_log["fields"]) == {"defaultMode", "names", "headers"}
+
+
 def test_static_trusted_proxies_are_validated():
     config = static(trusted_ips=["173.245.48.0/20"])
     for entry_point in ("web", "websecure"):

@@ -127,8 +127,7 @@ def test_signing_key_id_is_stable_per_public_key():
 
 
 def container_named(recorded, name: str):
-    (found,) = [r for r in recorded.of_type("docker:index/container:Container") if r.name == name]
-    return found
+    return recorded.container(name)
 
 
 def uploads_of(reg) -> dict:

@@ -104,6 +104,13 @@ def test_uris_cover_udp_tcp_and_tls():
     ]
 
 
+def test_uris_without_tls_leave_out_turns():
+    assert turn_uris("turn.example.org", tls_listening_port=None) == [
+        "turn:turn.example.org:3478?transport=udp",
+        "turn:turn.example.org:3478?transport=tcp",
+    ]
+
+
 def _make_turn(secret="generated-secret-value-123"):
     return Turn("turn", TurnArgs(
         network="matrix-net", realm="turn.example.org", external_ip="203.0.113.10",
@@ -118,7 +125,7 @@ def test_component_uploads_conf_with_the_same_secret_and_keeps_it_secret(recorde
 
     def check(_):
         container, = recorded.of_type(CONTAINER_TYPE)
-        assert container.name == "turn"
+        assert container.name == "turn-container" and container.plain_inputs["name"] == "turn"
         assert container.parent.endswith("commstack:matrix:Turn::turn")
         uploads = {u["file"]: u["content"] for u in container.plain_inputs["uploads"]}
         assert set(uploads) == {CONF_PATH, CERT_PATH, KEY_PATH}

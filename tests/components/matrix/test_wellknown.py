@@ -1,15 +1,21 @@
 """nginx for delegation: the well-known documents, the rendered server block, the component."""
 
+import http.server
 import json
 import shutil
+import socket
 import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pulumi
 import pytest
 
-from components.matrix.wellknown import (CONF_PATH, WellKnown, WellKnownArgs, render_nginx_conf, well_known_client,
-                                         well_known_server)
+from components.matrix.wellknown import (CONF_PATH, PRIVATE_PROXY_RANGES, WellKnown, WellKnownArgs, render_nginx_conf,
+                                         well_known_client, well_known_server)
 
 CONTAINER_TYPE = "docker:index/container:Container"
 
@@ -125,7 +131,8 @@ def test_client_and_federation_api_are_proxied_with_forwarded_headers():
     assert directives(settings)["set"] == ["$synapse_upstream", "http://synapse:8008"]
     assert directives(settings)["proxy_pass"] == ["$synapse_upstream"]
     headers = {args[0]: args[1] for name, args, _ in settings if name == "proxy_set_header"}
-    assert headers["X-Forwarded-For"] == "$proxy_add_x_forwarded_for"
+    # One address: the client nginx's realip module found (Synapse believes the leftmost).
+    assert headers["X-Forwarded-For"] == "$remote_addr"
     assert headers["X-Forwarded-Proto"] == "$matrix_forwarded_proto"
     assert headers["Host"] == "$host"
     assert directives(settings)["client_max_body_size"] == ["100M"]
@@ -134,10 +141,22 @@ def test_client_and_federation_api_are_proxied_with_forwarded_headers():
     assert directives(fallback[2])["return"] == ["404"]
 
 
+def test_only_traefiks_network_and_given_proxies_are_believed():
+    body = find(parse_nginx(rendered(trusted_proxies=[*PRIVATE_PROXY_RANGES, "173.245.48.0/20"])), "server")[0][2]
+    assert [args for name, args, _ in body if name == "set_real_ip_from"] == [
+        ["10.0.0.0/8"], ["172.16.0.0/12"], ["192.168.0.0/16"], ["173.245.48.0/20"]]
+    assert directives(body)["real_ip_header"] == ["X-Forwarded-For"]
+    assert directives(body)["real_ip_recursive"] == ["on"]
+    default_body = find(parse_nginx(rendered()), "server")[0][2]
+    assert [args[0] for name, args, _ in default_body if name == "set_real_ip_from"] == list(PRIVATE_PROXY_RANGES)
+
+
 @pytest.mark.parametrize("bad", [
     dict(synapse_upstream="http://synapse:8008/"),  # a path would make nginx rewrite URIs
     dict(synapse_upstream="synapse:8008"),
     dict(max_body_size="50 MB"),
+    dict(trusted_proxies=["traefik"]),
+    dict(trusted_proxies=[]),
     dict(client_json={"m.homeserver": {"base_url": "https://$host/"}}),
 ])
 def test_bad_values_are_refused(bad):
@@ -156,6 +175,58 @@ def test_real_nginx_accepts_the_conf(tmp_path: Path):
                             capture_output=True, text=True, timeout=20)
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx not installed")
+def test_real_nginx_hands_synapse_the_client_address_not_a_spoofed_one(tmp_path: Path):
+    class Echo(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # answers with the X-Forwarded-For Synapse would see
+            body = (self.headers.get("X-Forwarded-For") or "").encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    upstream = http.server.HTTPServer(("127.0.0.1", free_port()), Echo)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    port = free_port()
+    # 127.0.0.1 plays Traefik (a trusted hop); 173.245.48.0/20 is a Cloudflare range.
+    conf = rendered(listen=f"127.0.0.1:{port}", synapse_upstream=f"http://127.0.0.1:{upstream.server_port}",
+                    trusted_proxies=["127.0.0.1/32", "173.245.48.0/20"])
+    (tmp_path / "matrix.conf").write_text(conf.replace("resolver 127.0.0.11 valid=30s ipv6=off;", ""))
+    temp = " ".join(f"{k}_temp_path {tmp_path / k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    (tmp_path / "nginx.conf").write_text(
+        f"daemon off;\npid {tmp_path / 'nginx.pid'};\nerror_log stderr;\nevents {{}}\n"
+        f"http {{ access_log off; {temp} include {tmp_path / 'matrix.conf'}; }}\n")
+    nginx = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-e", "stderr"],
+                             stderr=subprocess.PIPE)
+    try:
+        def seen(forwarded_for: str) -> str:
+            url = f"http://127.0.0.1:{port}/_matrix/client/versions"
+            for _ in range(50):
+                try:
+                    request = urllib.request.Request(url, headers={"X-Forwarded-For": forwarded_for})
+                    return urllib.request.urlopen(request, timeout=2).read().decode()
+                except (ConnectionError, urllib.error.URLError):
+                    time.sleep(0.1)
+            raise AssertionError(nginx.stderr.read().decode() if nginx.poll() is not None else "nginx did not answer")
+
+        # The client put 6.6.6.6 first; Cloudflare appended the real client, Traefik appended Cloudflare.
+        assert seen("6.6.6.6, 198.51.100.23, 173.245.48.5") == "198.51.100.23"
+        assert seen("198.51.100.23") == "198.51.100.23"
+    finally:
+        nginx.terminate()
+        nginx.wait(timeout=10)
+        upstream.shutdown()
 
 
 @pulumi.runtime.test

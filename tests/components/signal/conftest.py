@@ -1,10 +1,13 @@
 """Whole-program evaluations of the Signal half, shared by the signal tests."""
 
+import base64
+import gzip
 import json
 
 import pytest
 import yaml
 
+from components.signal.version import get_dotted, load_version
 from tests.conftest import evaluate
 
 
@@ -18,10 +21,16 @@ def prod_elasticache():
     return evaluate("prod", signalRedis="elasticache")
 
 
-def user_data(evaluation) -> dict:
-    text = evaluation.of_type("aws:ec2/instance:Instance")[0].plain_inputs["userData"]
+def user_data_text(evaluation) -> str:
+    """The instance's cloud-config, as cloud-init sees it (base64, then gzip)."""
+    encoded = evaluation.of_type("aws:ec2/instance:Instance")[0].plain_inputs["userDataBase64"]
+    text = gzip.decompress(base64.b64decode(encoded)).decode()
     assert text.startswith("#cloud-config\n")
-    return yaml.safe_load(text)
+    return text
+
+
+def user_data(evaluation) -> dict:
+    return yaml.safe_load(user_data_text(evaluation))
 
 
 def written_file(evaluation, path: str) -> str:
@@ -30,3 +39,18 @@ def written_file(evaluation, path: str) -> str:
 
 def role_policy(evaluation) -> dict:
     return json.loads(evaluation.of_type("aws:iam/rolePolicy:RolePolicy")[0].plain_inputs["policy"])
+
+
+def missing_key_paths(config: dict, paths) -> list[str]:
+    """The key paths `config` lacks, or holds as null although nothing fills them in later (config_patches)."""
+    patched = load_version("v9.81.0")["config_patches"]
+    missing = []
+    for path in paths:
+        try:
+            value = get_dotted(config, path)
+        except (KeyError, TypeError):
+            missing.append(path)
+            continue
+        if value is None and path not in patched:
+            missing.append(path)
+    return missing

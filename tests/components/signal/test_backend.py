@@ -1,13 +1,18 @@
 """The whole program with the Signal half on AWS (prod) and on Docker (dev), on the offline engine."""
 
 import json
+import subprocess
+import sys
 
+import pytest
 import yaml
 
 from commstack import offline
-from components.signal.host import PATHS
-from components.signal.version import load_version, get_dotted
-from tests.components.signal.conftest import role_policy, user_data, written_file
+from components.edge.ports import public_ports
+from components.signal.host import PATHS, REGISTRATION_TLS_HOST
+from components.signal.version import get_dotted, key_paths, load_version
+from tests.components.signal.conftest import missing_key_paths, role_policy, user_data, written_file
+from tests.conftest import ROOT, evaluate
 
 VERSION = load_version("v9.81.0")
 
@@ -42,25 +47,94 @@ def test_rendered_config_names_the_tables_buckets_and_redis_that_were_created(pr
     assert config["dynamoDbClientConfiguration"]["region"] == "eu-central-1"
 
 
-def test_rendered_config_has_every_required_section_and_only_known_secret_references(prod_signal):
-    config = _server_config(prod_signal)
-    assert set(VERSION.required_sections) <= set(config)
+def test_missing_key_paths_sees_a_missing_nested_key():
+    config = {"dynamoDbTables": {"issuedReceipts": {"tableName": "t", "expiration": "P30D"}}, "zkConfig": None}
+    paths = ["dynamoDbTables.issuedReceipts.tableName", "dynamoDbTables.issuedReceipts.generator",
+             "zkConfig.serverSecret", "dynamoDbTables.issuedReceipts.expiration"]
+    assert missing_key_paths(config, paths) == ["dynamoDbTables.issuedReceipts.generator", "zkConfig.serverSecret"]
+
+
+@pytest.mark.parametrize("stack", ["prod", "dev"])
+def test_rendered_config_has_every_key_path_of_the_pinned_sample(stack, prod_signal, dev_evaluation):
+    if stack == "prod":
+        config = _server_config(prod_signal)
+    else:
+        uploads = {u["file"]: u["content"] for u in dev_evaluation.named("signal-local-server").plain_inputs["uploads"]}
+        config = yaml.safe_load(uploads["/etc/signal/config.base.yml"])
+    assert len(VERSION.required_key_paths) == 133
+    assert missing_key_paths(config, VERSION.required_key_paths) == []
+    assert list(config)[:len(VERSION.required_sections)] == list(VERSION.required_sections)
     assert _secret_refs(config) <= {e.key for e in VERSION.bundle}
     assert config["zkConfig"]["serverSecret"] == "secret://zkConfig.serverSecret"
+    # Filled on the instance from the program's SSM parameter (config_patches), never written here.
+    assert "dynamoDbTables.issuedReceipts.generator" in VERSION.program_config_values
+    assert config["dynamoDbTables"]["issuedReceipts"]["generator"] is None
 
 
-def test_registration_service_address_and_trust_root_are_the_deployed_ones(prod_signal):
+UPSTREAM = ROOT.parent / ".mirror" / "signalapp+Signal-Server" / "repo"
+
+
+@pytest.mark.skipif(not UPSTREAM.exists(), reason="no local snapshot of signalapp/Signal-Server")
+def test_key_path_list_is_the_upstream_sample_at_the_pinned_tag():
+    sample = subprocess.run(["git", "-C", str(UPSTREAM), "show", f"{VERSION['commit']}:service/config/sample.yml"],
+                            check=True, capture_output=True, text=True).stdout
+    assert list(VERSION.required_key_paths) == key_paths(yaml.safe_load(sample), VERSION.sample_open_maps)
+
+
+def nginx_servers(conf: str) -> list[list[list[str]]]:
+    """Each top-level `server { }` block of an nginx config as its directives (nested ones too), split into words."""
+    servers, depth = [], 0
+    for line in (raw.split("#", 1)[0].strip() for raw in conf.splitlines()):
+        if line == "server {" and depth == 0:
+            servers.append([])
+        depth += line.count("{") - line.count("}")
+        for statement in line.replace("{", ";").replace("}", ";").split(";"):
+            if statement.strip() and statement.strip() != "server" and depth > 0:
+                servers[-1].append(statement.split())
+    return servers
+
+
+def test_nginx_servers_splits_blocks_and_directives():
+    conf = "server {\n    listen 80; # web\n    location / { return 301 x; }\n}\nserver {\n    listen 1.2.3.4:442 ssl;\n}\n"
+    assert nginx_servers(conf) == [[["listen", "80"], ["location", "/"], ["return", "301", "x"]],
+                                   [["listen", "1.2.3.4:442", "ssl"]]]
+
+
+def test_registration_service_is_reached_through_nginx_on_loopback_over_tls(prod_signal):
+    rs = VERSION.registration_service
     config = _server_config(prod_signal)["registrationService"]
     # By name: other self-signed certificates (the TURN one) exist too, in any order.
     cert = prod_signal.named("signal-internal-tls-cert")
     assert prod_signal.by_urn(cert.parent).type == "commstack:signal:InternalTls"
-    assert (config["host"], config["port"]) == ("localhost", VERSION.registration_service["port"])
+    assert (config["host"], config["port"]) == (REGISTRATION_TLS_HOST, rs["tls_port"]) == ("localhost", 442)
     assert config["registrationCaCertificate"] == cert.plain_outputs["certPem"]
-    assert "localhost" in cert.plain_inputs["dnsNames"]
-    rs_config = yaml.safe_load(written_file(prod_signal, PATHS["registration_yml"]))
-    assert rs_config["grpc"]["server"]["port"] == config["port"]
-    assert rs_config["grpc"]["server"]["ssl"]["enabled"] is True
+    assert cert.plain_inputs["dnsNames"] == [config["host"]]
     assert json.loads(config["credentialConfigurationJson"])["type"] == "external_account"
+
+    # nginx: a loopback-only TLS gRPC server with the internal certificate, passing to registration-service.
+    servers = nginx_servers(written_file(prod_signal, "/etc/nginx/sites-available/signal.conf"))
+    grpc, = [s for s in servers if any(d[0] == "grpc_pass" for d in s)]
+    listens = [d[1:] for d in grpc if d[0] == "listen"]
+    assert listens == [["127.0.0.1:442", "ssl", "http2"], ["[::1]:442", "ssl", "http2"]]
+    directives = {d[0]: d[1:] for d in grpc}
+    assert directives["grpc_pass"] == [f"grpc://127.0.0.1:{rs['port']}"]
+    assert (directives["ssl_certificate"], directives["ssl_certificate_key"]) == ([PATHS["tls_cert"]], [PATHS["tls_key"]])
+    assert written_file(prod_signal, PATHS["tls_cert"]) == cert.plain_outputs["certPem"]
+    # Nothing else listens on 442, and every public listener is 80 or 443.
+    others = [d[1] for s in servers if s is not grpc for d in s if d[0] == "listen"]
+    assert sorted(others) == ["443", "80", "[::]:443", "[::]:80"]
+
+    # registration-service itself: plaintext, loopback, the port nginx passes to.
+    server = yaml.safe_load(written_file(prod_signal, PATHS["registration_yml"]))["grpc"]["server"]
+    assert server == {"port": rs["port"], "host": "127.0.0.1"}
+    compose = yaml.safe_load(written_file(prod_signal, PATHS["compose"]))["services"]["registration-service"]
+    assert compose["volumes"] == [f"{PATHS['registration_yml']}:/etc/registration/application.yml:ro"]
+
+    # The security group opens exactly the public port list (and SSH to the admin CIDRs): never 442 nor 50051.
+    group, = prod_signal.of_type("aws:ec2/securityGroup:SecurityGroup")
+    rules = [(r["protocol"], r["fromPort"], r["toPort"], tuple(r["cidrBlocks"])) for r in group.plain_inputs["ingress"]]
+    expected = [(proto, p.from_port, p.to_port, ("0.0.0.0/0",)) for p in public_ports() for proto in p.protocols]
+    assert sorted(rules) == sorted(expected + [("tcp", 22, 22, ("198.51.100.7/32",))])
 
 
 def test_elasticache_option_wires_the_cluster_endpoint_over_tls(prod_elasticache):
@@ -73,24 +147,35 @@ def test_elasticache_option_wires_the_cluster_endpoint_over_tls(prod_elasticache
     assert {get_dotted(config, e)["configurationUri"] for e in VERSION.redis_cluster_entries} == {uri}
     assert config["pubsub"]["uri"] == uri
     assert "redis-7000" not in yaml.safe_load(written_file(prod_elasticache, PATHS["compose"]))["services"]
+    assert group.protect is True and group.retain_on_delete is True
 
 
 def test_iam_grants_only_the_stacks_own_arns_and_no_wildcards(prod_signal):
     policy = role_policy(prod_signal)
-    tables = {r.plain_outputs["arn"] for r in prod_signal.of_type("aws:dynamodb/table:Table")}
+    by_name = {r.plain_inputs["name"]: r.plain_outputs["arn"] for r in prod_signal.of_type("aws:dynamodb/table:Table")}
+    tables = set(by_name.values())
+    # Exactly the GSIs and LSIs of the data file, by name, on the tables that have them.
+    indexes = {f"{by_name[f'prod-signal-{t.name}']}/index/{i.name}" for t in VERSION.tables for i in t.gsis + t.lsis}
+    assert len(indexes) == 5 and {i.rsplit("/", 1)[1] for i in indexes} == {
+        "ul_to_u", "u_to_p", "pni_to_p", "pc_to_u", "Message_UUID_Index"}
     buckets = {r.plain_outputs["arn"] for r in prod_signal.of_type("aws:s3/bucket:Bucket")}
+    objects = {f"{b}/*" for b in buckets}
     prefix = "arn:aws:ssm:eu-central-1:123456789012:parameter/commstack/prod/signal/"
     profile = prod_signal.of_type("aws:appconfig/configurationProfile:ConfigurationProfile")[0]
-    allowed = tables | {f"{t}/index/*" for t in tables} | buckets | {f"{b}/*" for b in buckets}
+    allowed = tables | indexes | buckets
     for statement in policy["Statement"]:
         assert statement["Effect"] == "Allow"
         assert all("*" not in action for action in statement["Action"])
         for resource in statement["Resource"]:
-            assert resource != "*"
+            if "*" in resource:
+                # The one wildcard: S3 object ARNs name keys, and the server writes new keys.
+                assert statement["Sid"] == "Objects" and resource in objects, resource
+                continue
             assert (resource in allowed or resource.startswith(prefix)
                     or resource.endswith(f"/configuration/{profile.plain_outputs['configurationProfileId']}")), resource
     by_sid = {s["Sid"]: s for s in policy["Statement"]}
-    assert set(by_sid["Tables"]["Resource"]) == tables | {f"{t}/index/*" for t in tables}
+    assert set(by_sid["Tables"]["Resource"]) == tables | indexes
+    assert set(by_sid["Objects"]["Resource"]) == objects
     ssm = {r.plain_outputs["arn"] for r in prod_signal.of_type("aws:ssm/parameter:Parameter")}
     assert ssm <= set(by_sid["ReadParameters"]["Resource"])
     assert not ssm & set(by_sid["WriteFirstBootParameters"]["Resource"])  # the program's values are never rewritten
@@ -101,12 +186,16 @@ def test_program_secrets_live_in_protected_securestring_parameters(prod_signal):
     params = prod_signal.of_type("aws:ssm/parameter:Parameter")
     program = [e.key for e in VERSION.bundle_from("program")]
     names = {p.plain_inputs["name"] for p in params}
-    assert {f"/commstack/prod/signal/bundle/{k}" for k in program} | {"/commstack/prod/signal/tls/registration-key"} == names
+    assert {f"/commstack/prod/signal/bundle/{k}" for k in program} | {
+        "/commstack/prod/signal/tls/registration-key",
+        "/commstack/prod/signal/config/dynamoDbTables.issuedReceipts.generator"} == names
     for p in params:
         assert p.plain_inputs["type"] == "SecureString" and p.protect is True
         assert offline.secret_paths(p.inputs) == ["value"]
     sizes = {r.plain_inputs["length"] for r in prod_signal.of_type("random:index/randomBytes:RandomBytes")}
     assert 32 in sizes
+    generator = prod_signal.named("signal-secrets-dynamodbtables-issuedreceipts-generator")
+    assert (generator.plain_inputs["length"], generator.protect) == (32, True)
 
 
 def _generated_secrets(evaluation) -> list[str]:
@@ -145,7 +234,8 @@ def test_no_generated_secret_in_plaintext_on_docker(dev_evaluation):
     assert offline.secret_paths(server.inputs) in (["uploads"],
                                                    [f"uploads[{uploads['/etc/signal/program-values.json']}].content"])
     values = json.loads(server.plain_inputs["uploads"][uploads["/etc/signal/program-values.json"]]["content"])
-    assert set(values) == {f"bundle/{e.key}" for e in VERSION.bundle_from("program")} | {"tls/registration-key"}
+    assert set(values) == {f"bundle/{e.key}" for e in VERSION.bundle_from("program")} | {
+        "tls/registration-key", "config/dynamoDbTables.issuedReceipts.generator"}
 
 
 def test_cloud_init_builds_the_pinned_ref_and_runs_the_server_under_systemd(prod_signal):
@@ -159,9 +249,11 @@ def test_cloud_init_builds_the_pinned_ref_and_runs_the_server_under_systemd(prod
     assert f"-Dsecrets.bundle.filename={PATHS['bundle']}" in service["ExecStart"]
     manifest = json.loads(written_file(prod_signal, PATHS["manifest"]))
     assert manifest["store"] == "ssm" and set(manifest["bundle"]) == {e.key for e in VERSION.bundle}
-    nginx = written_file(prod_signal, "/etc/nginx/sites-available/signal.conf")
-    assert [line.strip() for line in nginx.splitlines() if "server_name" in line] == ["server_name chat.example.org;"] * 3
-    assert "proxy_pass http://127.0.0.1:8080;" in nginx and "grpc_pass grpcs://127.0.0.1:50051;" in nginx
+    assert service["Environment"] == "AWS_DEFAULT_REGION=eu-central-1"
+    assert manifest["region"] == "eu-central-1"
+    nginx = nginx_servers(written_file(prod_signal, "/etc/nginx/sites-available/signal.conf"))
+    assert [d[1:] for s in nginx for d in s if d[0] == "server_name"] == [["chat.example.org"]] * 2 + [["localhost"]]
+    assert ["proxy_pass", "http://127.0.0.1:8080"] in nginx[1]
 
 
 def test_prebuilt_jar_is_fetched_instead_of_built_and_allowed_in_iam():
@@ -181,8 +273,6 @@ def test_outputs_and_dns_records(prod_signal):
     assert outputs["signalPublicIp"] == eip.plain_outputs["publicIp"]
     assert outputs["signalHostnames"][0] == "chat.example.org"
     assert not {"matrix.example.org", "element.example.org", "turn.example.org"} & set(outputs["signalHostnames"])
-    assert "/commstack/prod/signal/public/udTrustRoot" in outputs["signalUdTrustRoot"]
-    assert set(outputs["signalZkPublicParams"]) == {"zkgroup", "generic"}
     assert "SIGNAL_URL = \"https://chat.example.org\"" in outputs["signalClientInstructions"]
     assert eip.protect is True
     assert prod_signal.of_type("aws:ebs/volume:Volume")[0].protect is True
@@ -211,3 +301,59 @@ def test_signal_records_stay_dns_only_even_when_http_names_are_proxied():
     assert signal <= set(proxied)
     assert {name: proxied[name] for name in signal} == dict.fromkeys(signal, False)
     assert any(proxied.values())  # the switch is on: Matrix's HTTP names are proxied, Signal's are not
+
+
+def test_public_values_before_the_first_boot_say_how_to_get_them(prod_signal):
+    outputs = prod_signal.plain_stack_outputs
+    lookup, = [args for token, args in prod_signal.invokes if token == "aws:ssm/getParametersByPath:getParametersByPath"]
+    assert lookup["path"] == "/commstack/prod/signal/public" and lookup["withDecryption"] is False
+    pending = outputs["signalUdTrustRoot"]
+    assert pending.startswith("pending first boot: run `pulumi up` again after the instance has booted")
+    assert "--name /commstack/prod/signal/public/udTrustRoot" in pending
+    assert [v.startswith("pending first boot") for v in outputs["signalZkPublicParams"].values()] == [True, True]
+    assert "UNIDENTIFIED_SENDER_TRUST_ROOTS = (pending first boot" in outputs["signalClientInstructions"]
+
+
+def test_public_values_after_the_first_boot_are_the_stored_values_in_the_clear(monkeypatch):
+    stored = {"udTrustRoot": "BdUdTrustRoot0", "zkServerPublic": "AZkPublic0", "genericZkServerPublic": "AGeneric0"}
+    monkeypatch.setattr(offline, "SSM_PARAMETERS", {
+        **{f"/commstack/prod/signal/public/{n}": v for n, v in stored.items()},
+        "/commstack/prod/signal/bundle/zkConfig.serverSecret": "never-an-output"})
+    evaluation = evaluate("prod")
+    outputs = evaluation.plain_stack_outputs
+    assert outputs["signalUdTrustRoot"] == "BdUdTrustRoot0"
+    assert outputs["signalZkPublicParams"] == {"zkgroup": "AZkPublic0", "generic": "AGeneric0"}
+    instructions = outputs["signalClientInstructions"].splitlines()
+    assert '  UNIDENTIFIED_SENDER_TRUST_ROOTS = "BdUdTrustRoot0"' in instructions
+    assert '  ZKGROUP_SERVER_PUBLIC_PARAMS = "AZkPublic0"' in instructions
+    assert '  GENERIC_SERVER_PUBLIC_PARAMS = "AGeneric0"' in instructions
+    assert not any(offline.is_secret(evaluation.stack_outputs[k])
+                   for k in ("signalUdTrustRoot", "signalZkPublicParams", "signalClientInstructions"))
+    assert "never-an-output" not in json.dumps(outputs)
+
+
+def test_public_values_on_docker_name_the_command_that_reads_them(dev_evaluation):
+    outputs = dev_evaluation.plain_stack_outputs
+    server = dev_evaluation.named("signal-local-server").plain_inputs["name"]
+    assert outputs["signalUdTrustRoot"].endswith(f"docker exec {server} cat /var/lib/signal/secrets/public/udTrustRoot")
+    assert not [t for t, _ in dev_evaluation.invokes if t.startswith("aws:")]
+
+
+def test_signal_hostnames_come_from_settings():
+    import components.settings as settings
+    from components.signal import backend
+
+    assert backend.SIGNAL_SUBDOMAINS is settings.SIGNAL_SUBDOMAINS
+    assert tuple(backend.SUBDOMAIN_PURPOSES) == settings.SIGNAL_SUBDOMAINS
+
+
+def test_a_docker_signal_stack_never_imports_pulumi_aws():
+    # A fresh process: the test session itself has long imported pulumi_aws.
+    probe = ("import json, sys; from tests.conftest import evaluate; e = evaluate('dev'); "
+             "assert e.of_type('docker:index/container:Container'); "
+             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('pulumi_aws', 'components'))))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    modules = json.loads(out.splitlines()[-1])
+    assert "components.signal.local" in modules and "components.signal.backend" in modules
+    assert not [m for m in modules if m.startswith("pulumi_aws")]
+    assert not {"components.signal.iam", "components.edge.firewall"} & set(modules)

@@ -118,3 +118,58 @@ def test_aws_local_serves_dynamodb_local_and_the_config_names_of_appconfig(dev_e
     assert set(offline.secret_paths(aws_local.inputs)) & {"uploads", f"uploads[{key_index}].content"}
     server = dev_evaluation.named("signal-local-server")
     assert {aws_local.urn, dev_evaluation.named("signal-local-tables").urn} <= set(server.dependencies)
+
+
+def test_dynamodb_local_tables_get_ttl_like_the_aws_ones(dev_evaluation):
+    from components.signal.local import tables_script
+
+    script = _uploads(dev_evaluation.named("signal-local-tables"))["/tables/create.sh"]
+    lines = {line.split("--table-name ", 1)[1].split()[0]: line for line in script.splitlines()
+             if line.startswith("aws dynamodb describe-table")}
+    assert len(lines) == len(VERSION.tables)
+    for spec in VERSION.tables:
+        line = lines[f"dev-signal-{spec.name}"]
+        creates = line.split(" || ", 1)[1]
+        if spec.ttl:
+            # Enabled right after creation only (enabling it twice is an error).
+            assert creates.startswith("{ aws dynamodb create-table") and creates.endswith("; }")
+            assert (f"update-time-to-live --endpoint-url http://dynamodb:8000 --table-name dev-signal-{spec.name} "
+                    f"--time-to-live-specification Enabled=true,AttributeName={spec.ttl}") in creates
+        else:
+            assert "update-time-to-live" not in line
+    assert tables_script({"T": None}).splitlines()[-1].endswith("file:///tables/T.json")
+
+
+def test_built_images_run_by_id_with_health_checks_and_restart(dev_evaluation):
+    for container, built in (("signal-local-server", "signal-local-server-image"),
+                             ("signal-local-registration", "signal-local-registration-image")):
+        inputs = dev_evaluation.named(container).plain_inputs
+        image_id = dev_evaluation.named(built).plain_outputs["repoDigest"]
+        # The image id changes with every rebuild, so a rebuilt image replaces the container.
+        assert inputs["image"] == image_id and image_id.startswith("sha256:")
+        assert inputs["restart"] == "unless-stopped"
+        assert inputs["healthcheck"]["tests"][0] == "CMD"
+    server_check = dev_evaluation.named("signal-local-server").plain_inputs["healthcheck"]["tests"]
+    assert "http://127.0.0.1:8081/healthcheck" in server_check[-1]
+    registration_check = dev_evaluation.named("signal-local-registration").plain_inputs["healthcheck"]["tests"]
+    assert registration_check[-1] == "exec 3<>/dev/tcp/127.0.0.1/50051"
+
+
+def test_docker_target_reaches_registration_service_directly_over_tls(dev_evaluation):
+    from components.signal.local import REGISTRATION_ALIAS
+
+    registration = dev_evaluation.named("signal-local-registration")
+    files = _uploads(registration)
+    server = yaml.safe_load(files["/etc/registration/application.yml"])["grpc"]["server"]
+    assert server == {"port": 50051, "ssl": {"enabled": True, "cert-chain": "/etc/registration/cert.pem",
+                                             "private-key": "/etc/registration/key.pem"}}
+    cert = dev_evaluation.named("signal-internal-tls-cert")
+    assert files["/etc/registration/cert.pem"] == cert.plain_outputs["certPem"]
+    assert cert.plain_inputs["dnsNames"] == [REGISTRATION_ALIAS]
+    key_index = [u["file"] for u in registration.plain_inputs["uploads"]].index("/etc/registration/key.pem")
+    assert set(offline.secret_paths(registration.inputs)) & {"uploads", f"uploads[{key_index}].content"}
+    config = yaml.safe_load(_uploads(dev_evaluation.named("signal-local-server"))["/etc/signal/config.base.yml"])
+    rs = config["registrationService"]
+    assert (rs["host"], rs["port"], rs["registrationCaCertificate"]) == (
+        REGISTRATION_ALIAS, 50051, cert.plain_outputs["certPem"])
+    assert REGISTRATION_ALIAS in registration.plain_inputs["networksAdvanced"][0]["aliases"]

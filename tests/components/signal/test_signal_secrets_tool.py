@@ -1,16 +1,21 @@
 """configs/signal/signal_secrets.py: first boot generates only what is missing, never twice;
 assemble writes a complete bundle and fills the config patches."""
 
+import importlib.util
 import json
 import os
 import stat
 import subprocess
 import sys
 
+import boto3
+import moto
+import pytest
 import yaml
 
 from components.signal.host import secrets_manifest
-from components.signal.version import SIGNAL_CONFIGS, load_version
+from components.signal.version import SIGNAL_CONFIGS, get_dotted, load_version
+from tests.components.signal.conftest import missing_key_paths
 
 VERSION = load_version("v9.81.0")
 
@@ -26,24 +31,37 @@ esac
 """
 
 
-def _setup(tmp_path):
+def _program_values() -> dict:
+    program = {f"bundle/{e.key}": f"program-{e.key}" for e in VERSION.bundle_from("program")}
+    program.update({f"config/{path}": f"program-{path}" for path in VERSION.program_config_values})
+    program["tls/registration-key"] = "PEM"
+    return program
+
+
+def _fake_java(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     java = bin_dir / "java"
     java.write_text(FAKE_JAVA)
     java.chmod(java.stat().st_mode | stat.S_IEXEC)
-    paths = {"jar": "/opt/x.jar", "generic_zk_source": "GenericZkParams.java", "bundle": str(tmp_path / "bundle.yml"),
-             "config_in": str(tmp_path / "config.base.yml"), "config_out": str(tmp_path / "config.yml"),
-             "tls_key": str(tmp_path / "key.pem")}
-    program = {f"bundle/{e.key}": f"program-{e.key}" for e in VERSION.bundle_from("program")}
-    program["tls/registration-key"] = "PEM"
-    (tmp_path / "program.json").write_text(json.dumps(program))
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls")}
+
+
+def _paths(tmp_path) -> dict:
+    return {"jar": "/opt/x.jar", "generic_zk_source": "GenericZkParams.java", "bundle": str(tmp_path / "bundle.yml"),
+            "config_in": str(tmp_path / "config.base.yml"), "config_out": str(tmp_path / "config.yml"),
+            "tls_key": str(tmp_path / "key.pem")}
+
+
+def _setup(tmp_path, base_config=None, program=None):
+    paths = _paths(tmp_path)
+    (tmp_path / "program.json").write_text(json.dumps(_program_values() if program is None else program))
     manifest = secrets_manifest(VERSION, store=f"dir:{tmp_path / 'store'}", prefix="", paths=paths,
                                 program_values=str(tmp_path / "program.json"))
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    (tmp_path / "config.base.yml").write_text(yaml.safe_dump({"zkConfig": {"serverPublic": None}, "logging": {}}))
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls")}
-    return paths, env
+    base = base_config or yaml.safe_dump({"zkConfig": {"serverPublic": None}, "logging": {}})
+    (tmp_path / "config.base.yml").write_text(base)
+    return paths, {**os.environ, **_fake_java(tmp_path)}
 
 
 def _run(tmp_path, env, command):
@@ -73,3 +91,51 @@ def test_first_boot_then_assemble_gives_a_complete_bundle_and_reuses_on_later_bo
     assert config["zkConfig"]["serverPublic"] == public and public.startswith("ZKPUB")
     assert (tmp_path / "store" / "public" / "udTrustRoot").read_text().startswith("UDROOT")
     assert open(paths["tls_key"]).read() == "PEM"
+    assert config["dynamoDbTables"]["issuedReceipts"]["generator"] == "program-dynamoDbTables.issuedReceipts.generator"
+    assert stat.S_IMODE(os.stat(paths["config_out"]).st_mode) == 0o600
+
+
+def test_assembled_dev_config_has_every_sample_key_path_filled(tmp_path, dev_evaluation):
+    uploads = {u["file"]: u["content"] for u in dev_evaluation.named("signal-local-server").plain_inputs["uploads"]}
+    paths, env = _setup(tmp_path, base_config=uploads["/etc/signal/config.base.yml"])
+    _run(tmp_path, env, "first-boot")
+    _run(tmp_path, env, "assemble")
+    config = yaml.safe_load(open(paths["config_out"]))
+    assert missing_key_paths(config, VERSION.required_key_paths) == []
+    assert not [p for p in VERSION["config_patches"] if get_dotted(config, p) is None]
+
+
+def test_assemble_refuses_a_config_patch_it_cannot_fill(tmp_path):
+    program = _program_values()
+    del program["config/dynamoDbTables.issuedReceipts.generator"]
+    paths, env = _setup(tmp_path, program=program)
+    _run(tmp_path, env, "first-boot")
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        _run(tmp_path, env, "assemble")
+    assert "missing config/dynamoDbTables.issuedReceipts.generator" in failed.value.stderr
+    assert not os.path.exists(paths["config_out"])
+
+
+def test_ssm_store_uses_the_manifests_region_when_nothing_else_sets_one(tmp_path, monkeypatch):
+    # As on the instance: no region in the environment or in an AWS config file.
+    for variable in ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    for name, value in _fake_java(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    spec = importlib.util.spec_from_file_location("signal_secrets", SIGNAL_CONFIGS / "signal_secrets.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    prefix = "/commstack/prod/signal"
+    manifest = secrets_manifest(VERSION, store="ssm", prefix=prefix, paths=_paths(tmp_path), region="eu-central-1")
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with moto.mock_aws():
+        tool.main(["signal_secrets.py", "first-boot", str(tmp_path / "manifest.json")])
+        written = boto3.client("ssm", region_name="eu-central-1").get_parameter(
+            Name=f"{prefix}/public/udTrustRoot")["Parameter"]
+        assert written["Value"].startswith("UDROOT") and written["Type"] == "String"
+        other = boto3.client("ssm", region_name="us-east-1").get_parameters_by_path(Path=f"{prefix}/public")
+        assert other["Parameters"] == []

@@ -1,0 +1,140 @@
+"""The EC2 host: user data within EC2's limit (gzip + base64), certbot that retries, an AMI that
+does not replace the server, and the region for every AWS client on the instance."""
+
+import base64
+import datetime
+import gzip
+import os
+import shutil
+import subprocess
+
+import pulumi
+import pytest
+import yaml
+
+from commstack import offline, render
+from components.signal.host import (CERTBOT_RETRY_SECONDS, PATHS, USER_DATA_LIMIT, SignalHost, SignalHostArgs,
+                                    encode_user_data, render_nginx_conf)
+from components.signal.version import load_version
+from tests.components.signal.conftest import user_data, user_data_text, written_file
+
+VERSION = load_version("v9.81.0")
+
+
+def _unit(text: str) -> dict[str, list[str]]:
+    """systemd unit lines key=value -> {key: [values]} (keys may repeat)."""
+    entries: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, value = line.split("=", 1)
+            entries.setdefault(key, []).append(value)
+    return entries
+
+
+@pulumi.runtime.test
+def test_instance_gets_the_gzipped_cloud_config_within_the_limit(recorded):
+    host = SignalHost("h", SignalHostArgs(
+        version=VERSION, instance_type="t3.large", server_repo="https://github.com/signalapp/Signal-Server",
+        server_ref="v9.81.0", jar_s3_uri="", host="chat.example.org", acme_email="ops@example.org",
+        region="eu-central-1", parameter_prefix="/commstack/test/signal", security_group_id="sg-1",
+        instance_profile_name="profile", config_yml="logging: {}\n", tls_cert_pem="CERT", redis_in_containers=True))
+
+    def check(args):
+        cloud_config, encoded, _ = args
+        instance, = recorded.of_type("aws:ec2/instance:Instance")
+        assert "userData" not in instance.inputs
+        assert instance.plain_inputs["userDataBase64"] == encoded
+        packed = base64.b64decode(encoded)
+        assert packed[:2] == b"\x1f\x8b"  # gzip, which cloud-init unpacks
+        assert gzip.decompress(packed).decode() == cloud_config
+        assert len(encoded) <= USER_DATA_LIMIT and len(packed) <= USER_DATA_LIMIT
+        assert cloud_config.startswith("#cloud-config\n") and yaml.safe_load(cloud_config)["write_files"]
+        assert instance.ignore_changes == ["ami"]
+        assert instance.plain_inputs["userDataReplaceOnChange"] is True
+
+    return pulumi.Output.all(host.user_data, host.user_data_base64, host.instance.id).apply(check)
+
+
+def test_whole_program_user_data_fits_and_is_stable(prod_signal):
+    encoded = prod_signal.of_type("aws:ec2/instance:Instance")[0].plain_inputs["userDataBase64"]
+    text = user_data_text(prod_signal)
+    assert len(encoded) <= USER_DATA_LIMIT
+    # The same cloud-config always encodes the same way, so it never replaces the instance by itself.
+    assert encode_user_data(text) == encoded
+
+
+def test_user_data_over_the_limit_fails_before_any_deployment():
+    incompressible = os.urandom(USER_DATA_LIMIT).hex()
+    with pytest.raises(ValueError, match="EC2 allows 16384"):
+        encode_user_data(incompressible)
+
+
+def test_render_writes_the_decoded_user_data_and_every_file_in_it(prod_signal):
+    instance = prod_signal.of_type("aws:ec2/instance:Instance")[0]
+    files = {str(path): data for path, data, _, _ in render.instance_files(instance)}
+    assert files["user-data"].decode() == user_data_text(prod_signal)
+    written = user_data(prod_signal)["write_files"]
+    assert {entry["path"].lstrip("/") for entry in written} | {"user-data"} == set(files)
+    assert files["etc/signal/config.base.yml"].decode() == written_file(prod_signal, "/etc/signal/config.base.yml")
+
+
+def test_certbot_retries_until_it_has_a_certificate_then_starts_nginx(prod_signal):
+    unit = _unit(written_file(prod_signal, "/etc/systemd/system/signal-certbot.service"))
+    assert unit["Type"] == ["oneshot"] and unit["Restart"] == ["on-failure"]
+    assert unit["RestartSec"] == [str(CERTBOT_RETRY_SECONDS)] and unit["StartLimitIntervalSec"] == ["0"]
+    start = unit["ExecStart"][0]
+    assert start.startswith('/bin/sh -c "test -f /etc/letsencrypt/live/chat.example.org/fullchain.pem || certbot')
+    assert "certonly --standalone --non-interactive --agree-tos" in start and "-d chat.example.org" in start
+    assert unit["ExecStartPost"] == ["/bin/systemctl restart nginx"]
+    # Five failed validations an hour per hostname is Let's Encrypt's limit.
+    assert 3600 // CERTBOT_RETRY_SECONDS < 5
+    runcmd = user_data(prod_signal)["runcmd"]
+    assert "systemctl enable --now --no-block signal-certbot.service" in runcmd
+    assert not [c for c in runcmd if "certbot certonly" in str(c)]
+
+
+def test_every_unit_that_talks_to_aws_is_given_the_region(prod_signal):
+    for path in ("/etc/systemd/system/signal-server.service", "/etc/systemd/system/signal-redis.service"):
+        unit = _unit(written_file(prod_signal, path))
+        assert unit["Environment"] == ["AWS_DEFAULT_REGION=eu-central-1"], path
+        assert any("signal_secrets.py" in command for command in unit["ExecStartPre"]), path
+
+
+def test_user_data_holds_no_secret(prod_signal):
+    instance = prod_signal.of_type("aws:ec2/instance:Instance")[0]
+    assert offline.secret_paths(instance.inputs) == []
+    text = user_data_text(prod_signal)
+    generated = [r.plain_outputs["base64"] for r in prod_signal.of_type("random:index/randomBytes:RandomBytes")]
+    generated += [r.plain_outputs["privateKeyPemPkcs8"] for r in prod_signal.of_type("tls:index/privateKey:PrivateKey")]
+    assert generated and not [value for value in generated if value in text]
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
+def test_nginx_accepts_the_rendered_config(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    conf = render_nginx_conf("chat.example.org", 8080, 50051, 442)
+    for placed, local in ((PATHS["tls_cert"], "cert.pem"), (PATHS["tls_key"], "key.pem"),
+                          ("/etc/letsencrypt/live/chat.example.org/fullchain.pem", "cert.pem"),
+                          ("/etc/letsencrypt/live/chat.example.org/privkey.pem", "key.pem")):
+        assert placed in conf
+        conf = conf.replace(placed, str(tmp_path / local))
+    (tmp_path / "signal.conf").write_text(conf)
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{\n    access_log off;\n    include {tmp_path}/signal.conf;\n}}\n")
+    result = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
