@@ -13,6 +13,7 @@ settings = load_settings()  # raises before any resource exists if the config is
 import pulumi_docker as docker  # noqa: E402
 
 from components.matrix.homeserver import Homeserver, HomeserverArgs  # noqa: E402
+from components.matrix.proxy import Route  # noqa: E402
 
 # An explicit provider only when the stack names a Docker host; otherwise the
 # default provider uses the local socket or DOCKER_HOST.
@@ -31,9 +32,17 @@ if settings.edge.cloudflare_scoped_dns_token:
         DnsApiTokenArgs(zone_name=settings.matrix.domain, api_token=settings.edge.cloudflare_api_token),
     ).value
 
+# On the Docker target the Signal API sits behind the same reverse proxy as Matrix.
+signal_upstream = None
+if settings.signal.enabled:
+    from components.signal.backend import local_edge_upstream
+
+    signal_upstream = local_edge_upstream(settings.signal)
+extra_routes = [Route(f"chat.{settings.matrix.domain}", signal_upstream)] if signal_upstream else []
+
 matrix = Homeserver(
     "matrix",
-    HomeserverArgs(matrix=settings.matrix, edge=settings.edge, dns_api_token=dns_api_token),
+    HomeserverArgs(matrix=settings.matrix, edge=settings.edge, dns_api_token=dns_api_token, extra_routes=extra_routes),
     opts=docker_opts,
 )
 dns_records = list(matrix.dns_records)
@@ -64,7 +73,8 @@ if settings.signal.enabled:
         ))
     signal = Backend(
         "signal",
-        BackendArgs(signal=settings.signal, edge=settings.edge, domain=settings.matrix.domain),
+        BackendArgs(signal=settings.signal, edge=settings.edge, domain=settings.matrix.domain,
+                    edge_network=matrix.network.name if signal_upstream else None),
         opts=signal_opts,
     )
     dns_records += signal.dns_records

@@ -92,6 +92,8 @@ class ContainerSpec:
     # An image the program builds from pinned sources (docker.Image.repo_digest, its id): the
     # container runs it, so a rebuild replaces the container; image_key then names its pinned base.
     built_image: Optional[pulumi.Input[str]] = None
+    # Further networks to join, each with its aliases (e.g. the proxy's network for a routed backend).
+    extra_networks: Sequence[tuple[pulumi.Input[str], Sequence[str]]] = ()
 
 
 def service_container(name: str, spec: ContainerSpec, parent: pulumi.Resource,
@@ -128,7 +130,8 @@ def service_container(name: str, spec: ContainerSpec, parent: pulumi.Resource,
         name=name,
         image=image_id,
         restart=spec.restart,
-        networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=spec.network, aliases=list(spec.aliases))],
+        networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network, aliases=list(aliases))
+                           for network, aliases in [(spec.network, spec.aliases), *spec.extra_networks]],
         uploads=[
             docker.ContainerUploadArgs(file=f.path, content=f.content, executable=f.executable)
             for f in spec.files

@@ -177,3 +177,36 @@ def json_list(text):
     import json
 
     return json.loads(text)
+
+
+def test_dev_routes_the_signal_api_through_the_proxy_to_the_server():
+    """On the Docker target chat.<domain> is served by Traefik, and the server is on Traefik's network."""
+    import yaml
+
+    ev = evaluate("dev")
+    domain = offline.stack_config("dev")["commstack:domain"]
+    proxy = ev.container("proxy")
+    dynamic = yaml.safe_load(next(u["content"] for u in proxy.plain_inputs["uploads"]
+                                  if u["file"].endswith("dynamic.yml")))
+    routers = dynamic["http"]["routers"]
+    chat = [r for r in routers.values() if f"Host(`chat.{domain}`)" in r["rule"]]
+    assert len(chat) == 1
+    upstream = dynamic["http"]["services"][chat[0]["service"]]["loadBalancer"]["servers"][0]["url"]
+    assert upstream == "http://signal-server:8080"
+
+    network = next(r for r in ev.of_type("docker:index/network:Network") if r.parent.endswith("commstack:matrix:Network::matrix-network"))
+    server = ev.container("signal-local-server")
+    joined = {n["name"]: n.get("aliases") for n in server.plain_inputs["networksAdvanced"]}
+    assert joined[network.plain_outputs["name"]] == ["signal-server"]
+    # and the self-signed certificate covers the new host
+    cert_hosts = [r for r in ev.of_type("tls:index/selfSignedCert:SelfSignedCert") if r.parent.endswith("matrix-proxy")]
+    assert cert_hosts and f"chat.{domain}" in cert_hosts[0].plain_inputs["dnsNames"]
+
+
+def test_aws_target_adds_no_proxy_route_for_signal():
+    import yaml
+
+    ev = evaluate("prod")
+    proxy = ev.container("proxy")
+    dynamic = next(u["content"] for u in proxy.plain_inputs["uploads"] if u["file"].endswith("dynamic.yml"))
+    assert "chat." not in dynamic

@@ -9,7 +9,7 @@ their one consumer; each bridge's registration goes into Synapse.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import pulumi
 import pulumi_tls as tls
@@ -39,6 +39,8 @@ class HomeserverArgs:
     edge: EdgeSettings
     # Traefik's DNS-01 token when the edge makes a zone-scoped one; else the stack's Cloudflare token.
     dns_api_token: Optional[pulumi.Output[str]] = None
+    # More hosts the proxy serves on this network (e.g. chat.<domain> for Signal on the Docker target).
+    extra_routes: Sequence[Route] = ()
 
 
 def bridge_network_config(kind: str, matrix: MatrixSettings) -> dict:
@@ -107,6 +109,8 @@ class Homeserver(pulumi.ComponentResource):
             self.element = Element(f"{name}-element", ElementArgs(
                 network=net, homeserver_base_url=m.public_baseurl, server_name=m.server_name), opts=child(self))
             routes.append(Route(m.element_host, self.element.internal_url))
+        routes += args.extra_routes
+        certificate_hosts += [route.host for route in args.extra_routes if route.host not in certificate_hosts]
 
         # Behind Cloudflare's proxy every request comes from its ranges; believing their
         # X-Forwarded-For (and nobody else's) keeps each client's own address for Synapse.

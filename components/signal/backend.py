@@ -15,7 +15,7 @@ from components.edge.records import DnsRecordSpec
 from components.settings import SIGNAL_SUBDOMAINS, EdgeSettings, SignalSettings
 from components.signal import redis
 from components.signal.host import REGISTRATION_TLS_HOST
-from components.signal.local import (LOCAL_REGION, REDIS_PORT, REGISTRATION_ALIAS, LocalBackend, LocalBackendArgs,
+from components.signal.local import (LOCAL_REGION, edge_upstream, REDIS_PORT, REGISTRATION_ALIAS, LocalBackend, LocalBackendArgs,
                                      redis_alias)
 from components.signal.secrets import (TLS_KEY_PARAMETER, InternalTls, InternalTlsArgs, ServerSecrets,
                                        ServerSecretsArgs, bundle_parameter, config_parameter, public_parameter,
@@ -42,6 +42,16 @@ class BackendArgs:
     signal: SignalSettings
     edge: EdgeSettings
     domain: str
+    # Docker target: the reverse proxy's network, so it can route chat.<domain> to the server.
+    edge_network: Optional[pulumi.Input[str]] = None
+
+
+def local_edge_upstream(signal: SignalSettings) -> Optional[str]:
+    """Where the reverse proxy sends chat.<domain> on the Docker target (None on AWS, where
+    the instance's own nginx fronts the server)."""
+    if not signal.enabled or signal.target != "docker":
+        return None
+    return edge_upstream(load_version(signal.server_ref))
 
 
 def public_value_texts(names: Iterable[str], found: Mapping[str, str],
@@ -198,7 +208,8 @@ class Backend(pulumi.ComponentResource):
         local = LocalBackend(f"{name}-local", LocalBackendArgs(
             version=version, server_repo=args.signal.server_repo, server_ref=args.signal.server_ref,
             name_prefix=name_prefix, config_yml=config_yml, tls_cert_pem=internal_tls.cert_pem,
-            program_values=program_values, app_config=app_config, region=LOCAL_REGION), opts=opts)
+            program_values=program_values, app_config=app_config, region=LOCAL_REGION,
+            edge_network=args.edge_network), opts=opts)
         self.components = {"secrets": secrets, "local": local}
         # The values sit in the server container's volume, which the program cannot read.
         how_to_read = {n: ON_DOCKER_HOST.format(

@@ -108,6 +108,14 @@ def aws_local_command(app_config: AppConfigNames) -> list[str]:
             "--document", f"{AWS_LOCAL_DIR}/dynamic-config.yml"]
 
 
+# The server's name on the reverse proxy's network, and the URL the proxy routes chat.<domain> to.
+EDGE_ALIAS = "signal-server"
+
+
+def edge_upstream(version: ServerVersion) -> str:
+    return f"http://{EDGE_ALIAS}:{version.server_ports['app']}"
+
+
 @dataclass
 class LocalBackendArgs:
     version: ServerVersion
@@ -119,6 +127,8 @@ class LocalBackendArgs:
     program_values: pulumi.Input[dict]  # secret: {"bundle/<key>": value, "tls/registration-key": pem}
     app_config: AppConfigNames  # the names config.yml's appConfig section carries
     region: str = LOCAL_REGION
+    # The reverse proxy's network: the server joins it as EDGE_ALIAS so the proxy can route chat.<domain>.
+    edge_network: Optional[pulumi.Input[str]] = None
 
 
 class LocalBackend(pulumi.ComponentResource):
@@ -210,6 +220,7 @@ class LocalBackend(pulumi.ComponentResource):
         admin_port = version.server_ports["admin"]
         self.server = service_container(self.server_container_name, ContainerSpec(
             image_key="signal-runtime", built_image=server_image.repo_digest, network=net, aliases=["signal-server"],
+            extra_networks=[(args.edge_network, [EDGE_ALIAS])] if args.edge_network is not None else [],
             files=secrets_spec_files,
             volumes=[docker.ContainerVolumeArgs(volume_name=secrets_volume.name, container_path="/var/lib/signal/secrets")],
             envs=server_environment(args.region), entrypoint=["sh", "-c", server_start_command(LOCAL_PATHS)],
