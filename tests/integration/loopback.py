@@ -2,8 +2,9 @@
 
 The harness boots real programs on 127.0.0.1 without Docker, so a few
 things that Docker provides must change: listener addresses and ports,
-the container hostnames of upstreams, absolute paths inside containers and,
-for tests only, rate limits and coturn's loopback-peer guard. Every other
+the container hostnames of upstreams, absolute paths inside containers,
+where Traefik writes its access log and, for tests only, rate limits and
+coturn's loopback-peer guard. Every other
 byte is the program's rendered content, unmodified. Each adaptation below
 says why in one line.
 """
@@ -41,6 +42,9 @@ class LoopbackPorts:
     turn_tls: int
     bridges: dict[str, int] = field(default_factory=dict)  # bridge kind -> appservice stand-in port
     redis: tuple[int, ...] = ()
+    proxy: dict[str, int] = field(default_factory=dict)  # Traefik entry point name -> port
+    element: int = 0  # the stand-in serving Element's rendered files
+    signal_server: int = 0  # nothing listens here: Signal-Server (a JVM service) is not booted
 
 
 def host_path(root: Path, container: str, path: str) -> Path:
@@ -145,3 +149,34 @@ def redis_node_command(command: list[str], *, root: Path, container: str, port: 
         "--bind", LOOPBACK,
         "--dir", str(host_path(root, container, "/data")),  # the node's volume -> temp dir
     ]
+
+
+# Each Traefik upstream's container hostname -> the LoopbackPorts field of what stands in for it.
+PROXY_UPSTREAMS = {"wellknown": "nginx", "element": "element", "signal-server": "signal_server"}
+# Where Traefik writes its access log in the temp dir (the container logs it to stdout).
+TRAEFIK_ACCESS_LOG = "/var/log/traefik/access.log"
+_UPSTREAM_URL = re.compile(r"^http://([a-z0-9.-]+)(?::\d+)?$")
+
+
+def traefik_static(config: dict, *, root: Path, ports: LoopbackPorts, config_dir: str = "/etc/traefik") -> dict:
+    """Traefik's traefik.yml for loopback."""
+    adapted = _relocate(config, config_dir, root, "proxy")  # the file provider's path -> temp dir (a fresh copy)
+    for name, entry_point in adapted["entryPoints"].items():
+        # Published :80/:443 and the container-only ping port -> free loopback ports (KeyError: a new entry point).
+        entry_point["address"] = f"{LOOPBACK}:{ports.proxy[name]}"
+    # Its own file instead of stdout, so tests read access entries apart from Traefik's log.
+    adapted["accessLog"] = {**adapted["accessLog"], "filePath": str(host_path(root, "proxy", TRAEFIK_ACCESS_LOG))}
+    return adapted
+
+
+def traefik_dynamic(config: dict, *, root: Path, ports: LoopbackPorts, config_dir: str = "/etc/traefik") -> dict:
+    """Traefik's dynamic.yml for loopback."""
+    adapted = _relocate(config, config_dir, root, "proxy")  # certificate files -> temp dir (a fresh copy)
+    for name, service in adapted["http"]["services"].items():
+        for server in service["loadBalancer"]["servers"]:
+            matched = _UPSTREAM_URL.match(server["url"])
+            if not matched or matched.group(1) not in PROXY_UPSTREAMS:
+                raise ValueError(f"Traefik service {name} has upstream {server['url']} with no loopback stand-in")
+            # Container hostname on the Docker network -> its loopback program or stand-in.
+            server["url"] = f"http://{LOOPBACK}:{getattr(ports, PROXY_UPSTREAMS[matched.group(1)])}"
+    return adapted

