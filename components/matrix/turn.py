@@ -78,6 +78,12 @@ class TurnArgs:
     advertise_tls: bool = True
 
 
+def health_check(listening_port: int) -> list[str]:
+    """A STUN binding request to coturn itself; turnutils_stunclient ships in the coturn image
+    and only exits once it has an answer (Docker's health-check timeout bounds the wait)."""
+    return ["CMD", "turnutils_stunclient", "-p", str(listening_port), "127.0.0.1"]
+
+
 class Turn(pulumi.ComponentResource):
     uris: list[str]
 
@@ -108,6 +114,7 @@ class Turn(pulumi.ComponentResource):
                 command=["-c", CONF_PATH, "--log-file=stdout"],
                 # Published 1:1 so the relay ports clients are told about are the real ones.
                 ports=published_ports(ports_for("turn")),
+                healthcheck=health_check(listening_port),
             ),
             parent=self,
             resource_name=name,

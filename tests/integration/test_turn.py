@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import socket
 import subprocess
 import time
 
@@ -79,3 +80,25 @@ def test_an_expired_credential_is_refused(harness, turn_secret):
     fresh_username, fresh_password = turn_rest_credentials(turn_secret, "@late:commstack.localhost",
                                                            int(time.time()) + 600)
     assert turn_allocate("127.0.0.1", harness.ports.turn, fresh_username, fresh_password).ok
+
+
+def test_the_container_health_check_command_answers(harness):
+    """The rendered health check, run against the real coturn (only the port adapted), answers;
+    against a port nothing listens on it does not finish within Docker's timeout."""
+    container = next(reg for reg in harness.rendered.evaluation.of_type("docker:index/container:Container")
+                     if reg.plain_inputs["name"] == "turn")
+    kind, program, *args = container.plain_inputs["healthcheck"]["tests"]
+    assert (kind, program, args[-1]) == ("CMD", "turnutils_stunclient", "127.0.0.1")
+    port_index = args.index("-p") + 1
+
+    def run(port: int) -> int:
+        argv = [program, *args[:port_index], str(port), *args[port_index + 1:]]
+        try:
+            return subprocess.run(argv, capture_output=True, timeout=5, check=False).returncode
+        except subprocess.TimeoutExpired:
+            return -1
+
+    assert run(harness.ports.turn) == 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as unused:
+        unused.bind(("127.0.0.1", 0))
+        assert run(unused.getsockname()[1]) != 0
