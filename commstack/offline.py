@@ -567,3 +567,12 @@ def secret_flag(output) -> "Any":
     import pulumi
 
     return pulumi.Output.from_input(asyncio.ensure_future(pulumi.Output.from_input(output).is_secret()))
+
+
+def expect_secret(output, secret: bool = True):
+    """An Output that fails a `@pulumi.runtime.test` unless `output`'s secrecy is `secret`."""
+
+    def check(flag: bool) -> None:
+        assert flag is secret, f"expected {'a secret' if secret else 'a plain'} output"
+
+    return secret_flag(output).apply(check)

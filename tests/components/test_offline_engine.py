@@ -25,20 +25,14 @@ def test_random_password_result_is_a_fresh_secret_of_requested_shape(recorded):
 def test_result_output_is_secret(recorded):
     password = random.RandomPassword("p2", length=8)
 
-    def check(flag):
-        assert flag is True
-
-    return offline.secret_flag(password.result).apply(check)
+    return offline.expect_secret(password.result)
 
 
 @pulumi.runtime.test
 def test_plain_output_is_not_secret(recorded):
     pet = random.RandomId("id", byte_length=4)
 
-    def check(flag):
-        assert flag is False
-
-    return offline.secret_flag(pet.hex).apply(check)
+    return offline.expect_secret(pet.hex, secret=False)
 
 
 @pulumi.runtime.test

@@ -143,10 +143,7 @@ def test_component_writes_the_same_tokens_into_config_and_registration(recorded)
 def test_registration_output_is_secret(recorded):
     bridge = _bridge("whatsapp")
 
-    def check(flag):
-        assert flag is True
-
-    return offline.secret_flag(bridge.registration_yaml).apply(check)
+    return offline.expect_secret(bridge.registration_yaml)
 
 
 @pulumi.runtime.test

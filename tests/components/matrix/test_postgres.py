@@ -116,10 +116,7 @@ def test_postgres_provisions_by_job_and_hands_out_matching_credentials(recorded)
 def test_credentials_are_secret(recorded):
     pg = Postgres("pg", PostgresArgs(network="net", databases=[BRIDGE_DB]))
 
-    def check(flag):
-        assert flag is True
-
-    return offline.secret_flag(pg.credentials["mautrix_whatsapp"].uri()).apply(check)
+    return offline.expect_secret(pg.credentials["mautrix_whatsapp"].uri())
 
 
 def test_a_failed_provisioner_stops_the_deployment():

@@ -201,7 +201,4 @@ def test_self_signed_certificate_covers_every_host_and_its_key_stays_secret(reco
 def test_private_key_attribute_is_secret(recorded):
     proxy = _proxy("self-signed")
 
-    def check(flag):
-        assert flag is True
-
-    return offline.secret_flag(proxy.private_key_pem).apply(check)
+    return offline.expect_secret(proxy.private_key_pem)

@@ -191,10 +191,7 @@ def test_registration_shared_secret_output_is_secret(recorded):
         network="net", server_name="example.org", public_baseurl="https://matrix.example.org/",
         database=DatabaseCredentials("postgres", 5432, "synapse", "synapse", pulumi.Output.secret("pw"))))
 
-    def check(flag):
-        assert flag is True
-
-    return offline.secret_flag(synapse.registration_shared_secret).apply(check)
+    return offline.expect_secret(synapse.registration_shared_secret)
 
 
 def test_appservice_registrations_must_live_where_synapse_reads_them():
