@@ -138,3 +138,33 @@ def test_nginx_accepts_the_rendered_config(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
+
+
+def cloud_init_schema(path) -> subprocess.CompletedProcess:
+    binary = shutil.which("cloud-init")
+    assert binary, "cloud-init is missing: apt-get install --no-install-recommends cloud-init (scripts/test does)"
+    return subprocess.run([binary, "schema", "--config-file", str(path)], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("jar", ["", "s3://builds/TextSecureServer-9.81.0.jar"], ids=["build", "prebuilt-jar"])
+def test_cloud_init_accepts_the_rendered_user_data(tmp_path, jar):
+    """Debian's cloud-init validates the exact cloud-config the instance boots with (after gunzip)."""
+    from tests.conftest import evaluate
+
+    evaluation = evaluate("prod", signalJarS3Uri=jar) if jar else evaluate("prod")
+    path = tmp_path / "user-data"
+    path.write_text(user_data_text(evaluation))
+    checked = cloud_init_schema(path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "Valid cloud-config" in checked.stdout
+
+
+def test_cloud_init_schema_check_rejects_a_broken_config(tmp_path, prod_signal):
+    """The same check fails on a cloud-config a real instance would reject, so the test above can fail."""
+    document = user_data(prod_signal)
+    document["write_files"][0]["permissions"] = 420  # must be an octal string such as '0644'
+    path = tmp_path / "user-data"
+    path.write_text("#cloud-config\n" + yaml.safe_dump(document))
+    checked = cloud_init_schema(path)
+    assert checked.returncode != 0
+    assert "permissions" in checked.stdout + checked.stderr
