@@ -168,3 +168,36 @@ def test_cloud_init_schema_check_rejects_a_broken_config(tmp_path, prod_signal):
     checked = cloud_init_schema(path)
     assert checked.returncode != 0
     assert "permissions" in checked.stdout + checked.stderr
+
+
+# What `systemd-analyze verify` says only because this machine is not the instance.
+NOT_THIS_MACHINE = ("is not executable", "not found", "Failed to create")
+
+
+def systemd_verify(unit_dir) -> list[str]:
+    binary = shutil.which("systemd-analyze")
+    assert binary, "systemd-analyze is missing: apt-get install systemd"
+    units = sorted(str(p) for p in unit_dir.glob("*.service"))
+    done = subprocess.run([binary, "verify", "--man=no", *units], capture_output=True, text=True, timeout=60)
+    return [line for line in (done.stdout + done.stderr).splitlines()
+            if line.strip() and not any(marker in line for marker in NOT_THIS_MACHINE)]
+
+
+def write_units(prod_signal, directory, edit=lambda text: text):
+    directory.mkdir()
+    for entry in user_data(prod_signal)["write_files"]:
+        if entry["path"].startswith("/etc/systemd/system/") and entry["path"].endswith(".service"):
+            (directory / entry["path"].rsplit("/", 1)[1]).write_text(edit(entry["content"]))
+    return directory
+
+
+def test_systemd_accepts_every_rendered_unit(prod_signal, tmp_path):
+    units = write_units(prod_signal, tmp_path / "units")
+    assert {p.name for p in units.glob("*.service")} >= {"signal-server.service", "signal-certbot.service"}
+    assert systemd_verify(units) == []
+
+
+def test_systemd_check_reports_a_broken_unit(prod_signal, tmp_path):
+    units = write_units(prod_signal, tmp_path / "units", edit=lambda text: text.replace("Restart=", "Restartt=", 1))
+    complaints = systemd_verify(units)
+    assert any("Unknown key" in line and "Restartt" in line for line in complaints), complaints
