@@ -577,7 +577,8 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
     for value in values or []:
         key, sep, rest = value.partition("=")
         if not sep:
-            raise AdminError(f"{flag} {value!r} is not KEY=VALUE")
+            # Never echo the value: for --bridge it is a token (`whatsapp:<token>` instead of `whatsapp=<token>`).
+            raise AdminError(f"{flag} takes KEY=VALUE; one value has no '='")
         pairs[key] = rest
     return pairs
 

@@ -69,6 +69,10 @@ class ConfigFile:
     path: str
     content: pulumi.Input[str]
     executable: bool = False
+    # Octal mode and numeric uid (also the gid) for files that hold secrets; numeric because the
+    # provider resolves names on the Docker host, not in the container.
+    permissions: Optional[str] = None
+    owner: Optional[str] = None
 
 
 @dataclass
@@ -133,7 +137,8 @@ def service_container(name: str, spec: ContainerSpec, parent: pulumi.Resource,
         networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network, aliases=list(aliases))
                            for network, aliases in [(spec.network, spec.aliases), *spec.extra_networks]],
         uploads=[
-            docker.ContainerUploadArgs(file=f.path, content=f.content, executable=f.executable)
+            docker.ContainerUploadArgs(file=f.path, content=f.content, executable=f.executable,
+                                       permissions=f.permissions, owner=f.owner, group=f.owner)
             for f in spec.files
         ],
         command=list(spec.command) if spec.command else None,
@@ -146,6 +151,24 @@ def service_container(name: str, spec: ContainerSpec, parent: pulumi.Resource,
         **spec.extra,
         opts=pulumi.ResourceOptions(parent=parent, provider=provider, depends_on=list(depends_on)),
     )
+
+
+def require_success(exit_code: Optional[int], *, job: str, urn: str) -> Optional[int]:
+    """Fails the deployment when a one-shot job (`attach`) exited non-zero.
+
+    The provider reports the exit code without failing on it, and keeps the
+    failed container in state, so a plain re-run would not run the job again.
+    """
+    if exit_code not in (None, 0):
+        raise RuntimeError(f"{job} exited with {exit_code}; see `docker logs {job}`. "
+                           f"Fix the cause, then run it again with `pulumi up --replace '{urn}'`")
+    return exit_code
+
+
+def checked_job(job: docker.Container) -> pulumi.Output:
+    """The job's exit code, resolving only if it succeeded: feed it into what needs the job done."""
+    return pulumi.Output.all(job.exit_code, job.name, job.urn).apply(
+        lambda args: require_success(args[0], job=args[1], urn=args[2]))
 
 
 def tcp_port(port: int, external: Optional[int] = None, protocol: str = "tcp") -> docker.ContainerPortArgs:

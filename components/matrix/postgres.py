@@ -23,13 +23,21 @@ from typing import Optional, Sequence
 import pulumi
 import pulumi_docker as docker
 
-from components.common import ConfigFile, ContainerSpec, generated_secret, service_container, stateful_child
+from components.common import (ConfigFile, ContainerSpec, checked_job, generated_secret, service_container,
+                               stateful_child)
 
 LOGICAL_NAME = "postgres"
 PORT = 5432
 SUPERUSER = "postgres"
 DATA_DIR = "/var/lib/postgresql/data"
 INIT_SQL_PATH = "/commstack/init.sql"
+# Secrets reach the containers as files, not environment variables (which `docker inspect` shows).
+# The image's docker-entrypoint reads POSTGRES_PASSWORD_FILE as root and again as postgres (uid 999
+# in the Debian images) after gosu, so that user owns it (docker-library/postgres docker-entrypoint.sh).
+PASSWORD_FILE = "/run/secrets/postgres-password"
+POSTGRES_UID = "999"
+# The init job runs psql as root; libpq ignores a password file readable by others.
+PGPASS_PATH = "/root/.pgpass"
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -122,11 +130,11 @@ def render_init_sql(databases: list[tuple[DatabaseSpec, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _require_success(exit_code: Optional[int]) -> Optional[int]:
-    # The provider reports the job's exit code but does not fail on it.
-    if exit_code not in (None, 0):
-        raise RuntimeError(f"postgres-init exited with {exit_code}; see `docker logs postgres-init`")
-    return exit_code
+def render_pgpass(host: str, port: int, user: str, password: str) -> str:
+    """A libpq password file line for every database on host:port (libpq docs, "The Password File")."""
+    def escape(field: str) -> str:
+        return field.replace("\\", "\\\\").replace(":", "\\:")
+    return f"{escape(host)}:{port}:*:{escape(user)}:{escape(password)}\n"
 
 
 class Postgres(pulumi.ComponentResource):
@@ -149,7 +157,8 @@ class Postgres(pulumi.ComponentResource):
                 image_key="postgres",
                 network=args.network,
                 aliases=[LOGICAL_NAME],
-                envs={"POSTGRES_USER": SUPERUSER, "POSTGRES_PASSWORD": superuser_password},
+                envs={"POSTGRES_USER": SUPERUSER, "POSTGRES_PASSWORD_FILE": PASSWORD_FILE},
+                files=[ConfigFile(PASSWORD_FILE, superuser_password, permissions="0400", owner=POSTGRES_UID)],
                 volumes=[docker.ContainerVolumeArgs(volume_name=data.name, container_path=DATA_DIR)],
                 # TCP, not the socket: during first-boot initdb the image runs a
                 # socket-only server that must not count as ready.
@@ -174,10 +183,12 @@ class Postgres(pulumi.ComponentResource):
                 image_key="postgres",
                 network=args.network,
                 aliases=[],
-                files=[ConfigFile(INIT_SQL_PATH, init_sql)],
+                files=[ConfigFile(INIT_SQL_PATH, init_sql),
+                       ConfigFile(PGPASS_PATH, superuser_password.apply(
+                           lambda pw: render_pgpass(LOGICAL_NAME, PORT, SUPERUSER, pw)), permissions="0600", owner="0")],
                 entrypoint=["/bin/sh", "-c"],
                 command=[wait_then_run],
-                envs={"PGPASSWORD": superuser_password},
+                envs={"PGPASSFILE": PGPASS_PATH},
                 restart="no",
                 extra={
                     "must_run": False,
@@ -191,7 +202,7 @@ class Postgres(pulumi.ComponentResource):
             depends_on=[self.server],
             resource_name=f"{name}-init",
         )
-        provisioned = self.provisioner.exit_code.apply(_require_success)
+        provisioned = checked_job(self.provisioner)
 
         self.credentials = {
             spec.name: DatabaseCredentials(

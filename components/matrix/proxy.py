@@ -32,6 +32,9 @@ DYNAMIC_PATH = "/etc/traefik/dynamic.yml"
 CERT_PATH = "/etc/traefik/certs/default.crt"
 KEY_PATH = "/etc/traefik/certs/default.key"
 ACME_DIR = "/letsencrypt"
+# lego's cloudflare provider reads every credential variable also from a file named by <NAME>_FILE
+# (go-acme/lego platform/config/env), so the token never sits in the container's environment.
+CF_TOKEN_PATH = "/run/secrets/cf-dns-api-token"
 RESOLVER = "letsencrypt"
 TLS_MODES = ("self-signed", "letsencrypt")
 # Not published: only the container's own health check calls it.
@@ -113,7 +116,7 @@ def render_traefik_static(*, tls: str, acme_email: str, serve_federation_8448: b
         static["certificatesResolvers"] = {RESOLVER: {"acme": {
             "email": acme_email,
             "storage": f"{ACME_DIR}/acme.json",
-            # The token comes from the CF_DNS_API_TOKEN environment variable (lego's cloudflare provider).
+            # The token comes from the file CF_DNS_API_TOKEN_FILE names (lego's cloudflare provider).
             "dnsChallenge": {"provider": "cloudflare", "resolvers": ["1.1.1.1:53", "1.0.0.1:53"]},
         }}}
     return static
@@ -203,7 +206,10 @@ class ReverseProxy(pulumi.ComponentResource):
             # Account key and certificates: losing them means re-issuing against rate limits.
             acme = docker.Volume(f"{name}-acme", name=f"{name}-acme", opts=stateful_child(self))
             volumes.append(docker.ContainerVolumeArgs(volume_name=acme.name, container_path=ACME_DIR))
-            envs = {"CF_DNS_API_TOKEN": pulumi.Output.secret(args.dns_api_token)}
+            envs = {"CF_DNS_API_TOKEN_FILE": CF_TOKEN_PATH}
+            # Traefik's image runs as root; nobody else in the container reads the token.
+            files.append(ConfigFile(CF_TOKEN_PATH, pulumi.Output.secret(args.dns_api_token),
+                                    permissions="0400", owner="0"))
         else:
             key = pulumi_tls.PrivateKey(f"{name}-tls-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child(self))
             cert = pulumi_tls.SelfSignedCert(

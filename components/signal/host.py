@@ -177,6 +177,8 @@ def _compose_unit(region: str) -> str:
     return (
         "[Unit]\nDescription=Redis cluster and registration-service (docker-compose)\nRequires=docker.service\n"
         "After=docker.service\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nWorkingDirectory=/opt/signal\n"
+        # SSM or the image build can fail transiently at boot (network, IAM not yet propagated): retry.
+        "Restart=on-failure\nRestartSec=30\n"
         f"Environment=AWS_DEFAULT_REGION={region}\n"
         f"ExecStartPre=/usr/bin/python3 {PATHS['tool']} first-boot {PATHS['manifest']}\n"
         f"ExecStartPre=/usr/bin/python3 {PATHS['tool']} assemble {PATHS['manifest']}\n"

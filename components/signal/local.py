@@ -23,19 +23,22 @@ from typing import Mapping, Optional
 import pulumi
 import pulumi_docker as docker
 
-from components.common import ConfigFile, ContainerSpec, child, image, service_container, stateful_child, to_yaml
+from components.common import (ConfigFile, ContainerSpec, checked_job, child, image, service_container, stateful_child,
+                               to_yaml)
 from components.signal import redis
 from components.signal.appconfig import DEFAULT_DYNAMIC_CONFIG
 from components.signal.host import render_registration_config, secrets_manifest
 from components.signal.secrets import TLS_KEY_PARAMETER, InternalTls, InternalTlsArgs
 from components.signal.server_config import AppConfigNames
 from components.signal.storage import create_table_request
+from components.settings import CONFIGS_DIR
 from components.signal.version import SIGNAL_CONFIGS, ServerVersion
 
 DYNAMODB_ALIAS = "dynamodb"
 DYNAMODB_PORT = 8000
 REGISTRATION_ALIAS = "registration-service"
 REDIS_PORT = 6379
+SETUP_LABEL = "commstack.signal-setup"
 # DynamoDB Local accepts any credentials; these name the local account, they guard nothing.
 LOCAL_AWS_ENV = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local", "AWS_DEFAULT_REGION": "local"}
 AWS_LOCAL_ALIAS = "aws-local"
@@ -190,16 +193,19 @@ class LocalBackend(pulumi.ComponentResource):
             extra={"must_run": False, "attach": True, "logs": True}), self, depends_on=nodes)
 
         rs = version.registration_service
-        context = str(SIGNAL_CONFIGS)
+        # Relative to the project (pulumi-docker v4.0.1 resolves `dockerfile` against Pulumi.yaml's directory),
+        # so state and diffs do not depend on where the checkout lives.
+        context_dir = SIGNAL_CONFIGS.relative_to(CONFIGS_DIR.parent)
+        context = context_dir.as_posix()
         registration_image = docker.Image(
             f"{name}-registration-image", image_name=f"commstack/registration-service:{rs['ref']}", skip_push=True,
-            build=docker.DockerBuildArgs(context=context, dockerfile=str(SIGNAL_CONFIGS / "Dockerfile.registration"),
+            build=docker.DockerBuildArgs(context=context, dockerfile=(context_dir / "Dockerfile.registration").as_posix(),
                                          args={"BUILD_IMAGE": image("registration-build"), "REPO": rs["repo"],
                                                "REF": rs["ref"]}),
             opts=child(self))
         server_image = docker.Image(
             f"{name}-server-image", image_name=f"commstack/signal-server:{args.server_ref}", skip_push=True,
-            build=docker.DockerBuildArgs(context=context, dockerfile=str(SIGNAL_CONFIGS / "Dockerfile"), args={
+            build=docker.DockerBuildArgs(context=context, dockerfile=(context_dir / "Dockerfile").as_posix(), args={
                 "BUILD_IMAGE": image("signal-build"), "RUNTIME_IMAGE": image("signal-runtime"),
                 "REPO": args.server_repo, "REF": args.server_ref, "BUILD": version["build"],
                 "ARTIFACT": version["jar"]}),
@@ -216,6 +222,9 @@ class LocalBackend(pulumi.ComponentResource):
             ConfigFile(LOCAL_PATHS["aws_ca"], aws_tls.cert_pem),
         ]
         registration = self._registration(name, net, registration_image, args, rs["port"])
+        # depends_on only orders creation: the server also takes the jobs' checked exit codes, so a
+        # failed table or cluster setup stops the deployment before the server starts.
+        setup_done = pulumi.Output.all(checked_job(tables_job), checked_job(redis_cluster)).apply(lambda _: "ok")
         self.server_container_name = f"{name}-server"
         admin_port = version.server_ports["admin"]
         self.server = service_container(self.server_container_name, ContainerSpec(
@@ -226,7 +235,8 @@ class LocalBackend(pulumi.ComponentResource):
             envs=server_environment(args.region), entrypoint=["sh", "-c", server_start_command(LOCAL_PATHS)],
             # Dropwizard's admin healthcheck (the runtime image has python3, not curl).
             healthcheck=["CMD", "python3", "-c", "import urllib.request; "
-                         f"urllib.request.urlopen('http://127.0.0.1:{admin_port}/healthcheck', timeout=4)"]),
+                         f"urllib.request.urlopen('http://127.0.0.1:{admin_port}/healthcheck', timeout=4)"],
+            extra={"labels": [docker.ContainerLabelArgs(label=SETUP_LABEL, value=setup_done)]}),
             self, depends_on=[tables_job, redis_cluster, registration, self.aws_local])
         self.register_outputs({"network": net})
 

@@ -226,3 +226,11 @@ def test_signal_check_accepts_only_the_servers_own_answers(signal_front, path, s
     check = doctor.check_signal(doctor.Target(server_name="example.org", signal_health_url=signal_front + path))
     assert check.status == status
     assert hint_part in (check.hint or "")
+
+
+def test_a_malformed_bridge_flag_is_reported_without_echoing_the_token(capsys):
+    token = "syt_d2hhdHNhcHA_secretsecretsecret"
+    assert doctor.main(_args(server_name="example.org", bridge=f"whatsapp:{token}")) == 2
+    out, err = capsys.readouterr()
+    assert err.strip() == "error: --bridge takes KEY=VALUE; one value has no '='"
+    assert token not in out + err

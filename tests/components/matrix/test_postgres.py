@@ -78,8 +78,15 @@ def test_postgres_provisions_by_job_and_hands_out_matching_credentials(recorded)
         assert not server.get("ports"), "Postgres must never be published"
         assert server["networksAdvanced"][0]["aliases"] == ["postgres"]
         assert server["wait"] is True and server["healthcheck"]["tests"][0] == "CMD-SHELL"
-        assert "POSTGRES_PASSWORD" in "".join(server["envs"])
-        assert offline.secret_paths(recorded.named("pg-container").inputs) == ["envs"]
+        # The password is a file owned by the postgres user (the entrypoint re-reads it after gosu),
+        # and the environment only names it: `docker inspect` shows envs.
+        assert server["envs"] == ["POSTGRES_PASSWORD_FILE=/run/secrets/postgres-password", "POSTGRES_USER=postgres"]
+        (password_file,) = server["uploads"]
+        assert (password_file["file"], password_file["permissions"], password_file["owner"], password_file["group"]) == (
+            "/run/secrets/postgres-password", "0400", "999", "999")
+        superuser_password = password_file["content"]
+        assert len(superuser_password) >= 32
+        assert set(offline.secret_paths(recorded.named("pg-container").inputs)) & {"uploads", "uploads[0].content"}
 
         (volume,) = recorded.of_type("docker:index/volume:Volume")
         assert volume.protect is True and volume.retain_on_delete is True
@@ -92,9 +99,16 @@ def test_postgres_provisions_by_job_and_hands_out_matching_credentials(recorded)
         assert job["restart"] == "no" and job["mustRun"] is False and job["attach"] is True
         assert recorded.named("pg-container").urn in job_reg.dependencies
         assert not job.get("ports")
-        (upload,) = job["uploads"]
+        upload, pgpass = job["uploads"]
         assert upload["file"] == INIT_SQL_PATH
-        assert {"uploads", "envs"} <= set(offline.secret_paths(job_reg.inputs))
+        # psql (as root) finds the superuser password in a libpq password file, not in PGPASSWORD.
+        assert job["envs"] == [f"PGPASSFILE={pgpass['file']}"]
+        assert (pgpass["permissions"], pgpass["owner"]) == ("0600", "0")
+        assert pgpass["content"].splitlines() == [f"postgres:5432:*:postgres:{superuser_password}"]
+        assert "uploads" in set(offline.secret_paths(job_reg.inputs)) or {
+            "uploads[0].content", "uploads[1].content"} <= set(offline.secret_paths(job_reg.inputs))
+        for reg in recorded.of_type("docker:index/container:Container"):
+            assert superuser_password not in str(offline.unwrap(reg.inputs.get("envs"))), reg.name
         assert INIT_SQL_PATH in job["command"][0] and "ON_ERROR_STOP=1" in job["command"][0]
         sql = upload["content"]
         assert f"ALTER ROLE synapse WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '{synapse_password}';" in sql
@@ -119,9 +133,21 @@ def test_credentials_are_secret(recorded):
     return offline.expect_secret(pg.credentials["mautrix_whatsapp"].uri())
 
 
-def test_a_failed_provisioner_stops_the_deployment():
-    from components.matrix.postgres import _require_success
+def test_a_failed_provisioner_stops_the_deployment_and_says_how_to_rerun_it():
+    from components.common import require_success
 
-    assert _require_success(0) == 0
-    with pytest.raises(RuntimeError, match="exited with 3"):
-        _require_success(3)
+    urn = "urn:pulumi:dev::commstack::commstack:matrix:Postgres$docker:index/container:Container::matrix-postgres-init-container"
+    assert require_success(0, job="postgres-init", urn=urn) == 0
+    assert require_success(None, job="postgres-init", urn=urn) is None  # unknown during preview
+    with pytest.raises(RuntimeError) as failure:
+        require_success(3, job="postgres-init", urn=urn)
+    message = str(failure.value)
+    # The failed run stays in state, so the fix is a forced replacement of exactly this resource.
+    assert "postgres-init exited with 3" in message and "docker logs postgres-init" in message
+    assert f"pulumi up --replace '{urn}'" in message
+
+
+def test_pgpass_escapes_its_separators():
+    from components.matrix.postgres import render_pgpass
+
+    assert render_pgpass("db", 5432, "u:x", "p\\w:d") == "db:5432:*:u\\:x:p\\\\w\\:d\n"

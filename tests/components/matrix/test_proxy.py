@@ -7,7 +7,7 @@ from cryptography import x509
 
 from commstack import offline
 from components.common import to_yaml
-from components.matrix.proxy import (CERT_PATH, DYNAMIC_PATH, KEY_PATH, STATIC_PATH, ReverseProxy, ReverseProxyArgs,
+from components.matrix.proxy import (CERT_PATH, CF_TOKEN_PATH, DYNAMIC_PATH, KEY_PATH, STATIC_PATH, ReverseProxy, ReverseProxyArgs,
                                      Route, render_traefik_dynamic, render_traefik_static)
 
 CONTAINER_TYPE = "docker:index/container:Container"
@@ -136,8 +136,12 @@ def test_letsencrypt_token_only_in_a_secret_env_and_acme_volume_protected(record
 
     def check(_):
         container, = recorded.of_type(CONTAINER_TYPE)
-        assert container.plain_inputs["envs"] == [f"CF_DNS_API_TOKEN={TOKEN}"]
-        assert "envs" in offline.secret_paths(container.inputs)
+        # Only the file's path is in the environment (`docker inspect` shows envs); the file holds the token.
+        assert container.plain_inputs["envs"] == [f"CF_DNS_API_TOKEN_FILE={CF_TOKEN_PATH}"]
+        token_index = [u["file"] for u in container.plain_inputs["uploads"]].index(CF_TOKEN_PATH)
+        token_file = container.plain_inputs["uploads"][token_index]
+        assert (token_file["content"], token_file["permissions"], token_file["owner"]) == (TOKEN, "0400", "0")
+        assert set(offline.secret_paths(container.inputs)) & {"uploads", f"uploads[{token_index}].content"}
         for reg in recorded.registrations:
             assert TOKEN not in repr(offline.strip_secrets(reg.inputs)), reg.name
             assert TOKEN not in repr(offline.strip_secrets(reg.outputs)), reg.name
@@ -147,7 +151,7 @@ def test_letsencrypt_token_only_in_a_secret_env_and_acme_volume_protected(record
         assert mount == {"volumeName": volume.plain_inputs["name"], "containerPath": "/letsencrypt"}
         assert _published(container) == {(80, 80, "tcp"), (443, 443, "tcp")}
         uploads = {u["file"]: u["content"] for u in container.plain_inputs["uploads"]}
-        assert set(uploads) == {STATIC_PATH, DYNAMIC_PATH}
+        assert set(uploads) == {STATIC_PATH, DYNAMIC_PATH, CF_TOKEN_PATH}
         assert yaml.safe_load(uploads[STATIC_PATH]) == render_traefik_static(
             tls="letsencrypt", acme_email="admin@example.org", serve_federation_8448=False)
         assert "&id" not in uploads[DYNAMIC_PATH]  # no YAML aliases

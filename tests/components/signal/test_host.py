@@ -201,3 +201,18 @@ def test_systemd_check_reports_a_broken_unit(prod_signal, tmp_path):
     units = write_units(prod_signal, tmp_path / "units", edit=lambda text: text.replace("Restart=", "Restartt=", 1))
     complaints = systemd_verify(units)
     assert any("Unknown key" in line and "Restartt" in line for line in complaints), complaints
+
+
+def test_compose_unit_retries_when_its_boot_steps_fail(prod_signal):
+    # ExecStartPre reads SSM at boot; a transient failure must not leave Redis and registration-service down.
+    unit = written_file(prod_signal, "/etc/systemd/system/signal-redis.service")
+    sections: dict[str, dict[str, list[str]]] = {}
+    for line in unit.splitlines():
+        if line.startswith("["):
+            section = sections.setdefault(line.strip("[]"), {})
+        elif "=" in line:
+            key, value = line.split("=", 1)
+            section.setdefault(key, []).append(value)
+    service = sections["Service"]
+    assert service["Type"] == ["oneshot"] and service["Restart"] == ["on-failure"] and service["RestartSec"] == ["30"]
+    assert any("first-boot" in step for step in service["ExecStartPre"])

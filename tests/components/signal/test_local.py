@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
 import yaml
 
 from commstack import offline
+from tests.conftest import TEST_SECRETS, stack_config
 from components.signal.version import load_version
 
 VERSION = load_version("v9.81.0")
@@ -173,3 +175,72 @@ def test_docker_target_reaches_registration_service_directly_over_tls(dev_evalua
     assert (rs["host"], rs["port"], rs["registrationCaCertificate"]) == (
         REGISTRATION_ALIAS, 50051, cert.plain_outputs["certPem"])
     assert REGISTRATION_ALIAS in registration.plain_inputs["networksAdvanced"][0]["aliases"]
+
+
+def _dockerfile_instructions(text: str) -> dict[str, list[str]]:
+    instructions: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            instructions.setdefault(keyword, []).append(rest)
+    return instructions
+
+
+def test_registration_service_resolves_every_dependency_at_build_and_runs_online(dev_evaluation, prod_signal):
+    from components.settings import CONFIGS_DIR
+    from components.signal.host import OPT
+    from tests.components.signal.conftest import written_file
+
+    build = dev_evaluation.named("signal-local-registration-image").plain_inputs["build"]
+    dockerfile = (CONFIGS_DIR.parent / build["dockerfile"]).read_text()
+    # The EC2 host builds registration-service from the same Dockerfile.
+    assert written_file(prod_signal, f"{OPT}/registration/Dockerfile") == dockerfile
+    instructions = _dockerfile_instructions(dockerfile)
+    maven_runs = [run.split() for run in instructions["RUN"] if run.startswith("./mvnw")]
+    assert len(maven_runs) == 1
+    # Runtime-scoped dependencies (logback-classic) and plugins too, not just what `compile` needs.
+    assert "dependency:go-offline" in maven_runs[0] or {"dependency:resolve", "dependency:resolve-plugins"} <= set(maven_runs[0])
+    (cmd,) = instructions["CMD"]
+    command = json.loads(cmd)
+    assert command[:3] == ["./mvnw", "-B", "mn:run"]
+    # Offline mode would turn anything the build did not fetch into a start failure.
+    assert not {"-o", "--offline"} & set(command)
+
+
+def test_images_build_from_project_relative_paths(dev_evaluation):
+    from components.settings import CONFIGS_DIR
+
+    root = str(CONFIGS_DIR.parent)
+    for name in ("signal-local-registration-image", "signal-local-server-image"):
+        build = dev_evaluation.named(name).plain_inputs["build"]
+        assert build["context"] == "configs/signal" and build["dockerfile"].startswith("configs/signal/")
+        assert (CONFIGS_DIR.parent / build["dockerfile"]).is_file()
+    # Nothing in state depends on where this checkout lives.
+    leaking = [reg.name for reg in dev_evaluation.registrations if root in json.dumps(offline.unwrap(reg.inputs))]
+    assert leaking == []
+
+
+def test_server_waits_for_the_checked_setup_jobs(dev_evaluation):
+    from components.signal.local import SETUP_LABEL
+
+    server = dev_evaluation.named("signal-local-server").plain_inputs
+    assert {"label": SETUP_LABEL, "value": "ok"} in server["labels"]
+    for job in ("signal-local-tables", "signal-local-redis-cluster-create"):
+        assert dev_evaluation.named(job).plain_inputs["attach"] is True
+
+
+def test_a_failed_setup_job_stops_the_deployment_before_the_server(monkeypatch):
+    emulate = offline.emulate_outputs
+
+    def redis_cluster_fails(type_, name, inputs, seed=None):
+        rid, outputs = emulate(type_, name, inputs, seed)
+        if name == "signal-local-redis-cluster-create":
+            outputs = {**outputs, "exitCode": 1}
+        return rid, outputs
+
+    monkeypatch.setattr(offline, "emulate_outputs", redis_cluster_fails)
+    record = offline.Evaluation(stack="dev")
+    with pytest.raises(Exception, match=r"signal-local-redis-cluster-create exited with 1.*pulumi up --replace"):
+        offline.evaluate("dev", config=stack_config("dev"), secret_keys=list(TEST_SECRETS), record=record)
+    assert "signal-local-redis-cluster-create" in [r.name for r in record.registrations]
+    assert "signal-local-server" not in [r.name for r in record.registrations]
