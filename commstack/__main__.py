@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 from types import ModuleType
 from typing import Optional, Sequence
@@ -24,10 +23,8 @@ COMMANDS = {
 }
 
 
-def _module(command: str) -> Optional[ModuleType]:
-    name = COMMANDS[command][0]
-    # find_spec rather than catching ImportError, so a broken module still fails loudly.
-    return importlib.import_module(name) if importlib.util.find_spec(name) else None
+def _module(command: str) -> ModuleType:
+    return importlib.import_module(COMMANDS[command][0])
 
 
 def build_parser(selected: Optional[str] = None) -> argparse.ArgumentParser:
@@ -37,9 +34,8 @@ def build_parser(selected: Optional[str] = None) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command, (_, help_text) in COMMANDS.items():
         sub = commands.add_parser(command, help=help_text, description=help_text)
-        module = _module(command) if command == selected else None
-        if module is not None:
-            module.add_arguments(sub)
+        if command == selected:
+            _module(command).add_arguments(sub)
     return parser
 
 
@@ -47,12 +43,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     selected = argv[0] if argv and argv[0] in COMMANDS else None
     args = build_parser(selected).parse_args(argv)
-    module = _module(args.command)
-    if module is None:
-        print(f"error: `{args.command}` is not available in this checkout ({COMMANDS[args.command][0]} is missing)",
-              file=sys.stderr)
-        return 2
-    return int(module.main(args) or 0)
+    return int(_module(args.command).main(args) or 0)
 
 
 if __name__ == "__main__":
