@@ -210,3 +210,10 @@ def test_aws_target_adds_no_proxy_route_for_signal():
     proxy = ev.container("proxy")
     dynamic = next(u["content"] for u in proxy.plain_inputs["uploads"] if u["file"].endswith("dynamic.yml"))
     assert "chat." not in dynamic
+
+
+def test_no_container_takes_a_secret_in_its_environment_or_command(evaluation):
+    """Env vars and commands show in `docker inspect` and `ps` on the host; secrets go in files."""
+    for reg in evaluation.of_type("docker:index/container:Container"):
+        for field in ("envs", "command", "entrypoints"):
+            assert not offline.secret_paths({field: reg.inputs.get(field)}), f"{reg.plain_inputs['name']}: secret in {field}"
