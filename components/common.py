@@ -57,11 +57,6 @@ def to_yaml(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=1000)
 
 
-def yaml_output(data: Any) -> pulumi.Output:
-    """Renders a structure that may hold Outputs to YAML; stays secret if any part is."""
-    return pulumi.Output.from_input(data).apply(to_yaml)
-
-
 @dataclass
 class ConfigFile:
     """A file the program places in a container."""
@@ -90,8 +85,9 @@ class ContainerSpec:
     volumes: Sequence[docker.ContainerVolumeArgs] = ()
     healthcheck: Optional[Sequence[str]] = None
     user: Optional[str] = None
-    # One-shot jobs (e.g. the Postgres provisioner) use "no".
-    restart: str = "unless-stopped"
+    # A job that runs once to completion (provisioning, table creation, cluster forming):
+    # never restarted, and `pulumi up` waits for it to exit (check it with `checked_job`).
+    one_shot: bool = False
     extra: dict = field(default_factory=dict)
     # An image the program builds from pinned sources (docker.Image.repo_digest, its id): the
     # container runs it, so a rebuild replaces the container; image_key then names its pinned base.
@@ -126,6 +122,7 @@ def service_container(name: str, spec: ContainerSpec, parent: pulumi.Resource,
         healthcheck = docker.ContainerHealthcheckArgs(
             tests=list(spec.healthcheck), interval="15s", timeout="5s", retries=5, start_period="30s"
         )
+    job = {"restart": "no", "must_run": False, "attach": True} if spec.one_shot else {"restart": "unless-stopped"}
     envs = None
     if spec.envs:
         envs = pulumi.Output.all(**dict(spec.envs)).apply(lambda e: [f"{k}={v}" for k, v in sorted(e.items())])
@@ -133,7 +130,7 @@ def service_container(name: str, spec: ContainerSpec, parent: pulumi.Resource,
         container_resource,
         name=name,
         image=image_id,
-        restart=spec.restart,
+        **job,
         networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network, aliases=list(aliases))
                            for network, aliases in [(spec.network, spec.aliases), *spec.extra_networks]],
         uploads=[

@@ -189,11 +189,9 @@ class Postgres(pulumi.ComponentResource):
                 entrypoint=["/bin/sh", "-c"],
                 command=[wait_then_run],
                 envs={"PGPASSFILE": PGPASS_PATH},
-                restart="no",
+                # Its output stays in `docker logs`, not in state.
+                one_shot=True,
                 extra={
-                    "must_run": False,
-                    # Waits for the job to finish; its output stays in `docker logs`, not in state.
-                    "attach": True,
                     # A replaced server (e.g. a new data volume) gets provisioned again.
                     "labels": [docker.ContainerLabelArgs(label="commstack.postgres-server", value=self.server.id)],
                 },

@@ -160,10 +160,10 @@ class LocalBackend(pulumi.ComponentResource):
                                   json.dumps(create_table_request(t, self.table_names[t.config]), indent=2))
                        for t in version.tables]
         tables_job = service_container(f"{name}-tables", ContainerSpec(
-            image_key="aws-cli", network=net, aliases=[], restart="no",
+            image_key="aws-cli", network=net, aliases=[], one_shot=True,
             files=table_files + [ConfigFile("/tables/create.sh", tables_script(ttls), True)],
             entrypoint=["sh", "/tables/create.sh"], envs=LOCAL_AWS_ENV,
-            extra={"must_run": False, "attach": True, "logs": True}), self, depends_on=[dynamodb])
+            extra={"logs": True}), self, depends_on=[dynamodb])
 
         hostnames = aws_hostnames(version, args.region)
         aws_tls = InternalTls(f"{name}-aws-tls", InternalTlsArgs(dns_names=hostnames), opts=child(self))
@@ -188,9 +188,9 @@ class LocalBackend(pulumi.ComponentResource):
         # redis-cli --cluster create wants addresses; the names resolve on the private network.
         resolved = [f"$(getent hosts {redis_alias(i)} | cut -d' ' -f1):{REDIS_PORT}" for i in range(redis.NODES)]
         redis_cluster = service_container(f"{name}-redis-cluster-create", ContainerSpec(
-            image_key="redis", network=net, aliases=[], restart="no",
+            image_key="redis", network=net, aliases=[], one_shot=True,
             command=["sh", "-c", redis.cluster_create_script(resolved, f"{redis_alias(0)}:{REDIS_PORT}")],
-            extra={"must_run": False, "attach": True, "logs": True}), self, depends_on=nodes)
+            extra={"logs": True}), self, depends_on=nodes)
 
         rs = version.registration_service
         # Relative to the project (pulumi-docker v4.0.1 resolves `dockerfile` against Pulumi.yaml's directory),
