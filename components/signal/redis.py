@@ -38,14 +38,28 @@ def node_command(port: int, announce_hostname: Optional[str] = None) -> list[str
     return command
 
 
+# How long the job waits for every node to agree the cluster is formed before it fails.
+CLUSTER_READY_SECONDS = 60
+
+
 def cluster_create_script(addresses: Sequence[str], probe: str) -> str:
-    """Forms the cluster once; a no-op when it is already formed (later boots, replacements).
-    `addresses` may be shell expressions (Docker DNS lookups); `probe` is host:port of one node."""
+    """Forms the cluster once (a no-op when it is already formed: later boots, replacements), then
+    exits only once every node reports cluster_state:ok and knows all NODES, so whatever waits
+    for this job starts against a settled cluster. `addresses` may be shell expressions (Docker
+    DNS lookups); `probe` is host:port of one node."""
     host, port = probe.rsplit(":", 1)
     return (
         f"until redis-cli -h {host} -p {port} ping; do sleep 1; done; "
-        f"redis-cli -h {host} -p {port} cluster info | grep -q cluster_state:ok && exit 0; "
-        f"redis-cli --cluster create {' '.join(addresses)} --cluster-replicas {REPLICAS_PER_MASTER} --cluster-yes"
+        # Resolved once, after the first node answers; used for forming and for the wait.
+        f"nodes=\"{' '.join(addresses)}\"; "
+        f"if ! redis-cli -h {host} -p {port} cluster info | grep -q cluster_state:ok; then "
+        f"redis-cli --cluster create $nodes --cluster-replicas {REPLICAS_PER_MASTER} --cluster-yes || exit 1; fi; "
+        f"for node in $nodes; do waited=0; "
+        f"until info=$(redis-cli -h \"${{node%:*}}\" -p \"${{node##*:}}\" cluster info | tr -d '\\r') "
+        f"&& printf '%s\\n' \"$info\" | grep -qx cluster_state:ok "
+        f"&& printf '%s\\n' \"$info\" | grep -qx cluster_known_nodes:{NODES}; do "
+        f"waited=$((waited + 1)); [ $waited -gt {CLUSTER_READY_SECONDS * 5} ] && echo \"$node never settled\" >&2 && exit 1; "
+        f"sleep 0.2; done; done"
     )
 
 
@@ -61,7 +75,9 @@ def compose_services(data_dir: str) -> dict:
     services["redis-cluster-create"] = {
         "image": image("redis"), "network_mode": "host", "restart": "no",
         "depends_on": {name: {"condition": "service_healthy"} for name in list(services)},
-        "command": ["sh", "-c", cluster_create_script([f"127.0.0.1:{p}" for p in node_ports()], f"127.0.0.1:{FIRST_PORT}")],
+        # `$$` is a literal `$` to docker-compose, which would otherwise interpolate the script's shell variables.
+        "command": ["sh", "-c", cluster_create_script([f"127.0.0.1:{p}" for p in node_ports()],
+                                                      f"127.0.0.1:{FIRST_PORT}").replace("$", "$$")],
     }
     return services
 

@@ -127,17 +127,24 @@ def require_traefik() -> str:
     return found
 
 
+# Ports already given to a service: the kernel may offer a just-released port again.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A port free for both TCP and UDP on loopback (coturn listens on both)."""
+    """A port free for both TCP and UDP on loopback (coturn listens on both), never handed out twice."""
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
             tcp.bind((LOOPBACK, 0))
             port = tcp.getsockname()[1]
+            if port in _HANDED_OUT:
+                continue
             try:
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
                     udp.bind((LOOPBACK, port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
 
 
@@ -152,6 +159,7 @@ def free_cluster_port() -> int:
                 bus.bind((LOOPBACK, port + 10000))
             except OSError:
                 continue
+        _HANDED_OUT.add(port + 10000)
         return port
 
 

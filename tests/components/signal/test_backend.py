@@ -289,6 +289,14 @@ def test_instance_redis_cluster_is_local_only_and_formed_once(prod_signal):
     assert set(create["depends_on"]) == set(nodes)
     assert all(v == {"condition": "service_healthy"} for v in create["depends_on"].values())
     assert "--cluster-replicas 1 --cluster-yes" in create["command"][2]
+    # docker-compose interpolates `$VAR`; every shell `$` of the script must reach sh as written.
+    from components.signal import redis as signal_redis
+
+    script = create["command"][2]
+    assert "$" in script and "$" not in script.replace("$$", "")
+    expected = signal_redis.cluster_create_script([f"127.0.0.1:{p}" for p in signal_redis.node_ports()],
+                                                  f"127.0.0.1:{signal_redis.FIRST_PORT}")
+    assert script.replace("$$", "$") == expected
 
 
 def test_signal_records_stay_dns_only_even_when_http_names_are_proxied():
