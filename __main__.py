@@ -52,6 +52,8 @@ pulumi.export("publicIp", settings.edge.public_ip)  # every Matrix DNS name shou
 pulumi.export("homeserverUrl", matrix.homeserver_url)
 pulumi.export("elementUrl", matrix.element_url)
 pulumi.export("turnUris", matrix.turn_uris)
+pulumi.export("rtcTransports", matrix.rtc_transports)  # MatrixRTC: lk-jwt-service's URL, as Synapse announces it
+pulumi.export("livekitUrl", matrix.livekit_url)
 pulumi.export("registrationSharedSecret", matrix.registration_shared_secret)
 pulumi.export("createAdminCommand", matrix.create_admin_command)
 pulumi.export("bridgeTokens", matrix.bridge_tokens)  # secret; `commstack doctor` pings each appservice

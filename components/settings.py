@@ -89,10 +89,12 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
         ConfigKey("matrixSubdomain", "matrix", "Host of Synapse (and the proxied client/federation API): <matrixSubdomain>.<domain>.", "matrix"),
         ConfigKey("elementSubdomain", "element", "Host of Element Web: <elementSubdomain>.<domain>.", "element"),
         ConfigKey("turnSubdomain", "turn", "Host of the TURN server: <turnSubdomain>.<domain>.", "turn"),
+        ConfigKey("rtcSubdomain", "rtc", "Host of MatrixRTC calls (lk-jwt-service at /livekit/jwt, LiveKit's signalling at /livekit/sfu): <rtcSubdomain>.<domain>.", "rtc"),
         ConfigKey("registration", "closed", "`closed` (admins create users) or `token` (registration needs a token an admin issues). Open registration is not offered.", "token"),
         ConfigKey("federation", True, "Federate with other homeservers.", "false"),
         ConfigKey("federationPort", 443, "443 (delegated through /.well-known/matrix/server) or 8448 (served directly, published on the host).", "8448"),
-        ConfigKey("turn", True, "Run coturn for voice and video calls (3478, 5349, 49160-49200/udp).", "false"),
+        ConfigKey("turn", True, "Run coturn for legacy 1:1 calls and as the TURN relay of MatrixRTC calls (3478, 5349, 49160-49192/udp).", "false"),
+        ConfigKey("calls", True, "MatrixRTC calls for Element X and Element Web group calls: LiveKit (media on 49193-49200/udp) and lk-jwt-service; needs turn true.", "false"),
         ConfigKey("element", True, "Serve Element Web.", "false"),
         ConfigKey("bridges", [], "JSON list of mautrix bridges to run: whatsapp, telegram.", "'[\"whatsapp\",\"telegram\"]'"),
         ConfigKey("telegramApiId", None, "Telegram api_id from my.telegram.org; required when the telegram bridge is on.", "123456"),
@@ -156,6 +158,9 @@ class MatrixSettings:
     bridges: tuple[str, ...]
     telegram_api_id: Optional[int] = None
     telegram_api_hash: Optional[pulumi.Output] = field(default=None, repr=False)
+    # MatrixRTC (Element Call): LiveKit and lk-jwt-service on rtc_host.
+    calls: bool = False
+    rtc_host: str = ""
 
     @property
     def server_name(self) -> str:
@@ -348,12 +353,13 @@ def load_settings(stack: Optional[str] = None) -> Settings:
 
     # -- matrix
     subdomains = {}
-    for key in ("commstack:matrixSubdomain", "commstack:elementSubdomain", "commstack:turnSubdomain"):
+    for key in ("commstack:matrixSubdomain", "commstack:elementSubdomain", "commstack:turnSubdomain",
+                "commstack:rtcSubdomain"):
         label = r.text(key).lower()
         r.check(bool(re.fullmatch(_DNS_LABEL, label)), key, f"{label!r} is not a single DNS label")
         subdomains[key] = label
     if len(set(subdomains.values())) != len(subdomains):
-        r.problem("commstack:elementSubdomain", "matrix, element and turn subdomains must all differ", "element")
+        r.problem("commstack:elementSubdomain", "matrix, element, turn and rtc subdomains must all differ", "element")
 
     registration = r.choice("commstack:registration", ("closed", "token"))
     federation = r.boolean("commstack:federation")
@@ -367,6 +373,11 @@ def load_settings(stack: Optional[str] = None) -> Settings:
             "delegate federation through 443", "443")
     turn = r.boolean("commstack:turn")
     element = r.boolean("commstack:element")
+    calls = r.boolean("commstack:calls")
+    # Clients behind strict NATs reach LiveKit only through coturn (LiveKit hands them its credentials).
+    r.check(not calls or turn, "commstack:calls",
+            "needs commstack:turn true (coturn is the TURN relay LiveKit hands clients behind strict NATs); "
+            "set turn true, or calls false", "false")
 
     bridges = r.string_list("commstack:bridges")
     unknown = [b for b in bridges if b not in KNOWN_BRIDGES]
@@ -452,6 +463,8 @@ def load_settings(stack: Optional[str] = None) -> Settings:
             matrix_host=f"{subdomains['commstack:matrixSubdomain']}.{domain}",
             element_host=f"{subdomains['commstack:elementSubdomain']}.{domain}",
             turn_host=f"{subdomains['commstack:turnSubdomain']}.{domain}",
+            calls=calls,
+            rtc_host=f"{subdomains['commstack:rtcSubdomain']}.{domain}",
             registration=registration,
             federation=federation,
             federation_port=federation_port,

@@ -35,7 +35,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from components.edge.ports import FEDERATION_PORT, public_ports  # noqa: E402
+from components.edge.ports import FEDERATION_PORT, firewall_ranges, public_ports  # noqa: E402
 
 CONTAINER = "docker:index/container:Container"
 REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
@@ -193,7 +193,8 @@ def iam_problems(args: ResourceValidationArgs) -> list[str]:
 
 
 def _allowed_ranges() -> list[tuple[str, int, int]]:
-    return [(protocol, port.from_port, port.to_port) for port in public_ports() for protocol in port.protocols]
+    # Merged as the firewall opens them: 49160-49200 is one rule though coturn and LiveKit split it.
+    return [(span.protocol, span.from_port, span.to_port) for span in firewall_ranges()]
 
 
 def _is_world(cidr: str) -> bool:

@@ -9,19 +9,21 @@ import pulumi
 import pulumi_aws as aws
 
 from components.common import child
-from components.edge.ports import PublicPort, public_ports
+from components.edge.ports import PublicPort, firewall_ranges, public_ports
 
 SSH_PORT = 22
 WORLD = "0.0.0.0/0"
 
 
 def ingress_rules(ports: Sequence[PublicPort], admin_cidrs: Sequence[str]) -> list[dict]:
-    """One rule per (port range, protocol), open to the world; SSH only from `admin_cidrs`."""
-    rules = [
-        {"description": f"{p.name}: {p.why}", "protocol": proto, "from_port": p.from_port, "to_port": p.to_port,
-         "cidr_blocks": [WORLD]}
-        for p in ports for proto in p.protocols
-    ]
+    """One rule per (protocol, run of adjacent ports), open to the world; SSH only from `admin_cidrs`."""
+    ports = tuple(ports)
+    rules = []
+    for span in firewall_ranges(ports):
+        inside = [p.name for p in ports if span.protocol in p.protocols
+                  and span.from_port <= p.from_port and p.to_port <= span.to_port]
+        rules.append({"description": " + ".join(inside), "protocol": span.protocol, "from_port": span.from_port,
+                      "to_port": span.to_port, "cidr_blocks": [WORLD]})
     v4 = [c for c in admin_cidrs if ":" not in c]
     v6 = [c for c in admin_cidrs if ":" in c]
     if admin_cidrs:

@@ -18,6 +18,7 @@ from components.common import child, generated_secret
 from components.edge.dns import cloudflare_proxy_ranges
 from components.edge.records import DnsRecordSpec
 from components.matrix.bridges import BRIDGE_SPECS, BridgeArgs, MautrixBridge
+from components.matrix.calls import Calls, CallsArgs, calls_network, calls_routes, rtc_transports
 from components.matrix.element import Element, ElementArgs
 from components.matrix.network import Network, NetworkArgs
 from components.matrix.postgres import DatabaseSpec, Postgres, PostgresArgs
@@ -60,6 +61,10 @@ def dns_records(matrix: MatrixSettings, edge: EdgeSettings) -> list[DnsRecordSpe
     if matrix.turn:
         # Media relays cannot pass through an HTTP proxy.
         records.append(DnsRecordSpec(matrix.turn_host, "A", edge.public_ip, http=False, purpose="TURN"))
+    if matrix.calls:
+        # HTTPS and WebSocket only: LiveKit's media goes to publicIp itself (its ICE candidates), not this name.
+        records.append(DnsRecordSpec(matrix.rtc_host, "A", edge.public_ip, http=True,
+                                     purpose="MatrixRTC: lk-jwt-service and LiveKit signalling"))
     return records
 
 
@@ -102,6 +107,8 @@ class Homeserver(pulumi.ComponentResource):
         if m.turn and not letsencrypt:
             # coturn reuses the proxy's self-signed certificate for 5349.
             certificate_hosts.append(m.turn_host)
+        if m.calls:
+            certificate_hosts.append(m.rtc_host)
 
         routes = [Route(m.domain, WELLKNOWN_UPSTREAM), Route(m.matrix_host, WELLKNOWN_UPSTREAM)]
         self.element = None
@@ -110,6 +117,14 @@ class Homeserver(pulumi.ComponentResource):
                 network=net, homeserver_base_url=m.public_baseurl, server_name=m.server_name), opts=child(self))
             routes.append(Route(m.element_host, self.element.internal_url))
         routes += args.extra_routes
+        self.calls_network = None
+        proxy_networks: list = []
+        if m.calls:
+            routes += calls_routes(m.rtc_host)
+            self.calls_network = calls_network(f"{name}-calls-network", f"commstack-{name}-calls", self)
+            # On the calls network the public names are Traefik itself: lk-jwt-service checks OpenID
+            # tokens at <domain>/.well-known and matrix.<domain>, and creates rooms at rtc.<domain>.
+            proxy_networks.append((self.calls_network.name, [m.domain, m.matrix_host, m.rtc_host]))
         certificate_hosts += [route.host for route in args.extra_routes if route.host not in certificate_hosts]
 
         # Behind Cloudflare's proxy every request comes from its ranges; believing their
@@ -126,6 +141,7 @@ class Homeserver(pulumi.ComponentResource):
             serve_federation_8448=serve_8448,
             federation_upstream=Synapse.internal_url,
             trusted_ips=cloudflare_ranges,
+            extra_networks=proxy_networks,
         ), opts=child(self))
 
         self.turn = None
@@ -139,6 +155,16 @@ class Homeserver(pulumi.ComponentResource):
                 # See _turn_certificate: with letsencrypt nobody trusts 5349's certificate.
                 advertise_tls=not letsencrypt), opts=child(self))
 
+        self.calls = None
+        if m.calls:
+            assert turn_secret is not None, "settings require turn for calls"
+            self.calls = Calls(f"{name}-calls", CallsArgs(
+                network=self.calls_network.name, server_name=m.server_name, rtc_host=m.rtc_host,
+                public_ip=edge.public_ip, turn_host=m.turn_host, turn_shared_secret=turn_secret,
+                turn_tls=not letsencrypt, extra_ca_pem=None if letsencrypt else self.proxy.certificate_pem,
+            ), opts=child(self))
+        transports = rtc_transports(m.rtc_host) if m.calls else []
+
         self.synapse = Synapse(f"{name}-synapse", SynapseArgs(
             network=net,
             server_name=m.server_name,
@@ -151,6 +177,7 @@ class Homeserver(pulumi.ComponentResource):
             appservice_registrations={b.registration_path: b.registration_yaml for b in self.bridges.values()},
             element_url=element_url,
             max_upload_size=MAX_UPLOAD_SIZE,
+            matrix_rtc_transports=transports,
         ), opts=child(self))
 
         self.wellknown = WellKnown(f"{name}-wellknown", WellKnownArgs(
@@ -162,6 +189,7 @@ class Homeserver(pulumi.ComponentResource):
             synapse_upstream=Synapse.internal_url,
             max_body_size=MAX_UPLOAD_SIZE,
             upstream_proxies=cloudflare_ranges,
+            rtc_foci=transports,
         ), opts=child(self))
 
         self.dns_records = dns_records(m, edge)
@@ -169,6 +197,8 @@ class Homeserver(pulumi.ComponentResource):
         self.element_url = element_url
         self.server_name = m.server_name
         self.turn_uris = list(self.turn.uris) if self.turn else []
+        self.rtc_transports = transports
+        self.livekit_url = self.calls.livekit_url if self.calls else None
         self.registration_shared_secret = self.synapse.registration_shared_secret
         # The program's own self-signed certificate is not in any trust store.
         self.create_admin_command = (f"python -m commstack create-admin --stack {pulumi.get_stack()} --user admin"
@@ -182,6 +212,7 @@ class Homeserver(pulumi.ComponentResource):
             "element_url": self.element_url,
             "server_name": self.server_name,
             "turn_uris": self.turn_uris,
+            "rtc_transports": self.rtc_transports,
             "registration_shared_secret": self.registration_shared_secret,
             "create_admin_command": self.create_admin_command,
             "bridge_tokens": self.bridge_tokens,

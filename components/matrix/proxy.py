@@ -62,15 +62,31 @@ def _check_upstream(upstream: str) -> None:
         raise ValueError(f"upstream {upstream!r} is not scheme://host[:port]")
 
 
+_PATH_PREFIX_RE = re.compile(r"^(?:/[a-z0-9._-]+)+$")
+
+
 @dataclass(frozen=True)
 class Route:
     host: str
     upstream: str  # e.g. http://synapse:8008
+    # Only requests under this path, passed on with it stripped (e.g. /livekit/jwt/get_token -> /get_token).
+    path_prefix: Optional[str] = None
 
     def __post_init__(self) -> None:
         if not _HOST_RE.match(self.host):
             raise ValueError(f"route host {self.host!r} is not a lowercase DNS name")
         _check_upstream(self.upstream)
+        if self.path_prefix is not None and not _PATH_PREFIX_RE.match(self.path_prefix):
+            raise ValueError(f"route path prefix {self.path_prefix!r} is not /segment[/segment...]")
+
+    @property
+    def rule(self) -> str:
+        host = f"Host(`{self.host}`)"
+        return f"{host} && PathPrefix(`{self.path_prefix}`)" if self.path_prefix else host
+
+    @property
+    def router_name(self) -> str:
+        return _slug(self.host + (self.path_prefix or ""))
 
 
 def _slug(text: str) -> str:
@@ -128,9 +144,9 @@ def render_traefik_dynamic(*, routes: Sequence[Route], tls: str, certificate_hos
     """dynamic.yml: one TLS router per host, services by upstream, TLS policy."""
     if tls not in TLS_MODES:
         raise ValueError(f"tls must be one of {TLS_MODES}, not {tls!r}")
-    hosts = [r.host for r in routes]
+    hosts = [(r.host, r.path_prefix) for r in routes]
     if len(set(hosts)) != len(hosts):
-        raise ValueError(f"a host is routed twice: {hosts}")
+        raise ValueError(f"a host (and path) is routed twice: {hosts}")
     router_tls: dict = {}
     if tls == "letsencrypt":
         if not certificate_hosts:
@@ -143,6 +159,7 @@ def render_traefik_dynamic(*, routes: Sequence[Route], tls: str, certificate_hos
                       "domains": [{"main": certificate_hosts[0], "sans": list(certificate_hosts[1:])}]}
     routers: dict = {}
     services: dict = {}
+    middlewares: dict = {}
 
     def service(upstream: str) -> str:
         name = _service_name(upstream)
@@ -150,16 +167,25 @@ def render_traefik_dynamic(*, routes: Sequence[Route], tls: str, certificate_hos
         return name
 
     for route in routes:
-        routers[_slug(route.host)] = {"rule": f"Host(`{route.host}`)", "entryPoints": ["websecure"],
-                                      "service": service(route.upstream), "tls": copy.deepcopy(router_tls)}
+        router = {"rule": route.rule, "entryPoints": ["websecure"], "service": service(route.upstream),
+                  "tls": copy.deepcopy(router_tls)}
+        if route.path_prefix:
+            # Traefik's default priority is the rule's length, so a path router wins over its host's.
+            strip = f"strip-{route.router_name}"
+            middlewares[strip] = {"stripPrefix": {"prefixes": [route.path_prefix]}}
+            router["middlewares"] = [strip]
+        routers[route.router_name] = router
     if serve_federation_8448:
         _check_upstream(federation_upstream)
         # Port 8448 carries server-server traffic only.
         routers["federation"] = {"rule": "PathPrefix(`/_matrix/federation`) || PathPrefix(`/_matrix/key`)",
                                  "entryPoints": ["federation"], "service": service(federation_upstream),
                                  "tls": copy.deepcopy(router_tls)}
+    http: dict = {"routers": routers, "services": services}
+    if middlewares:
+        http["middlewares"] = middlewares
     dynamic: dict = {
-        "http": {"routers": routers, "services": services},
+        "http": http,
         "tls": {"options": {"default": {"minVersion": "VersionTLS12"}}},
     }
     if tls == "self-signed":
@@ -179,6 +205,9 @@ class ReverseProxyArgs:
     federation_upstream: str
     # Proxies (e.g. Cloudflare's ranges) whose X-Forwarded-* headers are believed.
     trusted_ips: Sequence[str] = ()
+    # Further networks Traefik joins, each with its aliases (the calls network, where the public
+    # host names are aliases of Traefik so lk-jwt-service reaches them without leaving the host).
+    extra_networks: Sequence[tuple[pulumi.Input[str], Sequence[str]]] = ()
 
 
 class ReverseProxy(pulumi.ComponentResource):
@@ -242,6 +271,7 @@ class ReverseProxy(pulumi.ComponentResource):
                 ports=ports,
                 volumes=volumes,
                 healthcheck=["CMD", "traefik", "healthcheck", "--ping", f"--configFile={STATIC_PATH}"],
+                extra_networks=args.extra_networks,
             ),
             parent=self,
             resource_name=name,

@@ -37,6 +37,25 @@ PRIVATE_RANGES = (
 )
 
 
+# What MatrixRTC (Element Call) needs from Synapse, from element-call docs/self-hosting.md, each
+# key checked against the pinned Synapse (v1.163.2) sources named beside it.
+MATRIX_RTC_SETTINGS = {
+    # synapse/config/experimental.py: MSC4143 serves /_matrix/client/unstable/org.matrix.msc4143/
+    # rtc/transports (synapse/rest/client/matrixrtc.py) from matrix_rtc.transports; MSC4222 adds
+    # sync v2 `state_after`, which Element Call needs to track room state; MSC4354 sticky events,
+    # which Element Call 0.17+ uses for call memberships (matrix-docker-ansible-deploy sets it).
+    # MSC3266 (room summaries) is stable since Synapse 1.153 and has no flag any more.
+    "experimental_features": {"msc4143_enabled": True, "msc4222_enabled": True, "msc4354_enabled": True},
+    # synapse/config/server.py: how far ahead MSC4140 delayed events may be scheduled (call
+    # memberships are delayed "leave" events that fire when a client vanishes).
+    "max_event_delay_duration": "24h",
+    # synapse/config/ratelimiting.py: room-key sharing is bursty, and the delayed-event heartbeat
+    # runs every 5 s (defaults 0.2/10 and 1/5 would throttle calls).
+    "rc_message": {"per_second": 0.5, "burst_count": 30},
+    "rc_delayed_event_mgmt": {"per_second": 1, "burst_count": 20},
+}
+
+
 def data_paths(data_dir: str = DATA_DIR) -> dict[str, str]:
     return {
         "signing_key_path": f"{data_dir}/signing.key",
@@ -61,8 +80,10 @@ def render_homeserver_config(
     element_url: Optional[str] = None,
     max_upload_size: str = "50M",
     data_dir: str = DATA_DIR,
+    matrix_rtc_transports: Sequence[Mapping[str, Any]] = (),
 ) -> dict:
-    """homeserver.yaml as data. `database` holds user, password, database, host, port."""
+    """homeserver.yaml as data. `database` holds user, password, database, host, port.
+    `matrix_rtc_transports` (lk-jwt-service's URL) turns on what MatrixRTC calls need."""
     if registration not in ("closed", "token"):
         raise ValueError(f"registration must be closed or token, not {registration!r}")
     if turn_uris and not turn_shared_secret:
@@ -78,7 +99,10 @@ def render_homeserver_config(
             "tls": False,
             "bind_addresses": ["0.0.0.0"],  # inside the private network only
             "x_forwarded": True,
-            "resources": [{"names": ["client", "federation"] if federation else ["client"], "compress": False}],
+            # lk-jwt-service checks OpenID tokens at /_matrix/federation/v1/openid/userinfo:
+            # `federation` serves it, and `openid` alone when not federating (synapse/config/server.py).
+            "resources": [{"names": ["client", "federation"] if federation
+                           else ["client", "openid"] if matrix_rtc_transports else ["client"], "compress": False}],
         }],
         "database": {
             "name": "psycopg2",
@@ -122,6 +146,11 @@ def render_homeserver_config(
         )
     if element_url:
         config["web_client_location"] = element_url
+    if matrix_rtc_transports:
+        config.update({key: (dict(value) if isinstance(value, dict) else value)
+                       for key, value in MATRIX_RTC_SETTINGS.items()})
+        # synapse/config/matrixrtc.py: each entry is {type: livekit, livekit_service_url: ...}.
+        config["matrix_rtc"] = {"transports": [dict(t) for t in matrix_rtc_transports]}
     return config
 
 
@@ -169,6 +198,8 @@ class SynapseArgs:
     element_url: Optional[str] = None
     # Keep equal to the well-known nginx's client_max_body_size.
     max_upload_size: str = "50M"
+    # MatrixRTC transports (lk-jwt-service's public URL); empty leaves calls off.
+    matrix_rtc_transports: Sequence[Mapping[str, Any]] = ()
 
 
 class Synapse(pulumi.ComponentResource):
@@ -214,6 +245,7 @@ class Synapse(pulumi.ComponentResource):
             app_service_config_files=appservice_paths,
             element_url=args.element_url,
             max_upload_size=args.max_upload_size,
+            matrix_rtc_transports=args.matrix_rtc_transports,
         )))
         signing_key_file = pulumi.Output.all(signing_key.private_key_pem_pkcs8, signing_key.public_key_pem).apply(
             lambda keys: signing_key_line(keys[0], signing_key_id(keys[1]))

@@ -43,9 +43,15 @@ def well_known_server(matrix_host: str, federation_port: int) -> dict:
     return {"m.server": f"{matrix_host}:{federation_port}"}
 
 
-def well_known_client(public_baseurl: str) -> dict:
-    """Where clients reach ours; equal to Synapse's public_baseurl."""
-    return {"m.homeserver": {"base_url": public_baseurl}}
+def well_known_client(public_baseurl: str, rtc_foci: Sequence[dict] = ()) -> dict:
+    """Where clients reach ours; equal to Synapse's public_baseurl. `rtc_foci` announces the
+    MatrixRTC backend: dropped from MSC4143 in favour of Synapse's rtc/transports, but Element
+    Call in widget mode still reads it (element-call docs/self-hosting.md, "MatrixRTC backend
+    announcement"; matrix-docker-ansible-deploy matrix-static-files)."""
+    document: dict = {"m.homeserver": {"base_url": public_baseurl}}
+    if rtc_foci:
+        document["org.matrix.msc4143.rtc_foci"] = [dict(focus) for focus in rtc_foci]
+    return document
 
 
 def _nginx_literal(document: dict) -> str:
@@ -93,6 +99,8 @@ class WellKnownArgs:
     max_body_size: str = DEFAULT_MAX_BODY_SIZE
     # Proxies in front of Traefik (Cloudflare's ranges when it proxies); Traefik's own network is always trusted.
     upstream_proxies: Sequence[str] = ()
+    # MatrixRTC foci for /.well-known/matrix/client (the same list as Synapse's matrix_rtc.transports).
+    rtc_foci: Sequence[dict] = ()
 
 
 class WellKnown(pulumi.ComponentResource):
@@ -102,7 +110,7 @@ class WellKnown(pulumi.ComponentResource):
             server_name=args.server_name,
             matrix_host=args.matrix_host,
             server_json=well_known_server(args.matrix_host, args.federation_port),
-            client_json=well_known_client(args.public_baseurl),
+            client_json=well_known_client(args.public_baseurl, args.rtc_foci),
             synapse_upstream=args.synapse_upstream,
             max_body_size=args.max_body_size,
             trusted_proxies=[*PRIVATE_PROXY_RANGES, *args.upstream_proxies],

@@ -52,10 +52,11 @@ class GoProgram:
     version: str  # module version, e.g. v0.2608.0
     tags: tuple[str, ...] = ()
     cgo: bool = False
+    binary: str = ""  # the built file's name; default: the package's last element, as `go build` names it
 
     @property
     def binary_name(self) -> str:
-        return self.package.rstrip("/").rsplit("/", 1)[-1]
+        return self.binary or self.package.rstrip("/").rsplit("/", 1)[-1]
 
     @property
     def cache_key(self) -> str:
@@ -89,6 +90,7 @@ def programs(programs_file: Path = PROGRAMS_FILE, images_file: Path = IMAGES_FIL
             version=version,
             tags=tuple(entry.get("tags", ())),
             cgo=bool(entry.get("cgo", False)),
+            binary=str(entry.get("binary", "")),
         )
     return out
 
@@ -178,6 +180,9 @@ def build(program: GoProgram, *, log=sys.stderr) -> Path:
                 except GoBuildError as err:
                     raise GoBuildError(f"{err}\n(go install first said:\n{done.stderr[-2000:]})") from None
             built = out_dir / program.binary_name
+            installed = out_dir / program.package.rstrip("/").rsplit("/", 1)[-1]
+            if not built.exists() and installed.exists():
+                installed.rename(built)  # go install names it after the package
             if not built.exists():
                 raise GoBuildError(f"{program.name}: the build produced no {program.binary_name}")
             partial = target.with_name(target.name + ".partial")

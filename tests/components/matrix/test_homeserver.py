@@ -25,7 +25,7 @@ def matrix_settings(**overrides) -> MatrixSettings:
     values = dict(domain="example.org", matrix_host="matrix.example.org", element_host="element.example.org",
                   turn_host="turn.example.org", registration="token", federation=True, federation_port=443,
                   turn=True, element=True, bridges=("whatsapp", "telegram"), telegram_api_id=123456,
-                  telegram_api_hash=pulumi.Output.secret(TELEGRAM_HASH))
+                  telegram_api_hash=pulumi.Output.secret(TELEGRAM_HASH), calls=True, rtc_host="rtc.example.org")
     values.update(overrides)
     return MatrixSettings(**values)
 
@@ -43,6 +43,8 @@ def build(matrix: MatrixSettings, edge: EdgeSettings) -> tuple[Homeserver, pulum
     containers = [hs.postgres.provisioner, hs.synapse.container, hs.proxy.container, hs.wellknown.container]
     containers += [b.container for b in hs.bridges.values()]
     containers += [c.container for c in (hs.turn, hs.element) if c is not None]
+    if hs.calls is not None:
+        containers += [hs.calls.livekit.container, hs.calls.jwt_service.container]
     return hs, pulumi.Output.all(*(c.id for c in containers))
 
 
@@ -63,11 +65,14 @@ def published(recorded) -> dict[str, set[tuple[int, str]]]:
     return out
 
 
-def expected_ports(turn: bool = True, federation_8448: bool = False) -> dict[str, set[tuple[int, str]]]:
+def expected_ports(turn: bool = True, federation_8448: bool = False, calls: bool = True) -> dict[str, set[tuple[int, str]]]:
     ports = {"proxy": {(80, "tcp"), (443, "tcp")} | ({(8448, "tcp")} if federation_8448 else set())}
     if turn:
         ports["turn"] = {(p, proto) for p in (3478, 5349) for proto in ("tcp", "udp")}
-        ports["turn"] |= {(p, "udp") for p in range(49160, 49201)}
+        ports["turn"] |= {(p, "udp") for p in range(49160, 49193)}
+    if calls:
+        # LiveKit's share of 49160-49200 (configs/ports.yaml): its UDP mux ports and nothing else.
+        ports["livekit"] = {(p, "udp") for p in range(49193, 49201)}
     return ports
 
 
@@ -159,7 +164,10 @@ def test_shared_values_are_equal_on_both_sides(recorded, tmp_path):
         rules = {r["rule"]: dynamic["http"]["services"][r["service"]]["loadBalancer"]["servers"][0]["url"]
                  for r in dynamic["http"]["routers"].values()}
         assert rules == {"Host(`example.org`)": "http://wellknown:80", "Host(`matrix.example.org`)": "http://wellknown:80",
-                         "Host(`element.example.org`)": "http://element:80"}
+                         "Host(`element.example.org`)": "http://element:80",
+                         # MatrixRTC on its own host, by path (element-call docs/self-hosting.md).
+                         "Host(`rtc.example.org`) && PathPrefix(`/livekit/jwt`)": "http://lk-jwt-service:8080",
+                         "Host(`rtc.example.org`) && PathPrefix(`/livekit/sfu`)": "http://livekit:7880"}
         assert homeserver["max_upload_size"] == "50M"
         assert "client_max_body_size 50M;" in uploads(recorded, "wellknown")["/etc/nginx/conf.d/default.conf"]
 
@@ -214,7 +222,8 @@ def test_stack_level_secret_and_admin_command(recorded):
     ({"federation_port": 8448}, expected_ports(federation_8448=True)),
     # 8448 is served only while federating.
     ({"federation_port": 8448, "federation": False}, expected_ports()),
-    ({"turn": False}, expected_ports(turn=False)),
+    ({"turn": False, "calls": False}, expected_ports(turn=False, calls=False)),
+    ({"calls": False}, expected_ports(calls=False)),
 ])
 def test_only_the_public_ports_are_published(overrides, ports):
     recorded = offline.install_component_mocks()
@@ -255,7 +264,9 @@ def test_stateful_resources_are_protected_and_everything_is_parented(recorded):
 
         for reg in recorded.of_type(CONTAINER):
             inputs = reg.plain_inputs
-            assert inputs["networksAdvanced"][0]["name"] == "commstack-matrix", reg.name
+            # LiveKit and lk-jwt-service live on a network of their own.
+            own = "commstack-matrix-calls" if inputs["name"] in ("livekit", "lk-jwt-service") else "commstack-matrix"
+            assert inputs["networksAdvanced"][0]["name"] == own, reg.name
             expected_restart = "no" if inputs["name"] == "postgres-init" else "unless-stopped"
             assert inputs["restart"] == expected_restart, reg.name
         for image in recorded.of_type("docker:index/remoteImage:RemoteImage"):
@@ -277,7 +288,7 @@ def test_letsencrypt_gives_turn_its_own_certificate(recorded):
         for path in ("/etc/traefik/traefik.yml", "/etc/traefik/dynamic.yml"):
             ordered |= certificate_domains(yaml.safe_load(proxy_files[path]))
         # Traefik's Let's Encrypt certificates stay inside Traefik; TURN is not among them.
-        assert ordered == {"example.org", "matrix.example.org", "element.example.org"}
+        assert ordered == {"example.org", "matrix.example.org", "element.example.org", "rtc.example.org"}
         turn_files = uploads(recorded, "turn")
         cert = x509.load_pem_x509_certificate(turn_files["/etc/coturn/certs/fullchain.pem"].encode())
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -342,7 +353,7 @@ def test_self_signed_turn_shares_the_proxy_certificate(recorded):
 @pulumi.runtime.test
 def test_minimal_homeserver_without_bridges_turn_or_element(recorded):
     hs, done = build(matrix_settings(bridges=(), turn=False, element=False, registration="closed",
-                                     federation=False, telegram_api_id=None, telegram_api_hash=None),
+                                     federation=False, telegram_api_id=None, telegram_api_hash=None, calls=False),
                      edge_settings())
 
     def check(_):
@@ -370,6 +381,8 @@ def test_dns_records_keep_turn_dns_only(recorded):
             ("matrix.example.org", "A", "203.0.113.10", True),
             ("element.example.org", "CNAME", "matrix.example.org", True),
             ("turn.example.org", "A", "203.0.113.10", False),
+            # HTTPS/WebSocket only; LiveKit's media goes to the address itself.
+            ("rtc.example.org", "A", "203.0.113.10", True),
         ]
 
     return done.apply(check)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from commstack import offline
-from components.edge.ports import public_ports
+from components.edge.ports import firewall_ranges
 from components.signal.host import PATHS, REGISTRATION_TLS_HOST
 from components.signal.version import get_dotted, key_paths, load_version
 from tests.components.signal.conftest import missing_key_paths, role_policy, user_data, written_file
@@ -133,7 +133,7 @@ def test_registration_service_is_reached_through_nginx_on_loopback_over_tls(prod
     # The security group opens exactly the public port list (and SSH to the admin CIDRs): never 442 nor 50051.
     group, = prod_signal.of_type("aws:ec2/securityGroup:SecurityGroup")
     rules = [(r["protocol"], r["fromPort"], r["toPort"], tuple(r["cidrBlocks"])) for r in group.plain_inputs["ingress"]]
-    expected = [(proto, p.from_port, p.to_port, ("0.0.0.0/0",)) for p in public_ports() for proto in p.protocols]
+    expected = [(span.protocol, span.from_port, span.to_port, ("0.0.0.0/0",)) for span in firewall_ranges()]
     assert sorted(rules) == sorted(expected + [("tcp", 22, 22, ("198.51.100.7/32",))])
 
 

@@ -1,0 +1,145 @@
+"""LiveKit: the SFU that carries MatrixRTC (Element Call) media for Element X and Element Web.
+
+livekit.yaml is built as data. Keys and meanings: livekit/livekit-server config-sample.yaml and
+pkg/config/config.go, and livekit/mediatransportutil pkg/rtcconfig (config.go, webrtc_config.go),
+at the pinned tag (configs/images.yaml). What matters for calls that carry media:
+
+- ICE candidates name only the host's public address (`commstack:publicIp`): `rtc.node_ip` set
+  with `use_external_ip: false` makes LiveKit rewrite every host candidate to node_ip
+  (NAT1To1 rewrite rules, replace mode, `advertise_internal_ip` off), so the Docker bridge or
+  private addresses never reach clients (matrix-docker-ansible-deploy #4958). With node_ip set
+  explicitly LiveKit adds no STUN servers of its own and never asks an outside STUN server
+  for its address (webrtc_config.go: STUN only when node_ip is empty or auto-generated).
+- Media on one UDP mux per CPU inside `rtc.udp_port` (LiveKit's share of 49160-49200,
+  configs/ports.yaml); no ICE/TCP port (`tcp_port: 0`), as no port of the list is free for it.
+- Clients behind strict NATs get our coturn as TURN (`rtc.turn_servers` with the shared secret,
+  read from `secret_file`), with time-limited credentials LiveKit derives per participant.
+- `room.auto_create: false`: only lk-jwt-service (for users of full-access homeservers) creates
+  rooms (lk-jwt-service README, "Restricting room creation").
+- The API key and secret are a key file (`key_file`, mode 0600; LiveKit refuses files others
+  can read), never the environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import pulumi
+
+from components.common import ConfigFile, ContainerSpec, published_ports, service_container, to_yaml
+from components.edge.ports import ports_for
+
+CONTAINER = "livekit"
+HTTP_PORT = 7880
+INTERNAL_URL = f"http://{CONTAINER}:{HTTP_PORT}"
+CONFIG_PATH = "/etc/livekit/livekit.yaml"
+KEY_FILE_PATH = "/etc/livekit/keys.yaml"
+TURN_SECRET_PATH = "/etc/livekit/turn-secret"
+# Where Traefik routes LiveKit's signalling (WebSocket /rtc) and API (/twirp) on the rtc host,
+# stripped before LiveKit (element-call docs/self-hosting.md, "Matrix site endpoint routing").
+PUBLIC_PATH = "/livekit/sfu"
+
+
+def media_ports() -> tuple[int, int]:
+    """LiveKit's share of the public UDP range (configs/ports.yaml `livekit-rtc`)."""
+    entry, = ports_for("livekit")
+    return entry.from_port, entry.to_port
+
+
+@dataclass(frozen=True)
+class TurnServer:
+    """One TURN URI LiveKit hands clients; credentials derive from the shared secret."""
+
+    host: str
+    port: int
+    protocol: str  # udp | tcp | tls
+
+
+def key_file(api_key: str, api_secret: str) -> str:
+    """`<key>: <secret>`: LiveKit reads it as YAML, lk-jwt-service splits it at the colon and trims."""
+    for value in (api_key, api_secret):
+        if not value or not value.isalnum():
+            raise ValueError("the LiveKit API key and secret must be non-empty and alphanumeric")
+    return f"{api_key}: {api_secret}\n"
+
+
+def render_livekit_config(*, node_ip: str, udp_ports: tuple[int, int], turn_servers: Sequence[TurnServer] = (),
+                          turn_secret_path: Optional[str] = TURN_SECRET_PATH, port: int = HTTP_PORT,
+                          key_file_path: str = KEY_FILE_PATH) -> dict:
+    """livekit.yaml as data; it holds no secret (they are in the key file and the TURN secret file)."""
+    address = ipaddress.ip_address(node_ip)  # raises on anything but an address
+    if address.version != 4:
+        raise ValueError(f"node_ip must be the host's public IPv4, not {node_ip!r}")
+    low, high = udp_ports
+    if not 1024 <= low <= high < 65536:
+        raise ValueError(f"bad LiveKit UDP port range {low}-{high}")
+    if turn_servers and not turn_secret_path:
+        raise ValueError("TURN servers need the shared secret file")
+    rtc: dict = {
+        "udp_port": f"{low}-{high}" if high > low else str(low),
+        "tcp_port": 0,
+        "use_external_ip": False,
+        "node_ip": node_ip,
+        "advertise_internal_ip": False,
+        "enable_loopback_candidate": False,
+        "use_mdns": False,
+        "stun_servers": [],
+    }
+    if turn_servers:
+        rtc["turn_servers"] = [{"host": s.host, "port": s.port, "protocol": s.protocol, "secret_file": turn_secret_path,
+                                "ttl": 3600} for s in turn_servers]
+    return {
+        "port": port,
+        "logging": {"level": "info"},
+        "rtc": rtc,
+        "room": {"auto_create": False},
+        # Its embedded TURN server stays off: coturn owns 3478 and 5349.
+        "turn": {"enabled": False},
+        "key_file": key_file_path,
+    }
+
+
+@dataclass
+class LiveKitArgs:
+    network: pulumi.Input[str]
+    node_ip: str  # commstack:publicIp
+    api_key: pulumi.Output[str]
+    api_secret: pulumi.Output[str]
+    turn_servers: Sequence[TurnServer] = ()
+    turn_shared_secret: Optional[pulumi.Output[str]] = None
+
+
+class LiveKit(pulumi.ComponentResource):
+    internal_url: str = INTERNAL_URL
+
+    def __init__(self, name: str, args: LiveKitArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("commstack:matrix:LiveKit", name, None, opts)
+        if args.turn_servers and args.turn_shared_secret is None:
+            raise ValueError("turn_servers need turn_shared_secret")
+        config = render_livekit_config(node_ip=args.node_ip, udp_ports=media_ports(), turn_servers=args.turn_servers)
+        keys = pulumi.Output.all(args.api_key, args.api_secret).apply(lambda kv: key_file(kv[0], kv[1]))
+        # The image runs LiveKit as root; only it reads the secrets.
+        files = [ConfigFile(CONFIG_PATH, to_yaml(config)),
+                 ConfigFile(KEY_FILE_PATH, pulumi.Output.secret(keys), permissions="0600", owner="0")]
+        if args.turn_servers:
+            files.append(ConfigFile(TURN_SECRET_PATH, pulumi.Output.secret(args.turn_shared_secret),
+                                    permissions="0600", owner="0"))
+        self.container = service_container(
+            CONTAINER,
+            ContainerSpec(
+                image_key="livekit",
+                network=args.network,
+                aliases=[CONTAINER],
+                files=files,
+                command=["--config", CONFIG_PATH],
+                # Published 1:1: the port in each ICE candidate is the one clients reach.
+                ports=published_ports(ports_for("livekit")),
+                # LiveKit answers GET / with 200 once it serves; busybox wget ships in the image.
+                healthcheck=["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{HTTP_PORT}/"],
+            ),
+            parent=self,
+            resource_name=name,
+        )
+        self.register_outputs({"internal_url": self.internal_url})

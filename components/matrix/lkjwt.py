@@ -1,0 +1,103 @@
+"""lk-jwt-service (the MatrixRTC Authorization Service): turns a Matrix OpenID token into a
+LiveKit token, and creates the LiveKit room for users of full-access homeservers.
+
+Settings are the environment variables of the pinned version (element-hq/lk-jwt-service
+main.go `parseConfig`/`readKeySecret` and README "Configuration", tag v0.5.0):
+- `LIVEKIT_KEY_FILE`: the API key and secret as one file (`key: secret`), so neither sits in
+  the environment; the same file LiveKit reads as its `key_file`.
+- `LIVEKIT_URL`: LiveKit's public WebSocket URL. It is what clients are told, and what the
+  service itself calls (server-sdk-go's RoomService over HTTPS) to create rooms; on the calls
+  network the rtc host resolves to Traefik (a network alias), so that call never leaves the host.
+- `LIVEKIT_FULL_ACCESS_HOMESERVERS`: our server_name only. Users of other homeservers get a
+  token for rooms that already exist and never create one (with LiveKit's `room.auto_create`
+  off, their token opens nothing else).
+- `LIVEKIT_JWT_BIND`: its listener inside the calls network.
+
+It checks each OpenID token against the user's homeserver over the federation API
+(`/_matrix/federation/v1/openid/userinfo`, via gomatrixserverlib's well-known/SRV resolution),
+so for our users it goes through Traefik and nginx to Synapse's `openid` resource, as any
+other homeserver would. With the program's self-signed certificate, that certificate is added to
+the trust store through `SSL_CERT_DIR` (Go's crypto/x509 reads it beside the image's CA bundle),
+so TLS stays verified and no `LIVEKIT_INSECURE_SKIP_VERIFY_TLS` is needed.
+
+The pinned version has no LiveKit webhook endpoint (`/sfu_webhook` came later, with delegated
+delayed events), so LiveKit is configured without webhooks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import pulumi
+
+from components.common import ConfigFile, ContainerSpec, service_container
+from components.matrix.livekit import key_file
+
+CONTAINER = "lk-jwt-service"
+HTTP_PORT = 8080
+INTERNAL_URL = f"http://{CONTAINER}:{HTTP_PORT}"
+KEY_FILE_PATH = "/etc/lk-jwt-service/keys"
+# A directory of its own: SSL_CERT_DIR adds it to the image's /etc/ssl/certs/ca-certificates.crt.
+EXTRA_CA_DIR = "/etc/lk-jwt-service/ca"
+EXTRA_CA_PATH = f"{EXTRA_CA_DIR}/commstack.pem"
+# Where Traefik routes it on the rtc host, stripped before the service (element-call
+# docs/self-hosting.md); clients call <base>/get_token (and the legacy <base>/sfu/get).
+PUBLIC_PATH = "/livekit/jwt"
+
+
+def service_environment(*, livekit_url: str, full_access_homeservers: Sequence[str],
+                        extra_ca: bool = False, bind: str = f":{HTTP_PORT}") -> dict[str, str]:
+    """The container's environment: no secret in it (the keys are a file)."""
+    if not livekit_url.startswith(("wss://", "ws://")):
+        raise ValueError(f"LIVEKIT_URL must be a ws(s):// URL, not {livekit_url!r}")
+    if not full_access_homeservers or "*" in full_access_homeservers:
+        raise ValueError("name the full-access homeservers; `*` would let every homeserver create rooms")
+    env = {
+        "LIVEKIT_URL": livekit_url,
+        "LIVEKIT_KEY_FILE": KEY_FILE_PATH,
+        "LIVEKIT_FULL_ACCESS_HOMESERVERS": ",".join(full_access_homeservers),
+        "LIVEKIT_JWT_BIND": bind,
+    }
+    if extra_ca:
+        env["SSL_CERT_DIR"] = f"/etc/ssl/certs:{EXTRA_CA_DIR}"
+    return env
+
+
+@dataclass
+class LkJwtServiceArgs:
+    network: pulumi.Input[str]
+    livekit_url: str  # wss://<rtc host>/livekit/sfu
+    server_name: str  # the one full-access homeserver
+    api_key: pulumi.Output[str]
+    api_secret: pulumi.Output[str]
+    # The program's self-signed certificate, when the stack has no publicly trusted one.
+    extra_ca_pem: Optional[pulumi.Input[str]] = None
+
+
+class LkJwtService(pulumi.ComponentResource):
+    internal_url: str = INTERNAL_URL
+
+    def __init__(self, name: str, args: LkJwtServiceArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("commstack:matrix:LkJwtService", name, None, opts)
+        keys = pulumi.Output.all(args.api_key, args.api_secret).apply(lambda kv: key_file(kv[0], kv[1]))
+        # The image (FROM scratch) runs as root; only the service reads the key file.
+        files = [ConfigFile(KEY_FILE_PATH, pulumi.Output.secret(keys), permissions="0600", owner="0")]
+        if args.extra_ca_pem is not None:
+            files.append(ConfigFile(EXTRA_CA_PATH, args.extra_ca_pem))
+        self.container = service_container(
+            CONTAINER,
+            ContainerSpec(
+                image_key="lk-jwt-service",
+                network=args.network,
+                aliases=[CONTAINER],
+                files=files,
+                envs=service_environment(livekit_url=args.livekit_url, full_access_homeservers=[args.server_name],
+                                         extra_ca=args.extra_ca_pem is not None),
+                # No health check: the image is FROM scratch (no shell, no client) and this version
+                # ships no healthcheck binary.
+            ),
+            parent=self,
+            resource_name=name,
+        )
+        self.register_outputs({"internal_url": self.internal_url})
