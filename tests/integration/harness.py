@@ -307,6 +307,7 @@ class Harness:
     stand_ins: dict[str, AppserviceStandIn] = field(default_factory=dict)
     element_stand_in: Optional[StaticFilesStandIn] = None
     moto: object = None
+    calls: object = None  # calls_backend.CallsServices: LiveKit, and lk-jwt-service when built
     cold_boot_seconds: float = 0.0
 
     # -- addresses the tests use
@@ -321,7 +322,8 @@ class Harness:
     @property
     def proxy_hosts(self) -> list[str]:
         """Every host the program's Traefik routes (the public names clients use)."""
-        return [proxy_host(router["rule"]) for router in self.proxy_dynamic["http"]["routers"].values()]
+        hosts = [proxy_host(router["rule"]) for router in self.proxy_dynamic["http"]["routers"].values()]
+        return list(dict.fromkeys(hosts))
 
     @property
     def proxy_dynamic(self) -> dict:
@@ -403,6 +405,7 @@ class Harness:
             self._start_stand_ins()
             for future in [database_then_synapse, *others]:
                 future.result()
+        self._boot_calls()  # lk-jwt-service checks OpenID tokens through Traefik, nginx and Synapse
         self.cold_boot_seconds = time.perf_counter() - started
 
     # PostgreSQL ------------------------------------------------------------------------
@@ -563,6 +566,16 @@ class Harness:
         for service, port in zip(services, self.ports.redis):
             wait_until(service.name, lambda p=port: tcp_open(p), service.process, service.log)
 
+    # MatrixRTC ---------------------------------------------------------------------------
+    def _boot_calls(self) -> None:
+        from tests.integration import calls_backend
+
+        self.calls = calls_backend.boot(self, self.spawn, wait_until)
+
+    @property
+    def livekit_url(self) -> str:
+        return f"ws://{LOOPBACK}:{self.ports.livekit}"
+
     # bridges ---------------------------------------------------------------------------
     def _start_stand_ins(self) -> None:
         for kind, port in self.ports.bridges.items():
@@ -590,6 +603,8 @@ class Harness:
             stand_in.stop()
         if self.moto is not None:
             self.moto.stop()
+        if self.calls is not None:
+            self.calls.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -598,8 +613,9 @@ def loopback_yaml(data) -> str:
 
 
 def proxy_host(rule: str) -> str:
-    """`Host(`matrix.example.org`)` -> matrix.example.org (the program writes one host per router)."""
-    matched = re.fullmatch(r"Host\(`([^`]+)`\)", rule)
+    """`Host(`matrix.example.org`)` -> matrix.example.org (the program writes one host per router,
+    optionally `&& PathPrefix(...)`)."""
+    matched = re.fullmatch(r"Host\(`([^`]+)`\)(?: && PathPrefix\(`/[^`]*`\))?", rule)
     assert matched, f"expected a single Host rule, got {rule!r}"
     return matched.group(1)
 
@@ -627,6 +643,7 @@ def start(rendered: Optional[Rendered] = None) -> Harness:
         postgres=free_port(), synapse=free_port(), nginx=free_port(), turn=free_port(), turn_tls=free_port(),
         bridges={kind: free_port() for kind in bridges}, redis=tuple(free_cluster_port() for _ in rendered.redis_nodes),
         proxy={name: free_port() for name in entry_points}, element=free_port(), signal_server=free_port(),
+        livekit=free_port(), livekit_rtc=free_port(), lk_jwt=free_port(), connect_proxy=free_port(),
     )
     harness = Harness(rendered=rendered, root=root, ports=ports, binaries=binaries)
     try:

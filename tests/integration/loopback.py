@@ -45,6 +45,10 @@ class LoopbackPorts:
     proxy: dict[str, int] = field(default_factory=dict)  # Traefik entry point name -> port
     element: int = 0  # the stand-in serving Element's rendered files
     signal_server: int = 0  # nothing listens here: Signal-Server (a JVM service) is not booted
+    livekit: int = 0  # LiveKit's HTTP/WebSocket port (7880 in the container)
+    livekit_rtc: int = 0  # LiveKit's one UDP media port (its share of 49160-49200 when deployed)
+    lk_jwt: int = 0  # lk-jwt-service (8080 in the container); only booted in sessions that built it
+    connect_proxy: int = 0  # the CONNECT tunnel that takes lk-jwt-service's HTTPS to the public names
 
 
 def host_path(root: Path, container: str, path: str) -> Path:
@@ -152,7 +156,8 @@ def redis_node_command(command: list[str], *, root: Path, container: str, port: 
 
 
 # Each Traefik upstream's container hostname -> the LoopbackPorts field of what stands in for it.
-PROXY_UPSTREAMS = {"wellknown": "nginx", "element": "element", "signal-server": "signal_server"}
+PROXY_UPSTREAMS = {"wellknown": "nginx", "element": "element", "signal-server": "signal_server",
+                   "livekit": "livekit", "lk-jwt-service": "lk_jwt"}
 # Where Traefik writes its access log in the temp dir (the container logs it to stdout).
 TRAEFIK_ACCESS_LOG = "/var/log/traefik/access.log"
 _UPSTREAM_URL = re.compile(r"^http://([a-z0-9.-]+)(?::\d+)?$")
@@ -179,4 +184,41 @@ def traefik_dynamic(config: dict, *, root: Path, ports: LoopbackPorts, config_di
                 raise ValueError(f"Traefik service {name} has upstream {server['url']} with no loopback stand-in")
             # Container hostname on the Docker network -> its loopback program or stand-in.
             server["url"] = f"http://{LOOPBACK}:{getattr(ports, PROXY_UPSTREAMS[matched.group(1)])}"
+    return adapted
+
+
+def livekit_config(config: dict, *, root: Path, ports: LoopbackPorts, turn_host: str, container: str = "livekit",
+                   config_dir: str = "/etc/livekit") -> dict:
+    """LiveKit's livekit.yaml for loopback. node_ip (the stack's publicIp, 127.0.0.1 in dev) stays."""
+    adapted = _relocate(config, config_dir, root, container)  # key file and TURN secret file -> temp dir
+    adapted["port"] = ports.livekit  # the container's 7880 -> a free loopback port
+    adapted["bind_addresses"] = [LOOPBACK]  # never listen on this machine's real interfaces
+    rtc = adapted["rtc"]
+    rtc["udp_port"] = str(ports.livekit_rtc)  # the published 49193-49200 -> one free loopback UDP port
+    # Gather (and bind the UDP mux) on loopback only; in a container the interfaces are Docker's.
+    rtc["ips"] = {"includes": [f"{LOOPBACK}/32"]}
+    rtc["enable_loopback_candidate"] = True
+    for server in rtc.get("turn_servers", []):
+        if server["host"] == turn_host and server["protocol"] in ("udp", "tcp"):
+            server.update(host=LOOPBACK, port=ports.turn)  # the public TURN name -> the harness's coturn
+        elif server["host"] == turn_host:
+            server.update(host=LOOPBACK, port=ports.turn_tls)
+    return adapted
+
+
+def lk_jwt_environment(envs: dict[str, str], *, root: Path, ports: LoopbackPorts, extra_ca_dir: Path,
+                       container: str = "lk-jwt-service") -> dict[str, str]:
+    """lk-jwt-service's environment for loopback; LIVEKIT_URL and the homeserver list stay."""
+    adapted = {key: (str(host_path(root, container, value)) if value.startswith("/etc/lk-jwt-service") else value)
+               for key, value in envs.items()}  # the key file -> temp dir
+    adapted["LIVEKIT_JWT_BIND"] = f"{LOOPBACK}:{ports.lk_jwt}"  # the container's :8080 -> a loopback port
+    if "SSL_CERT_DIR" in adapted:
+        # The system bundle stays; the program's certificate comes from the temp dir, beside the
+        # test-only certificate of the stand-in "other" homeserver.
+        adapted["SSL_CERT_DIR"] = f"/etc/ssl/certs:{extra_ca_dir}"
+    # Its HTTPS to the public names (https://<domain>/.well-known, matrix.<domain>, rtc.<domain>)
+    # goes through a CONNECT tunnel to the harness's Traefik: the connect_to of curl or doctor.
+    # Names, TLS and certificates are checked as in production (Go's ProxyFromEnvironment).
+    adapted["HTTPS_PROXY"] = f"http://{LOOPBACK}:{ports.connect_proxy}"
+    adapted["NO_PROXY"] = ""
     return adapted
