@@ -9,6 +9,14 @@ from tests.conftest import stack_config
 
 # (case id, base stack, overrides (None removes a key), key named, what the message says, fix shown)
 BAD_SETTINGS = [
+    ("calls-need-turn", "dev", {"turn": "false"}, "commstack:calls", "needs commstack:turn true",
+     "pulumi config set commstack:calls false"),
+    ("calls-boolean", "dev", {"calls": "yes"}, "commstack:calls", "must be true or false",
+     "pulumi config set commstack:calls true"),
+    ("rtc-subdomain-clash", "dev", {"rtcSubdomain": "turn"}, "commstack:elementSubdomain",
+     "matrix, element, turn and rtc subdomains must all differ", "pulumi config set commstack:elementSubdomain"),
+    ("rtc-subdomain-label", "dev", {"rtcSubdomain": "a.b"}, "commstack:rtcSubdomain", "not a single DNS label",
+     "pulumi config set commstack:rtcSubdomain rtc"),
     ("domain-missing", "dev", {"domain": None}, "commstack:domain", "is required",
      "pulumi config set commstack:domain example.org"),
     ("domain-invalid", "dev", {"domain": "not a domain"}, "commstack:domain", "not a valid DNS name",

@@ -53,6 +53,26 @@ def _node_ip(harness) -> str:
     return harness.rendered.yaml("livekit", "/etc/livekit/livekit.yaml")["rtc"]["node_ip"]
 
 
+# -- Synapse (CI) ------------------------------------------------------------------------------
+
+
+def test_synapse_announces_lk_jwt_service_as_its_rtc_transport(harness):
+    """The real Synapse loaded the MatrixRTC keys (msc4143 serves rtc/transports) and announces
+    exactly lk-jwt-service's public URL; the token exchange's OpenID check answers too."""
+    homeserver = harness.rendered.yaml("synapse", "/data/homeserver.yaml")
+    user_id, access_token = rtc_client.new_user(harness, "caller")
+    response = requests.get(f"{harness.synapse_url}/_matrix/client/unstable/org.matrix.msc4143/rtc/transports",
+                            headers={"Authorization": f"Bearer {access_token}"}, timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"rtc_transports": homeserver["matrix_rtc"]["transports"]}
+    assert response.json()["rtc_transports"][0]["livekit_service_url"].endswith("/livekit/jwt")
+    # What lk-jwt-service asks, through nginx as from outside: the OpenID userinfo of a fresh token.
+    openid = rtc_client.openid_token(harness.synapse_url, user_id, access_token)
+    userinfo = requests.get(f"{harness.nginx_url}/_matrix/federation/v1/openid/userinfo",
+                            params={"access_token": openid["access_token"]}, timeout=10)
+    assert userinfo.status_code == 200 and userinfo.json() == {"sub": user_id}
+
+
 # -- LiveKit alone (CI) -------------------------------------------------------------------------
 
 

@@ -70,7 +70,8 @@ def test_appservice_registration_changes_only_the_url(harness):
 
 
 PROXY_PORTS = loopback.LoopbackPorts(postgres=1, synapse=2, nginx=3, turn=4, turn_tls=5, element=7, signal_server=8,
-                                     proxy={"web": 10, "websecure": 11, "ping": 12})
+                                     proxy={"web": 10, "websecure": 11, "ping": 12}, livekit=13, livekit_rtc=14,
+                                     lk_jwt=15, connect_proxy=16)
 
 
 def test_traefik_static_changes_only_entry_point_addresses_file_paths_and_the_access_log_file(harness):
@@ -99,7 +100,9 @@ def test_traefik_dynamic_changes_only_upstream_urls_and_certificate_paths(harnes
         "keyFile": str(ROOT / "proxy" / proxy.KEY_PATH.lstrip("/"))}
     urls = {name: service["loadBalancer"]["servers"][0]["url"] for name, service in adapted["http"]["services"].items()}
     assert urls == {"wellknown-80": "http://127.0.0.1:3", "element-80": "http://127.0.0.1:7",
-                    "signal-server-8080": "http://127.0.0.1:8"}
+                    "signal-server-8080": "http://127.0.0.1:8", "livekit-7880": "http://127.0.0.1:13",
+                    "lk-jwt-service-8080": "http://127.0.0.1:15"}
+    assert adapted["http"]["middlewares"] == rendered["http"]["middlewares"]  # the path strips stay
     for name, service in adapted["http"]["services"].items():
         original = rendered["http"]["services"][name]["loadBalancer"]
         assert {k: v for k, v in service["loadBalancer"].items() if k != "servers"} == \
@@ -133,3 +136,34 @@ def test_free_ports_are_never_handed_out_twice():
 
     ports = [free_port() for _ in range(200)] + [free_cluster_port() for _ in range(6)]
     assert len(set(ports)) == len(ports)
+
+
+def test_livekit_changes_only_listeners_paths_and_the_turn_address(harness):
+    rendered = harness.rendered.yaml("livekit", "/etc/livekit/livekit.yaml")
+    turn_host = rendered["rtc"]["turn_servers"][0]["host"]
+    adapted = loopback.livekit_config(rendered, root=ROOT, ports=PROXY_PORTS, turn_host=turn_host)
+    assert {k for k in set(rendered) | set(adapted) if rendered.get(k) != adapted.get(k)} == \
+        {"port", "bind_addresses", "rtc", "key_file"}
+    assert (adapted["port"], adapted["bind_addresses"]) == (13, ["127.0.0.1"])
+    assert adapted["key_file"] == str(ROOT / "livekit" / "etc/livekit/keys.yaml")
+    changed_rtc = {k for k in set(rendered["rtc"]) | set(adapted["rtc"])
+                   if rendered["rtc"].get(k) != adapted["rtc"].get(k)}
+    assert changed_rtc == {"udp_port", "ips", "enable_loopback_candidate", "turn_servers"}
+    # What decides the ICE candidates stays the program's.
+    for key in ("node_ip", "use_external_ip", "advertise_internal_ip", "stun_servers", "tcp_port"):
+        assert adapted["rtc"][key] == rendered["rtc"][key]
+    assert [(s["host"], s["port"], s["protocol"]) for s in adapted["rtc"]["turn_servers"]] == \
+        [("127.0.0.1", 4, "udp"), ("127.0.0.1", 4, "tcp"), ("127.0.0.1", 5, "tls")]
+
+
+def test_lk_jwt_service_keeps_its_url_and_homeservers(harness):
+    from tests.integration.calls_backend import container_envs
+
+    envs = container_envs(harness.rendered, "lk-jwt-service")
+    adapted = loopback.lk_jwt_environment(envs, root=ROOT, ports=PROXY_PORTS, extra_ca_dir=ROOT / "ca")
+    for key in ("LIVEKIT_URL", "LIVEKIT_FULL_ACCESS_HOMESERVERS"):
+        assert adapted[key] == envs[key]
+    assert adapted["LIVEKIT_KEY_FILE"] == str(ROOT / "lk-jwt-service" / "etc/lk-jwt-service/keys")
+    assert adapted["LIVEKIT_JWT_BIND"] == "127.0.0.1:15"
+    assert adapted["HTTPS_PROXY"] == "http://127.0.0.1:16"
+    assert adapted["SSL_CERT_DIR"] == f"/etc/ssl/certs:{ROOT / 'ca'}"

@@ -99,7 +99,8 @@ def test_apex_serves_well_known_with_json_and_cors(public, homeserver, matrix_ho
     assert response.status_code == 200
     assert response.headers["Content-Type"].split(";")[0] == "application/json"
     assert response.headers["Access-Control-Allow-Origin"] == "*"
-    expected = well_known_server(matrix_host, 443) if which == "server" else well_known_client(homeserver["public_baseurl"])
+    expected = well_known_server(matrix_host, 443) if which == "server" else well_known_client(homeserver["public_baseurl"],
+                                                  homeserver.get("matrix_rtc", {}).get("transports", ()))
     assert response.json() == expected
 
 

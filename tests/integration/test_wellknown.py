@@ -28,8 +28,11 @@ def test_server_document_delegates_to_the_matrix_host(harness, homeserver):
 def test_client_document_names_synapse_public_baseurl(harness, homeserver):
     response = _fetch(harness, "client", homeserver["server_name"])
     assert response.status_code == 200
-    assert response.json() == well_known_client(homeserver["public_baseurl"])
+    assert response.json() == well_known_client(homeserver["public_baseurl"],
+                                                  homeserver.get("matrix_rtc", {}).get("transports", ()))
     assert response.json()["m.homeserver"]["base_url"] == homeserver["public_baseurl"]
+    # MatrixRTC: the same foci as Synapse's rtc/transports, and not empty.
+    assert response.json()["org.matrix.msc4143.rtc_foci"] == homeserver["matrix_rtc"]["transports"] != []
 
 
 @pytest.mark.parametrize("which", ["server", "client"])
