@@ -54,6 +54,7 @@ pulumi.export("elementUrl", matrix.element_url)
 pulumi.export("turnUris", matrix.turn_uris)
 pulumi.export("registrationSharedSecret", matrix.registration_shared_secret)
 pulumi.export("createAdminCommand", matrix.create_admin_command)
+pulumi.export("dockerHost", settings.docker_host)  # where create-admin runs `docker exec` (empty: the local engine)
 pulumi.export("bridgeTokens", matrix.bridge_tokens)  # secret; `commstack doctor` pings each appservice
 
 if settings.signal.enabled:

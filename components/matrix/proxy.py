@@ -53,6 +53,11 @@ ACCESS_LOG = {
     },
 }
 
+# Synapse's admin API stays private: no router matches it, so Traefik answers 404 itself
+# (commstack create-admin uses `docker exec` instead, commstack/admin.py).
+ADMIN_PATH_PREFIX = "/_synapse/admin"
+NOT_ADMIN = f"!PathPrefix(`{ADMIN_PATH_PREFIX}`)"
+
 _HOST_RE = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _UPSTREAM_RE = re.compile(r"^https?://([a-z0-9.-]+)(?::(\d+))?$")
 
@@ -150,7 +155,7 @@ def render_traefik_dynamic(*, routes: Sequence[Route], tls: str, certificate_hos
         return name
 
     for route in routes:
-        routers[_slug(route.host)] = {"rule": f"Host(`{route.host}`)", "entryPoints": ["websecure"],
+        routers[_slug(route.host)] = {"rule": f"Host(`{route.host}`) && {NOT_ADMIN}", "entryPoints": ["websecure"],
                                       "service": service(route.upstream), "tls": copy.deepcopy(router_tls)}
     if serve_federation_8448:
         _check_upstream(federation_upstream)
