@@ -12,6 +12,12 @@ settings = load_settings()  # raises before any resource exists if the config is
 
 import pulumi_docker as docker  # noqa: E402
 
+from components.common import container_memory_transformation  # noqa: E402
+
+# Memory limits named in commstack:containerMemory replace the containers' defaults.
+if settings.container_memory:
+    pulumi.runtime.register_stack_transformation(container_memory_transformation(settings.container_memory))
+
 from components.matrix.homeserver import Homeserver, HomeserverArgs  # noqa: E402
 from components.matrix.proxy import Route  # noqa: E402
 
@@ -75,7 +81,8 @@ if settings.signal.enabled:
     signal = Backend(
         "signal",
         BackendArgs(signal=settings.signal, edge=settings.edge, domain=settings.matrix.domain,
-                    edge_network=matrix.network.name if signal_upstream else None),
+                    # The proxy's own network with Signal-Server (components/matrix/network.py web-<backend>).
+                    edge_network=matrix.network.web[extra_routes[0].backend] if signal_upstream else None),
         opts=signal_opts,
     )
     dns_records += signal.dns_records

@@ -257,7 +257,7 @@ def test_stateful_resources_are_protected_and_everything_is_parented(recorded):
 
         for reg in recorded.of_type(CONTAINER):
             inputs = reg.plain_inputs
-            assert inputs["networksAdvanced"][0]["name"] == "commstack-matrix", reg.name
+            assert all(n["name"].startswith("commstack-matrix-") for n in inputs["networksAdvanced"]), reg.name
             expected_restart = "no" if inputs["name"] == "postgres-init" else "unless-stopped"
             assert inputs["restart"] == expected_restart, reg.name
         for image in recorded.of_type("docker:index/remoteImage:RemoteImage"):
