@@ -155,7 +155,7 @@ def test_every_service_has_a_health_check(evaluation):
 # Who reads each container's secret files (the user its image runs as).
 SECRET_OWNERS = {"postgres": "999", "postgres-init": "0", "synapse": "991", "proxy": "0", "turn": "65534",
                  "bridge-whatsapp": "1337", "bridge-telegram": "1337", "signal-local-aws-local": "0",
-                 "signal-local-registration": "0", "signal-local-server": "0"}
+                 "signal-local-registration": "10001", "signal-local-server": "0"}  # registration: components/signal/registration.py RUN_UID
 
 
 def test_every_secret_file_is_0400_or_0600_and_its_readers(evaluation):
