@@ -1,10 +1,13 @@
 """MatrixRTC calls (Element Call, as Element X and Element Web group calls place them):
-LiveKit and lk-jwt-service on a Docker network of their own, their shared API key and secret,
-and what the rest of the homeserver announces about them.
+LiveKit and lk-jwt-service, their shared API key and secret, and what the rest of the homeserver
+announces about them.
 
-Only Traefik joins them there (with the public host names as network aliases, so lk-jwt-service
-reaches Synapse's OpenID check and LiveKit's API through the same TLS front as everyone else);
-neither sits on the network of Synapse, Postgres or the bridges.
+Networks (components/matrix/network.py): each is a routed backend with its own `web-<backend>`
+network shared only with Traefik, and joins `egress` (inter-container traffic off) for what
+leaves the host: LiveKit's published media ports, lk-jwt-service's OpenID checks of users of
+other homeservers. On lk-jwt-service's web network the public host names are aliases of Traefik,
+so it reaches our Synapse's OpenID check and LiveKit's API through the same TLS front as anyone
+else. Neither shares a network with Synapse, Postgres or the bridges.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from components.common import child, generated_secret
 from components.matrix import livekit, lkjwt
 from components.matrix.livekit import LiveKit, LiveKitArgs, TurnServer
 from components.matrix.lkjwt import LkJwtService, LkJwtServiceArgs
-from components.matrix.network import Network, NetworkArgs
 from components.matrix.proxy import Route
 
 # LiveKit API keys are an identifier plus a secret; both generated, and the secret at least the
@@ -56,14 +58,11 @@ def turn_servers(turn_host: str, advertise_tls: bool) -> list[TurnServer]:
     return servers
 
 
-def calls_network(name: str, docker_name: str, parent: pulumi.Resource) -> Network:
-    """The calls' own network; made before the proxy, which joins it."""
-    return Network(name, NetworkArgs(internal_name=docker_name), opts=child(parent))
-
-
 @dataclass
 class CallsArgs:
-    network: pulumi.Input[str]  # the calls network (calls_network), which Traefik also joins
+    egress_network: pulumi.Input[str]
+    livekit_network: pulumi.Input[str]  # web-livekit
+    jwt_network: pulumi.Input[str]  # web-lk-jwt-service
     server_name: str
     rtc_host: str
     public_ip: str
@@ -82,11 +81,11 @@ class Calls(pulumi.ComponentResource):
         api_key = generated_secret(f"{name}-livekit-api-key", self, length=API_KEY_LENGTH)
         api_secret = generated_secret(f"{name}-livekit-api-secret", self, length=API_SECRET_LENGTH)
         self.livekit = LiveKit(f"{name}-livekit", LiveKitArgs(
-            network=args.network, node_ip=args.public_ip, api_key=api_key, api_secret=api_secret,
+            network=args.egress_network, extra_networks=[args.livekit_network], node_ip=args.public_ip, api_key=api_key, api_secret=api_secret,
             turn_servers=turn_servers(args.turn_host, args.turn_tls), turn_shared_secret=args.turn_shared_secret,
         ), opts=child(self))
         self.jwt_service = LkJwtService(f"{name}-jwt", LkJwtServiceArgs(
-            network=args.network, livekit_url=livekit_url(args.rtc_host), server_name=args.server_name,
+            network=args.jwt_network, extra_networks=[args.egress_network], livekit_url=livekit_url(args.rtc_host), server_name=args.server_name,
             api_key=api_key, api_secret=api_secret, extra_ca_pem=args.extra_ca_pem,
         ), opts=child(self))
         self.transports = rtc_transports(args.rtc_host)

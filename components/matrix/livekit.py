@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 
 import pulumi
 
-from components.common import ConfigFile, ContainerSpec, published_ports, service_container, to_yaml
+from components.common import ConfigFile, ContainerSpec, Hardening, published_ports, service_container, to_yaml
 from components.edge.ports import ports_for
 
 CONTAINER = "livekit"
@@ -40,6 +40,8 @@ TURN_SECRET_PATH = "/etc/livekit/turn-secret"
 # Where Traefik routes LiveKit's signalling (WebSocket /rtc) and API (/twirp) on the rtc host,
 # stripped before LiveKit (element-call docs/self-hosting.md, "Matrix site endpoint routing").
 PUBLIC_PATH = "/livekit/sfu"
+# No capability: its ports are above 1024. Media buffers for a few calls fit well within 512 MB.
+HARDENING = Hardening(memory_mb=512)
 
 
 def media_ports() -> tuple[int, int]:
@@ -103,12 +105,13 @@ def render_livekit_config(*, node_ip: str, udp_ports: tuple[int, int], turn_serv
 
 @dataclass
 class LiveKitArgs:
-    network: pulumi.Input[str]
+    network: pulumi.Input[str]  # egress: its published media ports
     node_ip: str  # commstack:publicIp
     api_key: pulumi.Output[str]
     api_secret: pulumi.Output[str]
     turn_servers: Sequence[TurnServer] = ()
     turn_shared_secret: Optional[pulumi.Output[str]] = None
+    extra_networks: Sequence[pulumi.Input[str]] = ()  # web-livekit, shared with Traefik only
 
 
 class LiveKit(pulumi.ComponentResource):
@@ -132,8 +135,10 @@ class LiveKit(pulumi.ComponentResource):
                 image_key="livekit",
                 network=args.network,
                 aliases=[CONTAINER],
+                extra_networks=[(network, [CONTAINER]) for network in args.extra_networks],
                 files=files,
                 command=["--config", CONFIG_PATH],
+                hardening=HARDENING,
                 # Published 1:1: the port in each ICE candidate is the one clients reach.
                 ports=published_ports(ports_for("livekit")),
                 # LiveKit answers GET / with 200 once it serves; busybox wget ships in the image.

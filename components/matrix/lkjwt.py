@@ -31,7 +31,10 @@ from typing import Optional, Sequence
 
 import pulumi
 
-from components.common import ConfigFile, ContainerSpec, service_container
+import pulumi_docker as docker
+
+from components.common import ConfigFile, ContainerSpec, Hardening, child, image, service_container
+from components.settings import CONFIGS_DIR
 from components.matrix.livekit import key_file
 
 CONTAINER = "lk-jwt-service"
@@ -40,10 +43,12 @@ INTERNAL_URL = f"http://{CONTAINER}:{HTTP_PORT}"
 KEY_FILE_PATH = "/etc/lk-jwt-service/keys"
 # A directory of its own: SSL_CERT_DIR adds it to the image's /etc/ssl/certs/ca-certificates.crt.
 EXTRA_CA_DIR = "/etc/lk-jwt-service/ca"
-EXTRA_CA_PATH = f"{EXTRA_CA_DIR}/commstack.pem"
+EXTRA_CA_PATH = f"{EXTRA_CA_DIR}/commstack-ca.pem"  # a certificate, not a secret
 # Where Traefik routes it on the rtc host, stripped before the service (element-call
 # docs/self-hosting.md); clients call <base>/get_token (and the legacy <base>/sfu/get).
 PUBLIC_PATH = "/livekit/jwt"
+# No capability (it binds 8080), a small Go service.
+HARDENING = Hardening(memory_mb=64)
 
 
 def service_environment(*, livekit_url: str, full_access_homeservers: Sequence[str],
@@ -66,13 +71,20 @@ def service_environment(*, livekit_url: str, full_access_homeservers: Sequence[s
 
 @dataclass
 class LkJwtServiceArgs:
-    network: pulumi.Input[str]
+    network: pulumi.Input[str]  # web-lk-jwt-service, shared with Traefik only
     livekit_url: str  # wss://<rtc host>/livekit/sfu
     server_name: str  # the one full-access homeserver
     api_key: pulumi.Output[str]
     api_secret: pulumi.Output[str]
     # The program's self-signed certificate, when the stack has no publicly trusted one.
     extra_ca_pem: Optional[pulumi.Input[str]] = None
+    # egress: the OpenID checks of users of other homeservers leave the host.
+    extra_networks: Sequence[pulumi.Input[str]] = ()
+
+
+def health_check(port: int = HTTP_PORT) -> list[str]:
+    """The service's own /healthz (main.go `healthcheck`), fetched with the busybox the image build adds."""
+    return ["CMD", "/bin/busybox", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{port}/healthz"]
 
 
 class LkJwtService(pulumi.ComponentResource):
@@ -80,6 +92,15 @@ class LkJwtService(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: LkJwtServiceArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("commstack:matrix:LkJwtService", name, None, opts)
+        # The pinned image plus a static busybox for the health check (configs/lk-jwt-service/Dockerfile);
+        # relative to the project, as pulumi-docker resolves `dockerfile` against Pulumi.yaml's directory.
+        context = (CONFIGS_DIR / "lk-jwt-service").relative_to(CONFIGS_DIR.parent).as_posix()
+        tag = image("lk-jwt-service").rpartition(":")[2]
+        built = docker.Image(
+            f"{name}-image", image_name=f"commstack/lk-jwt-service:{tag}", skip_push=True,
+            build=docker.DockerBuildArgs(context=context, dockerfile=f"{context}/Dockerfile",
+                                         args={"SERVICE_IMAGE": image("lk-jwt-service"), "TOOLS_IMAGE": image("busybox")}),
+            opts=child(self))
         keys = pulumi.Output.all(args.api_key, args.api_secret).apply(lambda kv: key_file(kv[0], kv[1]))
         # The image (FROM scratch) runs as root; only the service reads the key file.
         files = [ConfigFile(KEY_FILE_PATH, pulumi.Output.secret(keys), permissions="0600", owner="0")]
@@ -89,13 +110,15 @@ class LkJwtService(pulumi.ComponentResource):
             CONTAINER,
             ContainerSpec(
                 image_key="lk-jwt-service",
+                built_image=built.repo_digest,
                 network=args.network,
                 aliases=[CONTAINER],
+                extra_networks=[(network, [CONTAINER]) for network in args.extra_networks],
                 files=files,
+                hardening=HARDENING,
                 envs=service_environment(livekit_url=args.livekit_url, full_access_homeservers=[args.server_name],
                                          extra_ca=args.extra_ca_pem is not None),
-                # No health check: the image is FROM scratch (no shell, no client) and this version
-                # ships no healthcheck binary.
+                healthcheck=health_check(),
             ),
             parent=self,
             resource_name=name,

@@ -22,7 +22,7 @@ import pulumi
 import pulumi_docker as docker
 import pulumi_tls
 
-from components.common import (ConfigFile, ContainerSpec, child, published_ports, service_container,
+from components.common import (ConfigFile, ContainerSpec, Hardening, child, published_ports, service_container,
                                stateful_child, tcp_port, to_yaml)
 from components.edge.ports import FEDERATION_PORT, ports_for
 
@@ -36,6 +36,8 @@ ACME_DIR = "/letsencrypt"
 # (go-acme/lego platform/config/env), so the token never sits in the container's environment.
 CF_TOKEN_PATH = "/run/secrets/cf-dns-api-token"
 RESOLVER = "letsencrypt"
+# Traefik runs as root in its image and binds 80, 443 (and 8448): NET_BIND_SERVICE, nothing else.
+HARDENING = Hardening(capabilities=("NET_BIND_SERVICE",), memory_mb=256, why="binds ports 80 and 443")
 TLS_MODES = ("self-signed", "letsencrypt")
 # Not published: only the container's own health check calls it.
 PING_ADDRESS = ":8082"
@@ -52,6 +54,11 @@ ACCESS_LOG = {
         "headers": {"defaultMode": "drop"},
     },
 }
+
+# Synapse's admin API stays private: no router matches it, so Traefik answers 404 itself
+# (commstack create-admin uses `docker exec` instead, commstack/admin.py).
+ADMIN_PATH_PREFIX = "/_synapse/admin"
+NOT_ADMIN = f"!PathPrefix(`{ADMIN_PATH_PREFIX}`)"
 
 _HOST_RE = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _UPSTREAM_RE = re.compile(r"^https?://([a-z0-9.-]+)(?::(\d+))?$")
@@ -87,6 +94,11 @@ class Route:
     @property
     def router_name(self) -> str:
         return _slug(self.host + (self.path_prefix or ""))
+
+    @property
+    def backend(self) -> str:
+        """The container the route reaches (the upstream's host name on the Docker network)."""
+        return _UPSTREAM_RE.match(self.upstream).group(1)
 
 
 def _slug(text: str) -> str:
@@ -167,8 +179,8 @@ def render_traefik_dynamic(*, routes: Sequence[Route], tls: str, certificate_hos
         return name
 
     for route in routes:
-        router = {"rule": route.rule, "entryPoints": ["websecure"], "service": service(route.upstream),
-                  "tls": copy.deepcopy(router_tls)}
+        router = {"rule": f"{route.rule} && {NOT_ADMIN}", "entryPoints": ["websecure"],
+                  "service": service(route.upstream), "tls": copy.deepcopy(router_tls)}
         if route.path_prefix:
             # Traefik's default priority is the rule's length, so a path router wins over its host's.
             strip = f"strip-{route.router_name}"
@@ -205,9 +217,11 @@ class ReverseProxyArgs:
     federation_upstream: str
     # Proxies (e.g. Cloudflare's ranges) whose X-Forwarded-* headers are believed.
     trusted_ips: Sequence[str] = ()
-    # Further networks Traefik joins, each with its aliases (the calls network, where the public
-    # host names are aliases of Traefik so lk-jwt-service reaches them without leaving the host).
-    extra_networks: Sequence[tuple[pulumi.Input[str], Sequence[str]]] = ()
+    # The networks it shares with the backends it routes to (one `web-<backend>` network each).
+    extra_networks: Sequence[pulumi.Input[str]] = ()
+    # Of those, the ones where Traefik also answers to the public host names (network aliases), so a
+    # backend that calls public URLs itself (lk-jwt-service) reaches them without leaving the host.
+    aliased_networks: Sequence[tuple[pulumi.Input[str], Sequence[str]]] = ()
 
 
 class ReverseProxy(pulumi.ComponentResource):
@@ -254,7 +268,8 @@ class ReverseProxy(pulumi.ComponentResource):
             )
             self.certificate_pem = cert.cert_pem
             self.private_key_pem = pulumi.Output.secret(key.private_key_pem)
-            files += [ConfigFile(CERT_PATH, self.certificate_pem), ConfigFile(KEY_PATH, self.private_key_pem)]
+            files += [ConfigFile(CERT_PATH, self.certificate_pem),
+                      ConfigFile(KEY_PATH, self.private_key_pem, permissions="0400", owner="0")]
 
         ports = published_ports(ports_for("proxy"))
         if args.serve_federation_8448:
@@ -267,11 +282,13 @@ class ReverseProxy(pulumi.ComponentResource):
                 aliases=[CONTAINER],
                 files=files,
                 command=[f"--configFile={STATIC_PATH}"],
+                extra_networks=[*((network, [CONTAINER]) for network in args.extra_networks),
+                                *((network, [CONTAINER, *aliases]) for network, aliases in args.aliased_networks)],
                 envs=envs,
                 ports=ports,
                 volumes=volumes,
                 healthcheck=["CMD", "traefik", "healthcheck", "--ping", f"--configFile={STATIC_PATH}"],
-                extra_networks=args.extra_networks,
+                hardening=HARDENING,
             ),
             parent=self,
             resource_name=name,

@@ -173,13 +173,21 @@ def test_homeserver_wires_calls_end_to_end(tls):
             assert dynamic["http"]["middlewares"] == {
                 "strip-rtc-example-org-livekit-jwt": {"stripPrefix": {"prefixes": ["/livekit/jwt"]}},
                 "strip-rtc-example-org-livekit-sfu": {"stripPrefix": {"prefixes": ["/livekit/sfu"]}}}
-            # Traefik joins the calls network, where the public names are its aliases.
-            proxy_networks = container(recorded, "proxy").plain_inputs["networksAdvanced"]
-            assert proxy_networks[1] == {"name": "commstack-matrix-calls",
-                                         "aliases": ["example.org", "matrix.example.org", "rtc.example.org"]}
-            for name in ("livekit", "lk-jwt-service"):
-                assert [n["name"] for n in container(recorded, name).plain_inputs["networksAdvanced"]] == \
-                    ["commstack-matrix-calls"]
+            # Each on its own web network with Traefik only, plus egress (inter-container traffic off);
+            # on lk-jwt-service's the public names are Traefik's aliases.
+            def joined(name):
+                return {n["name"]: n.get("aliases") for n in container(recorded, name).plain_inputs["networksAdvanced"]}
+            assert joined("livekit") == {"commstack-matrix-egress": ["livekit"],
+                                         "commstack-matrix-web-livekit": ["livekit"]}
+            assert joined("lk-jwt-service") == {"commstack-matrix-web-lk-jwt-service": ["lk-jwt-service"],
+                                                "commstack-matrix-egress": ["lk-jwt-service"]}
+            assert joined("proxy")["commstack-matrix-web-lk-jwt-service"] == [
+                "proxy", "example.org", "matrix.example.org", "rtc.example.org"]
+            assert joined("proxy")["commstack-matrix-web-livekit"] == ["proxy"]
+            others = [r.plain_inputs["name"] for r in recorded.of_type(CONTAINER)
+                      if r.plain_inputs["name"] not in ("proxy", "livekit", "lk-jwt-service")]
+            for other in others:
+                assert not {"commstack-matrix-web-livekit", "commstack-matrix-web-lk-jwt-service"} & set(joined(other))
 
         return done.apply(check)
 
