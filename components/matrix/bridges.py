@@ -110,7 +110,10 @@ def render_bridge_config(spec: BridgeSpec, *, server_name: str, homeserver_url: 
             "hostname": "0.0.0.0",
             "port": spec.port,
             "id": spec.kind,
-            "bot": {"username": spec.bot_username, "displayname": f"{spec.display_name} bridge bot"},
+            # avatar "" leaves the bot's avatar unset. The default (the network's icon, an mxc:// URI on
+            # maunium.net) has the homeserver fetch it from that server at every start: traffic to a
+            # third party, and a failing request on a stack without federation.
+            "bot": {"username": spec.bot_username, "displayname": f"{spec.display_name} bridge bot", "avatar": ""},
             "ephemeral_events": True,
             "as_token": as_token,
             "hs_token": hs_token,

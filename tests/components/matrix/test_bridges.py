@@ -41,6 +41,9 @@ def test_config_has_every_value_bridgev2_checks_before_starting(kind):
     assert appservice["address"] == f"http://bridge-{kind}:{spec.port}"
     assert (appservice["hostname"], appservice["port"], appservice["id"]) == ("0.0.0.0", spec.port, kind)
     assert appservice["bot"]["username"] == spec.bot_username
+    # Found by booting the real bridges: the default avatar is an mxc:// on maunium.net, which the
+    # homeserver then fetches from there; empty leaves it unset (bridgev2 UpdateBotProfile).
+    assert appservice["bot"]["avatar"] == ""
     assert (appservice["as_token"], appservice["hs_token"]) == ("AS" * 20, "HS" * 20)
     assert appservice["username_template"] == f"{spec.user_prefix}{{{{.}}}}"
     assert config["database"]["type"] == "postgres" and config["database"]["uri"] == DB_URI
