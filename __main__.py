@@ -40,9 +40,36 @@ if settings.signal.enabled:
     signal_upstream = local_edge_upstream(settings.signal)
 extra_routes = [Route(f"chat.{settings.matrix.domain}", signal_upstream)] if signal_upstream else []
 
+backup_repository = None
+if settings.backup.enabled and settings.backup.target != "local":
+    from components.matrix.backup import BackupRepository, aws_repository_url, s3_repository_url
+
+    if settings.backup.target == "aws":
+        import pulumi_aws as aws
+
+        from components.matrix.backup_bucket import BackupBucket, BackupBucketArgs
+
+        bucket = BackupBucket(
+            "matrix-backup-bucket",
+            BackupBucketArgs(name_prefix=f"commstack-{settings.stack}-matrix-backups"),
+            opts=pulumi.ResourceOptions(provider=aws.Provider(
+                "aws-backups", region=settings.backup.region,
+                default_tags=aws.ProviderDefaultTagsArgs(tags={"commstack:project": "commstack",
+                                                               "commstack:stack": settings.stack}))),
+        )
+        backup_repository = BackupRepository(
+            url=bucket.bucket_name.apply(lambda name: aws_repository_url(settings.backup.region, name)),
+            access_key_id=bucket.access_key_id, secret_access_key=bucket.secret_access_key,
+            region=settings.backup.region)
+    else:
+        backup_repository = BackupRepository(
+            url=s3_repository_url(settings.backup.s3_endpoint, settings.backup.s3_bucket),
+            access_key_id=settings.backup.s3_access_key_id, secret_access_key=settings.backup.s3_secret_access_key)
+
 matrix = Homeserver(
     "matrix",
-    HomeserverArgs(matrix=settings.matrix, edge=settings.edge, dns_api_token=dns_api_token, extra_routes=extra_routes),
+    HomeserverArgs(matrix=settings.matrix, edge=settings.edge, dns_api_token=dns_api_token, extra_routes=extra_routes,
+                   backup=settings.backup, backup_repository=backup_repository),
     opts=docker_opts,
 )
 dns_records = list(matrix.dns_records)
@@ -55,6 +82,9 @@ pulumi.export("turnUris", matrix.turn_uris)
 pulumi.export("registrationSharedSecret", matrix.registration_shared_secret)
 pulumi.export("createAdminCommand", matrix.create_admin_command)
 pulumi.export("bridgeTokens", matrix.bridge_tokens)  # secret; `commstack doctor` pings each appservice
+if matrix.backup is not None:
+    pulumi.export("backupRepository", matrix.backup.repository_url)
+    pulumi.export("backupRepositoryPassword", matrix.backup.repository_password)  # secret: keep a copy off the host
 
 if settings.signal.enabled:
     from components.signal.backend import Backend, BackendArgs
