@@ -8,8 +8,7 @@ dumps="$STAGING_DIR/postgres"
 rm -rf "$dumps" && mkdir -p "$dumps"
 for db in $DATABASES; do
   # Synapse's backup guide: one-time keys are not worth restoring (clients upload fresh ones).
-  pg_dump --format=custom --exclude-table-data="$EXCLUDE_TABLE_DATA" --file="$dumps/$db.dump" "$db" \
-    || fail "pg_dump of $db failed; no snapshot was taken"
+  dump_with_counts "$db" "$dumps/$db.dump" "$dumps/$db.counts" || fail "pg_dump of $db failed; no snapshot was taken"
 done
 set -- "$dumps"
 for path in "$MEDIA_DIR/local_content" "$MEDIA_DIR/local_thumbnails" "$SIGNING_KEY_FILE" ${ACME_DIR:+"$ACME_DIR"}; do

@@ -1,6 +1,7 @@
 #!/bin/sh
-# The restore drill: restores the newest snapshot's dumps into scratch databases and compares their
-# tables and row counts with the live ones; records the result as a tag on the snapshot.
+# The restore drill: restores the newest snapshot's dumps into scratch databases, checks their tables
+# against the live database and their row counts against those the backup recorded in the dump's own
+# snapshot; records the result as a tag on the snapshot.
 set -eu
 . "$(dirname "$0")/lib.sh"
 open_repository
@@ -32,10 +33,16 @@ else
     if [ "$(cut -d' ' -f1 "$work/$db.live")" != "$(cut -d' ' -f1 "$work/$db.restored")" ]; then
       problems="$problems $db: tables differ from the live database (<live >restored: $(cut -d' ' -f1 "$work/$db.live" >"$work/$db.lt"; cut -d' ' -f1 "$work/$db.restored" | comm -3 "$work/$db.lt" - | head -n 5 | tr '\n\t' ' >'));"
     fi
-    # A table with live rows that came back empty (other than the data left out on purpose).
-    empty=$(join "$work/$db.live" "$work/$db.restored" | awk -v skip="$EXCLUDE_TABLE_DATA" '$2 > 0 && $3 == 0 && $1 !~ ("\\." skip "$") {print $1}')
-    [ -z "$empty" ] || problems="$problems $db: empty after restore: $empty;"
-    echo "drill $db: $(wc -l <"$work/$db.restored") tables, $(awk '{n += $2} END {print n + 0}' "$work/$db.restored") rows restored (live: $(awk '{n += $2} END {print n + 0}' "$work/$db.live"))"
+    # Row counts equal to those the backup recorded in the dump's own snapshot (the data left out on purpose aside).
+    recorded="$work$STAGING_DIR/postgres/$db.counts"
+    if [ -f "$recorded" ]; then
+      differ=$(join -a 1 -a 2 -e missing -o 0,1.2,2.2 "$recorded" "$work/$db.restored" \
+        | awk -v skip="$EXCLUDE_TABLE_DATA" '$2 != $3 && $1 !~ ("\\." skip "$") {printf "%s (%s rows backed up, %s restored) ", $1, $2, $3}')
+      [ -z "$differ" ] || problems="$problems $db: row counts differ: $differ;"
+    else
+      problems="$problems $db: the snapshot has no recorded row counts;"
+    fi
+    echo "drill $db: $(wc -l <"$work/$db.restored") tables, $(awk '{n += $2} END {print n + 0}' "$work/$db.restored") rows restored as backed up (live now: $(awk '{n += $2} END {print n + 0}' "$work/$db.live"))"
   done
 fi
 if [ -n "$problems" ]; then

@@ -34,6 +34,30 @@ live_connections() {
 
 # Tables of one database with their row counts, one `schema.table count` line each, sorted. Synapse's
 # background updates come and go with scratch tables named _temp_*; they are not data.
-row_counts() {
-  psql -X -At -F ' ' -d "$1" -c "select schemaname || '.' || relname, (xpath('/row/c/text()', query_to_xml(format('select count(*) as c from %I.%I', schemaname, relname), false, true, '')))[1]::text from pg_stat_user_tables where relname not like '\\_temp\\_%' order by schemaname || '.' || relname collate \"C\""
+ROW_COUNTS_SQL="select schemaname || '.' || relname, (xpath('/row/c/text()', query_to_xml(format('select count(*) as c from %I.%I', schemaname, relname), false, true, '')))[1]::text from pg_stat_user_tables where relname not like '\\_temp\\_%' order by schemaname || '.' || relname collate \"C\""
+row_counts() { psql -X -At -F ' ' -d "$1" -c "$ROW_COUNTS_SQL"; }
+
+# pg_dump of one database, and its row counts as of the very snapshot the dump reads (one
+# repeatable-read transaction exports it to pg_dump), so the drill can compare them exactly.
+dump_with_counts() {
+  db=$1 dump=$2 counts=$3 fifo="$STAGING_DIR/session.fifo" session="$STAGING_DIR/session.out"
+  rm -f "$fifo" "$session" && mkfifo "$fifo"
+  psql -X -q -At -F ' ' -v ON_ERROR_STOP=1 -d "$db" <"$fifo" >"$session" 2>&1 &
+  exec 3>"$fifo"
+  echo "begin isolation level repeatable read read only; select pg_export_snapshot();" >&3
+  tries=0 snapshot=""
+  while [ -z "$snapshot" ] && [ $tries -lt 300 ]; do
+    snapshot=$(grep -m 1 -E '^[0-9A-F]+-[0-9A-F]+-[0-9]+$' "$session" || true); tries=$((tries + 1)); sleep 0.1
+  done
+  rc=0
+  if [ -n "$snapshot" ]; then
+    pg_dump --snapshot="$snapshot" --format=custom --exclude-table-data="$EXCLUDE_TABLE_DATA" --file="$dump" "$db" || rc=$?
+    printf '%s\n' "\\o $counts" "$ROW_COUNTS_SQL;" "commit;" >&3
+  else
+    rc=1; echo "no snapshot from Postgres: $(tail -n 2 "$session")" >&2
+  fi
+  exec 3>&-
+  wait || rc=$?
+  rm -f "$fifo" "$session"
+  return $rc
 }
