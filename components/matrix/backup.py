@@ -23,12 +23,13 @@ from typing import Optional, Sequence
 import pulumi
 import pulumi_docker as docker
 
-from components.common import ConfigFile, ContainerSpec, child, generated_secret, image, service_container, stateful_child
+from components.common import (ConfigFile, ContainerSpec, Hardening, child, generated_secret, image, service_container,
+                               stateful_child)
 from components.settings import CONFIGS_DIR, BackupSettings
 
 CONTAINER = "backup"
 SCRIPTS_DIR = "/commstack"
-SCRIPTS = ("lib.sh", "backup.sh", "restore.sh", "drill.sh", "snapshots.sh", "schedule.sh")
+SCRIPTS = ("lib.sh", "backup.sh", "restore.sh", "drill.sh", "snapshots.sh", "schedule.sh", "health.sh")
 BACKUP_CONFIGS = CONFIGS_DIR / "backup"
 ENV_PATH = f"{SCRIPTS_DIR}/env.sh"
 PASSWORD_FILE = "/run/secrets/restic-password"
@@ -73,6 +74,7 @@ class BackupArgs:
     repository: Optional[BackupRepository] = None  # None: the protected local volume
     # Containers to stop before a restore (Synapse and the bridges), for the CLI.
     stop_containers: Sequence[str] = ()
+    extra_networks: Sequence[pulumi.Input[str]] = ()  # egress, for an S3 repository
 
 
 def s3_repository_url(endpoint: str, bucket: str, prefix: str = "restic") -> str:
@@ -186,6 +188,13 @@ class Backup(pulumi.ComponentResource):
                 files=files,
                 entrypoint=["/bin/sh", f"{SCRIPTS_DIR}/schedule.sh"],
                 volumes=volumes,
+                extra_networks=[(network, []) for network in args.extra_networks],
+                healthcheck=["CMD", "sh", f"{SCRIPTS_DIR}/health.sh"],
+                hardening=Hardening(
+                    capabilities=("CHOWN", "DAC_OVERRIDE", "FOWNER"),
+                    memory_mb=1024,
+                    why="root reads Synapse's media (uid 991) and, in a restore, writes it back with its owners; "
+                        "pg_dump and restic need more than the default memory"),
                 extra={"labels": [docker.ContainerLabelArgs(label="commstack.backup.stop-before-restore",
                                                             value=",".join(args.stop_containers))]},
             ),

@@ -18,4 +18,5 @@ restic backup --host "$BACKUP_HOST" --tag commstack "$@"
 restic forget --quiet --host "$BACKUP_HOST" --tag commstack --group-by host,tags --prune \
   --keep-daily "$KEEP_DAILY" --keep-weekly "$KEEP_WEEKLY" --keep-monthly "$KEEP_MONTHLY"
 rm -rf "$dumps"
+date -u +%s >"$STAGING_DIR/last-backup"  # for health.sh
 echo "backup done"

@@ -5,6 +5,7 @@
 set -u
 . "$(dirname "$0")/lib.sh"
 here=$(dirname "$0")
+mkdir -p "$STAGING_DIR" && date -u +%s >"$STAGING_DIR/scheduler-started"
 echo "backups daily at $SCHEDULE_AT UTC into $RESTIC_REPOSITORY; restore drill on weekday $DRILL_WEEKDAY"
 while :; do
   sleep "$(seconds_until "$SCHEDULE_AT")"

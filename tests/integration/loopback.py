@@ -216,3 +216,17 @@ def backup_env(text: str, *, root: Path, job_root: Path, ports: LoopbackPorts, t
 def backup_pgpass(text: str, *, ports: LoopbackPorts) -> str:
     """The job's .pgpass: the container hostname and port -> the harness's PostgreSQL."""
     return text.replace("postgres:5432:", f"{LOOPBACK}:{ports.postgres}:", 1)
+
+
+def synapse_exec_argv(command: list[str], *, scripts: str, root: str, synapse_url: str) -> list[str]:
+    """A command `docker exec` would run in the Synapse container, for this machine (after the interpreter)."""
+    program, *args = command
+    # The image's console script -> the same script from this interpreter's matrix-synapse.
+    adapted = [str(Path(scripts) / program)]
+    for word in args:
+        if word.startswith("/data/"):
+            word = str(host_path(Path(root), "synapse", word))  # the container's /data -> the temp dir
+        elif word == "http://localhost:8008":
+            word = synapse_url  # the container's own listener -> the harness's Synapse on loopback
+        adapted.append(word)
+    return adapted

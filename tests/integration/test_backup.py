@@ -242,6 +242,7 @@ def test_backup_wipe_restore_brings_everything_back(stack):
         done = run(scripts, "backup.sh")
         assert done.returncode == 0, done.stdout + done.stderr
         assert "created the backup repository" in done.stdout
+        assert run(scripts, "health.sh").returncode == 0
     repository = Path(local.parent / "backup" / component.LOCAL_REPOSITORY.lstrip("/"))
     assert (repository / "config").is_file()
     objects = bucket.list_objects_v2(Bucket="matrix-backups", Prefix="restic/")

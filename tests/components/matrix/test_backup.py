@@ -176,3 +176,24 @@ def test_seconds_until_the_next_run_wraps_to_tomorrow(tmp_path):
                                 check=True).stdout)
     assert 9 * 60 - 60 <= ahead <= 10 * 60
     assert 86400 - 11 * 60 <= behind <= 86400 - 9 * 60 + 60
+
+
+def test_health_is_bad_without_a_recent_backup_or_scheduler_start(tmp_path):
+    import time
+
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (tmp_path / "env.sh").write_text(f"export STAGING_DIR={shlex.quote(str(staging))}\n")
+    for name in ("lib.sh", "health.sh"):
+        (tmp_path / name).write_text((backup.BACKUP_CONFIGS / name).read_text())
+
+    def healthy() -> bool:
+        return subprocess.run(["sh", str(tmp_path / "health.sh")], capture_output=True).returncode == 0
+
+    assert not healthy()
+    (staging / "scheduler-started").write_text(f"{int(time.time())}\n")
+    assert healthy()
+    (staging / "last-backup").write_text(f"{int(time.time()) - 37 * 3600}\n")
+    assert not healthy()
+    (staging / "last-backup").write_text(f"{int(time.time()) - 3600}\n")
+    assert healthy()
