@@ -163,22 +163,30 @@ def synapse_service(harness):
     return next(s for s in reversed(harness.services) if s.name == "synapse")
 
 
-def stop_synapse(harness) -> None:
+def stop_synapse(harness) -> list[str]:
+    """What `restore --stop-services` does: the bridges and Synapse stopped (SIGTERM); returns the bridges."""
+    bridges = sorted(harness.bridges)
+    for kind in bridges:
+        harness.stop_bridge(kind)
     service = synapse_service(harness)
     service.process.terminate()
     service.process.wait(timeout=30)
-    # Its connections close a moment after the process exits.
-    wait_until("synapse's connections to close", lambda: harness.psql_superuser(
-        "-At", "-c", "select count(*) from pg_stat_activity where datname = 'synapse'").stdout.strip() == "0")
+    listed = ",".join(f"'{db}'" for db in databases(harness))
+    # Their connections close a moment after the processes exit.
+    wait_until("the connections to close", lambda: harness.psql_superuser(
+        "-At", "-c", f"select count(*) from pg_stat_activity where datname in ({listed})").stdout.strip() == "0")
+    return bridges
 
 
-def start_synapse(harness) -> None:
-    """Synapse again from the files on disk as they are now (the restored signing key included)."""
+def start_synapse(harness, bridges: list[str] = ()) -> None:
+    """Synapse again from the files on disk as they are now (the restored signing key included), then the bridges."""
     config = host_path(harness.root, "synapse", "/data/homeserver.yaml")
     service = harness.spawn("synapse", [sys.executable, "-c", SYNAPSE_AFTER_GATE, str(harness.synapse_gate),
                                         str(config)], cwd=str(config.parent))
     wait_until("synapse", lambda: requests.get(f"{harness.synapse_url}/_matrix/client/versions", timeout=1).ok,
                service.process, service.log, timeout=120)
+    for kind in bridges:
+        harness.start_bridge(kind)
 
 
 def databases(harness) -> list[str]:
@@ -260,7 +268,7 @@ def test_backup_wipe_restore_brings_everything_back(stack):
     # A restore refuses while Synapse holds the database open.
     refused = run(local, "restore.sh")
     assert refused.returncode == 1 and "the stack is running" in refused.stderr, refused.stderr
-    stop_synapse(harness)
+    bridges = stop_synapse(harness)
     before = fingerprint(harness)
     # ... and over live data unless told.
     refused = run(local, "restore.sh")
@@ -284,10 +292,10 @@ def test_backup_wipe_restore_brings_everything_back(stack):
         done = run(scripts, "restore.sh")
         assert done.returncode == 0, done.stdout + done.stderr
         assert host_path(harness.root, "synapse", "/data/signing.key").read_bytes() == signing_key
-        start_synapse(harness)
+        start_synapse(harness, bridges)
         assert_everything_is_back(stack, seeded, keys_before)
         stop_synapse(harness)
-    start_synapse(harness)
+    start_synapse(harness, bridges)
 
 
 def test_drill_passes_on_a_good_snapshot_and_catches_a_damaged_one(stack):
