@@ -17,11 +17,17 @@ from typing import Any, Mapping, Optional, Sequence
 import pulumi
 import yaml
 
-from components.common import ConfigFile, ContainerSpec, generated_secret, service_container, to_yaml
+from components.common import ConfigFile, ContainerSpec, Hardening, generated_secret, service_container, to_yaml
 from components.settings import CONFIGS_DIR
 
 CONFIG_PATH = "/data/config.yaml"
 OWN_REGISTRATION_PATH = "/data/registration.yaml"
+# The mautrix images' docker-run.sh runs as root: `chown -R` of /data to the bridge user
+# (CHOWN), then su-exec to it (SETUID, SETGID). 1337 is the images' default UID/GID; the bridge
+# may rewrite its config, so its files are 0600 and the bridge user's.
+BRIDGE_UID = "1337"
+HARDENING = Hardening(capabilities=("CHOWN", "SETGID", "SETUID"), memory_mb=512,
+                      why="docker-run.sh chowns /data, then su-exec to the bridge user 1337")
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,9 @@ def render_registration(spec: BridgeSpec, *, server_name: str, as_token: str, hs
         },
         "de.sorunome.msc2409.push_ephemeral": True,
         "receive_ephemeral": True,
+        # encryption.appservice: Synapse sends the bot's to-device events, device lists and key
+        # counts in transactions (mautrix-go sets this from that option when it writes the file).
+        "org.matrix.msc3202": True,
     }
 
 
@@ -107,7 +116,10 @@ def render_bridge_config(spec: BridgeSpec, *, server_name: str, homeserver_url: 
             "hostname": "0.0.0.0",
             "port": spec.port,
             "id": spec.kind,
-            "bot": {"username": spec.bot_username, "displayname": f"{spec.display_name} bridge bot"},
+            # avatar "" leaves the bot's avatar unset. The default (the network's icon, an mxc:// URI on
+            # maunium.net) has the homeserver fetch it from that server at every start: traffic to a
+            # third party, and a failing request on a stack without federation.
+            "bot": {"username": spec.bot_username, "displayname": f"{spec.display_name} bridge bot", "avatar": ""},
             "ephemeral_events": True,
             "as_token": as_token,
             "hs_token": hs_token,
@@ -118,8 +130,12 @@ def render_bridge_config(spec: BridgeSpec, *, server_name: str, homeserver_url: 
         "direct_media": {"enabled": False},
         # Clear the example's placeholder servers and secrets.
         "double_puppet": {"servers": {}, "allow_discovery": False, "secrets": {}},
-        # Element encrypts DMs by default; the bridge must be able to join them.
-        "encryption": {"allow": True, "default": False, "require": False, "pickle_key": pickle_key},
+        # Element encrypts DMs by default; the bridge must be able to join them. `appservice`: Synapse
+        # answers the bot's own /sync with 500 ("We no longer support AS users using /sync directly",
+        # synapse/handlers/sync.py), so its crypto gets to-device events and key counts pushed in
+        # transactions instead (MSC2409/MSC3202, which Synapse's experimental_features turn on).
+        "encryption": {"allow": True, "default": False, "require": False, "appservice": True,
+                       "pickle_key": pickle_key},
         "logging": {"min_level": "info", "writers": [{"type": "stdout", "format": "pretty"}]},
         "env_config_prefix": None,
     }
@@ -135,6 +151,8 @@ class BridgeArgs:
     network_config: Mapping[str, pulumi.Input[Any]] = field(default_factory=dict)
     # Matrix IDs given the bridge's admin level; none by default.
     admins: Sequence[str] = ()
+    # Networks besides `network` (components/matrix/network.py).
+    extra_networks: Sequence[pulumi.Input[str]] = ()
 
 
 class MautrixBridge(pulumi.ComponentResource):
@@ -173,10 +191,12 @@ class MautrixBridge(pulumi.ComponentResource):
                 image_key=spec.image,
                 network=args.network,
                 aliases=[spec.container],
+                extra_networks=[(network, [spec.container]) for network in args.extra_networks],
                 files=[
-                    ConfigFile(CONFIG_PATH, pulumi.Output.secret(config_yaml)),
-                    ConfigFile(OWN_REGISTRATION_PATH, self.registration_yaml),
+                    ConfigFile(CONFIG_PATH, pulumi.Output.secret(config_yaml), permissions="0600", owner=BRIDGE_UID),
+                    ConfigFile(OWN_REGISTRATION_PATH, self.registration_yaml, permissions="0600", owner=BRIDGE_UID),
                 ],
+                hardening=HARDENING,
                 healthcheck=["CMD", "curl", "-fsS", f"http://127.0.0.1:{spec.port}/_matrix/mau/live"],
             ),
             parent=self,

@@ -11,10 +11,13 @@ says why in one line.
 
 from __future__ import annotations
 
+import copy
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 LOOPBACK = "127.0.0.1"
 
@@ -40,7 +43,7 @@ class LoopbackPorts:
     nginx: int
     turn: int
     turn_tls: int
-    bridges: dict[str, int] = field(default_factory=dict)  # bridge kind -> appservice stand-in port
+    bridges: dict[str, int] = field(default_factory=dict)  # bridge kind -> the real bridge's appservice port
     redis: tuple[int, ...] = ()
     proxy: dict[str, int] = field(default_factory=dict)  # Traefik entry point name -> port
     element: int = 0  # the stand-in serving Element's rendered files
@@ -83,10 +86,31 @@ def log_config(config: dict, *, root: Path, data_dir: str = "/data") -> dict:
     return _relocate(config, data_dir, root, "synapse")
 
 
-def appservice_registration(registration: dict, *, stand_in_port: int) -> dict:
-    """The bridge container's hostname -> the loopback stand-in that answers Synapse's pings
-    (the mautrix bridges are Go binaries with no Debian package)."""
-    return {**registration, "url": f"http://{LOOPBACK}:{stand_in_port}"}
+def appservice_registration(registration: dict, *, bridge_port: int) -> dict:
+    """The bridge container's hostname -> the real bridge listening on a free loopback port."""
+    return {**registration, "url": f"http://{LOOPBACK}:{bridge_port}"}
+
+
+def _postgres_on_loopback(uri: str, ports: LoopbackPorts) -> str:
+    """postgres://user:pw@postgres:5432/db?... -> the same URI at the harness's PostgreSQL."""
+    parts = urlsplit(uri)
+    credentials, _, _ = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{credentials}@{LOOPBACK}:{ports.postgres}"))
+
+
+def bridge_config(config: dict, *, ports: LoopbackPorts, kind: str) -> dict:
+    """A mautrix bridge's config.yaml for loopback: only addresses and ports change."""
+    adapted = copy.deepcopy(config)
+    appservice = adapted["appservice"]
+    # Container hostname `synapse` -> the harness's Synapse on loopback.
+    adapted["homeserver"]["address"] = f"http://{LOOPBACK}:{ports.synapse}"
+    # Container hostname `postgres` -> the harness's PostgreSQL on loopback (user, password, db, options kept).
+    adapted["database"]["uri"] = _postgres_on_loopback(adapted["database"]["uri"], ports)
+    # The bridge's container address (what Synapse is told in the registration) -> its loopback port.
+    appservice["address"] = f"http://{LOOPBACK}:{ports.bridges[kind]}"
+    # 0.0.0.0 inside its container -> loopback only, on a free port instead of the bridge's default.
+    appservice["hostname"], appservice["port"] = LOOPBACK, ports.bridges[kind]
+    return adapted
 
 
 def _conf_lines_without(text: str, keys: set[str]) -> list[str]:
@@ -181,6 +205,53 @@ def traefik_dynamic(config: dict, *, root: Path, ports: LoopbackPorts, config_di
             server["url"] = f"http://{LOOPBACK}:{getattr(ports, PROXY_UPSTREAMS[matched.group(1)])}"
     return adapted
 
+
+def backup_env(text: str, *, root: Path, job_root: Path, ports: LoopbackPorts, tools: list[str],
+               repository: str | None = None, s3_credentials: str | None = None) -> str:
+    """The backup job's env.sh for loopback: each `export KEY=value` line re-quoted after its change."""
+    import shlex
+
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export "):].partition("=")
+            values[key] = shlex.split(value)[0] if value else ""
+    # Container hostname `postgres` -> the harness's PostgreSQL on loopback.
+    values.update(PGHOST=LOOPBACK, PGPORT=str(ports.postgres))
+    # The job's volumes and secret files -> the temp dir; media and the signing key are Synapse's own
+    # files there (in Docker the container mounts Synapse's media volume and holds the key's copy).
+    values["MEDIA_DIR"] = str(host_path(root, "synapse", "/data/media_store"))
+    values["SIGNING_KEY_FILE"] = str(host_path(root, "synapse", "/data/signing.key"))
+    for key in ("RESTIC_PASSWORD_FILE", "PGPASSFILE", "STAGING_DIR", "RESTIC_CACHE_DIR", "ACME_DIR"):
+        if values.get(key):
+            values[key] = str(host_path(job_root, "backup", values[key]))
+    if values["RESTIC_REPOSITORY"].startswith("/"):
+        values["RESTIC_REPOSITORY"] = str(host_path(job_root, "backup", values["RESTIC_REPOSITORY"]))
+    if repository is not None:  # another repository for this run (moto's S3 on loopback)
+        values["RESTIC_REPOSITORY"] = repository
+    if s3_credentials is not None:
+        values["S3_CREDENTIALS_FILE"] = s3_credentials
+    # restic and the Postgres clients: the image's -> the Go build of the pinned restic and Debian's.
+    values["PATH"] = os.pathsep.join([*tools, os.environ.get("PATH", "")])
+    return "".join(f"export {key}={shlex.quote(value)}\n" for key, value in values.items())
+
+
+def backup_pgpass(text: str, *, ports: LoopbackPorts) -> str:
+    """The job's .pgpass: the container hostname and port -> the harness's PostgreSQL."""
+    return text.replace("postgres:5432:", f"{LOOPBACK}:{ports.postgres}:", 1)
+
+
+def synapse_exec_argv(command: list[str], *, scripts: str, root: str, synapse_url: str) -> list[str]:
+    """A command `docker exec` would run in the Synapse container, for this machine (after the interpreter)."""
+    program, *args = command
+    # The image's console script -> the same script from this interpreter's matrix-synapse.
+    adapted = [str(Path(scripts) / program)]
+    for word in args:
+        if word.startswith("/data/"):
+            word = str(host_path(Path(root), "synapse", word))  # the container's /data -> the temp dir
+        elif word == "http://localhost:8008":
+            word = synapse_url  # the container's own listener -> the harness's Synapse on loopback
+        adapted.append(word)
 
 # -- Signal-Server and registration-service on a real JVM (tests/integration/test_signal_jvm.py) ----------------
 
