@@ -55,6 +55,9 @@ pulumi.export("turnUris", matrix.turn_uris)
 pulumi.export("registrationSharedSecret", matrix.registration_shared_secret)
 pulumi.export("createAdminCommand", matrix.create_admin_command)
 pulumi.export("bridgeTokens", matrix.bridge_tokens)  # secret; `commstack doctor` pings each appservice
+if matrix.proxy.certificate_pem is not None:
+    # The generated certificate (public): what `doctor --stack` trusts, and what a client can pin.
+    pulumi.export("tlsCertificate", matrix.proxy.certificate_pem)
 
 if settings.signal.enabled:
     from components.signal.backend import Backend, BackendArgs
@@ -85,6 +88,8 @@ if settings.signal.enabled:
     pulumi.export("signalUdTrustRoot", signal.ud_trust_root)
     pulumi.export("signalZkPublicParams", signal.zk_public_params)
     pulumi.export("signalClientInstructions", signal.client_instructions)
+    pulumi.export("signalTarget", settings.signal.target)
+    pulumi.export("signalLogsCommand", signal.logs_command)  # where doctor's hints send you
 
 if settings.edge.cloudflare_dns:
     from components.edge.dns import Dns, DnsArgs

@@ -16,9 +16,11 @@ import getpass
 import hashlib
 import hmac
 import json
+import os
 import subprocess
 import sys
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
 import requests
 
@@ -80,19 +82,76 @@ def _matrix_error(response: requests.Response) -> dict:
         return {"error": response.text[:200]}
 
 
+def passphrase_file() -> Path:
+    """Where ./scripts/up keeps the stack passphrase (generated once, never printed)."""
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "commstack" / "passphrase"
+
+
+def pulumi_env() -> dict[str, str]:
+    """The environment for Pulumi CLI subprocesses: the caller's, plus the passphrase file
+    ./scripts/up made when the caller gives no passphrase of their own."""
+    env = dict(os.environ)
+    if not env.get("PULUMI_CONFIG_PASSPHRASE") and not env.get("PULUMI_CONFIG_PASSPHRASE_FILE"):
+        if passphrase_file().is_file():
+            env["PULUMI_CONFIG_PASSPHRASE_FILE"] = str(passphrase_file())
+    return env
+
+
 def stack_outputs(stack: str, show_secrets: bool = False) -> dict[str, Any]:
     """The stack's outputs from the Pulumi CLI (values stay in this process)."""
     command = ["pulumi", "stack", "output", "--stack", stack, "--json"]
     if show_secrets:
         command.insert(3, "--show-secrets")
     try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        done = subprocess.run(command, capture_output=True, text=True, check=False, env=pulumi_env())
     except FileNotFoundError as exc:
         raise AdminError("the Pulumi CLI is not installed; see the README's quick start") from exc
     if done.returncode != 0:
         # stderr never holds output values, only the CLI's complaint.
-        raise AdminError(f"`pulumi stack output --stack {stack}` failed: {done.stderr.strip()[:300]}")
-    return json.loads(done.stdout or "{}")
+        complaint = done.stderr.strip()[:300]
+        hint = ""
+        if "passphrase" in complaint.lower():
+            hint = (f"; export PULUMI_CONFIG_PASSPHRASE_FILE={passphrase_file()} (./scripts/up keeps it there) "
+                    "or PULUMI_CONFIG_PASSPHRASE")
+        raise AdminError(f"`pulumi stack output --stack {stack}` failed: {complaint}{hint}")
+    try:
+        outputs = json.loads(done.stdout or "{}")
+    except ValueError as exc:
+        raise AdminError(f"`pulumi stack output --stack {stack} --json` did not print JSON") from exc
+    if not isinstance(outputs, dict):
+        raise AdminError(f"`pulumi stack output --stack {stack} --json` did not print an object")
+    return outputs
+
+
+# -- the stack's Docker host -----------------------------------------------------------------
+
+
+def stack_docker_host(stack: str) -> str:
+    """The stack's `commstack:dockerHost` (empty: the local engine or DOCKER_HOST), from its stack file."""
+    import yaml
+
+    from commstack import offline
+
+    try:
+        return (offline.stack_config(stack).get("commstack:dockerHost") or "").strip()
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise AdminError(f"cannot read the stack file of {stack!r}: {exc}") from exc
+
+
+def docker_exec(stack: str, container: str, command: Sequence[str], stdin: str = "",
+                timeout: float = 120) -> subprocess.CompletedProcess:
+    """Runs `command` in the stack's `container` over the stack's Docker host connection
+    (the same engine `pulumi up` deployed to); `stdin` carries anything secret, never argv."""
+    host = stack_docker_host(stack)
+    argv = ["docker", *(["--host", host] if host else []), "exec", "-i", container, *command]
+    try:
+        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
+    except FileNotFoundError as exc:
+        raise AdminError("the Docker CLI is not installed; it reaches the stack's containers "
+                         "(https://docs.docker.com/engine/install/)") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise AdminError(f"`docker exec {container}` gave no answer in {timeout:.0f} s "
+                         f"(Docker host: {host or 'local'})") from exc
 
 
 def _read_password(from_stdin: bool) -> str:
