@@ -26,6 +26,7 @@ import requests
 
 REGISTER_PATH = "/_synapse/admin/v1/register"
 TIMEOUT = 15
+MIN_PASSWORD_LENGTH = 12  # the README's create-admin line says so
 
 
 class AdminError(RuntimeError):
@@ -154,6 +155,22 @@ def docker_exec(stack: str, container: str, command: Sequence[str], stdin: str =
                          f"(Docker host: {host or 'local'})") from exc
 
 
+def _stack_ca_file(outputs: dict) -> Optional[str]:
+    """A tls self-signed stack's own certificate (its public tlsCertificate output) in a temporary
+    file, for requests' `verify`; None for a stack with publicly trusted certificates."""
+    import atexit
+    import tempfile
+
+    pem = outputs.get("tlsCertificate")
+    if not isinstance(pem, str) or not pem.strip():
+        return None
+    handle = tempfile.NamedTemporaryFile("w", prefix="commstack-ca-", suffix=".pem", delete=False)
+    with handle:
+        handle.write(pem)
+    atexit.register(lambda: os.path.exists(handle.name) and os.unlink(handle.name))
+    return handle.name
+
+
 def _read_password(from_stdin: bool) -> str:
     if from_stdin:
         password = sys.stdin.readline().rstrip("\n")
@@ -161,8 +178,8 @@ def _read_password(from_stdin: bool) -> str:
         password = getpass.getpass("Password for the new admin: ")
         if password != getpass.getpass("Repeat the password: "):
             raise AdminError("the passwords differ")
-    if len(password) < 12:
-        raise AdminError("use a password of at least 12 characters")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AdminError(f"use a password of at least {MIN_PASSWORD_LENGTH} characters")
     return password
 
 
@@ -177,8 +194,8 @@ def main(args: Any) -> int:
         if not url:
             raise AdminError("no --url given and the stack has no homeserverUrl output")
         password = _read_password(getattr(args, "password_stdin", False))
-        user_id = register_user(url, secret, args.user, password, admin=True,
-                                verify=not getattr(args, "insecure_tls", False))
+        verify = False if getattr(args, "insecure_tls", False) else (_stack_ca_file(outputs) or True)
+        user_id = register_user(url, secret, args.user, password, admin=True, verify=verify)
     except (AdminError, requests.RequestException) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -192,4 +209,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--user", default="admin", help="localpart of the new admin (default: admin)")
     parser.add_argument("--url", help="homeserver base URL (default: the stack's homeserverUrl output)")
     parser.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    parser.add_argument("--insecure-tls", action="store_true", help="accept a self-signed certificate")
+    parser.add_argument("--insecure-tls", action="store_true",
+                        help="skip the certificate check (a self-signed stack's own certificate, its tlsCertificate "
+                             "output, is trusted without it)")

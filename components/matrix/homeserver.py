@@ -170,9 +170,8 @@ class Homeserver(pulumi.ComponentResource):
         self.server_name = m.server_name
         self.turn_uris = list(self.turn.uris) if self.turn else []
         self.registration_shared_secret = self.synapse.registration_shared_secret
-        # The program's own self-signed certificate is not in any trust store.
-        self.create_admin_command = (f"python -m commstack create-admin --stack {pulumi.get_stack()} --user admin"
-                                     + ("" if letsencrypt else " --insecure-tls"))
+        # create-admin trusts a self-signed stack's own certificate (its tlsCertificate output) by itself.
+        self.create_admin_command = f".venv/bin/python -m commstack create-admin --stack {pulumi.get_stack()} --user admin"
         self.bridge_tokens = pulumi.Output.secret(
             pulumi.Output.all(**{kind: bridge.as_token for kind, bridge in self.bridges.items()})
             if self.bridges else pulumi.Output.from_input({})
