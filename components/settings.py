@@ -32,9 +32,22 @@ _DNS_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 _DOMAIN_RE = re.compile(rf"(?:{_DNS_LABEL}\.)+{_DNS_LABEL}", re.ASCII)
 _REGION_RE = re.compile(r"[a-z]{2}(?:-gov)?-[a-z]+-\d", re.ASCII)
 _INSTANCE_TYPE_RE = re.compile(r"[a-z][a-z0-9-]*\d[a-z0-9-]*\.(?:nano|micro|small|medium|large|metal|\d*xlarge)", re.ASCII)
-_EMAIL_RE = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z0-9-]+", re.ASCII)
-_DOCKER_HOST_RE = re.compile(r"(?:unix|tcp|ssh|npipe)://[!-~]+", re.ASCII)
-_S3_URI_RE = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[!-~]+", re.ASCII)
+# An e-mail address: an RFC 5322 dot-atom local part (letters, digits and !#$%&'*+/=?^_`{|}~-, dots
+# between), then a DNS name with a letter-only top-level label. Quoted local parts, comments and
+# address literals are refused. Characters a shell would act on stay legal (o'brien@example.org):
+# every place the address lands quotes it (components/quoting.py).
+_EMAIL_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_EMAIL_RE = re.compile(rf"^(?=.{{1,64}}@){_EMAIL_ATOM}(?:\.{_EMAIL_ATOM})*@(?=.{{1,253}}$)"
+                       r"(?:(?!-)[A-Za-z0-9-]{1,63}(?<!-)\.)+[A-Za-z]{2,63}$", re.ASCII)
+# unix:///absolute/path, tcp://host:port, ssh://[user@]host[:port], npipe:////./pipe/name.
+_HOST_PART = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])"
+_DOCKER_HOST_RE = re.compile(
+    rf"^(?:unix://(?:/[A-Za-z0-9._-]+)+|tcp://{_HOST_PART}:\d{{1,5}}|ssh://(?:[A-Za-z0-9._-]+@)?{_HOST_PART}(?::\d{{1,5}})?"
+    r"|npipe:////\./pipe/[A-Za-z0-9._-]+)$", re.ASCII)
+# s3://bucket/key: S3's bucket naming rules, and a key of S3's "safe" characters
+# (docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html) except `*`, which the key's
+# IAM resource ARN (components/signal/iam.py) would read as a wildcard.
+_S3_URI_RE = re.compile(r"^s3://(?!xn--)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/(?!/)[A-Za-z0-9!_.'()/-]{1,1024}$", re.ASCII)
 _REPO_RE = re.compile(r"https://[A-Za-z0-9.-]+/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+?(?:\.git)?", re.ASCII)
 _POSITIVE_INT_RE = re.compile(r"[0-9]+", re.ASCII)
 # MTProto's initConnection takes api_id as a 32-bit `int` (core.telegram.org/method/initConnection).
@@ -409,7 +422,7 @@ def load_settings(stack: Optional[str] = None) -> Settings:
 
     docker_host = r.text("commstack:dockerHost")
     r.check(not docker_host or bool(_DOCKER_HOST_RE.fullmatch(docker_host)), "commstack:dockerHost",
-            f"{docker_host!r} is not a Docker host URL (unix://, tcp:// or ssh://user@host)")
+            f"{docker_host!r} is not a Docker host URL (unix:///path, tcp://host:port or ssh://user@host[:port])")
 
     public_ip = r.text("commstack:publicIp")
     r.check(_valid_ipv4(public_ip), "commstack:publicIp", f"{public_ip!r} is not an IPv4 address")
@@ -417,7 +430,7 @@ def load_settings(stack: Optional[str] = None) -> Settings:
     tls = r.choice("commstack:tls", ("self-signed", "letsencrypt"))
     acme_email = r.text("commstack:acmeEmail")
     r.check(not acme_email or bool(_EMAIL_RE.fullmatch(acme_email)), "commstack:acmeEmail",
-            f"{acme_email!r} is not an e-mail address")
+            f"{acme_email!r} is not an e-mail address (name@example.org: a dot-separated local part, then a DNS name)")
 
     cloudflare_dns = r.boolean("commstack:cloudflareDns")
     cloudflare_proxy_http = r.boolean("commstack:cloudflareProxyHttp")
@@ -560,7 +573,7 @@ def load_settings(stack: Optional[str] = None) -> Settings:
             r.problem("commstack:signalServerRef",
                       f"{ref!r} has no data file configs/signal/{ref}.yaml; supported: {', '.join(supported_signal_refs())}",
                       "v9.81.0")
-        r.check(not jar or bool(_S3_URI_RE.fullmatch(jar)), "commstack:signalJarS3Uri", f"{jar!r} is not an s3://bucket/key URI")
+        r.check(not jar or bool(_S3_URI_RE.fullmatch(jar)), "commstack:signalJarS3Uri", f"{jar!r} is not an s3://bucket/key URI (key of letters, digits and ! - _ . ' ( ) /)")
         bad_cidrs = {c: cidr_problem(c) for c in admin_cidrs if not _valid_cidr(c)}
         if bad_cidrs:
             fixed = [c if c not in bad_cidrs else (f"{c.split('/', 1)[0]}/32" if "host bits" in bad_cidrs[c]

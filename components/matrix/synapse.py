@@ -104,6 +104,7 @@ def render_homeserver_config(
         "allow_guest_access": False,
         "trusted_key_servers": [{"server_name": "matrix.org"}],
         "suppress_key_server_warning": True,
+        # Still the key v1.163.2 reads (synapse/config/server.py); only its attribute became ip_range_blocklist.
         "ip_range_blacklist": list(PRIVATE_RANGES),
         "federation_client_minimum_tls_version": "1.2",
         "max_upload_size": max_upload_size,

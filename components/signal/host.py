@@ -20,6 +20,7 @@ from typing import Optional
 import pulumi
 
 from components.common import child, image, stateful_child, to_yaml
+from components.quoting import nginx_word, shell_line, shell_word, systemd_environment, systemd_exec_word, systemd_text
 from components.signal import redis
 from components.signal.version import ServerVersion, template
 
@@ -57,18 +58,29 @@ def _render(name: str, **values) -> str:
 
 def render_nginx_conf(host: str, app_port: int, grpc_port: int, grpc_tls_port: int) -> str:
     """chat.<domain> -> Signal-Server, and the loopback-only TLS gRPC front of registration-service."""
-    return _render("nginx-signal.conf.tmpl", host=host, app_port=app_port, grpc_port=grpc_port,
+    return _render("nginx-signal.conf.tmpl", host=nginx_word(host), app_port=app_port, grpc_port=grpc_port,
                    grpc_tls_port=grpc_tls_port, grpc_host=REGISTRATION_TLS_HOST, internal_cert=PATHS["tls_cert"],
                    internal_key=PATHS["tls_key"])
 
 
 def render_systemd_unit(version_ref: str, region: str, heap: str = "2g") -> str:
-    return _render("signal-server.service.tmpl", version=version_ref, tool=PATHS["tool"], manifest=PATHS["manifest"],
-                   bundle=PATHS["bundle"], jar=PATHS["jar"], config=PATHS["config_out"], heap=heap, region=region)
+    return _render("signal-server.service.tmpl", version=systemd_text(version_ref), tool=PATHS["tool"],
+                   manifest=PATHS["manifest"], bundle=PATHS["bundle"], jar=PATHS["jar"], config=PATHS["config_out"],
+                   heap=heap, region_environment=systemd_environment("AWS_DEFAULT_REGION", region))
+
+
+def certbot_script(host: str, email: str) -> str:
+    """The shell line certbot runs under: every value one quoted word (an e-mail may hold `'`, `$`, ...)."""
+    certificate = f"/etc/letsencrypt/live/{host}/fullchain.pem"
+    return (f"test -f {shell_word(certificate)} || " + shell_line([
+        "certbot", "certonly", "--standalone", "--non-interactive", "--agree-tos", "-m", email, "-d", host,
+        "--pre-hook", "systemctl stop nginx", "--post-hook", "systemctl start nginx"]))
 
 
 def render_certbot_unit(host: str, email: str) -> str:
-    return _render("signal-certbot.service.tmpl", host=host, email=email, retry_seconds=CERTBOT_RETRY_SECONDS)
+    return _render("signal-certbot.service.tmpl", host=systemd_text(host),
+                   exec_start=f"/bin/sh -c {systemd_exec_word(certbot_script(host, email))}",
+                   retry_seconds=CERTBOT_RETRY_SECONDS)
 
 
 def render_registration_config(port: int, bind_host: Optional[str] = None,
@@ -147,9 +159,11 @@ def render_cloud_init(version: ServerVersion, *, server_repo: str, server_ref: s
         (f"{OPT}/mount-data.sh", _mount_script(data_volume_id), "0755"),
     ]
     if jar_s3_uri:
-        fetch_jar = f"aws s3 cp --region {region} {jar_s3_uri} {PATHS['jar']}"
+        fetch_jar = shell_line(["aws", "s3", "cp", "--region", region, jar_s3_uri, PATHS["jar"]])
     else:
-        fetch_jar = (f"git clone {server_repo} {OPT}/src && cd {OPT}/src && git checkout --detach {server_ref} && "
+        # version['build'] is a command line from the version data file, not a setting.
+        fetch_jar = (f"git clone {shell_word(server_repo)} {OPT}/src && cd {OPT}/src && "
+                     f"git checkout --detach {shell_word(server_ref)} && "
                      f"{version['build']} && cp {OPT}/src/{version['jar']} {PATHS['jar']}")
     document = {
         "package_update": True,
@@ -179,7 +193,7 @@ def _compose_unit(region: str) -> str:
         "After=docker.service\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nWorkingDirectory=/opt/signal\n"
         # SSM or the image build can fail transiently at boot (network, IAM not yet propagated): retry.
         "Restart=on-failure\nRestartSec=30\n"
-        f"Environment=AWS_DEFAULT_REGION={region}\n"
+        f"Environment={systemd_environment('AWS_DEFAULT_REGION', region)}\n"
         f"ExecStartPre=/usr/bin/python3 {PATHS['tool']} first-boot {PATHS['manifest']}\n"
         f"ExecStartPre=/usr/bin/python3 {PATHS['tool']} assemble {PATHS['manifest']}\n"
         f"ExecStart=/usr/bin/docker-compose -f {PATHS['compose']} up -d --build\n"

@@ -201,3 +201,23 @@ def test_appservice_registrations_must_live_where_synapse_reads_them():
             network="net", server_name="example.org", public_baseurl="https://matrix.example.org/",
             database=DatabaseCredentials("postgres", 5432, "synapse", "synapse", pulumi.Output.secret("pw")),
             appservice_registrations={"/etc/whatsapp.yaml": pulumi.Output.secret("x")}))
+
+
+def test_ip_range_blacklist_is_the_key_the_pinned_synapse_reads(tmp_path):
+    """Synapse v1.163.2 renamed only its Python attribute (`ip_range_blocklist`); the config key it
+    reads is still `ip_range_blacklist` (synapse/config/server.py). A key with the new-looking name
+    would be ignored and the server would fall back to its defaults, so the program keeps the old name."""
+    import netaddr
+    from synapse.config.server import DEFAULT_IP_RANGE_BLOCKLIST
+
+    config = render()
+    assert "ip_range_blocklist" not in config
+    assert set(DEFAULT_IP_RANGE_BLOCKLIST) <= set(config["ip_range_blacklist"])  # never weaker than the default
+    (tmp_path / "ours").mkdir()
+    parsed = load_with_synapse({**config, "ip_range_blacklist": ["10.0.0.0/8"]}, tmp_path / "ours")
+    assert netaddr.IPAddress("10.1.2.3") in parsed.server.ip_range_blocklist
+    assert netaddr.IPAddress("192.168.1.1") not in parsed.server.ip_range_blocklist  # our list, not the default
+    renamed = {k: v for k, v in config.items() if k != "ip_range_blacklist"}
+    (tmp_path / "renamed").mkdir()
+    ignored = load_with_synapse({**renamed, "ip_range_blocklist": ["10.0.0.0/8"]}, tmp_path / "renamed")
+    assert netaddr.IPAddress("192.168.1.1") in ignored.server.ip_range_blocklist  # the default, key ignored

@@ -249,7 +249,7 @@ def test_cloud_init_builds_the_pinned_ref_and_runs_the_server_under_systemd(prod
     assert f"-Dsecrets.bundle.filename={PATHS['bundle']}" in service["ExecStart"]
     manifest = json.loads(written_file(prod_signal, PATHS["manifest"]))
     assert manifest["store"] == "ssm" and set(manifest["bundle"]) == {e.key for e in VERSION.bundle}
-    assert service["Environment"] == "AWS_DEFAULT_REGION=eu-central-1"
+    assert service["Environment"] == '"AWS_DEFAULT_REGION=eu-central-1"'
     assert manifest["region"] == "eu-central-1"
     nginx = nginx_servers(written_file(prod_signal, "/etc/nginx/sites-available/signal.conf"))
     assert [d[1:] for s in nginx for d in s if d[0] == "server_name"] == [["chat.example.org"]] * 2 + [["localhost"]]

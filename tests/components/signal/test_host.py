@@ -96,7 +96,7 @@ def test_certbot_retries_until_it_has_a_certificate_then_starts_nginx(prod_signa
 def test_every_unit_that_talks_to_aws_is_given_the_region(prod_signal):
     for path in ("/etc/systemd/system/signal-server.service", "/etc/systemd/system/signal-redis.service"):
         unit = _unit(written_file(prod_signal, path))
-        assert unit["Environment"] == ["AWS_DEFAULT_REGION=eu-central-1"], path
+        assert unit["Environment"] == ['"AWS_DEFAULT_REGION=eu-central-1"'], path
         assert any("signal_secrets.py" in command for command in unit["ExecStartPre"]), path
 
 
