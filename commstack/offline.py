@@ -43,6 +43,7 @@ OFFLINE_ZONE_ID = "0123456789abcdef0123456789abcdef"
 OFFLINE_SECRET_STANDINS = {
     "commstack:cloudflareApiToken": "offline-stand-in-cloudflare-token",
     "commstack:telegramApiHash": "offline-stand-in-telegram-hash",
+    "commstack:signalTwilioApiKeySecret": "offline-stand-in-twilio-api-key-secret",
 }
 
 # The Parameter Store that getParametersByPath answers from ({name: value}). Empty,

@@ -48,6 +48,11 @@ _DOCKER_HOST_RE = re.compile(
 # (docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html) except `*`, which the key's
 # IAM resource ARN (components/signal/iam.py) would read as a wildcard.
 _S3_URI_RE = re.compile(r"^s3://(?!xn--)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/(?!/)[A-Za-z0-9!_.'()/-]{1,1024}$", re.ASCII)
+_E164_RE = re.compile(r"^\+[1-9]\d{6,14}$", re.ASCII)
+# Twilio SIDs: a two-letter type prefix and 32 hex digits (twilio.com/docs/glossary/what-is-a-sid).
+_TWILIO_SID_RE = {prefix: re.compile(rf"^{prefix}[0-9a-f]{{32}}$", re.ASCII) for prefix in ("AC", "SK", "VA")}
+# SMS Retriever app hash: 11 characters of base64 (developers.google.com/identity/sms-retriever/verify).
+_APP_HASH_RE = re.compile(r"^[A-Za-z0-9+/]{11}$", re.ASCII)
 _REPO_RE = re.compile(r"https://[A-Za-z0-9.-]+/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+?(?:\.git)?", re.ASCII)
 _POSITIVE_INT_RE = re.compile(r"[0-9]+", re.ASCII)
 # MTProto's initConnection takes api_id as a 32-bit `int` (core.telegram.org/method/initConnection).
@@ -127,6 +132,13 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
         ConfigKey("signalJarS3Uri", "", "Optional s3:// URI of a prebuilt TextSecureServer jar, so a replacement instance starts without building.", "s3://my-builds/TextSecureServer-9.81.0.jar"),
         ConfigKey("signalRedis", "containers", "`containers` (six-node Redis cluster on the instance) or `elasticache` (AWS ElastiCache, cluster mode).", "elasticache"),
         ConfigKey("adminCidrs", [], "JSON list of CIDRs allowed to SSH to the Signal instance; empty keeps SSH closed.", "'[\"198.51.100.7/32\"]'"),
+        ConfigKey("signalTwilioAccountSid", "", "Twilio account SID (AC…): registration-service verifies phone numbers with Twilio Verify. Required when signal is on, unless signalInsecureUnverifiedRegistration.", "AC0123456789abcdef0123456789abcdef"),
+        ConfigKey("signalTwilioApiKeySid", "", "SID of a Twilio API key (SK…) of that account; required with Twilio.", "SK0123456789abcdef0123456789abcdef"),
+        ConfigKey("signalTwilioApiKeySecret", None, "Secret of that Twilio API key (secret); required with Twilio. Reaches registration-service through SSM or a 0600 file, never the user data.", "<api_key_secret>", secret=True),
+        ConfigKey("signalTwilioVerifyServiceSid", "", "SID of the Twilio Verify service (VA…) that sends and checks the codes; required with Twilio.", "VA0123456789abcdef0123456789abcdef"),
+        ConfigKey("signalTwilioAndroidAppHash", "", "The 11-character SMS Retriever hash of your Signal-Android build (its signing key), put in each code SMS; required with Twilio.", "AbCdEfGhIjK"),
+        ConfigKey("signalAllowedNumbers", [], "JSON list of E.164 phone numbers that alone may register (checked before any code is sent); empty: any number Twilio verifies.", "'[\"+15551234567\"]'"),
+        ConfigKey("signalInsecureUnverifiedRegistration", False, "INSECURE: run registration-service's dev environment, where the code is the number's last six digits, so anyone can register any number. Local test stacks only: refused with cloudflareDns, a public domain or signalTarget aws.", "true"),
         ConfigKey("region", None, "AWS region of the Signal half; required when signal is on and signalTarget is aws.", "eu-central-1", namespace="aws"),
     ]
 }
@@ -198,6 +210,14 @@ class SignalSettings:
     jar_s3_uri: str
     redis: str
     admin_cidrs: tuple[str, ...]
+    # How registration-service verifies numbers (components/signal/registration.py).
+    twilio_account_sid: str = ""
+    twilio_api_key_sid: str = ""
+    twilio_verify_service_sid: str = ""
+    twilio_android_app_hash: str = ""
+    twilio_api_key_secret: Optional[pulumi.Output] = field(default=None, repr=False)
+    allowed_numbers: tuple[str, ...] = ()
+    insecure_unverified_registration: bool = False
 
     @property
     def data_file(self) -> Path:
@@ -390,6 +410,74 @@ def valid_git_ref(ref: str) -> bool:
 
 def supported_signal_refs() -> list[str]:
     return sorted(p.stem for p in (CONFIGS_DIR / "signal").glob("v*.yaml"))
+
+
+INSECURE_REGISTRATION_KEY = "commstack:signalInsecureUnverifiedRegistration"
+TWILIO_KEYS = ("commstack:signalTwilioAccountSid", "commstack:signalTwilioApiKeySid",
+               "commstack:signalTwilioApiKeySecret", "commstack:signalTwilioVerifyServiceSid",
+               "commstack:signalTwilioAndroidAppHash")
+
+
+def internet_facing_reasons(domain: str, cloudflare_dns: bool, signal_target: str) -> list[str]:
+    """Why a stack's Signal half can be reached from the internet (empty: local only)."""
+    reasons = []
+    if cloudflare_dns:
+        reasons.append("cloudflareDns is true (public DNS records)")
+    if domain and not non_public_domain(domain):
+        reasons.append(f"{domain!r} is a public domain")
+    if signal_target == "aws":
+        reasons.append("signalTarget is aws (the instance answers on a public Elastic IP)")
+    return reasons
+
+
+def _signal_verification(r: "_Reader", domain: str, cloudflare_dns: bool, target: str) -> dict:
+    """How registration-service verifies numbers; every way of letting unverified numbers register is a problem,
+    except the explicit insecure setting on a stack no one outside can reach."""
+    insecure = r.boolean(INSECURE_REGISTRATION_KEY)
+    values = {"twilio_account_sid": r.text("commstack:signalTwilioAccountSid"),
+              "twilio_api_key_sid": r.text("commstack:signalTwilioApiKeySid"),
+              "twilio_verify_service_sid": r.text("commstack:signalTwilioVerifyServiceSid"),
+              "twilio_android_app_hash": r.text("commstack:signalTwilioAndroidAppHash")}
+    secret = r.secret("commstack:signalTwilioApiKeySecret")
+    allowed = r.string_list("commstack:signalAllowedNumbers")
+    # The non-secret Twilio settings say which mode the stack meant (a stored secret alone is ignored).
+    given = [key for key, value in zip(TWILIO_KEYS, (values["twilio_account_sid"], values["twilio_api_key_sid"],
+                                                     None, values["twilio_verify_service_sid"],
+                                                     values["twilio_android_app_hash"]))
+             if value]
+    if insecure:
+        facing = internet_facing_reasons(domain, cloudflare_dns, target)
+        r.check(not facing, INSECURE_REGISTRATION_KEY,
+                "lets anyone register any phone number (registration-service's dev environment derives the code "
+                f"from the number), and this stack faces the internet: {'; '.join(facing)}. Configure Twilio Verify "
+                "(signalTwilio* settings) instead", "false")
+        r.check(not given, INSECURE_REGISTRATION_KEY,
+                f"conflicts with the Twilio settings ({', '.join(given)}): choose Twilio Verify or the insecure "
+                "dev environment, not both", "false")
+        r.check(not allowed, "commstack:signalAllowedNumbers",
+                "is enforced only when numbers are verified (Twilio Verify); with signalInsecureUnverifiedRegistration "
+                "anyone could still register a listed number", "'[]'")
+    else:
+        why = ("is required: the Signal half verifies phone numbers with Twilio Verify, and without a real sender "
+               "registration-service could only run its dev environment, where anyone can register any number")
+        for key, field_name, pattern, what in (
+                ("commstack:signalTwilioAccountSid", "twilio_account_sid", _TWILIO_SID_RE["AC"], "an account SID (AC + 32 hex digits)"),
+                ("commstack:signalTwilioApiKeySid", "twilio_api_key_sid", _TWILIO_SID_RE["SK"], "an API key SID (SK + 32 hex digits)"),
+                ("commstack:signalTwilioVerifyServiceSid", "twilio_verify_service_sid", _TWILIO_SID_RE["VA"], "a Verify service SID (VA + 32 hex digits)"),
+                ("commstack:signalTwilioAndroidAppHash", "twilio_android_app_hash", _APP_HASH_RE, "an 11-character SMS Retriever app hash")):
+            value = values[field_name]
+            if not value:
+                r.problem(key, why)
+            else:
+                r.check(bool(pattern.fullmatch(value)), key, f"{value!r} is not {what}")
+        r.check(secret is not None, "commstack:signalTwilioApiKeySecret", why)
+        bad = [n for n in allowed if not _E164_RE.fullmatch(n)]
+        r.check(not bad, "commstack:signalAllowedNumbers", f"not E.164 phone numbers (+ and 7 to 15 digits): "
+                f"{', '.join(map(repr, bad))}", '\'["+15551234567"]\'')
+        r.check(len(set(allowed)) == len(allowed), "commstack:signalAllowedNumbers", "lists a number twice",
+                '\'["+15551234567"]\'')
+    return {**values, "twilio_api_key_secret": None if insecure else secret, "allowed_numbers": tuple(allowed),
+            "insecure_unverified_registration": insecure}
 
 
 def load_settings(stack: Optional[str] = None) -> Settings:
@@ -585,6 +673,9 @@ def load_settings(stack: Optional[str] = None) -> Settings:
         open_world = [c for c in admin_cidrs if _valid_cidr(c) and ipaddress.ip_network(c).prefixlen == 0]
         r.check(not open_world, "commstack:adminCidrs", "must not open SSH to the whole internet (0.0.0.0/0 or ::/0)",
                 '\'["198.51.100.7/32"]\'')
+        verification = _signal_verification(r, domain, cloudflare_dns, target)
+    else:
+        verification = {}
 
     if r.problems:
         raise SettingsError(r.problems)
@@ -627,6 +718,7 @@ def load_settings(stack: Optional[str] = None) -> Settings:
             jar_s3_uri=jar,
             redis=redis,
             admin_cidrs=tuple(admin_cidrs),
+            **verification,
         ),
         warnings=tuple(warnings),
     )

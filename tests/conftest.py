@@ -22,6 +22,7 @@ from commstack import offline  # noqa: E402
 TEST_SECRETS = {
     "commstack:cloudflareApiToken": "test-cloudflare-token-0123456789",
     "commstack:telegramApiHash": "0123456789abcdef0123456789abcdef",
+    "commstack:signalTwilioApiKeySecret": "test-twilio-api-key-secret-0123456789",
 }
 
 

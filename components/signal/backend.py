@@ -14,12 +14,13 @@ import pulumi
 from components.edge.records import DnsRecordSpec
 from components.settings import SIGNAL_SUBDOMAINS, EdgeSettings, SignalSettings
 from components.signal import redis
-from components.signal.host import REGISTRATION_TLS_HOST
+from components.signal.host import REGISTRATION_TLS_HOST, TWILIO_SECRET_PARAMETER
 from components.signal.local import (LOCAL_REGION, edge_upstream, REDIS_PORT, REGISTRATION_ALIAS, LocalBackend, LocalBackendArgs,
                                      redis_alias)
 from components.signal.secrets import (TLS_KEY_PARAMETER, InternalTls, InternalTlsArgs, ServerSecrets,
                                        ServerSecretsArgs, bundle_parameter, config_parameter, public_parameter,
                                        public_path)
+from components.signal.registration import verification_from_settings
 from components.signal.server_config import AppConfigNames, RegistrationEndpoint, render_server_config
 from components.signal.version import ServerVersion, load_version
 
@@ -138,8 +139,11 @@ class Backend(pulumi.ComponentResource):
         region = signal.region
         parameter_prefix = f"/commstack/{pulumi.get_stack()}/{name}"
         opts = pulumi.ResourceOptions(parent=self)
+        verification = verification_from_settings(signal)
+        operator_secrets = ({TWILIO_SECRET_PARAMETER: signal.twilio_api_key_secret}
+                            if verification.needs_secrets_file else {})
         secrets = ServerSecrets(f"{name}-secrets", ServerSecretsArgs(version, internal_tls.private_key_pem,
-                                                                     parameter_prefix), opts=opts)
+                                                                     parameter_prefix, operator_secrets), opts=opts)
         tables = Tables(f"{name}-tables", TablesArgs(version.tables, name_prefix), opts=opts)
         buckets = Buckets(f"{name}-buckets", BucketsArgs(version.buckets, name_prefix), opts=opts)
         dynamic = DynamicConfig(f"{name}-appconfig", DynamicConfigArgs(), opts=opts)
@@ -175,7 +179,7 @@ class Backend(pulumi.ComponentResource):
             acme_email=args.edge.acme_email, region=region, parameter_prefix=parameter_prefix,
             security_group_id=firewall.security_group.id, instance_profile_name=role.profile.name,
             config_yml=config_yml, tls_cert_pem=internal_tls.cert_pem,
-            redis_in_containers=signal.redis == "containers"), opts=opts)
+            redis_in_containers=signal.redis == "containers", verification=verification), opts=opts)
         self.components = {"secrets": secrets, "tables": tables, "buckets": buckets, "appconfig": dynamic,
                            "firewall": firewall, "iam": role, "host": host}
         # First boot writes the public values after `pulumi up` returns: the first up finds none (the
@@ -212,7 +216,8 @@ class Backend(pulumi.ComponentResource):
             version=version, server_repo=args.signal.server_repo, server_ref=args.signal.server_ref,
             name_prefix=name_prefix, config_yml=config_yml, tls_cert_pem=internal_tls.cert_pem,
             program_values=program_values, app_config=app_config, region=LOCAL_REGION,
-            edge_network=args.edge_network), opts=opts)
+            edge_network=args.edge_network, verification=verification_from_settings(args.signal),
+            twilio_api_key_secret=args.signal.twilio_api_key_secret), opts=opts)
         self.components = {"secrets": secrets, "local": local}
         # The values sit in the server container's volume, which the program cannot read.
         how_to_read = {n: ON_DOCKER_HOST.format(

@@ -22,6 +22,8 @@ import pulumi
 from components.common import child, image, stateful_child, to_yaml
 from components.quoting import nginx_word, shell_line, shell_word, systemd_environment, systemd_exec_word, systemd_text
 from components.signal import redis
+from components.signal import registration as reg
+from components.signal.registration import Verification
 from components.signal.version import ServerVersion, template
 
 OPT = "/opt/signal"
@@ -36,6 +38,12 @@ USER_DATA_LIMIT = 16384
 CERTBOT_RETRY_SECONDS = 900
 # Signal-Server reaches registration-service through nginx on loopback, under the internal certificate's name.
 REGISTRATION_TLS_HOST = "localhost"
+# The Twilio API key secret in SSM, under the parameter prefix; assembled into the service's secrets file.
+TWILIO_SECRET_PARAMETER = "registration/twilio-api-key-secret"
+# Instance metadata (IMDSv2) answers only on the instance itself: a response to a token request dies one hop
+# out, so nothing in a bridge-networked container (registration-service) can get the role's credentials.
+IMDS_HOP_LIMIT = 1
+IMDS_ADDRESS = "169.254.169.254"
 
 PATHS = {
     "tool": f"{OPT}/signal_secrets.py",
@@ -48,6 +56,7 @@ PATHS = {
     "tls_cert": f"{ETC}/registration/cert.pem",
     "tls_key": f"{ETC}/registration/key.pem",
     "registration_yml": f"{ETC}/registration/application.yml",
+    "registration_secrets": f"{ETC}/registration/secrets.yml",
     "compose": f"{OPT}/compose.yml",
 }
 
@@ -83,19 +92,6 @@ def render_certbot_unit(host: str, email: str) -> str:
                    retry_seconds=CERTBOT_RETRY_SECONDS)
 
 
-def render_registration_config(port: int, bind_host: Optional[str] = None,
-                               tls: Optional[tuple[str, str]] = None) -> str:
-    """registration-service's Micronaut overrides (micronaut-grpc GrpcServerConfiguration: grpc.server.*):
-    its port, optionally a bind address, and optionally TLS from (certificate, key) paths
-    (jtof-dev/registration-service README.md)."""
-    server: dict = {"port": port}
-    if bind_host:
-        server["host"] = bind_host
-    if tls:
-        server["ssl"] = {"enabled": True, "cert-chain": tls[0], "private-key": tls[1]}
-    return to_yaml({"grpc": {"server": server}})
-
-
 def encode_user_data(cloud_config: str) -> str:
     """gzip (cloud-init unpacks it) then base64, for the instance's user_data_base64. A fixed mtime keeps the
     bytes stable, so an unchanged cloud-config never replaces the instance."""
@@ -106,9 +102,11 @@ def encode_user_data(cloud_config: str) -> str:
 
 
 def secrets_manifest(version: ServerVersion, *, store: str, prefix: str, paths: dict,
-                     program_values: Optional[str] = None, region: Optional[str] = None) -> dict:
-    """What signal_secrets.py needs: entry names and sources, never values."""
-    return {
+                     program_values: Optional[str] = None, region: Optional[str] = None,
+                     registration_secrets: Optional[dict[str, str]] = None) -> dict:
+    """What signal_secrets.py needs: entry names and sources, never values. `registration_secrets`: the
+    registration-service secrets file's dotted keys -> store names (written 0600 for its unprivileged user)."""
+    manifest = {
         "store": store, "prefix": prefix, "region": region, "program_values": program_values,
         "jar": paths["jar"], "generic_zk_source": paths["generic_zk_source"], "ud_key_id": version["ud_key_id"],
         "bundle": {e.key: {"source": e.source, "generator": e.generator, "standin": e.standin, "list": e.list}
@@ -118,39 +116,76 @@ def secrets_manifest(version: ServerVersion, *, store: str, prefix: str, paths: 
         "tls_key": "tls/registration-key",
         "outputs": {k: paths[k] for k in ("bundle", "config_in", "config_out", "tls_key")},
     }
+    if registration_secrets:
+        manifest["registration_secrets"] = {"path": paths["registration_secrets"], "owner": reg.RUN_UID,
+                                            "values": dict(registration_secrets)}
+    return manifest
 
 
-def compose_file(version: ServerVersion, redis_in_containers: bool) -> dict:
+def registration_secret_sources(verification: Verification) -> dict[str, str]:
+    """The registration-service secrets file's keys and where the instance reads each from."""
+    return {"twilio.api-key-secret": TWILIO_SECRET_PARAMETER} if verification.needs_secrets_file else {}
+
+
+def compose_file(version: ServerVersion, redis_in_containers: bool, verification: Verification) -> dict:
     rs = version.registration_service
     services = redis.compose_services(DATA) if redis_in_containers else {}
+    volumes = [f"{PATHS['registration_yml']}:{reg.CONFIG_PATH}:ro"]
+    if verification.needs_secrets_file:
+        volumes.append(f"{PATHS['registration_secrets']}:{reg.SECRETS_PATH}:ro")
     services["registration-service"] = {
-        "build": {"context": f"{OPT}/registration", "args": {"BUILD_IMAGE": image("registration-build"),
-                                                             "REPO": rs["repo"], "REF": rs["ref"]}},
-        "network_mode": "host", "restart": "unless-stopped",
+        "build": {"context": f"{OPT}/registration", "args": {
+            "BUILD_IMAGE": image("registration-build"), "RUNTIME_IMAGE": image("signal-runtime"),
+            "REPO": rs["repo"], "COMMIT": rs["commit"]}},
+        # Its own bridge network (compose's default), never the host's: with the IMDS hop limit of 1 it has no
+        # route to the instance role's credentials. Published on loopback only, for nginx's TLS front.
+        "ports": [f"127.0.0.1:{rs['port']}:{rs['port']}"],
+        "user": f"{reg.RUN_UID}:{reg.RUN_UID}",
+        "environment": {"MICRONAUT_ENVIRONMENTS": verification.environment,
+                        "MICRONAUT_CONFIG_FILES": verification.config_files},
+        "read_only": True, "tmpfs": ["/tmp"], "cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"],
+        "restart": "unless-stopped",
         # Only its configuration: the internal TLS key is nginx's, not registration-service's.
-        "volumes": [f"{PATHS['registration_yml']}:/etc/registration/application.yml:ro"],
+        "volumes": volumes,
     }
     assert rs["port"] not in redis.node_ports()
     return {"version": "2.4", "services": services}
 
 
+def server_checkout_command(version: ServerVersion, server_repo: str, server_ref: str, src: str) -> str:
+    """Clones Signal-Server into `src` and checks out the data file's commit; fails unless `server_ref` names
+    that very commit (a moved or re-pointed tag, or a fork whose tag differs, stops the build)."""
+    commit = version["commit"]
+    return (f"git clone --no-checkout {shell_word(server_repo)} {src} && cd {src} && "
+            f"git checkout --detach {commit} && "
+            f"test \"$(git rev-parse --verify {shell_word(server_ref + '^{commit}')})\" = {commit}")
+
+
+def server_build_command(version: ServerVersion, server_repo: str, server_ref: str) -> str:
+    src = f"{OPT}/src"
+    return (f"{server_checkout_command(version, server_repo, server_ref, src)} && "
+            f"{version['build']} && cp {src}/{version['jar']} {PATHS['jar']}")
+
+
 def render_cloud_init(version: ServerVersion, *, server_repo: str, server_ref: str, jar_s3_uri: str, host: str,
                       acme_email: str, region: str, parameter_prefix: str, config_yml: str, tls_cert_pem: str,
-                      data_volume_id: str, redis_in_containers: bool) -> str:
+                      data_volume_id: str, redis_in_containers: bool, verification: Verification) -> str:
     """#cloud-config for the instance. Every input is public; tests assert no secret reaches it."""
     rs = version.registration_service
     ports = version.server_ports
-    manifest = secrets_manifest(version, store="ssm", prefix=parameter_prefix, paths=PATHS, region=region)
+    manifest = secrets_manifest(version, store="ssm", prefix=parameter_prefix, paths=PATHS, region=region,
+                                registration_secrets=registration_secret_sources(verification))
     files = [
         (PATHS["tool"], template("signal_secrets.py"), "0755"),
         (PATHS["generic_zk_source"], template("GenericZkParams.java"), "0644"),
         (PATHS["manifest"], json.dumps(manifest, indent=2), "0644"),
         (PATHS["config_in"], config_yml, "0640"),
         (PATHS["tls_cert"], tls_cert_pem, "0644"),
-        # Plaintext on loopback: nginx terminates TLS for it (render_nginx_conf).
-        (PATHS["registration_yml"], render_registration_config(rs["port"], bind_host="127.0.0.1"), "0644"),
+        # Plaintext inside its container, published on loopback only: nginx terminates TLS for it (render_nginx_conf).
+        (PATHS["registration_yml"], reg.render_registration_config(rs["port"], verification), "0644"),
         (f"{OPT}/registration/Dockerfile", template("Dockerfile.registration"), "0644"),
-        (PATHS["compose"], to_yaml(compose_file(version, redis_in_containers)), "0644"),
+        (f"{OPT}/registration/CommstackSelfHosted.java", template("CommstackSelfHosted.java"), "0644"),
+        (PATHS["compose"], to_yaml(compose_file(version, redis_in_containers, verification)), "0644"),
         ("/etc/systemd/system/signal-server.service", render_systemd_unit(server_ref, region), "0644"),
         ("/etc/systemd/system/signal-redis.service", _compose_unit(region), "0644"),
         ("/etc/systemd/system/signal-certbot.service", render_certbot_unit(host, acme_email), "0644"),
@@ -161,10 +196,7 @@ def render_cloud_init(version: ServerVersion, *, server_repo: str, server_ref: s
     if jar_s3_uri:
         fetch_jar = shell_line(["aws", "s3", "cp", "--region", region, jar_s3_uri, PATHS["jar"]])
     else:
-        # version['build'] is a command line from the version data file, not a setting.
-        fetch_jar = (f"git clone {shell_word(server_repo)} {OPT}/src && cd {OPT}/src && "
-                     f"git checkout --detach {shell_word(server_ref)} && "
-                     f"{version['build']} && cp {OPT}/src/{version['jar']} {PATHS['jar']}")
+        fetch_jar = server_build_command(version, server_repo, server_ref)
     document = {
         "package_update": True,
         "packages": [f"openjdk-{version['java']}-jdk-headless", "git", "docker.io", "docker-compose", "nginx",
@@ -187,6 +219,11 @@ def render_cloud_init(version: ServerVersion, *, server_repo: str, server_ref: s
     return "#cloud-config\n" + to_yaml(document)
 
 
+# docker.service creates the DOCKER-USER chain, which filters everything containers send through the host.
+IMDS_FIREWALL = (f"iptables -C DOCKER-USER -d {IMDS_ADDRESS}/32 -j REJECT 2>/dev/null || "
+                 f"iptables -I DOCKER-USER -d {IMDS_ADDRESS}/32 -j REJECT")
+
+
 def _compose_unit(region: str) -> str:
     return (
         "[Unit]\nDescription=Redis cluster and registration-service (docker-compose)\nRequires=docker.service\n"
@@ -196,6 +233,8 @@ def _compose_unit(region: str) -> str:
         f"Environment={systemd_environment('AWS_DEFAULT_REGION', region)}\n"
         f"ExecStartPre=/usr/bin/python3 {PATHS['tool']} first-boot {PATHS['manifest']}\n"
         f"ExecStartPre=/usr/bin/python3 {PATHS['tool']} assemble {PATHS['manifest']}\n"
+        # Belt and braces with the hop limit: no container reaches the instance metadata service.
+        f"ExecStartPre=/bin/sh -c '{IMDS_FIREWALL}'\n"
         f"ExecStart=/usr/bin/docker-compose -f {PATHS['compose']} up -d --build\n"
         f"ExecStop=/usr/bin/docker-compose -f {PATHS['compose']} stop\n\n[Install]\nWantedBy=multi-user.target\n"
     )
@@ -231,6 +270,7 @@ class SignalHostArgs:
     config_yml: pulumi.Input[str]
     tls_cert_pem: pulumi.Input[str]
     redis_in_containers: bool
+    verification: Verification
     data_volume_gb: int = 20
 
 
@@ -258,14 +298,15 @@ class SignalHost(pulumi.ComponentResource):
                 args.version, server_repo=args.server_repo, server_ref=args.server_ref, jar_s3_uri=args.jar_s3_uri,
                 host=args.host, acme_email=args.acme_email, region=args.region,
                 parameter_prefix=args.parameter_prefix, config_yml=a[0], tls_cert_pem=a[1], data_volume_id=a[2],
-                redis_in_containers=args.redis_in_containers))
+                redis_in_containers=args.redis_in_containers, verification=args.verification))
         self.user_data_base64 = self.user_data.apply(encode_user_data)
         self.instance = aws.ec2.Instance(
             f"{name}-instance", ami=ami.id, instance_type=args.instance_type, availability_zone=zone,
             iam_instance_profile=args.instance_profile_name, vpc_security_group_ids=[args.security_group_id],
             user_data_base64=self.user_data_base64, user_data_replace_on_change=True,
-            # IMDSv2 only: the role's credentials are not reachable through a simple SSRF.
-            metadata_options=aws.ec2.InstanceMetadataOptionsArgs(http_tokens="required", http_put_response_hop_limit=2),
+            # IMDSv2 only (no simple SSRF), answering the instance itself only (IMDS_HOP_LIMIT).
+            metadata_options=aws.ec2.InstanceMetadataOptionsArgs(http_tokens="required",
+                                                                 http_put_response_hop_limit=IMDS_HOP_LIMIT),
             root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(volume_size=30, volume_type="gp3", encrypted=True),
             tags={"Name": f"{name}-signal-server"},
             # A newer Debian AMI must not replace the server; a replacement is a deliberate `up --replace`.

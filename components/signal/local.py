@@ -17,7 +17,7 @@ a certificate the server's JVM is told to trust. The built jar is used unchanged
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
 import pulumi
@@ -27,7 +27,9 @@ from components.common import (ConfigFile, ContainerSpec, checked_job, child, im
                                to_yaml)
 from components.signal import redis
 from components.signal.appconfig import DEFAULT_DYNAMIC_CONFIG
-from components.signal.host import render_registration_config, secrets_manifest
+from components.signal import registration as reg
+from components.signal.host import secrets_manifest
+from components.signal.registration import Verification
 from components.signal.secrets import TLS_KEY_PARAMETER, InternalTls, InternalTlsArgs
 from components.signal.server_config import AppConfigNames
 from components.signal.storage import create_table_request
@@ -132,6 +134,9 @@ class LocalBackendArgs:
     region: str = LOCAL_REGION
     # The reverse proxy's network: the server joins it as EDGE_ALIAS so the proxy can route chat.<domain>.
     edge_network: Optional[pulumi.Input[str]] = None
+    # How registration-service verifies numbers; the insecure dev environment only if the settings allowed it.
+    verification: Verification = field(default_factory=lambda: Verification(insecure_unverified=True))
+    twilio_api_key_secret: Optional[pulumi.Input[str]] = None  # secret; with Twilio Verify
 
 
 class LocalBackend(pulumi.ComponentResource):
@@ -198,16 +203,18 @@ class LocalBackend(pulumi.ComponentResource):
         context_dir = SIGNAL_CONFIGS.relative_to(CONFIGS_DIR.parent)
         context = context_dir.as_posix()
         registration_image = docker.Image(
-            f"{name}-registration-image", image_name=f"commstack/registration-service:{rs['ref']}", skip_push=True,
+            f"{name}-registration-image", image_name=f"commstack/registration-service:{rs['commit'][:12]}",
+            skip_push=True,
             build=docker.DockerBuildArgs(context=context, dockerfile=(context_dir / "Dockerfile.registration").as_posix(),
-                                         args={"BUILD_IMAGE": image("registration-build"), "REPO": rs["repo"],
-                                               "REF": rs["ref"]}),
+                                         args={"BUILD_IMAGE": image("registration-build"),
+                                               "RUNTIME_IMAGE": image("signal-runtime"), "REPO": rs["repo"],
+                                               "COMMIT": rs["commit"]}),
             opts=child(self))
         server_image = docker.Image(
             f"{name}-server-image", image_name=f"commstack/signal-server:{args.server_ref}", skip_push=True,
             build=docker.DockerBuildArgs(context=context, dockerfile=(context_dir / "Dockerfile").as_posix(), args={
                 "BUILD_IMAGE": image("signal-build"), "RUNTIME_IMAGE": image("signal-runtime"),
-                "REPO": args.server_repo, "REF": args.server_ref, "BUILD": version["build"],
+                "REPO": args.server_repo, "REF": args.server_ref, "COMMIT": version["commit"], "BUILD": version["build"],
                 "ARTIFACT": version["jar"]}),
             opts=child(self))
 
@@ -242,12 +249,21 @@ class LocalBackend(pulumi.ComponentResource):
 
     def _registration(self, name: str, net, built: docker.Image, args: LocalBackendArgs, port: int) -> docker.Container:
         key = pulumi.Output.secret(pulumi.Output.from_input(args.program_values).apply(lambda v: v[TLS_KEY_PARAMETER]))
-        cert_path, key_path = "/etc/registration/cert.pem", "/etc/registration/key.pem"
+        cert_path, key_path = f"{reg.CONFIG_DIR}/cert.pem", f"{reg.CONFIG_DIR}/key.pem"
+        owner = str(reg.RUN_UID)  # the image's unprivileged user reads its key and secrets, no one else
+        verification = args.verification
+        files = [ConfigFile(reg.CONFIG_PATH, reg.render_registration_config(port, verification, tls=(cert_path, key_path))),
+                 ConfigFile(cert_path, args.tls_cert_pem),
+                 ConfigFile(key_path, key, permissions="0400", owner=owner)]
+        if verification.needs_secrets_file:
+            if args.twilio_api_key_secret is None:
+                raise ValueError("Twilio Verify needs its API key secret")
+            secrets = pulumi.Output.secret(pulumi.Output.from_input(args.twilio_api_key_secret).apply(
+                reg.render_registration_secrets))
+            files.append(ConfigFile(reg.SECRETS_PATH, secrets, permissions="0400", owner=owner))
         return service_container(f"{name}-registration", ContainerSpec(
-            image_key="registration-build", built_image=built.repo_digest, network=net, aliases=[REGISTRATION_ALIAS],
-            files=[ConfigFile("/etc/registration/application.yml",
-                              render_registration_config(port, tls=(cert_path, key_path))),
-                   ConfigFile(cert_path, args.tls_cert_pem),
-                   ConfigFile(key_path, key)],
+            image_key="signal-runtime", built_image=built.repo_digest, network=net, aliases=[REGISTRATION_ALIAS],
+            files=files,
+            envs={"MICRONAUT_ENVIRONMENTS": verification.environment, "MICRONAUT_CONFIG_FILES": verification.config_files},
             # A gRPC port that accepts connections (the image has bash, no gRPC client).
             healthcheck=["CMD", "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"]), self)

@@ -81,6 +81,8 @@ class ServerSecretsArgs:
     version: ServerVersion
     tls_key_pem: pulumi.Input[str]
     parameter_prefix: Optional[str] = None  # None: no SSM (docker target keeps values in the Pulumi state only)
+    # Operator-given secrets the instance reads too (name under the prefix -> secret), e.g. the Twilio API key secret.
+    operator_secrets: Optional[dict[str, pulumi.Input[str]]] = None
 
 
 class ServerSecrets(pulumi.ComponentResource):
@@ -110,6 +112,8 @@ class ServerSecrets(pulumi.ComponentResource):
             named = {bundle_parameter(prefix, k): v for k, v in self.values.items()}
             named.update({config_parameter(prefix, path): v for path, v in self.config_values.items()})
             named[f"{prefix}/{TLS_KEY_PARAMETER}"] = pulumi.Output.secret(args.tls_key_pem)
+            for suffix, value in (args.operator_secrets or {}).items():
+                named[f"{prefix}/{suffix}"] = pulumi.Output.secret(value)
             for param_name, value in named.items():
                 slug = param_name[len(prefix) + 1:].replace("/", "-").replace(".", "-").lower()
                 self.parameters.append(aws.ssm.Parameter(

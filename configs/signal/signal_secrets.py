@@ -4,8 +4,9 @@
 first-boot: for every secrets-bundle entry and public value the manifest lists that the store
   does not hold yet, generate it (server jar, openssl) and store it WITHOUT overwriting, so the
   first instance creates them and every later boot or replacement reuses them.
-assemble:   writes the secrets bundle (0600), the internal TLS key (0600) and config.yml
-  (the base file plus the values listed under config_patches).
+assemble:   writes the secrets bundle (0600), the internal TLS key (0600), config.yml
+  (the base file plus the values listed under config_patches) and, when the manifest lists them,
+  registration-service's secrets file (0600, owned by that service's unprivileged user).
 Stores: `ssm` (Parameter Store in the manifest's region, instance role credentials) or
 `dir:<path>` (docker target volume).
 Never prints a secret value.
@@ -173,7 +174,18 @@ def assemble(manifest, store):
             raise SystemExit(f"missing {stored} for {path}; run first-boot (or `pulumi up` for program values)")
         _set(config, path, value)
     _write_private(out["config_out"], yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=100000))
-    print("assemble: wrote bundle, tls key and config")
+    registration = manifest.get("registration_secrets")
+    if registration:
+        secrets = {}
+        for dotted, stored in registration["values"].items():
+            value = store.get(stored)
+            if value is None:
+                raise SystemExit(f"missing {stored} for registration-service's {dotted}; run `pulumi up`")
+            _set(secrets, dotted, value)
+        _write_private(registration["path"], yaml.safe_dump(secrets, default_flow_style=False, width=100000))
+        # Read by the registration-service container's unprivileged user, and no one else.
+        os.chown(registration["path"], registration["owner"], registration["owner"])
+    print("assemble: wrote bundle, tls key and config" + (" and registration-service secrets" if registration else ""))
 
 
 def main(argv):

@@ -140,9 +140,10 @@ def test_overrides_default_to_the_project_namespace():
 def test_stand_ins_only_for_missing_secret_keys():
     config, secret_keys, standins = render.offline_config(
         "prod", {**offline.stack_config("prod"), "commstack:telegramApiHash": "given-hash-0123456789"})
-    assert standins == ["commstack:cloudflareApiToken"]
+    assert standins == ["commstack:cloudflareApiToken", "commstack:signalTwilioApiKeySecret"]
     assert config["commstack:telegramApiHash"] == "given-hash-0123456789"
-    assert set(secret_keys) == {"commstack:cloudflareApiToken", "commstack:telegramApiHash"}
+    assert set(secret_keys) == {"commstack:cloudflareApiToken", "commstack:telegramApiHash",
+                                "commstack:signalTwilioApiKeySecret"}
 
 
 # -- whole stacks --------------------------------------------------------------------------
@@ -264,7 +265,7 @@ def test_command_prints_a_summary_and_no_secret(tmp_path, capsys, monkeypatch):
     assert secrets and not [s for s in secrets if s in out or s in err]
     assert f"{len(evaluation.registrations)} resources" in out
     assert "commstack:cloudflareApiToken" in err and "commstack:telegramApiHash" in err
-    assert standins == ["commstack:cloudflareApiToken", "commstack:telegramApiHash"]
+    assert standins == ["commstack:cloudflareApiToken", "commstack:signalTwilioApiKeySecret", "commstack:telegramApiHash"]
     assert (tmp_path / "prod" / render.RESOURCES_FILE).is_file()
 
 

@@ -124,11 +124,14 @@ def test_registration_service_is_reached_through_nginx_on_loopback_over_tls(prod
     others = [d[1] for s in servers if s is not grpc for d in s if d[0] == "listen"]
     assert sorted(others) == ["443", "80", "[::]:443", "[::]:80"]
 
-    # registration-service itself: plaintext, loopback, the port nginx passes to.
+    # registration-service itself: plaintext in its own container, published on loopback only at the port nginx
+    # passes to.
     server = yaml.safe_load(written_file(prod_signal, PATHS["registration_yml"]))["grpc"]["server"]
-    assert server == {"port": rs["port"], "host": "127.0.0.1"}
+    assert server == {"port": rs["port"]}
     compose = yaml.safe_load(written_file(prod_signal, PATHS["compose"]))["services"]["registration-service"]
-    assert compose["volumes"] == [f"{PATHS['registration_yml']}:/etc/registration/application.yml:ro"]
+    assert compose["ports"] == [f"127.0.0.1:{rs['port']}:{rs['port']}"] and "network_mode" not in compose
+    assert compose["volumes"] == [f"{PATHS['registration_yml']}:/etc/registration/application.yml:ro",
+                                  f"{PATHS['registration_secrets']}:/etc/registration/secrets.yml:ro"]
 
     # The security group opens exactly the public port list (and SSH to the admin CIDRs): never 442 nor 50051.
     group, = prod_signal.of_type("aws:ec2/securityGroup:SecurityGroup")
@@ -188,6 +191,7 @@ def test_program_secrets_live_in_protected_securestring_parameters(prod_signal):
     names = {p.plain_inputs["name"] for p in params}
     assert {f"/commstack/prod/signal/bundle/{k}" for k in program} | {
         "/commstack/prod/signal/tls/registration-key",
+        "/commstack/prod/signal/registration/twilio-api-key-secret",
         "/commstack/prod/signal/config/dynamoDbTables.issuedReceipts.generator"} == names
     for p in params:
         assert p.plain_inputs["type"] == "SecureString" and p.protect is True
@@ -242,7 +246,8 @@ def test_cloud_init_builds_the_pinned_ref_and_runs_the_server_under_systemd(prod
     document = user_data(prod_signal)
     assert {"openjdk-17-jdk-headless", "git", "docker.io", "nginx", "certbot"} <= set(document["packages"])
     fetch = next(c for c in document["runcmd"] if isinstance(c, list) and "git clone" in c[2])[2]
-    assert "https://github.com/signalapp/Signal-Server" in fetch and "checkout --detach v9.81.0" in fetch
+    assert "https://github.com/signalapp/Signal-Server" in fetch and f"checkout --detach {VERSION['commit']}" in fetch
+    assert f"test \"$(git rev-parse --verify 'v9.81.0^{{commit}}')\" = {VERSION['commit']}" in fetch
     unit = written_file(prod_signal, "/etc/systemd/system/signal-server.service")
     service = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
     assert service["Restart"] == "on-failure"

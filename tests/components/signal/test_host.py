@@ -15,10 +15,12 @@ import yaml
 from commstack import offline, render
 from components.signal.host import (CERTBOT_RETRY_SECONDS, PATHS, USER_DATA_LIMIT, SignalHost, SignalHostArgs,
                                     encode_user_data, render_nginx_conf)
+from components.signal.registration import TwilioVerify, Verification
 from components.signal.version import load_version
 from tests.components.signal.conftest import user_data, user_data_text, written_file
 
 VERSION = load_version("v9.81.0")
+TWILIO = Verification(twilio=TwilioVerify("AC" + "1" * 32, "SK" + "2" * 32, "VA" + "3" * 32, "AbCdEfGhIjK"))
 
 
 def _unit(text: str) -> dict[str, list[str]]:
@@ -37,7 +39,8 @@ def test_instance_gets_the_gzipped_cloud_config_within_the_limit(recorded):
         version=VERSION, instance_type="t3.large", server_repo="https://github.com/signalapp/Signal-Server",
         server_ref="v9.81.0", jar_s3_uri="", host="chat.example.org", acme_email="ops@example.org",
         region="eu-central-1", parameter_prefix="/commstack/test/signal", security_group_id="sg-1",
-        instance_profile_name="profile", config_yml="logging: {}\n", tls_cert_pem="CERT", redis_in_containers=True))
+        instance_profile_name="profile", config_yml="logging: {}\n", tls_cert_pem="CERT", redis_in_containers=True,
+        verification=TWILIO))
 
     def check(args):
         cloud_config, encoded, _ = args
@@ -216,3 +219,71 @@ def test_compose_unit_retries_when_its_boot_steps_fail(prod_signal):
     service = sections["Service"]
     assert service["Type"] == ["oneshot"] and service["Restart"] == ["on-failure"] and service["RestartSec"] == ["30"]
     assert any("first-boot" in step for step in service["ExecStartPre"])
+
+
+# -- pinned deploy-time code, and no route to the instance role's credentials ----------------------------------
+
+
+def _git(cwd, *args) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "GIT_CONFIG_GLOBAL": "/dev/null"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+@pytest.mark.parametrize("tag_on", ["pinned", "later"])
+def test_the_server_checkout_fails_unless_the_tag_names_the_pinned_commit(tmp_path, tag_on):
+    from components.signal.host import server_checkout_command
+
+    upstream = tmp_path / "upstream"
+    upstream.mkdir()
+    _git(upstream, "init", "-q")
+    (upstream / "f").write_text("1")
+    _git(upstream, "add", "f")
+    _git(upstream, "commit", "-qm", "pinned")
+    pinned = _git(upstream, "rev-parse", "HEAD")
+    (upstream / "f").write_text("2")
+    _git(upstream, "commit", "-qam", "moved")
+    # An annotated tag, like upstream's, on the pinned commit or on a later one (a moved tag).
+    _git(upstream, "tag", "-a", "-m", "release", "v9.81.0", pinned if tag_on == "pinned" else "HEAD")
+    version = type(VERSION)("v9.81.0", {**VERSION.raw, "commit": pinned})
+    command = server_checkout_command(version, str(upstream), "v9.81.0", str(tmp_path / "src"))
+    run = subprocess.run(["sh", "-c", command], capture_output=True, text=True,
+                         env={**os.environ, "GIT_CONFIG_GLOBAL": "/dev/null"})
+    assert (run.returncode == 0) == (tag_on == "pinned"), run.stderr
+    if tag_on == "pinned":
+        assert _git(tmp_path / "src", "rev-parse", "HEAD") == pinned
+
+
+def test_cloud_init_checks_the_server_commit_and_builds_with_strict_checksums(prod_signal):
+    fetch = next(c for c in user_data(prod_signal)["runcmd"] if isinstance(c, list) and "git clone" in c[2])[2]
+    assert f"git checkout --detach {VERSION['commit']}" in fetch
+    assert "rev-parse --verify 'v9.81.0^{commit}'" in fetch
+    assert "mvnw -C " in fetch and VERSION["build"] in fetch
+
+
+def test_the_docker_target_checks_the_server_commit_too(dev_evaluation):
+    from components.settings import CONFIGS_DIR
+
+    build = dev_evaluation.named("signal-local-server-image").plain_inputs["build"]
+    assert build["args"]["COMMIT"] == VERSION["commit"] and build["args"]["REF"] == "v9.81.0"
+    dockerfile = (CONFIGS_DIR.parent / build["dockerfile"]).read_text()
+    assert 'git checkout --detach "${COMMIT}"' in dockerfile
+    assert 'test "$(git rev-parse --verify "${REF}^{commit}")" = "${COMMIT}"' in dockerfile
+
+
+def test_no_container_can_reach_the_instance_metadata_service(prod_signal):
+    from components.signal.host import IMDS_FIREWALL, OPT
+    from components.signal.registration import RUN_UID
+
+    instance, = prod_signal.of_type("aws:ec2/instance:Instance")
+    metadata = instance.plain_inputs["metadataOptions"]
+    assert metadata["httpTokens"] == "required" and metadata["httpPutResponseHopLimit"] == 1
+    compose = yaml.safe_load(written_file(prod_signal, f"{OPT}/compose.yml"))["services"]["registration-service"]
+    assert "network_mode" not in compose  # compose's own bridge network, never the host's
+    assert all(port.startswith("127.0.0.1:") for port in compose["ports"])
+    assert compose["user"] == f"{RUN_UID}:{RUN_UID}" and compose["read_only"] is True
+    assert compose["cap_drop"] == ["ALL"] and compose["security_opt"] == ["no-new-privileges:true"]
+    unit = _unit(written_file(prod_signal, "/etc/systemd/system/signal-redis.service"))
+    assert f"/bin/sh -c '{IMDS_FIREWALL}'" in unit["ExecStartPre"]
+    assert "iptables -I DOCKER-USER -d 169.254.169.254/32 -j REJECT" in IMDS_FIREWALL

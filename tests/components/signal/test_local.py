@@ -180,32 +180,42 @@ def test_docker_target_reaches_registration_service_directly_over_tls(dev_evalua
 
 def _dockerfile_instructions(text: str) -> dict[str, list[str]]:
     instructions: dict[str, list[str]] = {}
-    for line in text.splitlines():
+    for line in text.replace("\\\n", " ").splitlines():  # continuation lines join their instruction
         if line.strip() and not line.startswith("#"):
             keyword, _, rest = line.partition(" ")
             instructions.setdefault(keyword, []).append(rest)
     return instructions
 
 
-def test_registration_service_resolves_every_dependency_at_build_and_runs_online(dev_evaluation, prod_signal):
+def test_registration_service_is_built_once_from_its_full_commit_and_runs_the_jar_unprivileged(dev_evaluation,
+                                                                                             prod_signal):
     from components.settings import CONFIGS_DIR
     from components.signal.host import OPT
+    from components.signal.registration import RUN_UID
     from tests.components.signal.conftest import written_file
 
-    build = dev_evaluation.named("signal-local-registration-image").plain_inputs["build"]
+    image = dev_evaluation.named("signal-local-registration-image").plain_inputs
+    build = image["build"]
     dockerfile = (CONFIGS_DIR.parent / build["dockerfile"]).read_text()
-    # The EC2 host builds registration-service from the same Dockerfile.
+    # The EC2 host builds registration-service from the same Dockerfile, with the same beans file.
     assert written_file(prod_signal, f"{OPT}/registration/Dockerfile") == dockerfile
+    assert written_file(prod_signal, f"{OPT}/registration/CommstackSelfHosted.java") == (
+        CONFIGS_DIR / "signal" / "CommstackSelfHosted.java").read_text()
+    commit = VERSION.registration_service["commit"]
+    assert len(commit) == 40 and int(commit, 16) >= 0
+    assert build["args"]["COMMIT"] == commit and "REF" not in build["args"]
+    compose = yaml.safe_load(written_file(prod_signal, f"{OPT}/compose.yml"))["services"]["registration-service"]
+    assert compose["build"]["args"]["COMMIT"] == commit
     instructions = _dockerfile_instructions(dockerfile)
-    maven_runs = [run.split() for run in instructions["RUN"] if run.startswith("./mvnw")]
-    assert len(maven_runs) == 1
-    # Runtime-scoped dependencies (logback-classic) and plugins too, not just what `compile` needs.
-    assert "dependency:go-offline" in maven_runs[0] or {"dependency:resolve", "dependency:resolve-plugins"} <= set(maven_runs[0])
-    (cmd,) = instructions["CMD"]
-    command = json.loads(cmd)
-    assert command[:3] == ["./mvnw", "-B", "mn:run"]
-    # Offline mode would turn anything the build did not fetch into a start failure.
-    assert not {"-o", "--offline"} & set(command)
+    clone, = [run for run in instructions["RUN"] if "git clone" in run]
+    assert 'git checkout --detach "${COMMIT}"' in clone and 'test "$(git rev-parse HEAD)" = "${COMMIT}"' in clone
+    maven_runs = [run.split() for run in instructions["RUN"] if run.split()[0] in ("mvn", "./mvnw")]
+    assert len(maven_runs) == 1 and maven_runs[0][:2] == ["mvn", "-C"]  # strict checksums, once, at build time
+    # No Maven at run time: the built jar, as the unprivileged user, in the environment the container names.
+    entrypoint = json.loads(instructions["ENTRYPOINT"][-1])
+    assert entrypoint[:2] == ["java", "-jar"] and "mvn" not in " ".join(instructions.get("CMD", []) + entrypoint)
+    assert instructions["USER"] == [f"{RUN_UID}:{RUN_UID}"]
+    assert "MICRONAUT_ENV_DEDUCTION=false" in instructions["ENV"][-1]
 
 
 def test_images_build_from_project_relative_paths(dev_evaluation):

@@ -139,3 +139,29 @@ def test_ssm_store_uses_the_manifests_region_when_nothing_else_sets_one(tmp_path
         assert written["Value"].startswith("UDROOT") and written["Type"] == "String"
         other = boto3.client("ssm", region_name="us-east-1").get_parameters_by_path(Path=f"{prefix}/public")
         assert other["Parameters"] == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to the registration-service user needs root, as on the instance")
+def test_assemble_writes_registration_services_secrets_file_for_its_user_only(tmp_path):
+    from components.signal.host import TWILIO_SECRET_PARAMETER, registration_secret_sources
+    from components.signal.registration import RUN_UID, TwilioVerify, Verification
+
+    program = {**_program_values(), TWILIO_SECRET_PARAMETER: "twilio-secret-value"}
+    paths, env = _setup(tmp_path, program=program)
+    paths["registration_secrets"] = str(tmp_path / "registration" / "secrets.yml")
+    verification = Verification(twilio=TwilioVerify("AC" + "1" * 32, "SK" + "2" * 32, "VA" + "3" * 32, "AbCdEfGhIjK"))
+    manifest = secrets_manifest(VERSION, store=f"dir:{tmp_path / 'store'}", prefix="", paths=paths,
+                                program_values=str(tmp_path / "program.json"),
+                                registration_secrets=registration_secret_sources(verification))
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    _run(tmp_path, env, "first-boot")
+    _run(tmp_path, env, "assemble")
+    written = os.stat(paths["registration_secrets"])
+    assert yaml.safe_load(open(paths["registration_secrets"])) == {"twilio": {"api-key-secret": "twilio-secret-value"}}
+    assert (stat.S_IMODE(written.st_mode), written.st_uid, written.st_gid) == (0o600, RUN_UID, RUN_UID)
+    # Without its SSM parameter the service would start without credentials: assemble refuses instead.
+    del program[TWILIO_SECRET_PARAMETER]
+    (tmp_path / "program.json").write_text(json.dumps(program))
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        _run(tmp_path, env, "assemble")
+    assert f"missing {TWILIO_SECRET_PARAMETER}" in failed.value.stderr
