@@ -12,6 +12,12 @@ settings = load_settings()  # raises before any resource exists if the config is
 
 import pulumi_docker as docker  # noqa: E402
 
+from components.common import container_memory_transformation  # noqa: E402
+
+# Memory limits named in commstack:containerMemory replace the containers' defaults.
+if settings.container_memory:
+    pulumi.runtime.register_stack_transformation(container_memory_transformation(settings.container_memory))
+
 from components.matrix.homeserver import Homeserver, HomeserverArgs  # noqa: E402
 from components.matrix.proxy import Route  # noqa: E402
 
@@ -54,6 +60,7 @@ pulumi.export("elementUrl", matrix.element_url)
 pulumi.export("turnUris", matrix.turn_uris)
 pulumi.export("registrationSharedSecret", matrix.registration_shared_secret)
 pulumi.export("createAdminCommand", matrix.create_admin_command)
+pulumi.export("dockerHost", settings.docker_host)  # where create-admin runs `docker exec` (empty: the local engine)
 pulumi.export("bridgeTokens", matrix.bridge_tokens)  # secret; `commstack doctor` pings each appservice
 if matrix.proxy.certificate_pem is not None:
     # The generated certificate (public): what `doctor --stack` trusts, and what a client can pin.
@@ -77,7 +84,8 @@ if settings.signal.enabled:
     signal = Backend(
         "signal",
         BackendArgs(signal=settings.signal, edge=settings.edge, domain=settings.matrix.domain,
-                    edge_network=matrix.network.name if signal_upstream else None),
+                    # The proxy's own network with Signal-Server (components/matrix/network.py web-<backend>).
+                    edge_network=matrix.network.web[extra_routes[0].backend] if signal_upstream else None),
         opts=signal_opts,
     )
     dns_records += signal.dns_records

@@ -20,7 +20,7 @@ COMMANDS = {
     "render-diff": ("commstack.render_diff", "diff the redacted renders of a git ref and the working tree"),
     "bench": ("commstack.bench", "time each committed stack on the offline engine and the harness cold boot"),
     "doctor": ("commstack.doctor", "check a deployed stack from outside: DNS, TLS, well-known, APIs, TURN, bridges"),
-    "create-admin": ("commstack.admin", "create the first Synapse admin with the registration shared secret"),
+    "create-admin": ("commstack.admin", "create the first Synapse admin (register_new_matrix_user in its container, over the stack's dockerHost)"),
     "registration-token": ("commstack.registration_token",
                            "issue a registration token on a stack with registration: token"),
 }

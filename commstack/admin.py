@@ -1,13 +1,18 @@
-"""`python -m commstack create-admin`: the first admin user, with the shared secret.
+"""`python -m commstack create-admin`: the first admin user, without exposing the admin API.
 
-Implements Synapse's shared-secret registration (element-hq/synapse
-docs/admin_api/register_api.md and synapse/rest/admin/users.py, v1.163.2):
-GET a nonce from /_synapse/admin/v1/register, then POST the user with an
-HMAC-SHA1 keyed by `registration_shared_secret` over
-nonce NUL user NUL password NUL ("admin" | "notadmin").
+No proxy serves /_synapse/admin (configs/nginx-matrix.conf.tmpl, components/matrix/proxy.py). The
+admin path is the Docker host connection instead: `synapse_exec` runs a command inside the Synapse
+container over the stack's `dockerHost` (its DOCKER_HOST), and `register_via_docker` runs Synapse's
+own `register_new_matrix_user` there against its loopback listener, the way Synapse's docker/README.md
+documents. The script reads the shared secret from homeserver.yaml inside the container, so the
+secret never leaves the host; the password goes in on stdin, never on a command line.
 
-The secret is read from stack state (`pulumi stack output --show-secrets`)
-and only ever held in memory; nothing here prints it.
+`register` is the same shared-secret registration over HTTP (element-hq/synapse
+docs/admin_api/register_api.md and synapse/rest/admin/users.py, v1.163.2): GET a nonce from
+/_synapse/admin/v1/register, then POST the user with an HMAC-SHA1 keyed by
+`registration_shared_secret` over nonce NUL user NUL password NUL ("admin" | "notadmin"). It is for
+a URL that reaches Synapse privately (`--url` through an SSH tunnel, the test harness); the secret is
+read from stack state and only ever held in memory. Nothing here prints a secret.
 """
 
 from __future__ import annotations
@@ -20,13 +25,20 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import requests
 
 REGISTER_PATH = "/_synapse/admin/v1/register"
 TIMEOUT = 15
 MIN_PASSWORD_LENGTH = 12  # the README's create-admin line says so
+# The Synapse container (components/matrix/synapse.py LOGICAL_NAME), the user its image drops to
+# (docker/start.py; homeserver.yaml is that user's, mode 0600) and its loopback listener.
+SYNAPSE_CONTAINER = "synapse"
+SYNAPSE_USER = "991:991"
+SYNAPSE_CONFIG = "/data/homeserver.yaml"
+SYNAPSE_LOCAL_URL = "http://localhost:8008"
+EXEC_TIMEOUT = 120
 
 
 class AdminError(RuntimeError):
@@ -74,6 +86,42 @@ def register(base_url: str, shared_secret: str, username: str, password: str, ad
         raise AdminError(f"registration of {username!r} failed ({response.status_code} "
                          f"{error.get('errcode')}: {error.get('error')}); {hint}")
     return response.json()
+
+
+def synapse_exec(docker_host: str, argv: list[str], stdin: str = "", *, container: str = SYNAPSE_CONTAINER,
+                 user: str = SYNAPSE_USER, docker: str = "docker") -> subprocess.CompletedProcess:
+    """Runs `argv` inside the Synapse container over the stack's Docker host connection
+    (`docker exec`, DOCKER_HOST from the stack's dockerHost; empty keeps the caller's own).
+    `stdin` is the place for anything secret: it never shows in `ps` or the Docker host's logs."""
+    env = dict(os.environ)
+    if docker_host:
+        env["DOCKER_HOST"] = docker_host
+    command = [docker, "exec", "-i", "--user", user, container, *argv]
+    try:
+        return subprocess.run(command, input=stdin, capture_output=True, text=True, env=env, check=False,
+                              timeout=EXEC_TIMEOUT)
+    except FileNotFoundError as exc:
+        raise AdminError(f"the Docker CLI ({docker}) is not installed; it reaches the stack's Docker host "
+                         "to run the admin command inside the Synapse container") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise AdminError(f"`docker exec {container}` did not finish within {EXEC_TIMEOUT} s; "
+                         "is the Docker host reachable (dockerHost)?") from exc
+
+
+def register_via_docker(docker_host: str, server_name: str, username: str, password: str, admin: bool = True,
+                        docker: str = "docker") -> str:
+    """Creates `username` with Synapse's own register_new_matrix_user inside its container; returns
+    the user id. The shared secret is read from homeserver.yaml in the container."""
+    argv = ["register_new_matrix_user", "-c", SYNAPSE_CONFIG, "-u", username, "--password-file", "/dev/stdin",
+            "--admin" if admin else "--no-admin", SYNAPSE_LOCAL_URL]
+    done = synapse_exec(docker_host, argv, stdin=password + "\n", docker=docker)
+    output = (done.stdout + done.stderr).strip()
+    if done.returncode != 0:
+        hint = ("that user already exists; pick another --user" if "User ID already taken" in output
+                else "is the stack deployed and the synapse container running (`docker ps`)?")
+        # The script prints only its own messages (never the secret or the password).
+        raise AdminError(f"registering {username!r} in the synapse container failed: {output[-300:]}; {hint}")
+    return f"@{username}:{server_name}"
 
 
 def _matrix_error(response: requests.Response) -> dict:
@@ -124,53 +172,6 @@ def stack_outputs(stack: str, show_secrets: bool = False) -> dict[str, Any]:
     return outputs
 
 
-# -- the stack's Docker host -----------------------------------------------------------------
-
-
-def stack_docker_host(stack: str) -> str:
-    """The stack's `commstack:dockerHost` (empty: the local engine or DOCKER_HOST), from its stack file."""
-    import yaml
-
-    from commstack import offline
-
-    try:
-        return (offline.stack_config(stack).get("commstack:dockerHost") or "").strip()
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise AdminError(f"cannot read the stack file of {stack!r}: {exc}") from exc
-
-
-def docker_exec(stack: str, container: str, command: Sequence[str], stdin: str = "",
-                timeout: float = 120) -> subprocess.CompletedProcess:
-    """Runs `command` in the stack's `container` over the stack's Docker host connection
-    (the same engine `pulumi up` deployed to); `stdin` carries anything secret, never argv."""
-    host = stack_docker_host(stack)
-    argv = ["docker", *(["--host", host] if host else []), "exec", "-i", container, *command]
-    try:
-        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
-    except FileNotFoundError as exc:
-        raise AdminError("the Docker CLI is not installed; it reaches the stack's containers "
-                         "(https://docs.docker.com/engine/install/)") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise AdminError(f"`docker exec {container}` gave no answer in {timeout:.0f} s "
-                         f"(Docker host: {host or 'local'})") from exc
-
-
-def _stack_ca_file(outputs: dict) -> Optional[str]:
-    """A tls self-signed stack's own certificate (its public tlsCertificate output) in a temporary
-    file, for requests' `verify`; None for a stack with publicly trusted certificates."""
-    import atexit
-    import tempfile
-
-    pem = outputs.get("tlsCertificate")
-    if not isinstance(pem, str) or not pem.strip():
-        return None
-    handle = tempfile.NamedTemporaryFile("w", prefix="commstack-ca-", suffix=".pem", delete=False)
-    with handle:
-        handle.write(pem)
-    atexit.register(lambda: os.path.exists(handle.name) and os.unlink(handle.name))
-    return handle.name
-
-
 def _read_password(from_stdin: bool) -> str:
     if from_stdin:
         password = sys.stdin.readline().rstrip("\n")
@@ -178,24 +179,35 @@ def _read_password(from_stdin: bool) -> str:
         password = getpass.getpass("Password for the new admin: ")
         if password != getpass.getpass("Repeat the password: "):
             raise AdminError("the passwords differ")
+    if password != password.strip():
+        raise AdminError("the password must not start or end with whitespace")
     if len(password) < MIN_PASSWORD_LENGTH:
         raise AdminError(f"use a password of at least {MIN_PASSWORD_LENGTH} characters")
     return password
 
 
 def main(args: Any) -> int:
-    """`create-admin --stack NAME --user NAME [--url URL] [--password-stdin] [--insecure-tls]`."""
+    """`create-admin --stack NAME --user NAME [--url URL] [--password-stdin] [--insecure-tls]`.
+
+    By default over the stack's Docker host (`docker exec`); with `--url`, shared-secret registration
+    over HTTP at a URL that reaches Synapse privately (no proxy serves /_synapse/admin)."""
     try:
-        outputs = stack_outputs(args.stack, show_secrets=True)
-        secret: Optional[str] = outputs.get("registrationSharedSecret")
-        if not secret:
-            raise AdminError(f"stack {args.stack!r} has no registrationSharedSecret output; run `pulumi up` first")
-        url = getattr(args, "url", None) or outputs.get("homeserverUrl")
-        if not url:
-            raise AdminError("no --url given and the stack has no homeserverUrl output")
-        password = _read_password(getattr(args, "password_stdin", False))
-        verify = False if getattr(args, "insecure_tls", False) else (_stack_ca_file(outputs) or True)
-        user_id = register_user(url, secret, args.user, password, admin=True, verify=verify)
+        url = getattr(args, "url", None)
+        if url:
+            outputs = stack_outputs(args.stack, show_secrets=True)
+            secret: Optional[str] = outputs.get("registrationSharedSecret")
+            if not secret:
+                raise AdminError(f"stack {args.stack!r} has no registrationSharedSecret output; run `pulumi up` first")
+            password = _read_password(getattr(args, "password_stdin", False))
+            user_id = register_user(url, secret, args.user, password, admin=True,
+                                    verify=not getattr(args, "insecure_tls", False))
+        else:
+            outputs = stack_outputs(args.stack)
+            missing = [key for key in ("dockerHost", "serverName") if key not in outputs]
+            if missing:
+                raise AdminError(f"stack {args.stack!r} has no {' or '.join(missing)} output; run `pulumi up` first")
+            password = _read_password(getattr(args, "password_stdin", False))
+            user_id = register_via_docker(outputs["dockerHost"], outputs["serverName"], args.user, password, admin=True)
     except (AdminError, requests.RequestException) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -207,8 +219,7 @@ def add_arguments(parser) -> None:
     """The `create-admin` options, for the dispatcher in commstack/__main__.py."""
     parser.add_argument("--stack", required=True, help="Pulumi stack whose shared secret to use")
     parser.add_argument("--user", default="admin", help="localpart of the new admin (default: admin)")
-    parser.add_argument("--url", help="homeserver base URL (default: the stack's homeserverUrl output)")
+    parser.add_argument("--url", help="register over HTTP at this private URL of Synapse (e.g. an SSH tunnel to "
+                                      "synapse:8008) instead of `docker exec` over the stack's dockerHost")
     parser.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    parser.add_argument("--insecure-tls", action="store_true",
-                        help="skip the certificate check (a self-signed stack's own certificate, its tlsCertificate "
-                             "output, is trusted without it)")
+    parser.add_argument("--insecure-tls", action="store_true", help="with --url: accept a self-signed certificate")

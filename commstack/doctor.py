@@ -46,7 +46,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from commstack.admin import AdminError, register, stack_outputs
+from commstack.admin import AdminError, register, register_via_docker, stack_outputs
 
 TIMEOUT = 10
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
@@ -70,7 +70,8 @@ class Target:
     turn_uris: list[str] = field(default_factory=list)  # default: what Synapse hands out
     public_ip: Optional[str] = None  # every A record should point here
     shared_secret: Optional[str] = None  # registration_shared_secret, for a throwaway user
-    admin_url: Optional[str] = None  # where /_synapse/admin/v1/register is reachable
+    admin_url: Optional[str] = None  # where /_synapse/admin/v1/register is reachable (privately)
+    docker_host: Optional[str] = None  # the stack's dockerHost: the throwaway user is made by `docker exec`
     access_token: Optional[str] = None  # instead of a throwaway user
     bridges: dict[str, str] = field(default_factory=dict)  # appservice id -> as_token
     signal_health_url: Optional[str] = None
@@ -478,18 +479,38 @@ def _test_user(target: Target, base_url: str) -> TestUser:
     """An access token: the one given, or a throwaway non-admin user's (shared-secret registration)."""
     if target.access_token:
         return TestUser(target.access_token, Check("test user", PASS, "using --access-token"))
-    if not target.shared_secret:
-        return TestUser(None, Check("test user", SKIP, "no shared secret or access token",
-                                    "give --stack (reads registrationSharedSecret) or --access-token"))
     password = secrets.token_urlsafe(24)
+    if target.admin_url is None and target.docker_host is not None:
+        # No proxy serves the admin API: register inside the Synapse container, then log in publicly.
+        return _test_user_via_docker(target, base_url, password)
+    if not target.shared_secret or target.admin_url is None:
+        return TestUser(None, Check("test user", SKIP, "no Docker host, private admin URL or access token",
+                                    "give --stack (reads dockerHost), --admin-url with the shared secret, "
+                                    "or --access-token"))
     try:
-        session = register(target.admin_url or base_url, target.shared_secret, f"doctor-{secrets.token_hex(4)}",
+        session = register(target.admin_url, target.shared_secret, f"doctor-{secrets.token_hex(4)}",
                            password, admin=False, verify=_verify(target))
     except (AdminError, requests.RequestException) as exc:
         return TestUser(None, Check("test user", FAIL, str(exc)[:300],
                                     "give --admin-url where /_synapse/admin/v1/register is reachable, or --access-token"))
     return TestUser(session["access_token"], Check("test user", PASS, f"registered {session['user_id']}"),
                     session["user_id"], password)
+
+
+def _test_user_via_docker(target: Target, base_url: str, password: str) -> TestUser:
+    localpart = f"doctor-{secrets.token_hex(4)}"
+    try:
+        user_id = register_via_docker(target.docker_host or "", target.server_name, localpart, password, admin=False)
+        response = _post(target, f"{base_url.rstrip('/')}/_matrix/client/v3/login", json={
+            "type": "m.login.password", "identifier": {"type": "m.id.user", "user": localpart}, "password": password})
+    except (AdminError, requests.RequestException) as exc:
+        return TestUser(None, Check("test user", FAIL, str(exc)[:300],
+                                    "is the Docker host reachable (the stack's dockerHost)? Or give --access-token"))
+    if response.status_code != 200:
+        return TestUser(None, Check("test user", FAIL, f"login as {user_id}: HTTP {response.status_code} "
+                                    f"{_errcode(response)}", "the client API must accept password logins"))
+    return TestUser(response.json()["access_token"], Check("test user", PASS, f"registered {user_id} (docker exec)"),
+                    user_id, password)
 
 
 def _deactivate(target: Target, base_url: str, user: TestUser) -> None:
@@ -710,6 +731,7 @@ def _target(args: Any, stack: dict, server_name: str) -> Target:
         public_ip=args.public_ip or stack.get("publicIp"),
         shared_secret=os.environ.get("COMMSTACK_SHARED_SECRET") or stack.get("registrationSharedSecret"),
         admin_url=args.admin_url,
+        docker_host=stack.get("dockerHost"),
         access_token=os.environ.get("COMMSTACK_ACCESS_TOKEN") or args.access_token,
         bridges={**(stack.get("bridgeTokens") or {}), **_pairs(args.bridge, "--bridge")},
         signal_health_url=args.signal_health_url or stack.get("signalHealthUrl"),
@@ -728,7 +750,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--well-known-url", help="where /.well-known/matrix/* is served (default https://<server-name>)")
     parser.add_argument("--turn-uri", action="append", help="a TURN URI to allocate on (default: what Synapse issues)")
     parser.add_argument("--public-ip", help="the address every DNS name should answer")
-    parser.add_argument("--admin-url", help="where /_synapse/admin/v1/register is reachable, for the throwaway user")
+    parser.add_argument("--admin-url", help="a private URL where /_synapse/admin/v1/register is reachable (e.g. an SSH "
+                                            "tunnel), for the throwaway user; default: `docker exec` over dockerHost")
     parser.add_argument("--access-token", help="a user's access token instead of a throwaway user "
                                                "(or env COMMSTACK_ACCESS_TOKEN, which stays out of `ps`)")
     parser.add_argument("--bridge", action="append", metavar="ID=AS_TOKEN", help="ping this appservice")

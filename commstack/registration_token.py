@@ -4,7 +4,8 @@ For stacks with `registration: token`, where a new user needs a token an admin
 issued. Synapse's admin API (docs/usage/administration/admin_api/registration_tokens.md,
 `POST /_synapse/admin/v1/registration_tokens/new`) is not published, so the call runs
 inside the Synapse container against its own local listener, reached with
-`docker exec` over the stack's Docker host connection (commstack.admin.docker_exec).
+`docker exec` over the stack's Docker host connection (commstack.admin.synapse_exec,
+the way create-admin runs register_new_matrix_user).
 An admin's access token comes from logging in there with the admin's password (read
 from the terminal or stdin, handed over on the exec's stdin, never in argv) and is
 logged out again; or give one in COMMSTACK_ACCESS_TOKEN.
@@ -22,11 +23,10 @@ import sys
 import time
 from typing import Any, Optional
 
-from commstack.admin import AdminError, docker_exec
+from commstack.admin import SYNAPSE_CONTAINER, SYNAPSE_LOCAL_URL, AdminError, stack_outputs, synapse_exec
 
-SYNAPSE_CONTAINER = "synapse"
 # Synapse's plain-HTTP listener inside its container (components/matrix/synapse.py HTTP_PORT).
-LOCAL_URL = "http://localhost:8008"
+LOCAL_URL = SYNAPSE_LOCAL_URL
 
 # Runs in the Synapse image's Python (standard library only). Reads its request as JSON on
 # stdin and prints one JSON line: the step it reached, the HTTP status and the answer.
@@ -115,13 +115,22 @@ def token_request(args: Any, now: Optional[float] = None) -> dict:
     return body
 
 
-def issue(args: Any, password: Optional[str], access_token: Optional[str]) -> dict:
+def stack_docker_host(stack: str) -> str:
+    """The Docker host the stack deployed to (its dockerHost output; empty: the local engine)."""
+    outputs = stack_outputs(stack)
+    if "dockerHost" not in outputs:
+        raise AdminError(f"stack {stack!r} has no dockerHost output; run `pulumi up` first")
+    return outputs["dockerHost"] or ""
+
+
+def issue(args: Any, docker_host: str, password: Optional[str], access_token: Optional[str]) -> dict:
     request = {"user": args.user, "token": token_request(args)}
     if access_token:
         request["access_token"] = access_token
     else:
         request["password"] = password
-    done = docker_exec(args.stack, args.container, ["python", "-c", IN_CONTAINER, LOCAL_URL], stdin=json.dumps(request))
+    done = synapse_exec(docker_host, ["python", "-c", IN_CONTAINER, LOCAL_URL], stdin=json.dumps(request),
+                        container=args.container)
     if done.returncode != 0:
         # docker's own complaint (no such container, engine unreachable); never the request.
         raise AdminError(f"`docker exec {args.container}` failed ({done.returncode}): "
@@ -151,6 +160,7 @@ def main(args: Any) -> int:
         if registration != "token":
             raise AdminError(f"stack {args.stack!r} has registration {registration!r}, where tokens let nobody in; "
                              "first: pulumi config set commstack:registration token && pulumi up")
+        docker_host = stack_docker_host(args.stack)
         access_token = os.environ.get("COMMSTACK_ACCESS_TOKEN")
         password = None
         if not access_token:
@@ -158,7 +168,7 @@ def main(args: Any) -> int:
                         else getpass.getpass(f"Password of {args.user}: "))
             if not password:
                 raise AdminError("no password given")
-        token = issue(args, password, access_token)
+        token = issue(args, docker_host, password, access_token)
     except AdminError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -70,6 +70,40 @@ class ConfigFile:
     owner: Optional[str] = None
 
 
+# Docker's json-file driver, rotated: at most LOG_MAX_FILE files of LOG_MAX_SIZE per container.
+LOG_DRIVER = "json-file"
+LOG_OPTS = {"max-size": "10m", "max-file": "3"}
+NO_NEW_PRIVILEGES = "no-new-privileges:true"
+# Scratch space on a read-only root filesystem: no executables, no device files.
+SCRATCH = "rw,noexec,nosuid,nodev,size=64m"
+
+
+@dataclass(frozen=True)
+class Hardening:
+    """How one container is confined. The defaults are the strictest; every relaxation is declared
+    with the container and says why the image needs it (`why`), and tests/policies check the rest.
+
+    Every container runs with no-new-privileges, every Linux capability dropped except
+    `capabilities`, a memory limit without swap (`memory_mb`; `commstack:containerMemory` overrides
+    it per container), rotated json-file logs, and, with `read_only`, a read-only root filesystem
+    whose only writable paths are its volumes and the `tmpfs` mounts listed here (see
+    `read_only_root` for why containers with uploaded files keep a writable root).
+    """
+
+    capabilities: tuple[str, ...] = ()
+    read_only: bool = True
+    tmpfs: tuple[tuple[str, str], ...] = (("/tmp", SCRATCH),)
+    memory_mb: int = 256
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.capabilities or not self.read_only) and not self.why:
+            raise ValueError("a container that keeps capabilities or a writable root must say why (Hardening.why)")
+        bad = [c for c in self.capabilities if not c.isupper() or c.startswith("CAP_") or c == "ALL"]
+        if bad:
+            raise ValueError(f"capabilities are named without CAP_ (e.g. CHOWN), never ALL: {bad}")
+
+
 @dataclass
 class ContainerSpec:
     """What differs between the service containers; the rest is policy."""
@@ -93,7 +127,10 @@ class ContainerSpec:
     # container runs it, so a rebuild replaces the container; image_key then names its pinned base.
     built_image: Optional[pulumi.Input[str]] = None
     # Further networks to join, each with its aliases (e.g. the proxy's network for a routed backend).
+    # See components/matrix/network.py for the networks and how a container picks its own.
     extra_networks: Sequence[tuple[pulumi.Input[str], Sequence[str]]] = ()
+    # Capabilities, read-only root, scratch mounts and memory: see Hardening.
+    hardening: Hardening = field(default_factory=Hardening)
 
 
 def service_container(name: str, spec: ContainerSpec, parent: pulumi.Resource,
@@ -145,9 +182,45 @@ def service_container(name: str, spec: ContainerSpec, parent: pulumi.Resource,
         volumes=list(spec.volumes),
         healthcheck=healthcheck,
         user=spec.user,
+        **hardened(spec.hardening, uploads=bool(spec.files)),
         **spec.extra,
         opts=pulumi.ResourceOptions(parent=parent, provider=provider, depends_on=list(depends_on)),
     )
+
+
+def read_only_root(hardening: Hardening, uploads: bool) -> bool:
+    """A read-only root filesystem wherever the provider allows it. Files are uploaded into the
+    created container before it starts (pulumi-docker `uploads`, Docker's archive API), and Docker
+    refuses those into a read-only root (moby daemon/archive.go, ErrRootFSReadOnly), so a container
+    with uploads keeps a writable root; every other one gets a read-only root and tmpfs scratch."""
+    return hardening.read_only and not uploads
+
+
+def hardened(hardening: Hardening, uploads: bool = False) -> dict:
+    """The docker.Container arguments every container gets from its Hardening."""
+    read_only = read_only_root(hardening, uploads)
+    return {
+        "security_opts": [NO_NEW_PRIVILEGES],
+        "capabilities": docker.ContainerCapabilitiesArgs(drops=["ALL"], adds=list(hardening.capabilities)),
+        "read_only": read_only,
+        "tmpfs": dict(hardening.tmpfs) if read_only and hardening.tmpfs else None,
+        "memory": hardening.memory_mb,
+        "memory_swap": hardening.memory_mb,  # the same: no swap on top of the limit
+        "log_driver": LOG_DRIVER,
+        "log_opts": dict(LOG_OPTS),
+    }
+
+
+def container_memory_transformation(overrides: Mapping[str, int]):
+    """A stack transformation that gives the containers named in `overrides` (docker names, as in
+    `docker ps`) that memory limit in MB instead of their Hardening's (commstack:containerMemory)."""
+    def transform(args: pulumi.ResourceTransformationArgs) -> Optional[pulumi.ResourceTransformationResult]:
+        if args.type_ != "docker:index/container:Container" or args.props.get("name") not in overrides:
+            return None
+        memory = overrides[args.props["name"]]
+        return pulumi.ResourceTransformationResult(props={**args.props, "memory": memory, "memory_swap": memory},
+                                                   opts=args.opts)
+    return transform
 
 
 def require_success(exit_code: Optional[int], *, job: str, urn: str) -> Optional[int]:

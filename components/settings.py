@@ -131,6 +131,7 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
         ConfigKey("signalServerRef", "v9.81.0", "Git tag of Signal-Server; must have a data file configs/signal/<ref>.yaml.", "v9.81.0"),
         ConfigKey("signalJarS3Uri", "", "Optional s3:// URI of a prebuilt TextSecureServer jar, so a replacement instance starts without building.", "s3://my-builds/TextSecureServer-9.81.0.jar"),
         ConfigKey("signalRedis", "containers", "`containers` (six-node Redis cluster on the instance) or `elasticache` (AWS ElastiCache, cluster mode).", "elasticache"),
+        ConfigKey("containerMemory", {}, "JSON object: memory limit per container (docker name) instead of its default, e.g. {\"synapse\": \"4g\"}; m or g.", "'{\"synapse\":\"4g\"}'"),
         ConfigKey("adminCidrs", [], "JSON list of CIDRs allowed to SSH to the Signal instance; empty keeps SSH closed.", "'[\"198.51.100.7/32\"]'"),
         ConfigKey("signalTwilioAccountSid", "", "Twilio account SID (AC…): registration-service verifies phone numbers with Twilio Verify. Required when signal is on, unless signalInsecureUnverifiedRegistration.", "AC0123456789abcdef0123456789abcdef"),
         ConfigKey("signalTwilioApiKeySid", "", "SID of a Twilio API key (SK…) of that account; required with Twilio.", "SK0123456789abcdef0123456789abcdef"),
@@ -233,6 +234,34 @@ class Settings:
     signal: SignalSettings
     # Advice that does not stop the program (each also logged as a Pulumi warning).
     warnings: tuple[str, ...] = ()
+    # Container name -> memory limit in MB, overriding the container's default (components.common.Hardening).
+    container_memory: dict = field(default_factory=dict)
+
+
+# Every container the program can create (docker names); commstack:containerMemory may name these.
+# A new container adds its name here (tests/test_program.py checks the list against the program).
+SIGNAL_LOCAL_CONTAINERS = tuple(f"signal-local-{part}" for part in (
+    "dynamodb", "tables", "aws-local", *(f"redis-{i}" for i in range(6)), "redis-cluster-create", "registration",
+    "server"))
+
+
+def known_containers() -> tuple[str, ...]:
+    return ("postgres", "postgres-init", "synapse", "wellknown", "proxy", "turn", "element",
+            *(f"bridge-{kind}" for kind in KNOWN_BRIDGES), *SIGNAL_LOCAL_CONTAINERS)
+
+
+_MEMORY_RE = re.compile(r"(\d{1,6})([mg])", re.ASCII)
+MIN_CONTAINER_MEMORY_MB = 32
+
+
+def memory_mb(value: Any) -> Optional[int]:
+    """`512m` / `4g` (or a number of MB) -> MB; None for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    matched = _MEMORY_RE.fullmatch(str(value).strip().lower())
+    if not matched:
+        return None
+    return int(matched.group(1)) * (1024 if matched.group(2) == "g" else 1)
 
 
 # -- reading ----------------------------------------------------------------------
@@ -677,6 +706,27 @@ def load_settings(stack: Optional[str] = None) -> Settings:
     else:
         verification = {}
 
+    container_memory: dict[str, int] = {}
+    memory_text = r.raw("commstack:containerMemory")
+    if memory_text is not None:
+        try:
+            parsed_memory = json.loads(memory_text)
+        except (ValueError, RecursionError):
+            parsed_memory = None
+        if not isinstance(parsed_memory, dict):
+            r.problem("commstack:containerMemory", f"must be a JSON object of container name to size, not {memory_text!r}")
+        else:
+            unknown_containers = sorted(set(parsed_memory) - set(known_containers()))
+            r.check(not unknown_containers, "commstack:containerMemory",
+                    f"no container is named {', '.join(unknown_containers)}; containers: {', '.join(known_containers())}")
+            for container, size in parsed_memory.items():
+                mb = memory_mb(size)
+                if mb is None or mb < MIN_CONTAINER_MEMORY_MB:
+                    r.problem("commstack:containerMemory",
+                              f"{container}: {size!r} is not a memory size of at least {MIN_CONTAINER_MEMORY_MB}m (e.g. 512m or 4g)")
+                elif container in known_containers():
+                    container_memory[container] = mb
+
     if r.problems:
         raise SettingsError(r.problems)
     for warning in warnings:
@@ -721,4 +771,5 @@ def load_settings(stack: Optional[str] = None) -> Settings:
             **verification,
         ),
         warnings=tuple(warnings),
+        container_memory=container_memory,
     )

@@ -292,6 +292,144 @@ def datastore_ports(args: StackValidationArgs, report_violation: ReportViolation
                     report_violation(problem, resource.urn)
 
 
+# -- container hardening (components.common.Hardening) --------------------------------
+
+NETWORK = "docker:index/network:Network"
+NO_NEW_PRIVILEGES = "no-new-privileges:true"
+# The only capabilities an image may keep, each for a documented reason in its component
+# (entrypoints that fix ownership then drop to a service user; binding ports below 1024).
+ALLOWED_CAPABILITIES = frozenset({"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID", "NET_BIND_SERVICE"})
+SECRET_MODES = frozenset({"0400", "0600", "400", "600"})
+# Uploaded files that hold secrets, by where they land (keys, configs with tokens or passwords).
+SECRET_FILE_SUFFIXES = ("/homeserver.yaml", "/signing.key", ".pem", "/.pgpass", "/init.sql", "/config.yaml",
+                        "/registration.yaml", "/turnserver.conf", "program-values.json", "-token", "password")
+SECRET_FILE_EXCEPTIONS = ("cert.pem", "fullchain.pem", "ca.pem")
+SECRET_PREFIXES = ("/data/appservices/",)
+
+
+def is_secret_file(path: str) -> bool:
+    if path.endswith(SECRET_FILE_EXCEPTIONS):
+        return False
+    return path.endswith(SECRET_FILE_SUFFIXES) or path.startswith(SECRET_PREFIXES)
+
+
+def container_hardening_problems(props: Mapping[str, Any]) -> list[str]:
+    problems = []
+    if NO_NEW_PRIVILEGES not in list(props.get("securityOpts") or []):
+        problems.append("runs without no-new-privileges (security_opts)")
+    if props.get("privileged"):
+        problems.append("is privileged")
+    capabilities = props.get("capabilities") or {}
+    if "ALL" not in list(capabilities.get("drops") or []):
+        problems.append("does not drop ALL capabilities")
+    extra = sorted(set(capabilities.get("adds") or []) - ALLOWED_CAPABILITIES)
+    if extra:
+        problems.append(f"keeps capabilities {', '.join(extra)} (allowed: {', '.join(sorted(ALLOWED_CAPABILITIES))})")
+    memory = props.get("memory")
+    if not memory:
+        problems.append("has no memory limit")
+    elif props.get("memorySwap") not in (None, memory):
+        problems.append(f"may swap beyond its memory limit (memory_swap {props.get('memorySwap')} != {memory})")
+    log_opts = props.get("logOpts") or {}
+    if props.get("logDriver") != "json-file" or not log_opts.get("max-size") or not log_opts.get("max-file"):
+        problems.append("has no rotated json-file log (log_opts max-size and max-file)")
+    uploads = list(props.get("uploads") or [])
+    if not uploads and not props.get("readOnly"):
+        problems.append("has a writable root filesystem although nothing is uploaded into it (read_only)")
+    if props.get("restart") != "no" and not (props.get("healthcheck") or {}).get("tests"):
+        problems.append("is a long-running service without a health check")
+    for upload in uploads:
+        path = str(upload.get("file", ""))
+        if is_secret_file(path):
+            if str(upload.get("permissions") or "") not in SECRET_MODES:
+                problems.append(f"uploads the secret file {path} with mode {upload.get('permissions')!r}, not 0400 or 0600")
+            if upload.get("owner") in (None, ""):
+                problems.append(f"uploads the secret file {path} without an owner (the image's user)")
+    return problems
+
+
+def container_hardening(args: ResourceValidationArgs) -> list[str]:
+    name = args.props.get("name") or args.name
+    return [f"container {name} {problem}" for problem in container_hardening_problems(args.props)]
+
+
+# -- network segmentation (components/matrix/network.py) -------------------------------
+
+ICC_OPTION = "com.docker.network.bridge.enable_icc"
+# Images allowed on a network with Postgres: Postgres itself (server and init job), Synapse, the
+# mautrix bridges and the backup job.
+POSTGRES_CLIENT_IMAGES = ("postgres", "synapse", "mautrix/", "restic", "backup")
+
+
+def _repository(reference: str) -> str:
+    """`dock.mau.dev/mautrix/whatsapp:v1@sha256:…` -> `dock.mau.dev/mautrix/whatsapp`."""
+    head, _, last = reference.split("@", 1)[0].rpartition("/")
+    last = last.split(":", 1)[0]
+    return f"{head}/{last}" if head else last
+
+
+def _is_image(reference: str, name: str) -> bool:
+    return _repository(reference).rsplit("/", 1)[-1] == name
+
+
+def segmentation_problems(networks: Mapping[str, Mapping[str, Any]],
+                          containers: Mapping[str, tuple[list[str], list[str]]]) -> list[tuple[str, str]]:
+    """(container or network, problem) for: datastores on a non-internal network, a non-internal
+    network that lets its containers talk, Postgres sharing a network with a non-client, coturn on an
+    internal network, Element sharing a network with anything but the proxy.
+    `networks`: docker name -> props; `containers`: name -> (image references, network names)."""
+    members: dict[str, list[str]] = {}
+    for container, (_, joined) in containers.items():
+        for network in joined:
+            members.setdefault(network, []).append(container)
+    problems = []
+    for network, props in networks.items():
+        if not props.get("internal") and str((props.get("options") or {}).get(ICC_OPTION)).lower() != "false":
+            problems.append((network, f"network {network} is not internal and lets its containers reach each other "
+                                      f"(set options {ICC_OPTION}=false, or make it internal)"))
+        datastores = sorted(c for c in members.get(network, []) if any(is_datastore_image(r) for r in containers[c][0]))
+        if datastores and not props.get("internal"):
+            problems.append((network, f"network {network} holds the datastores {', '.join(datastores)} but is not internal"))
+    strangers = set()
+    for container, (images, joined) in containers.items():
+        if any(_is_image(ref, "postgres") for ref in images):
+            for network in joined:
+                for peer in members.get(network, []):
+                    if not any(client in _repository(ref) for ref in containers[peer][0] for client in POSTGRES_CLIENT_IMAGES):
+                        strangers.add((peer, network))
+        if any(_is_image(ref, "coturn") for ref in images):
+            for network in joined:
+                if networks.get(network, {}).get("internal"):
+                    problems.append((container, f"coturn ({container}) is on the internal network {network}"))
+        if any(_is_image(ref, "element-web") for ref in images):
+            for network in joined:
+                others = [peer for peer in members.get(network, []) if peer != container
+                          and not any(_is_image(ref, "traefik") for ref in containers[peer][0])]
+                if others:
+                    problems.append((container, f"Element shares {network} with {', '.join(sorted(others))}; "
+                                                "only the proxy may reach it"))
+    problems += [(peer, f"{peer} shares {network} with Postgres but is not a database client")
+                 for peer, network in sorted(strangers)]
+    return problems
+
+
+def networks_segmented(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+    networks = {resource.props.get("name"): resource.props for resource in args.resources
+                if resource.resource_type == NETWORK}
+    containers, urns = {}, {}
+    for resource in args.resources:
+        if resource.resource_type == CONTAINER:
+            name = resource.props.get("name") or resource.name
+            joined = [n.get("name") for n in resource.props.get("networksAdvanced") or []]
+            containers[name] = ([r or "" for r in container_image_references(resource)], joined)
+            urns[name] = resource.urn
+    for network, props in networks.items():
+        urns.setdefault(network, next(r.urn for r in args.resources
+                                      if r.resource_type == NETWORK and r.props.get("name") == network))
+    for subject, problem in segmentation_problems(networks, containers):
+        report_violation(problem, urns.get(subject))
+
+
 # -- the pack -------------------------------------------------------------------------
 
 
@@ -329,4 +467,14 @@ POLICIES = [
                      published_port_problems),
     _resource_policy("synapse-registration-gated", "Synapse registration is closed or token-gated.",
                      homeserver_registration),
+    _resource_policy("containers-hardened",
+                     "Containers run with no-new-privileges, ALL capabilities dropped but a documented few, a memory "
+                     "limit without swap, rotated logs, a read-only root where nothing is uploaded, a health check, "
+                     "and secret files 0400/0600 with an owner.",
+                     container_hardening, [CONTAINER]),
+    StackValidationPolicy(name="networks-segmented",
+                          description="Datastores only on internal networks, Postgres only with its clients, coturn on "
+                                      "no internal network, Element only with the proxy, and no non-internal network "
+                                      "on which containers can reach each other.",
+                          validate=networks_segmented),
 ]

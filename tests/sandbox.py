@@ -7,7 +7,8 @@ Stand-ins (on PATH before the real tools):
   (secrets as `secure:` values). Every command that needs the passphrase secrets provider
   fails without PULUMI_CONFIG_PASSPHRASE or a readable PULUMI_CONFIG_PASSPHRASE_FILE, with the
   CLI's own message, and a stack that was never created is an error, so dead ends show.
-* `docker` answers `info`, and `exec` with a canned success (what it ran is logged).
+* `docker` answers `info`, and `exec` with a canned success: register_new_matrix_user's
+  "Success!", else $SANDBOX_DOCKER_EXEC_ANSWER (what it ran is logged).
 * `curl` fails (no installer downloads).
 * `.venv/bin/python` is the real interpreter, but `-m pip` only logs (no network).
 * `python3 -m venv DIR` makes DIR/bin/pip, which checks the requirements file exists and logs.
@@ -135,7 +136,10 @@ if args[:1] == ["info"]:
     sys.exit(0)
 if args[:1] == ["exec"]:
     sys.stdin.read()
-    print(os.environ.get("SANDBOX_DOCKER_EXEC_ANSWER", ""))
+    if "register_new_matrix_user" in args:  # what Synapse's script prints when it made the user
+        print("Sending registration request...\nSuccess!")
+    else:
+        print(os.environ.get("SANDBOX_DOCKER_EXEC_ANSWER", ""))
     sys.exit(0)
 sys.exit(0)
 '''

@@ -194,10 +194,13 @@ def test_dev_routes_the_signal_api_through_the_proxy_to_the_server():
     upstream = dynamic["http"]["services"][chat[0]["service"]]["loadBalancer"]["servers"][0]["url"]
     assert upstream == "http://signal-server:8080"
 
-    network = next(r for r in ev.of_type("docker:index/network:Network") if r.parent.endswith("commstack:matrix:Network::matrix-network"))
+    # On the proxy's own network with the server (web-signal-server), and only there.
+    network = next(r for r in ev.of_type("docker:index/network:Network") if r.name == "matrix-network-web-signal-server")
     server = ev.container("signal-local-server")
     joined = {n["name"]: n.get("aliases") for n in server.plain_inputs["networksAdvanced"]}
     assert joined[network.plain_outputs["name"]] == ["signal-server"]
+    proxy_networks = {n["name"] for n in proxy.plain_inputs["networksAdvanced"]}
+    assert network.plain_outputs["name"] in proxy_networks
     # and the self-signed certificate covers the new host
     cert_hosts = [r for r in ev.of_type("tls:index/selfSignedCert:SelfSignedCert") if r.parent.endswith("matrix-proxy")]
     assert cert_hosts and f"chat.{domain}" in cert_hosts[0].plain_inputs["dnsNames"]

@@ -17,11 +17,17 @@ from typing import Any, Mapping, Optional, Sequence
 import pulumi
 import yaml
 
-from components.common import ConfigFile, ContainerSpec, generated_secret, service_container, to_yaml
+from components.common import ConfigFile, ContainerSpec, Hardening, generated_secret, service_container, to_yaml
 from components.settings import CONFIGS_DIR
 
 CONFIG_PATH = "/data/config.yaml"
 OWN_REGISTRATION_PATH = "/data/registration.yaml"
+# The mautrix images' docker-run.sh runs as root: `chown -R` of /data to the bridge user
+# (CHOWN), then su-exec to it (SETUID, SETGID). 1337 is the images' default UID/GID; the bridge
+# may rewrite its config, so its files are 0600 and the bridge user's.
+BRIDGE_UID = "1337"
+HARDENING = Hardening(capabilities=("CHOWN", "SETGID", "SETUID"), memory_mb=512,
+                      why="docker-run.sh chowns /data, then su-exec to the bridge user 1337")
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,8 @@ class BridgeArgs:
     network_config: Mapping[str, pulumi.Input[Any]] = field(default_factory=dict)
     # Matrix IDs given the bridge's admin level; none by default.
     admins: Sequence[str] = ()
+    # Networks besides `network` (components/matrix/network.py).
+    extra_networks: Sequence[pulumi.Input[str]] = ()
 
 
 class MautrixBridge(pulumi.ComponentResource):
@@ -173,10 +181,12 @@ class MautrixBridge(pulumi.ComponentResource):
                 image_key=spec.image,
                 network=args.network,
                 aliases=[spec.container],
+                extra_networks=[(network, [spec.container]) for network in args.extra_networks],
                 files=[
-                    ConfigFile(CONFIG_PATH, pulumi.Output.secret(config_yaml)),
-                    ConfigFile(OWN_REGISTRATION_PATH, self.registration_yaml),
+                    ConfigFile(CONFIG_PATH, pulumi.Output.secret(config_yaml), permissions="0600", owner=BRIDGE_UID),
+                    ConfigFile(OWN_REGISTRATION_PATH, self.registration_yaml, permissions="0600", owner=BRIDGE_UID),
                 ],
+                hardening=HARDENING,
                 healthcheck=["CMD", "curl", "-fsS", f"http://127.0.0.1:{spec.port}/_matrix/mau/live"],
             ),
             parent=self,

@@ -14,11 +14,14 @@ from typing import Optional
 import pulumi
 import pulumi_docker as docker
 
-from components.common import ConfigFile, ContainerSpec, service_container
+from components.common import ConfigFile, ContainerSpec, Hardening, service_container
 
 LOGICAL_NAME = "element"
 HTTP_PORT = 80  # the image's nginx (ELEMENT_WEB_PORT defaults to 80)
 CONFIG_PATH = "/app/config.json"
+# The image runs nginx as its own non-root user (element-web Dockerfile `USER nginx`) and binds
+# port 80 through the engine's unprivileged-port sysctl: no capability at all.
+HARDENING = Hardening(memory_mb=64)
 
 
 def render_element_config(homeserver_base_url: str, server_name: str) -> dict:
@@ -55,6 +58,7 @@ class Element(pulumi.ComponentResource):
                 files=[ConfigFile(CONFIG_PATH, config)],
                 envs={"ELEMENT_WEB_PORT": str(HTTP_PORT)},
                 healthcheck=["CMD-SHELL", f"wget -q -O /dev/null http://127.0.0.1:{HTTP_PORT}/config.json || exit 1"],
+                hardening=HARDENING,
             ),
             parent=self,
             resource_name=name,

@@ -18,7 +18,7 @@ from components.common import child, generated_secret
 from components.edge.dns import cloudflare_proxy_ranges
 from components.edge.records import DnsRecordSpec
 from components.matrix.bridges import BRIDGE_SPECS, BridgeArgs, MautrixBridge
-from components.matrix.element import Element, ElementArgs
+from components.matrix.element import LOGICAL_NAME as ELEMENT_CONTAINER, Element, ElementArgs
 from components.matrix.network import Network, NetworkArgs
 from components.matrix.postgres import DatabaseSpec, Postgres, PostgresArgs
 from components.matrix.proxy import ReverseProxy, ReverseProxyArgs, Route
@@ -77,19 +77,27 @@ class Homeserver(pulumi.ComponentResource):
         m, edge = args.matrix, args.edge
         letsencrypt = edge.tls == "letsencrypt"
 
-        self.network = Network(f"{name}-network", NetworkArgs(internal_name=f"commstack-{name}"), opts=child(self))
-        net = self.network.name
+        routes = [Route(m.domain, WELLKNOWN_UPSTREAM), Route(m.matrix_host, WELLKNOWN_UPSTREAM)]
+        if m.element:
+            routes.append(Route(m.element_host, Element.internal_url))
+        routes += args.extra_routes
+        # One small network per role (components/matrix/network.py): each container joins only its own.
+        self.network = Network(f"{name}-network", NetworkArgs(
+            internal_name=f"commstack-{name}", web_backends=[route.backend for route in routes]), opts=child(self))
+        nets = self.network
 
         bridge_specs = {kind: BRIDGE_SPECS[kind] for kind in m.bridges}
         self.postgres = Postgres(f"{name}-postgres", PostgresArgs(
-            network=net,
+            network=nets.database,
             databases=[SYNAPSE_DATABASE] + [DatabaseSpec(s.database, s.database) for s in bridge_specs.values()],
         ), opts=child(self))
 
         self.bridges = {
             kind: MautrixBridge(f"{name}-bridge-{kind}", BridgeArgs(
                 kind=kind,
-                network=net,
+                network=nets.database,
+                # Synapse both ways, and the bridged network (WhatsApp, Telegram) outside.
+                extra_networks=[nets.appservice, nets.egress],
                 server_name=m.server_name,
                 database_uri=self.postgres.credentials[spec.database].uri(),
                 network_config=bridge_network_config(kind, m),
@@ -103,13 +111,11 @@ class Homeserver(pulumi.ComponentResource):
             # coturn reuses the proxy's self-signed certificate for 5349.
             certificate_hosts.append(m.turn_host)
 
-        routes = [Route(m.domain, WELLKNOWN_UPSTREAM), Route(m.matrix_host, WELLKNOWN_UPSTREAM)]
         self.element = None
         if m.element:
             self.element = Element(f"{name}-element", ElementArgs(
-                network=net, homeserver_base_url=m.public_baseurl, server_name=m.server_name), opts=child(self))
-            routes.append(Route(m.element_host, self.element.internal_url))
-        routes += args.extra_routes
+                network=nets.web[ELEMENT_CONTAINER], homeserver_base_url=m.public_baseurl, server_name=m.server_name),
+                opts=child(self))
         certificate_hosts += [route.host for route in args.extra_routes if route.host not in certificate_hosts]
 
         # Behind Cloudflare's proxy every request comes from its ranges; believing their
@@ -117,14 +123,16 @@ class Homeserver(pulumi.ComponentResource):
         cloudflare_ranges = cloudflare_proxy_ranges() if edge.cloudflare_proxy_http else ()
         serve_8448 = m.federation and m.federation_port == 8448
         self.proxy = ReverseProxy(f"{name}-proxy", ReverseProxyArgs(
-            network=net,
+            network=nets.egress,
+            extra_networks=list(nets.web.values()),
             routes=routes,
             tls=edge.tls,
             acme_email=edge.acme_email,
             dns_api_token=(args.dns_api_token or edge.cloudflare_api_token) if letsencrypt else None,
             certificate_hosts=certificate_hosts,
             serve_federation_8448=serve_8448,
-            federation_upstream=Synapse.internal_url,
+            # Through the well-known nginx too: the proxy shares no network with Synapse.
+            federation_upstream=WELLKNOWN_UPSTREAM,
             trusted_ips=cloudflare_ranges,
         ), opts=child(self))
 
@@ -134,13 +142,15 @@ class Homeserver(pulumi.ComponentResource):
             turn_secret = generated_secret(f"{name}-turn-shared-secret", self)
             cert_pem, key_pem = self._turn_certificate(name, m.turn_host, letsencrypt)
             self.turn = Turn(f"{name}-turn", TurnArgs(
-                network=net, realm=m.turn_host, external_ip=edge.public_ip, shared_secret=turn_secret,
+                network=nets.egress, realm=m.turn_host, external_ip=edge.public_ip, shared_secret=turn_secret,
                 tls_cert_pem=cert_pem, tls_key_pem=key_pem, host=m.turn_host,
                 # See _turn_certificate: with letsencrypt nobody trusts 5349's certificate.
                 advertise_tls=not letsencrypt), opts=child(self))
 
         self.synapse = Synapse(f"{name}-synapse", SynapseArgs(
-            network=net,
+            network=nets.database,
+            # Its HTTP front, its bridges (if any) and federation outside.
+            extra_networks=[nets.synapse, *([nets.appservice] if self.bridges else []), nets.egress],
             server_name=m.server_name,
             public_baseurl=m.public_baseurl,
             database=self.postgres.credentials[SYNAPSE_DATABASE.name],
@@ -154,7 +164,8 @@ class Homeserver(pulumi.ComponentResource):
         ), opts=child(self))
 
         self.wellknown = WellKnown(f"{name}-wellknown", WellKnownArgs(
-            network=net,
+            network=nets.web[WELLKNOWN_CONTAINER],
+            extra_networks=[nets.synapse],
             server_name=m.server_name,
             matrix_host=m.matrix_host,
             public_baseurl=m.public_baseurl,
@@ -170,7 +181,7 @@ class Homeserver(pulumi.ComponentResource):
         self.server_name = m.server_name
         self.turn_uris = list(self.turn.uris) if self.turn else []
         self.registration_shared_secret = self.synapse.registration_shared_secret
-        # create-admin trusts a self-signed stack's own certificate (its tlsCertificate output) by itself.
+        # Over the Docker host connection (`docker exec`): no proxy serves the admin API.
         self.create_admin_command = f".venv/bin/python -m commstack create-admin --stack {pulumi.get_stack()} --user admin"
         self.bridge_tokens = pulumi.Output.secret(
             pulumi.Output.all(**{kind: bridge.as_token for kind, bridge in self.bridges.items()})

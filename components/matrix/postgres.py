@@ -23,8 +23,8 @@ from typing import Optional, Sequence
 import pulumi
 import pulumi_docker as docker
 
-from components.common import (ConfigFile, ContainerSpec, checked_job, generated_secret, service_container,
-                               stateful_child)
+from components.common import (ConfigFile, ContainerSpec, Hardening, checked_job, generated_secret,
+                               service_container, stateful_child)
 
 LOGICAL_NAME = "postgres"
 PORT = 5432
@@ -39,6 +39,13 @@ POSTGRES_UID = "999"
 # The init job runs psql as root; libpq ignores a password file readable by others.
 PGPASS_PATH = "/root/.pgpass"
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# The image's docker-entrypoint.sh runs as root: it chowns and chmods the data and socket
+# directories (CHOWN, FOWNER; DAC_OVERRIDE to walk a data directory only postgres may read),
+# then drops to postgres with gosu (SETUID, SETGID).
+SERVER_HARDENING = Hardening(capabilities=("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"), memory_mb=1024,
+                             why="docker-entrypoint.sh fixes directory ownership, then gosu drops to postgres")
+# psql as root reading root's own files: no capability at all.
+INIT_HARDENING = Hardening(memory_mb=128)
 
 
 @dataclass(frozen=True)
@@ -163,6 +170,7 @@ class Postgres(pulumi.ComponentResource):
                 # TCP, not the socket: during first-boot initdb the image runs a
                 # socket-only server that must not count as ready.
                 healthcheck=["CMD-SHELL", f"pg_isready -h 127.0.0.1 -U {SUPERUSER}"],
+                hardening=SERVER_HARDENING,
                 extra={"wait": True, "wait_timeout": 120},
             ),
             parent=self,
@@ -183,7 +191,8 @@ class Postgres(pulumi.ComponentResource):
                 image_key="postgres",
                 network=args.network,
                 aliases=[],
-                files=[ConfigFile(INIT_SQL_PATH, init_sql),
+                # The SQL holds every role's password.
+                files=[ConfigFile(INIT_SQL_PATH, pulumi.Output.secret(init_sql), permissions="0400", owner="0"),
                        ConfigFile(PGPASS_PATH, superuser_password.apply(
                            lambda pw: render_pgpass(LOGICAL_NAME, PORT, SUPERUSER, pw)), permissions="0600", owner="0")],
                 entrypoint=["/bin/sh", "-c"],
@@ -191,6 +200,7 @@ class Postgres(pulumi.ComponentResource):
                 envs={"PGPASSFILE": PGPASS_PATH},
                 # Its output stays in `docker logs`, not in state.
                 one_shot=True,
+                hardening=INIT_HARDENING,
                 extra={
                     # A replaced server (e.g. a new data volume) gets provisioned again.
                     "labels": [docker.ContainerLabelArgs(label="commstack.postgres-server", value=self.server.id)],

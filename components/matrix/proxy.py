@@ -22,7 +22,7 @@ import pulumi
 import pulumi_docker as docker
 import pulumi_tls
 
-from components.common import (ConfigFile, ContainerSpec, child, published_ports, service_container,
+from components.common import (ConfigFile, ContainerSpec, Hardening, child, published_ports, service_container,
                                stateful_child, tcp_port, to_yaml)
 from components.edge.ports import FEDERATION_PORT, ports_for
 
@@ -36,6 +36,8 @@ ACME_DIR = "/letsencrypt"
 # (go-acme/lego platform/config/env), so the token never sits in the container's environment.
 CF_TOKEN_PATH = "/run/secrets/cf-dns-api-token"
 RESOLVER = "letsencrypt"
+# Traefik runs as root in its image and binds 80, 443 (and 8448): NET_BIND_SERVICE, nothing else.
+HARDENING = Hardening(capabilities=("NET_BIND_SERVICE",), memory_mb=256, why="binds ports 80 and 443")
 TLS_MODES = ("self-signed", "letsencrypt")
 # Not published: only the container's own health check calls it.
 PING_ADDRESS = ":8082"
@@ -52,6 +54,11 @@ ACCESS_LOG = {
         "headers": {"defaultMode": "drop"},
     },
 }
+
+# Synapse's admin API stays private: no router matches it, so Traefik answers 404 itself
+# (commstack create-admin uses `docker exec` instead, commstack/admin.py).
+ADMIN_PATH_PREFIX = "/_synapse/admin"
+NOT_ADMIN = f"!PathPrefix(`{ADMIN_PATH_PREFIX}`)"
 
 _HOST_RE = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _UPSTREAM_RE = re.compile(r"^https?://([a-z0-9.-]+)(?::(\d+))?$")
@@ -71,6 +78,11 @@ class Route:
         if not _HOST_RE.match(self.host):
             raise ValueError(f"route host {self.host!r} is not a lowercase DNS name")
         _check_upstream(self.upstream)
+
+    @property
+    def backend(self) -> str:
+        """The container the route reaches (the upstream's host name on the Docker network)."""
+        return _UPSTREAM_RE.match(self.upstream).group(1)
 
 
 def _slug(text: str) -> str:
@@ -150,7 +162,7 @@ def render_traefik_dynamic(*, routes: Sequence[Route], tls: str, certificate_hos
         return name
 
     for route in routes:
-        routers[_slug(route.host)] = {"rule": f"Host(`{route.host}`)", "entryPoints": ["websecure"],
+        routers[_slug(route.host)] = {"rule": f"Host(`{route.host}`) && {NOT_ADMIN}", "entryPoints": ["websecure"],
                                       "service": service(route.upstream), "tls": copy.deepcopy(router_tls)}
     if serve_federation_8448:
         _check_upstream(federation_upstream)
@@ -179,6 +191,8 @@ class ReverseProxyArgs:
     federation_upstream: str
     # Proxies (e.g. Cloudflare's ranges) whose X-Forwarded-* headers are believed.
     trusted_ips: Sequence[str] = ()
+    # The networks it shares with the backends it routes to (one `web-<backend>` network each).
+    extra_networks: Sequence[pulumi.Input[str]] = ()
 
 
 class ReverseProxy(pulumi.ComponentResource):
@@ -225,7 +239,8 @@ class ReverseProxy(pulumi.ComponentResource):
             )
             self.certificate_pem = cert.cert_pem
             self.private_key_pem = pulumi.Output.secret(key.private_key_pem)
-            files += [ConfigFile(CERT_PATH, self.certificate_pem), ConfigFile(KEY_PATH, self.private_key_pem)]
+            files += [ConfigFile(CERT_PATH, self.certificate_pem),
+                      ConfigFile(KEY_PATH, self.private_key_pem, permissions="0400", owner="0")]
 
         ports = published_ports(ports_for("proxy"))
         if args.serve_federation_8448:
@@ -238,10 +253,12 @@ class ReverseProxy(pulumi.ComponentResource):
                 aliases=[CONTAINER],
                 files=files,
                 command=[f"--configFile={STATIC_PATH}"],
+                extra_networks=[(network, [CONTAINER]) for network in args.extra_networks],
                 envs=envs,
                 ports=ports,
                 volumes=volumes,
                 healthcheck=["CMD", "traefik", "healthcheck", "--ping", f"--configFile={STATIC_PATH}"],
+                hardening=HARDENING,
             ),
             parent=self,
             resource_name=name,

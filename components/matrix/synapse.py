@@ -15,7 +15,8 @@ import pulumi
 import pulumi_docker as docker
 import pulumi_tls as tls
 
-from components.common import ConfigFile, ContainerSpec, generated_secret, service_container, stateful_child, to_yaml
+from components.common import (ConfigFile, ContainerSpec, Hardening, generated_secret, service_container,
+                               stateful_child, to_yaml)
 from components.matrix.postgres import DatabaseCredentials
 
 LOGICAL_NAME = "synapse"
@@ -26,6 +27,11 @@ CONFIG_PATH = f"{DATA_DIR}/homeserver.yaml"
 # docker/start.py drops root to 991:991 but only chowns the data dir in
 # `generate` mode, so a fresh media volume must be handed over at start.
 SYNAPSE_UID_GID = "991:991"
+SYNAPSE_UID = "991"
+# The entrypoint chowns the media volume (CHOWN); docker/start.py then drops to 991 with gosu
+# (SETUID, SETGID). Everything after that runs unprivileged.
+HARDENING = Hardening(capabilities=("CHOWN", "SETGID", "SETUID"), memory_mb=2048,
+                      why="chown of the media volume, then gosu to 991:991 (docker/start.py)")
 
 # Private, loopback, link-local and reserved ranges Synapse must never
 # contact on a user's behalf (the documented ip_range_blacklist example).
@@ -170,6 +176,8 @@ class SynapseArgs:
     element_url: Optional[str] = None
     # Keep equal to the well-known nginx's client_max_body_size.
     max_upload_size: str = "50M"
+    # Networks besides `network` (components/matrix/network.py).
+    extra_networks: Sequence[pulumi.Input[str]] = ()
 
 
 class Synapse(pulumi.ComponentResource):
@@ -220,11 +228,14 @@ class Synapse(pulumi.ComponentResource):
             lambda keys: signing_key_line(keys[0], signing_key_id(keys[1]))
         )
         paths = data_paths()
+        # Secrets readable by the user Synapse runs as, and nobody else.
         files = [
-            ConfigFile(CONFIG_PATH, pulumi.Output.secret(homeserver_yaml)),
+            ConfigFile(CONFIG_PATH, pulumi.Output.secret(homeserver_yaml), permissions="0400", owner=SYNAPSE_UID),
             ConfigFile(paths["log_config"], to_yaml(render_log_config())),
-            ConfigFile(paths["signing_key_path"], pulumi.Output.secret(signing_key_file)),
-        ] + [ConfigFile(path, pulumi.Output.secret(args.appservice_registrations[path])) for path in appservice_paths]
+            ConfigFile(paths["signing_key_path"], pulumi.Output.secret(signing_key_file), permissions="0400",
+                       owner=SYNAPSE_UID),
+        ] + [ConfigFile(path, pulumi.Output.secret(args.appservice_registrations[path]), permissions="0400",
+                        owner=SYNAPSE_UID) for path in appservice_paths]
 
         media_path = paths["media_store_path"]
         self.container = service_container(
@@ -233,12 +244,14 @@ class Synapse(pulumi.ComponentResource):
                 image_key="synapse",
                 network=args.network,
                 aliases=[LOGICAL_NAME],
+                extra_networks=[(network, [LOGICAL_NAME]) for network in args.extra_networks],
                 files=files,
                 envs={"SYNAPSE_CONFIG_PATH": CONFIG_PATH},
                 entrypoint=["/bin/sh", "-c", f"chown {SYNAPSE_UID_GID} {media_path} && exec /start.py"],
                 volumes=[docker.ContainerVolumeArgs(volume_name=media.name, container_path=media_path)],
                 # The same probe as the image's own HEALTHCHECK.
                 healthcheck=["CMD-SHELL", f"curl -fSs http://localhost:{HTTP_PORT}/health || exit 1"],
+                hardening=HARDENING,
                 extra={"wait": True, "wait_timeout": 300},
             ),
             parent=self,

@@ -16,7 +16,7 @@ from typing import Optional
 
 import pulumi
 
-from components.common import ConfigFile, ContainerSpec, published_ports, service_container
+from components.common import ConfigFile, ContainerSpec, Hardening, published_ports, service_container
 from components.edge.ports import ports_for
 from components.settings import CONFIGS_DIR
 
@@ -24,6 +24,13 @@ CONTAINER = "turn"
 CONF_PATH = "/etc/coturn/turnserver.conf"
 CERT_PATH = "/etc/coturn/certs/fullchain.pem"
 KEY_PATH = "/etc/coturn/certs/privkey.pem"
+# The image runs as nobody (coturn docker/coturn/debian/Dockerfile `USER nobody:nogroup`), and its
+# turnserver binary carries the file capability cap_net_bind_service+ep: the kernel refuses to exec
+# such a file unless that capability is in the bounding set, so it is the one kept (the ports are
+# above 1024, and no-new-privileges keeps it from being granted).
+NOBODY = "65534"
+HARDENING = Hardening(capabilities=("NET_BIND_SERVICE",), memory_mb=256,
+                      why="turnserver's file capability must be in the bounding set for it to exec")
 
 
 @lru_cache(maxsize=1)
@@ -106,10 +113,12 @@ class Turn(pulumi.ComponentResource):
                 network=args.network,
                 aliases=[CONTAINER],
                 files=[
-                    ConfigFile(CONF_PATH, conf),
+                    # The shared secret and the key: only coturn's user reads them.
+                    ConfigFile(CONF_PATH, conf, permissions="0400", owner=NOBODY),
                     ConfigFile(CERT_PATH, args.tls_cert_pem),
-                    ConfigFile(KEY_PATH, pulumi.Output.secret(args.tls_key_pem)),
+                    ConfigFile(KEY_PATH, pulumi.Output.secret(args.tls_key_pem), permissions="0400", owner=NOBODY),
                 ],
+                hardening=HARDENING,
                 # The image's entrypoint prefixes `turnserver` to flag-only commands.
                 command=["-c", CONF_PATH, "--log-file=stdout"],
                 # Published 1:1 so the relay ports clients are told about are the real ones.

@@ -17,11 +17,16 @@ from typing import Optional, Sequence
 
 import pulumi
 
-from components.common import ConfigFile, ContainerSpec, service_container
+from components.common import ConfigFile, ContainerSpec, Hardening, service_container
 from components.settings import CONFIGS_DIR
 
 CONTAINER = "wellknown"
 CONF_PATH = "/etc/nginx/conf.d/default.conf"
+# nginx's master starts as root: it binds port 80 (NET_BIND_SERVICE, on engines that keep the
+# privileged-port rule), creates and chowns its cache directories (CHOWN) and starts its workers
+# as the nginx user (SETUID, SETGID).
+HARDENING = Hardening(capabilities=("CHOWN", "NET_BIND_SERVICE", "SETGID", "SETUID"), memory_mb=64,
+                      why="the nginx master binds :80, chowns its cache and drops its workers to nginx")
 # Synapse's default max_upload_size (synapse/config/repository.py).
 DEFAULT_MAX_BODY_SIZE = "50M"
 
@@ -93,6 +98,8 @@ class WellKnownArgs:
     max_body_size: str = DEFAULT_MAX_BODY_SIZE
     # Proxies in front of Traefik (Cloudflare's ranges when it proxies); Traefik's own network is always trusted.
     upstream_proxies: Sequence[str] = ()
+    # Networks besides `network`: Synapse's (components/matrix/network.py).
+    extra_networks: Sequence[pulumi.Input[str]] = ()
 
 
 class WellKnown(pulumi.ComponentResource):
@@ -113,8 +120,10 @@ class WellKnown(pulumi.ComponentResource):
                 image_key="nginx",
                 network=args.network,
                 aliases=[CONTAINER],
+                extra_networks=[(network, [CONTAINER]) for network in args.extra_networks],
                 files=[ConfigFile(CONF_PATH, conf)],
                 healthcheck=["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1/.well-known/matrix/client"],
+                hardening=HARDENING,
             ),
             parent=self,
             resource_name=name,

@@ -23,8 +23,8 @@ from typing import Mapping, Optional
 import pulumi
 import pulumi_docker as docker
 
-from components.common import (ConfigFile, ContainerSpec, checked_job, child, image, service_container, stateful_child,
-                               to_yaml)
+from components.common import (ConfigFile, ContainerSpec, Hardening, checked_job, child, image, service_container,
+                               stateful_child, to_yaml)
 from components.signal import redis
 from components.signal.appconfig import DEFAULT_DYNAMIC_CONFIG
 from components.signal import registration as reg
@@ -113,6 +113,20 @@ def aws_local_command(app_config: AppConfigNames) -> list[str]:
             "--document", f"{AWS_LOCAL_DIR}/dynamic-config.yml"]
 
 
+# Per container: capabilities each image needs (most need none), memory (MB).
+# DynamoDB Local runs as root (user="root") to write its volume, whose directory may belong to the
+# image's dynamodblocal user: DAC_OVERRIDE.
+DYNAMODB_HARDENING = Hardening(capabilities=("DAC_OVERRIDE",), memory_mb=1024,
+                               why="runs as root to write a volume directory owned by the image's user")
+# The redis image's entrypoint chowns /data to redis (CHOWN) and drops to it with gosu (SETUID, SETGID).
+REDIS_HARDENING = Hardening(capabilities=("CHOWN", "SETGID", "SETUID"), memory_mb=256,
+                            why="docker-entrypoint.sh chowns /data, then gosu to redis")
+JOB_HARDENING = Hardening(memory_mb=256)
+# aws-local answers on ports 80 and 443 as root.
+AWS_LOCAL_HARDENING = Hardening(capabilities=("NET_BIND_SERVICE",), memory_mb=128, why="listens on 80 and 443")
+REGISTRATION_HARDENING = Hardening(memory_mb=1024)
+SERVER_HARDENING = Hardening(memory_mb=4096)
+
 # The server's name on the reverse proxy's network, and the URL the proxy routes chat.<domain> to.
 EDGE_ALIAS = "signal-server"
 
@@ -149,15 +163,22 @@ class LocalBackend(pulumi.ComponentResource):
     def __init__(self, name: str, args: LocalBackendArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("commstack:signal:LocalBackend", name, None, opts)
         version = args.version
-        self.network = docker.Network(f"{name}-net", name=f"{name}-net", internal=False, opts=child(self))
+        # Its own internal network for everything; outbound only for the two services that may call
+        # out (push, verification senders), through a network on which containers cannot reach each other.
+        self.network = docker.Network(f"{name}-net", name=f"{name}-net", internal=True, opts=child(self))
         net = self.network.name
+        self.egress_network = docker.Network(
+            f"{name}-egress", name=f"{name}-egress", internal=False,
+            options={"com.docker.network.bridge.enable_icc": "false"}, opts=child(self))
 
         dynamo_data = docker.Volume(f"{name}-dynamodb-data", name=f"{name}-dynamodb-data", opts=stateful_child(self))
         dynamodb = service_container(f"{name}-dynamodb", ContainerSpec(
             image_key="dynamodb-local", network=net, aliases=[DYNAMODB_ALIAS],
             command=["-jar", "DynamoDBLocal.jar", "-sharedDb", "-dbPath", "/home/dynamodblocal/data"],
             volumes=[docker.ContainerVolumeArgs(volume_name=dynamo_data.name, container_path="/home/dynamodblocal/data")],
-            user="root"), self)
+            # The image has bash and no HTTP client: a listening port is the sign of life.
+            healthcheck=["CMD", "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{DYNAMODB_PORT}"],
+            hardening=DYNAMODB_HARDENING, user="root"), self)
 
         self.table_names = {t.config: f"{args.name_prefix}-{t.name}" for t in version.tables}
         ttls = {self.table_names[t.config]: t.ttl for t in version.tables}
@@ -167,7 +188,7 @@ class LocalBackend(pulumi.ComponentResource):
         tables_job = service_container(f"{name}-tables", ContainerSpec(
             image_key="aws-cli", network=net, aliases=[], one_shot=True,
             files=table_files + [ConfigFile("/tables/create.sh", tables_script(ttls), True)],
-            entrypoint=["sh", "/tables/create.sh"], envs=LOCAL_AWS_ENV,
+            entrypoint=["sh", "/tables/create.sh"], envs=LOCAL_AWS_ENV, hardening=JOB_HARDENING,
             extra={"logs": True}), self, depends_on=[dynamodb])
 
         hostnames = aws_hostnames(version, args.region)
@@ -176,9 +197,9 @@ class LocalBackend(pulumi.ComponentResource):
             image_key="python", network=net, aliases=[AWS_LOCAL_ALIAS, *hostnames],
             files=[ConfigFile(f"{AWS_LOCAL_DIR}/aws_local.py", (SIGNAL_CONFIGS / "aws_local.py").read_text()),
                    ConfigFile(f"{AWS_LOCAL_DIR}/cert.pem", aws_tls.cert_pem),
-                   ConfigFile(f"{AWS_LOCAL_DIR}/key.pem", aws_tls.private_key_pem),
+                   ConfigFile(f"{AWS_LOCAL_DIR}/key.pem", aws_tls.private_key_pem, permissions="0400", owner="0"),
                    ConfigFile(f"{AWS_LOCAL_DIR}/dynamic-config.yml", to_yaml(DEFAULT_DYNAMIC_CONFIG))],
-            command=aws_local_command(args.app_config),
+            command=aws_local_command(args.app_config), hardening=AWS_LOCAL_HARDENING,
             healthcheck=["CMD", "python3", "-c", f"import socket; socket.create_connection(('127.0.0.1', {METADATA_PORT}), 2)"]),
             self, depends_on=[dynamodb])
 
@@ -189,13 +210,13 @@ class LocalBackend(pulumi.ComponentResource):
                 image_key="redis", network=net, aliases=[redis_alias(i)],
                 command=redis.node_command(REDIS_PORT, announce_hostname=redis_alias(i)),
                 volumes=[docker.ContainerVolumeArgs(volume_name=data.name, container_path="/data")],
-                healthcheck=["CMD", "redis-cli", "ping"]), self))
+                healthcheck=["CMD", "redis-cli", "ping"], hardening=REDIS_HARDENING), self))
         # redis-cli --cluster create wants addresses; the names resolve on the private network.
         resolved = [f"$(getent hosts {redis_alias(i)} | cut -d' ' -f1):{REDIS_PORT}" for i in range(redis.NODES)]
         redis_cluster = service_container(f"{name}-redis-cluster-create", ContainerSpec(
             image_key="redis", network=net, aliases=[], one_shot=True,
             command=["sh", "-c", redis.cluster_create_script(resolved, f"{redis_alias(0)}:{REDIS_PORT}")],
-            extra={"logs": True}), self, depends_on=nodes)
+            hardening=JOB_HARDENING, extra={"logs": True}), self, depends_on=nodes)
 
         rs = version.registration_service
         # Relative to the project (pulumi-docker v4.0.1 resolves `dockerfile` against Pulumi.yaml's directory),
@@ -224,7 +245,7 @@ class LocalBackend(pulumi.ComponentResource):
                                     program_values="/etc/signal/program-values.json")
         secrets_spec_files = [
             ConfigFile("/etc/signal/manifest.json", json.dumps(manifest, indent=2)),
-            ConfigFile("/etc/signal/program-values.json", program_values),
+            ConfigFile("/etc/signal/program-values.json", program_values, permissions="0400", owner="0"),
             ConfigFile(LOCAL_PATHS["config_in"], args.config_yml),
             ConfigFile(LOCAL_PATHS["aws_ca"], aws_tls.cert_pem),
         ]
@@ -236,7 +257,9 @@ class LocalBackend(pulumi.ComponentResource):
         admin_port = version.server_ports["admin"]
         self.server = service_container(self.server_container_name, ContainerSpec(
             image_key="signal-runtime", built_image=server_image.repo_digest, network=net, aliases=["signal-server"],
-            extra_networks=[(args.edge_network, [EDGE_ALIAS])] if args.edge_network is not None else [],
+            extra_networks=[(self.egress_network.name, [EDGE_ALIAS]),
+                            *([(args.edge_network, [EDGE_ALIAS])] if args.edge_network is not None else [])],
+            hardening=SERVER_HARDENING,
             files=secrets_spec_files,
             volumes=[docker.ContainerVolumeArgs(volume_name=secrets_volume.name, container_path="/var/lib/signal/secrets")],
             envs=server_environment(args.region), entrypoint=["sh", "-c", server_start_command(LOCAL_PATHS)],
@@ -265,5 +288,8 @@ class LocalBackend(pulumi.ComponentResource):
             image_key="signal-runtime", built_image=built.repo_digest, network=net, aliases=[REGISTRATION_ALIAS],
             files=files,
             envs={"MICRONAUT_ENVIRONMENTS": verification.environment, "MICRONAUT_CONFIG_FILES": verification.config_files},
+            # Outbound for a real verification sender (Twilio), through the isolated egress network.
+            extra_networks=[(self.egress_network.name, [REGISTRATION_ALIAS])],
+            hardening=REGISTRATION_HARDENING,
             # A gRPC port that accepts connections (the image has bash, no gRPC client).
             healthcheck=["CMD", "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"]), self)

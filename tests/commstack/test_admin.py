@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import stat
+import sys
 
 import pytest
 from synapse._scripts import register_new_matrix_user
@@ -86,16 +88,22 @@ def test_failing_stack_output_reports_the_cli_error(pulumi_answering):
         admin.stack_outputs("nope")
 
 
-def test_main_requires_the_shared_secret_output(pulumi_answering, capsys):
+def test_main_with_a_url_requires_the_shared_secret_output(pulumi_answering, capsys):
     pulumi_answering({"homeserverUrl": "https://matrix.example.org/"})
-    assert admin.main(_args()) == 1
+    assert admin.main(_args(url="http://127.0.0.1:8008")) == 1
     assert "no registrationSharedSecret output" in capsys.readouterr().err
+
+
+def test_main_over_docker_requires_the_docker_host_output(pulumi_answering, capsys):
+    pulumi_answering({"serverName": "example.org"})
+    assert admin.main(_args()) == 1
+    assert "no dockerHost output" in capsys.readouterr().err
 
 
 def test_main_refuses_a_short_password_without_printing_the_secret(pulumi_answering, monkeypatch, capsys):
     pulumi_answering({"registrationSharedSecret": "very-secret-value", "homeserverUrl": "http://127.0.0.1:9"})
     monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
-    assert admin.main(_args()) == 1
+    assert admin.main(_args(url="http://127.0.0.1:9")) == 1
     out, err = capsys.readouterr()
     assert "at least 12 characters" in err
     assert "very-secret-value" not in out + err
@@ -106,3 +114,68 @@ def test_add_arguments_defaults():
     admin.add_arguments(parser)
     parsed = parser.parse_args(["--stack", "prod"])
     assert (parsed.stack, parsed.user, parsed.url, parsed.password_stdin) == ("prod", "admin", None, False)
+
+
+# -- the admin path: docker exec over the stack's Docker host ---------------------------------
+
+
+@pytest.fixture
+def docker_stub(tmp_path, monkeypatch):
+    """A `docker` on PATH that records its argv, DOCKER_HOST and stdin, and answers like `docker exec`."""
+    record = tmp_path / "docker-call.json"
+    script = tmp_path / "docker"
+    script.write_text(
+        f"#!{sys.executable}\nimport json, os, sys\n"
+        f"json.dump({{'argv': sys.argv[1:], 'docker_host': os.environ.get('DOCKER_HOST'), "
+        f"'stdin': sys.stdin.read()}}, open({str(record)!r}, 'w'))\n"
+        "print('Sending registration request...')\nprint('Success!')\n")
+    script.chmod(stat.S_IRWXU)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    return lambda: json.loads(record.read_text())
+
+
+def test_register_via_docker_runs_synapses_script_in_its_container(docker_stub):
+    user_id = admin.register_via_docker("ssh://deploy@home.example.org", "example.org", "alice",
+                                        "a long password here", admin=True)
+    assert user_id == "@alice:example.org"
+    call = docker_stub()
+    assert call["docker_host"] == "ssh://deploy@home.example.org"
+    assert call["argv"] == ["exec", "-i", "--user", "991:991", "synapse", "register_new_matrix_user",
+                            "-c", "/data/homeserver.yaml", "-u", "alice", "--password-file", "/dev/stdin", "--admin",
+                            "http://localhost:8008"]
+    # The password only travels on stdin; no shared secret is involved at all.
+    assert call["stdin"] == "a long password here\n"
+    assert not [word for word in call["argv"] if "password here" in word]
+
+
+def test_synapse_exec_keeps_the_callers_docker_host_when_the_stack_names_none(docker_stub, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///run/user/1000/docker.sock")
+    admin.synapse_exec("", ["true"])
+    assert docker_stub()["docker_host"] == "unix:///run/user/1000/docker.sock"
+
+
+def test_main_creates_the_admin_over_the_stacks_docker_host(pulumi_answering, docker_stub, monkeypatch, capsys):
+    pulumi_answering({"dockerHost": "ssh://deploy@home.example.org", "serverName": "example.org",
+                      "registrationSharedSecret": "very-secret-value"})
+    monkeypatch.setattr("sys.stdin", io.StringIO("correct horse battery\n"))
+    assert admin.main(_args(user="root")) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == "@root:example.org"
+    call = docker_stub()
+    assert call["docker_host"] == "ssh://deploy@home.example.org" and "-u" in call["argv"]
+    assert "very-secret-value" not in json.dumps(call) + out + err
+
+
+def test_a_failed_registration_in_the_container_is_a_clear_error(tmp_path, monkeypatch):
+    script = tmp_path / "docker"
+    script.write_text("#!/bin/sh\necho 'ERROR! Received 400 Bad Request' >&2\necho 'User ID already taken.' >&2\nexit 1\n")
+    script.chmod(stat.S_IRWXU)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with pytest.raises(admin.AdminError, match="already exists; pick another --user"):
+        admin.register_via_docker("", "example.org", "alice", "a long password here")
+
+
+def test_a_missing_docker_cli_is_a_clear_error(tmp_path):
+    with pytest.raises(admin.AdminError, match="Docker CLI"):
+        admin.synapse_exec("", ["true"], docker=str(tmp_path / "no-docker"))

@@ -12,7 +12,13 @@ import pytest
 
 from commstack import __main__ as cli
 
-FAKE_PULUMI = "#!/bin/sh\necho \"error: no stack named '$5' found\" >&2\nexit 255\n"
+# Knows one deployed stack, prod (its outputs); any other is "not found".
+FAKE_PULUMI = """#!/bin/sh
+for a in "$@"; do [ "$prev" = --stack ] && stack="$a"; prev="$a"; done
+if [ "$stack" = prod ]; then echo '{"dockerHost": "", "serverName": "example.org"}'; exit 0; fi
+echo "error: no stack named '$stack' found" >&2
+exit 255
+"""
 
 
 @pytest.fixture
@@ -77,7 +83,7 @@ CASES = [
      "'soon' is not a number of days"),
     ("token-no-password", ["registration-token", "--stack", "prod", "--password-stdin"], "\n", 1, "no password given"),
     ("token-no-docker", ["registration-token", "--stack", "prod", "--password-stdin"], "pw\n", 1,
-     "the Docker CLI is not installed"),
+     "the Docker CLI (docker) is not installed"),
     ("bench-zero-repeat", ["bench", "--repeat", "0"], "", 2, "--repeat must be at least 1"),
     ("bench-odd-repeat", ["bench", "--repeat", "many"], "", "usage", "invalid int value"),
     ("bench-unknown-stack", ["bench", "--stack", "nosuch"], "", 2, "no stack file for nosuch"),

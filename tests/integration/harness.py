@@ -593,13 +593,43 @@ class Harness:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+# `docker exec` into the Synapse container, for the harness (which runs no Docker): the same argv
+# commstack.admin.synapse_exec sends, run here with the container's paths and loopback listener
+# mapped to the harness's Synapse (loopback.synapse_exec_argv). It records DOCKER_HOST and argv.
+DOCKER_EXEC_STAND_IN = """#!{python}
+import json, os, sys
+sys.path.insert(0, {root!r})
+from tests.integration import loopback
+argv = sys.argv[1:]
+with open({record!r}, "a") as record:
+    record.write(json.dumps({{"argv": argv, "docker_host": os.environ.get("DOCKER_HOST")}}) + "\\n")
+assert argv[:4] == ["exec", "-i", "--user", "991:991"], argv
+container, command = argv[4], argv[5:]
+assert container == "synapse", container
+os.execv({python!r}, [{python!r}, *loopback.synapse_exec_argv(command, scripts={scripts!r}, root={harness_root!r},
+                                                              synapse_url={synapse_url!r})])
+"""
+
+
+def docker_exec_stand_in(harness: "Harness", directory: Path) -> tuple[Path, Path]:
+    """A `docker` for PATH that runs `docker exec -i --user 991:991 synapse …` against the harness's
+    Synapse; returns (the directory to put on PATH, the file that records each call)."""
+    record = directory / "docker-calls.jsonl"
+    script = directory / "docker"
+    script.write_text(DOCKER_EXEC_STAND_IN.format(
+        python=sys.executable, root=str(ROOT), record=str(record), scripts=sysconfig.get_path("scripts"),
+        harness_root=str(harness.root), synapse_url=harness.synapse_url))
+    script.chmod(0o700)
+    return directory, record
+
+
 def loopback_yaml(data) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
 def proxy_host(rule: str) -> str:
-    """`Host(`matrix.example.org`)` -> matrix.example.org (the program writes one host per router)."""
-    matched = re.fullmatch(r"Host\(`([^`]+)`\)", rule)
+    """`Host(`matrix.example.org`) && …` -> matrix.example.org (the program writes one host per router)."""
+    matched = re.fullmatch(r"Host\(`([^`]+)`\)(?: && .+)?", rule)
     assert matched, f"expected a single Host rule, got {rule!r}"
     return matched.group(1)
 

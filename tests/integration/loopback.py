@@ -180,3 +180,17 @@ def traefik_dynamic(config: dict, *, root: Path, ports: LoopbackPorts, config_di
             # Container hostname on the Docker network -> its loopback program or stand-in.
             server["url"] = f"http://{LOOPBACK}:{getattr(ports, PROXY_UPSTREAMS[matched.group(1)])}"
     return adapted
+
+
+def synapse_exec_argv(command: list[str], *, scripts: str, root: str, synapse_url: str) -> list[str]:
+    """A command `docker exec` would run in the Synapse container, for this machine (after the interpreter)."""
+    program, *args = command
+    # The image's console script -> the same script from this interpreter's matrix-synapse.
+    adapted = [str(Path(scripts) / program)]
+    for word in args:
+        if word.startswith("/data/"):
+            word = str(host_path(Path(root), "synapse", word))  # the container's /data -> the temp dir
+        elif word == "http://localhost:8008":
+            word = synapse_url  # the container's own listener -> the harness's Synapse on loopback
+        adapted.append(word)
+    return adapted

@@ -3,7 +3,8 @@ script logs in as an admin, issues a token through the admin API on the local li
 new user registers with it (once: the token allows one use).
 
 `docker` is a stand-in on PATH that runs the exec'd command here instead of in the container,
-with the container's local listener replaced by the harness's Synapse."""
+with the container's local listener replaced by the harness's Synapse; `pulumi` answers the
+stack's dockerHost output."""
 
 from __future__ import annotations
 
@@ -25,12 +26,10 @@ FAKE_DOCKER = textwrap.dedent("""\
     import json, os, subprocess, sys
     argv = sys.argv[1:]
     with open(os.environ["FAKE_DOCKER_LOG"], "a") as log:
-        log.write(json.dumps(argv) + "\\n")
-    host = []
-    if argv[:1] == ["--host"]:
-        host, argv = argv[:2], argv[2:]
-    assert argv[:3] == ["exec", "-i", "synapse"], argv
-    command = [os.environ["FAKE_SYNAPSE_URL"] if a == {local!r} else a for a in argv[3:]]
+        log.write(json.dumps({{"argv": argv, "DOCKER_HOST": os.environ.get("DOCKER_HOST")}}) + "\\n")
+    assert argv[:2] == ["exec", "-i"] and "synapse" in argv[2:5], argv
+    argv = argv[argv.index("synapse") + 1:]
+    command = [os.environ["FAKE_SYNAPSE_URL"] if a == {local!r} else a for a in argv]
     command[0] = sys.executable if command[0] == "python" else command[0]
     sys.exit(subprocess.run(command).returncode)
     """)
@@ -42,6 +41,9 @@ def run_cli(tmp_path, harness, *args, stdin=""):
     docker = bin_dir / "docker"
     docker.write_text(FAKE_DOCKER.format(python=sys.executable, local=LOCAL_URL))
     docker.chmod(0o755)
+    pulumi = bin_dir / "pulumi"  # prod's outputs: the Docker host over SSH
+    pulumi.write_text("#!/bin/sh\necho '{\"dockerHost\": \"ssh://deploy@home.example.org\", \"serverName\": \"example.org\"}'\n")
+    pulumi.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_DOCKER_LOG": str(tmp_path / "docker.log"),
            "FAKE_SYNAPSE_URL": harness.synapse_url}
     env.pop("COMMSTACK_ACCESS_TOKEN", None)
@@ -74,9 +76,9 @@ def test_issues_a_token_a_newcomer_can_register_with_once(harness, tmp_path):
     token = done.stdout.strip()
     assert token and "\n" not in token
     assert "1 registration(s)" in done.stderr and "valid until" in done.stderr
-    exec_argv = json.loads((tmp_path / "docker.log").read_text().splitlines()[0])
-    assert exec_argv[:5] == ["--host", "ssh://deploy@home.example.org", "exec", "-i", "synapse"]
-    assert password not in json.dumps(exec_argv), "the password went into argv"
+    call = json.loads((tmp_path / "docker.log").read_text().splitlines()[0])
+    assert call["DOCKER_HOST"] == "ssh://deploy@home.example.org" and call["argv"][:2] == ["exec", "-i"]
+    assert password not in json.dumps(call["argv"]), "the password went into argv"
 
     assert register_with_token(harness, token).status_code == 200
     second = register_with_token(harness, token)  # the token allowed one registration

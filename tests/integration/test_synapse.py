@@ -43,8 +43,9 @@ def fake_pulumi(tmp_path, monkeypatch, harness):
 def test_create_admin_cli_registers_an_admin_and_prints_only_its_id(harness, fake_pulumi, monkeypatch, capsys):
     password = "correct horse battery staple"
     monkeypatch.setattr("sys.stdin", io.StringIO(password + "\n"))
-    # Through nginx, the way a user reaches the deployed stack (only the register endpoint is proxied).
-    args = argparse.Namespace(stack="harness", user="admin", url=harness.nginx_url, password_stdin=True,
+    # With --url: Synapse's own listener, as through an SSH tunnel (no proxy serves the admin API;
+    # the default path, docker exec, is tests/integration/test_admin_private.py).
+    args = argparse.Namespace(stack="harness", user="admin", url=harness.synapse_url, password_stdin=True,
                               insecure_tls=False)
     assert admin.main(args) == 0
     out, err = capsys.readouterr()

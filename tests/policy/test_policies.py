@@ -154,7 +154,7 @@ CASES = [
      [("images-pinned", "'latest'")]),
     ("built image without a tag", "dev", "signal-local-server-image", set_props(imageName="commstack/signal-server"),
      None, [("images-pinned", "has no tag")]),
-    ("container image by moving tag", "dev", "signal-local-registration", set_props(image="redis:latest"), None,
+    ("container image by moving tag", "dev", "signal-local-registration", set_props(image="nginx:latest"), None,
      [("images-pinned", "'latest'")]),
     ("postgres published on its own port", "prod", "matrix-postgres-container",
      set_props(ports=[{"internal": 5432, "external": 5432, "protocol": "tcp"}]), None,
@@ -211,6 +211,49 @@ CASES = [
     ("registration without verification", "dev", "matrix-synapse-container",
      homeserver_edit(enable_registration_without_verification=True), None,
      [("synapse-registration-gated", "enable_registration_without_verification")]),
+    # -- container hardening
+    ("no no-new-privileges", "prod", "matrix-synapse-container", set_props(securityOpts=[]), None,
+     [("containers-hardened", "without no-new-privileges")]),
+    ("capabilities kept", "prod", "matrix-proxy-container",
+     set_props(capabilities={"drops": [], "adds": ["NET_BIND_SERVICE"]}), None,
+     [("containers-hardened", "does not drop ALL")]),
+    ("a dangerous capability", "dev", "matrix-turn-container",
+     set_props(capabilities={"drops": ["ALL"], "adds": ["NET_ADMIN", "NET_BIND_SERVICE"]}), None,
+     [("containers-hardened", "keeps capabilities NET_ADMIN")]),
+    ("privileged", "dev", "matrix-element-container", set_props(privileged=True), None,
+     [("containers-hardened", "is privileged")]),
+    ("no memory limit", "prod", "matrix-postgres-container", set_props(memory=None, memorySwap=None), None,
+     [("containers-hardened", "no memory limit")]),
+    ("swap beyond the limit", "prod", "matrix-postgres-container", set_props(memorySwap=-1), None,
+     [("containers-hardened", "may swap")]),
+    ("unrotated logs", "prod", "matrix-wellknown-container", set_props(logOpts={}), None,
+     [("containers-hardened", "rotated json-file log")]),
+    ("writable root without uploads", "dev", "signal-local-redis-2", set_props(readOnly=False), None,
+     [("containers-hardened", "writable root filesystem")]),
+    ("service without a health check", "dev", "signal-local-dynamodb", set_props(healthcheck=None), None,
+     [("containers-hardened", "without a health check")]),
+    ("secret file readable by all", "prod", "matrix-synapse-container",
+     lambda props: [u.update(permissions="0644") for u in props["uploads"] if u["file"] == "/data/signing.key"], None,
+     [("containers-hardened", "/data/signing.key with mode '0644'")]),
+    ("secret file without owner", "prod", "matrix-turn-container",
+     lambda props: [u.update(owner=None) for u in props["uploads"] if u["file"].endswith("privkey.pem")], None,
+     [("containers-hardened", "privkey.pem without an owner")]),
+    # -- network segmentation
+    ("database network with outside access", "prod", "matrix-network-database", set_props(internal=False), None,
+     [("networks-segmented", "not internal and lets its containers reach each other"),
+      ("networks-segmented", "holds the datastores postgres, postgres-init but is not internal")]),
+    ("egress network lets containers talk", "prod", "matrix-network-egress", set_props(options={}), None,
+     [("networks-segmented", "lets its containers reach each other")]),
+    ("coturn on the database network", "prod", "matrix-turn-container",
+     lambda props: props["networksAdvanced"].append({"name": "commstack-matrix-database", "aliases": ["turn"]}), None,
+     [("networks-segmented", "coturn (turn) is on the internal network commstack-matrix-database"),
+      ("networks-segmented", "turn shares commstack-matrix-database with Postgres")]),
+    ("element beside the well-known nginx", "prod", "matrix-element-container",
+     lambda props: props["networksAdvanced"].append({"name": "commstack-matrix-web-wellknown", "aliases": ["element"]}),
+     None, [("networks-segmented", "Element shares commstack-matrix-web-wellknown with wellknown")]),
+    ("dev Signal server on the Matrix database network", "dev", "signal-local-server",
+     lambda props: props["networksAdvanced"].append({"name": "commstack-matrix-database", "aliases": ["x"]}), None,
+     [("networks-segmented", "signal-local-server shares commstack-matrix-database with Postgres")]),
 ]
 
 
@@ -280,7 +323,7 @@ def test_the_pack_is_mandatory_and_holds_every_rule(monkeypatch):
     pack, = built
     assert pack["enforcement_level"] is EnforcementLevel.MANDATORY
     names = [p.name for p in pack["policies"]]
-    assert names == [p.name for p in rules.POLICIES] and len(set(names)) == len(names) == 9
+    assert names == [p.name for p in rules.POLICIES] and len(set(names)) == len(names) == 11
 
 
 def test_pack_files_pin_the_project_versions():

@@ -1,0 +1,185 @@
+"""The whole program on every committed stack (and one with every feature on): each container is
+hardened and on networks of its own, checked on what the program registers."""
+
+from __future__ import annotations
+
+import pytest
+
+from commstack import offline
+from components.settings import SettingsError, known_containers
+from policy import rules
+from tests.conftest import evaluate
+
+CONTAINER = "docker:index/container:Container"
+NETWORK = "docker:index/network:Network"
+
+
+@pytest.fixture(scope="module", params=["dev", "prod", "all"])
+def evaluation(request) -> offline.Evaluation:
+    if request.param == "all":
+        return evaluate("dev", bridges='["whatsapp","telegram"]', telegramApiId="123456", federationPort="8448")
+    return evaluate(request.param)
+
+
+def containers(ev: offline.Evaluation) -> dict[str, dict]:
+    return {reg.plain_inputs["name"]: reg.plain_inputs for reg in ev.of_type(CONTAINER)}
+
+
+def networks_of(ev: offline.Evaluation) -> dict[str, set[str]]:
+    return {name: {n["name"] for n in props.get("networksAdvanced") or []} for name, props in containers(ev).items()}
+
+
+def network_props(ev: offline.Evaluation) -> dict[str, dict]:
+    return {reg.plain_inputs["name"]: reg.plain_inputs for reg in ev.of_type(NETWORK)}
+
+
+def members(ev: offline.Evaluation, network: str) -> set[str]:
+    return {name for name, joined in networks_of(ev).items() if network in joined}
+
+
+# -- item 5: networks --------------------------------------------------------------------
+
+
+def test_postgres_shares_networks_only_with_its_clients(evaluation):
+    joined = networks_of(evaluation)
+    assert joined["postgres"] == {"commstack-matrix-database"}
+    bridges = {name for name in joined if name.startswith("bridge-")}
+    assert members(evaluation, "commstack-matrix-database") == {"postgres", "postgres-init", "synapse", *bridges}
+
+
+def test_coturn_is_on_no_internal_network(evaluation):
+    nets = network_props(evaluation)
+    turn = networks_of(evaluation).get("turn")
+    if turn is None:
+        pytest.skip("turn is off in this stack")
+    assert turn == {"commstack-matrix-egress"}
+    assert not any(nets[n].get("internal") for n in turn)
+
+
+def test_element_is_reachable_only_from_the_proxy(evaluation):
+    joined = networks_of(evaluation)
+    for network in joined["element"]:
+        assert members(evaluation, network) == {"element", "proxy"}, network
+
+
+def test_synapse_is_reached_over_http_only_through_the_well_known_nginx(evaluation):
+    joined = networks_of(evaluation)
+    reach = {peer for network in joined["synapse"] - {"commstack-matrix-egress"} for peer in members(evaluation, network)}
+    bridges = {name for name in joined if name.startswith("bridge-")}
+    assert reach - {"synapse"} == {"postgres", "postgres-init", "wellknown", *bridges}
+    assert "proxy" not in reach and "turn" not in reach and "element" not in reach
+
+
+def test_networks_without_outside_need_are_internal_and_the_outside_one_isolates(evaluation):
+    nets = network_props(evaluation)
+    outside = {name for name, props in nets.items() if not props.get("internal")}
+    assert outside <= {"commstack-matrix-egress", "signal-local-egress"}
+    for name in outside:
+        assert nets[name]["options"] == {"com.docker.network.bridge.enable_icc": "false"}, name
+
+
+def test_dev_signal_containers_are_on_their_own_network(evaluation):
+    joined = networks_of(evaluation)
+    signal = {name: nets for name, nets in joined.items() if name.startswith("signal-local-")}
+    if not signal:
+        pytest.skip("no Signal containers in this stack")
+    for name, nets in signal.items():
+        matrix_nets = {n for n in nets if n.startswith("commstack-matrix-")}
+        assert matrix_nets <= {"commstack-matrix-web-signal-server"}, name
+        assert "signal-local-net" in nets
+    assert members(evaluation, "commstack-matrix-web-signal-server") == {"proxy", "signal-local-server"}
+    assert members(evaluation, "signal-local-egress") == {"signal-local-server", "signal-local-registration"}
+
+
+def test_the_policy_pack_finds_no_segmentation_problem(evaluation):
+    stack = {name: ([props.get("image") or ""], [n["name"] for n in props.get("networksAdvanced") or []])
+             for name, props in containers(evaluation).items()}
+    # Image references as the policy sees them (RemoteImage names, built image names).
+    images = {reg.urn: reg.plain_inputs.get("name") or reg.plain_inputs.get("imageName")
+              for reg in evaluation.registrations if reg.type in (rules.REMOTE_IMAGE, rules.BUILT_IMAGE)}
+    for reg in evaluation.of_type(CONTAINER):
+        refs = [images[urn] for urn in reg.dependencies if urn in images]
+        stack[reg.plain_inputs["name"]] = (refs, stack[reg.plain_inputs["name"]][1])
+    assert rules.segmentation_problems(network_props(evaluation), stack) == []
+
+
+# -- item 6: hardening --------------------------------------------------------------------
+
+# Capabilities each container keeps, and why (the component documents it beside its Hardening).
+EXPECTED_CAPABILITIES = {
+    "postgres": {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"},  # entrypoint chown/chmod, gosu
+    "postgres-init": set(),
+    "synapse": {"CHOWN", "SETGID", "SETUID"},  # chown of the media volume, gosu
+    "wellknown": {"CHOWN", "NET_BIND_SERVICE", "SETGID", "SETUID"},  # nginx master
+    "proxy": {"NET_BIND_SERVICE"},  # :80 :443
+    "turn": {"NET_BIND_SERVICE"},  # turnserver's file capability must be in the bounding set
+    "element": set(),  # nginx as its own user
+    "bridge-whatsapp": {"CHOWN", "SETGID", "SETUID"}, "bridge-telegram": {"CHOWN", "SETGID", "SETUID"},
+    "signal-local-dynamodb": {"DAC_OVERRIDE"},
+    **{f"signal-local-redis-{i}": {"CHOWN", "SETGID", "SETUID"} for i in range(6)},
+    "signal-local-redis-cluster-create": set(), "signal-local-tables": set(),
+    "signal-local-aws-local": {"NET_BIND_SERVICE"},
+    "signal-local-registration": set(), "signal-local-server": set(),
+}
+
+
+def test_every_container_the_program_makes_is_a_known_container(evaluation):
+    assert set(containers(evaluation)) <= set(known_containers()) == set(EXPECTED_CAPABILITIES)
+
+
+def test_every_container_is_confined(evaluation):
+    for name, props in containers(evaluation).items():
+        assert props["securityOpts"] == ["no-new-privileges:true"], name
+        assert props["capabilities"]["drops"] == ["ALL"], name
+        assert set(props["capabilities"]["adds"]) == EXPECTED_CAPABILITIES[name], name
+        assert not props.get("privileged"), name
+        assert props["memory"] > 0 and props["memorySwap"] == props["memory"], name
+        assert props["logDriver"] == "json-file" and props["logOpts"] == {"max-size": "10m", "max-file": "3"}, name
+        assert rules.container_hardening_problems(props) == [], name
+
+
+def test_root_is_read_only_wherever_nothing_is_uploaded(evaluation):
+    for name, props in containers(evaluation).items():
+        uploads = props.get("uploads") or []
+        assert bool(props.get("readOnly")) is (not uploads), name
+        if props.get("readOnly"):
+            assert props["tmpfs"] == {"/tmp": "rw,noexec,nosuid,nodev,size=64m"}, name
+
+
+def test_every_service_has_a_health_check(evaluation):
+    for name, props in containers(evaluation).items():
+        if props.get("restart") != "no":
+            assert (props.get("healthcheck") or {}).get("tests"), name
+
+
+# Who reads each container's secret files (the user its image runs as).
+SECRET_OWNERS = {"postgres": "999", "postgres-init": "0", "synapse": "991", "proxy": "0", "turn": "65534",
+                 "bridge-whatsapp": "1337", "bridge-telegram": "1337", "signal-local-aws-local": "0",
+                 "signal-local-registration": "10001", "signal-local-server": "0"}  # registration: components/signal/registration.py RUN_UID
+
+
+def test_every_secret_file_is_0400_or_0600_and_its_readers(evaluation):
+    found = 0
+    for reg in evaluation.of_type(CONTAINER):
+        name = reg.plain_inputs["name"]
+        secret_paths = " ".join(offline.secret_paths(reg.inputs))
+        for index, upload in enumerate(reg.plain_inputs.get("uploads") or []):
+            secret = f"uploads[{index}]" in secret_paths
+            if secret or rules.is_secret_file(upload["file"]):
+                found += 1
+                assert upload.get("permissions") in ("0400", "0600"), (name, upload["file"])
+                assert upload.get("owner") == upload.get("group") == SECRET_OWNERS[name], (name, upload["file"])
+    assert found
+
+
+def test_memory_limits_are_a_setting(tmp_path):
+    ev = evaluate("dev", containerMemory='{"synapse": "4g", "element": 100}')
+    limits = {name: (props["memory"], props["memorySwap"]) for name, props in containers(ev).items()}
+    assert limits["synapse"] == (4096, 4096) and limits["element"] == (100, 100)
+    assert limits["proxy"] == (256, 256)  # its default
+    with pytest.raises(SettingsError) as raised:
+        evaluate("dev", containerMemory='{"synaps": "4g"}')
+    assert any("commstack:containerMemory: no container is named synaps" in p for p in raised.value.problems)
+    with pytest.raises(SettingsError) as raised:
+        evaluate("dev", containerMemory='{"synapse": "lots"}')
+    assert any("is not a memory size" in p for p in raised.value.problems)
