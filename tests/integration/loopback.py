@@ -11,10 +11,12 @@ says why in one line.
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 LOOPBACK = "127.0.0.1"
 
@@ -40,7 +42,7 @@ class LoopbackPorts:
     nginx: int
     turn: int
     turn_tls: int
-    bridges: dict[str, int] = field(default_factory=dict)  # bridge kind -> appservice stand-in port
+    bridges: dict[str, int] = field(default_factory=dict)  # bridge kind -> the real bridge's appservice port
     redis: tuple[int, ...] = ()
     proxy: dict[str, int] = field(default_factory=dict)  # Traefik entry point name -> port
     element: int = 0  # the stand-in serving Element's rendered files
@@ -83,10 +85,31 @@ def log_config(config: dict, *, root: Path, data_dir: str = "/data") -> dict:
     return _relocate(config, data_dir, root, "synapse")
 
 
-def appservice_registration(registration: dict, *, stand_in_port: int) -> dict:
-    """The bridge container's hostname -> the loopback stand-in that answers Synapse's pings
-    (the mautrix bridges are Go binaries with no Debian package)."""
-    return {**registration, "url": f"http://{LOOPBACK}:{stand_in_port}"}
+def appservice_registration(registration: dict, *, bridge_port: int) -> dict:
+    """The bridge container's hostname -> the real bridge listening on a free loopback port."""
+    return {**registration, "url": f"http://{LOOPBACK}:{bridge_port}"}
+
+
+def _postgres_on_loopback(uri: str, ports: LoopbackPorts) -> str:
+    """postgres://user:pw@postgres:5432/db?... -> the same URI at the harness's PostgreSQL."""
+    parts = urlsplit(uri)
+    credentials, _, _ = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{credentials}@{LOOPBACK}:{ports.postgres}"))
+
+
+def bridge_config(config: dict, *, ports: LoopbackPorts, kind: str) -> dict:
+    """A mautrix bridge's config.yaml for loopback: only addresses and ports change."""
+    adapted = copy.deepcopy(config)
+    appservice = adapted["appservice"]
+    # Container hostname `synapse` -> the harness's Synapse on loopback.
+    adapted["homeserver"]["address"] = f"http://{LOOPBACK}:{ports.synapse}"
+    # Container hostname `postgres` -> the harness's PostgreSQL on loopback (user, password, db, options kept).
+    adapted["database"]["uri"] = _postgres_on_loopback(adapted["database"]["uri"], ports)
+    # The bridge's container address (what Synapse is told in the registration) -> its loopback port.
+    appservice["address"] = f"http://{LOOPBACK}:{ports.bridges[kind]}"
+    # 0.0.0.0 inside its container -> loopback only, on a free port instead of the bridge's default.
+    appservice["hostname"], appservice["port"] = LOOPBACK, ports.bridges[kind]
+    return adapted
 
 
 def _conf_lines_without(text: str, keys: set[str]) -> list[str]:

@@ -63,10 +63,28 @@ def test_a_missing_debian_program_fails_with_the_apt_get_line(monkeypatch):
 
 def test_appservice_registration_changes_only_the_url(harness):
     rendered = harness.rendered.yaml("bridge-whatsapp", "/data/registration.yaml")
-    adapted = loopback.appservice_registration(rendered, stand_in_port=6)
+    adapted = loopback.appservice_registration(rendered, bridge_port=6)
     assert {k: v for k, v in adapted.items() if k != "url"} == {k: v for k, v in rendered.items() if k != "url"}
     assert adapted["url"] == "http://127.0.0.1:6"
     assert yaml.safe_load(yaml.safe_dump(adapted)) == adapted
+
+
+@pytest.mark.parametrize("kind", ["whatsapp", "telegram"])
+def test_bridge_config_changes_only_addresses_and_ports(harness, kind):
+    rendered = harness.rendered.yaml(f"bridge-{kind}", "/data/config.yaml")
+    ports = loopback.LoopbackPorts(postgres=1, synapse=2, nginx=3, turn=4, turn_tls=5, bridges={kind: 6})
+    adapted = loopback.bridge_config(rendered, ports=ports, kind=kind)
+    assert rendered == harness.rendered.yaml(f"bridge-{kind}", "/data/config.yaml")  # the input is not changed
+    assert {k: v for k, v in adapted.items() if k not in ("homeserver", "database", "appservice")} == \
+        {k: v for k, v in rendered.items() if k not in ("homeserver", "database", "appservice")}
+    assert adapted["homeserver"] == {**rendered["homeserver"], "address": "http://127.0.0.1:2"}
+    moved = {"address": "http://127.0.0.1:6", "hostname": "127.0.0.1", "port": 6}
+    assert adapted["appservice"] == {**rendered["appservice"], **moved}
+    before, after = rendered["database"]["uri"], adapted["database"]["uri"]
+    assert {k: v for k, v in adapted["database"].items() if k != "uri"} == \
+        {k: v for k, v in rendered["database"].items() if k != "uri"}
+    # Only the host:port after the credentials changes.
+    assert before.replace("@postgres:5432/", "@127.0.0.1:1/") == after and before != after
 
 
 PROXY_PORTS = loopback.LoopbackPorts(postgres=1, synapse=2, nginx=3, turn=4, turn_tls=5, element=7, signal_server=8,

@@ -41,6 +41,9 @@ def test_config_has_every_value_bridgev2_checks_before_starting(kind):
     assert appservice["address"] == f"http://bridge-{kind}:{spec.port}"
     assert (appservice["hostname"], appservice["port"], appservice["id"]) == ("0.0.0.0", spec.port, kind)
     assert appservice["bot"]["username"] == spec.bot_username
+    # Found by booting the real bridges: the default avatar is an mxc:// on maunium.net, which the
+    # homeserver then fetches from there; empty leaves it unset (bridgev2 UpdateBotProfile).
+    assert appservice["bot"]["avatar"] == ""
     assert (appservice["as_token"], appservice["hs_token"]) == ("AS" * 20, "HS" * 20)
     assert appservice["username_template"] == f"{spec.user_prefix}{{{{.}}}}"
     assert config["database"]["type"] == "postgres" and config["database"]["uri"] == DB_URI
@@ -49,6 +52,18 @@ def test_config_has_every_value_bridgev2_checks_before_starting(kind):
     assert config["provisioning"]["shared_secret"] == "p" * 32
     assert config["encryption"]["pickle_key"] == "k" * 32
     assert config["double_puppet"]["secrets"] == {}
+
+
+@pytest.mark.parametrize("kind", sorted(BRIDGE_SPECS))
+def test_encryption_uses_appservice_transactions_not_the_bots_own_sync(kind):
+    """Found by booting the real bridge: with encryption.appservice off, its crypto /syncs as the bot,
+    which Synapse answers with 500; on, it reads to-device events from transactions (MSC2409/MSC3202),
+    and the registration must say so as mautrix-go's own generator does (applyUnstableFlags)."""
+    encryption = config_for(kind)["encryption"]
+    assert (encryption["allow"], encryption["appservice"], encryption["default"]) == (True, True, False)
+    assert "msc4190" not in encryption  # the bot's device comes from appservice login, which Synapse has
+    registration = render_registration(BRIDGE_SPECS[kind], server_name=SERVER, as_token="a", hs_token="h")
+    assert registration["org.matrix.msc3202"] is True
 
 
 def test_telegram_network_section_and_named_admins():
@@ -73,6 +88,7 @@ def test_registration_shape():
     assert reg["sender_localpart"] == "whatsappbot"
     assert reg["rate_limited"] is False
     assert reg["de.sorunome.msc2409.push_ephemeral"] is True and reg["receive_ephemeral"] is True
+    assert reg["org.matrix.msc3202"] is True
     assert [ns["regex"] for ns in reg["namespaces"]["users"]] == [
         r"^@whatsappbot:example\.org$", r"^@whatsapp_.*:example\.org$"]
     assert all(ns["exclusive"] is True for ns in reg["namespaces"]["users"])
@@ -92,6 +108,7 @@ def test_synapse_loads_both_registrations_and_their_namespaces_are_exclusive(tmp
     whatsapp = services["whatsapp"]
     assert whatsapp.sender.to_string() == "@whatsappbot:example.org"
     assert whatsapp.supports_ephemeral is True
+    assert whatsapp.msc3202_transaction_extensions is True
     assert whatsapp.is_exclusive_user("@whatsappbot:example.org")
     assert whatsapp.is_exclusive_user("@whatsapp_4915112345678:example.org")
     assert not whatsapp.is_user_in_namespace("@alice:example.org")

@@ -107,6 +107,23 @@ def test_synapse_own_parser_accepts_the_config(tmp_path):
     assert parsed.server.web_client_location == "https://element.example.org/"
 
 
+def test_appservice_encryption_features_only_with_bridges(tmp_path):
+    """The real mautrix bridge's bot cannot /sync on Synapse (500, "We no longer support AS users using
+    /sync directly"); its crypto needs to-device events and key counts pushed in transactions."""
+    assert "experimental_features" not in render()
+    registration = tmp_path / "whatsapp.yaml"
+    registration.write_text(yaml.safe_dump({
+        "id": "whatsapp", "url": "http://bridge-whatsapp:29318", "as_token": "a", "hs_token": "h",
+        "sender_localpart": "whatsappbot", "namespaces": {"users": [{"regex": "@whatsapp_.*", "exclusive": True}]},
+        "org.matrix.msc3202": True}))
+    config = render(app_service_config_files=[str(registration)])
+    assert config["experimental_features"] == {"msc2409_to_device_messages_enabled": True,
+                                               "msc3202_transaction_extensions": True}
+    parsed = load_with_synapse(config, tmp_path)
+    assert parsed.experimental.msc2409_to_device_messages_enabled is True
+    assert parsed.experimental.msc3202_transaction_extensions is True
+
+
 def test_signing_key_line_is_synapse_format_and_the_same_key():
     from signedjson.key import read_signing_keys
 
