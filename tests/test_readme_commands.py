@@ -133,5 +133,7 @@ def test_the_issued_registration_token_is_printed(session):
 
 def test_the_test_command_and_the_policy_venv_were_reached(session):
     box, commands, _, _ = session
-    assert box.calls("scripts/test") == ["" for c in commands if c.split()[0] == "./scripts/test"]
+    # Once per README line that runs it, and `bench --test-command`/`--cold` run it too.
+    direct = [c for c in commands if c.split()[0] == "./scripts/test"]
+    assert direct and len(box.calls("scripts/test")) >= len(direct)
     assert any("policy/requirements.txt" in args for args in box.calls("pip"))
