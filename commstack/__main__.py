@@ -23,6 +23,9 @@ COMMANDS = {
     "create-admin": ("commstack.admin", "create the first Synapse admin (register_new_matrix_user in its container, over the stack's dockerHost)"),
     "registration-token": ("commstack.registration_token",
                            "issue a registration token on a stack with registration: token"),
+    "backup": ("commstack.backup", "take a backup of the Matrix half now (databases, media, signing key, ACME store)"),
+    "backups": ("commstack.backups", "list the backup snapshots with their age and size"),
+    "restore": ("commstack.restore", "restore a snapshot into the stack; refuses over live data unless told"),
 }
 
 

@@ -87,6 +87,11 @@ CASES = [
     ("bench-zero-repeat", ["bench", "--repeat", "0"], "", 2, "--repeat must be at least 1"),
     ("bench-odd-repeat", ["bench", "--repeat", "many"], "", "usage", "invalid int value"),
     ("bench-unknown-stack", ["bench", "--stack", "nosuch"], "", 2, "no stack file for nosuch"),
+    # The backup commands reach the backup container with `docker exec`; here there is no Docker CLI.
+    ("backup-no-docker", ["backup"], "", None, "error"),
+    ("backup-missing-scripts", ["backup", "--scripts-dir", "{tmp}/no-such-dir"], "", None, "error"),
+    ("backups-no-docker", ["backups", "--json"], "", None, "error"),
+    ("restore-no-docker", ["restore", "--snapshot", "zzz"], "", None, "error"),
 ]
 
 

@@ -12,6 +12,7 @@ says why in one line.
 from __future__ import annotations
 
 import copy
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,6 +204,41 @@ def traefik_dynamic(config: dict, *, root: Path, ports: LoopbackPorts, config_di
             # Container hostname on the Docker network -> its loopback program or stand-in.
             server["url"] = f"http://{LOOPBACK}:{getattr(ports, PROXY_UPSTREAMS[matched.group(1)])}"
     return adapted
+
+
+def backup_env(text: str, *, root: Path, job_root: Path, ports: LoopbackPorts, tools: list[str],
+               repository: str | None = None, s3_credentials: str | None = None) -> str:
+    """The backup job's env.sh for loopback: each `export KEY=value` line re-quoted after its change."""
+    import shlex
+
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export "):].partition("=")
+            values[key] = shlex.split(value)[0] if value else ""
+    # Container hostname `postgres` -> the harness's PostgreSQL on loopback.
+    values.update(PGHOST=LOOPBACK, PGPORT=str(ports.postgres))
+    # The job's volumes and secret files -> the temp dir; media and the signing key are Synapse's own
+    # files there (in Docker the container mounts Synapse's media volume and holds the key's copy).
+    values["MEDIA_DIR"] = str(host_path(root, "synapse", "/data/media_store"))
+    values["SIGNING_KEY_FILE"] = str(host_path(root, "synapse", "/data/signing.key"))
+    for key in ("RESTIC_PASSWORD_FILE", "PGPASSFILE", "STAGING_DIR", "RESTIC_CACHE_DIR", "ACME_DIR"):
+        if values.get(key):
+            values[key] = str(host_path(job_root, "backup", values[key]))
+    if values["RESTIC_REPOSITORY"].startswith("/"):
+        values["RESTIC_REPOSITORY"] = str(host_path(job_root, "backup", values["RESTIC_REPOSITORY"]))
+    if repository is not None:  # another repository for this run (moto's S3 on loopback)
+        values["RESTIC_REPOSITORY"] = repository
+    if s3_credentials is not None:
+        values["S3_CREDENTIALS_FILE"] = s3_credentials
+    # restic and the Postgres clients: the image's -> the Go build of the pinned restic and Debian's.
+    values["PATH"] = os.pathsep.join([*tools, os.environ.get("PATH", "")])
+    return "".join(f"export {key}={shlex.quote(value)}\n" for key, value in values.items())
+
+
+def backup_pgpass(text: str, *, ports: LoopbackPorts) -> str:
+    """The job's .pgpass: the container hostname and port -> the harness's PostgreSQL."""
+    return text.replace("postgres:5432:", f"{LOOPBACK}:{ports.postgres}:", 1)
 
 
 def synapse_exec_argv(command: list[str], *, scripts: str, root: str, synapse_url: str) -> list[str]:
