@@ -11,7 +11,9 @@ What the test changes, and why:
 * `./scripts/test` is a recorder (it is the command running this test; CI runs it for real);
 * `bench` gets `--repeat 1 --skip-harness` (the full run boots the loopback harness;
   tests/commstack/test_bench.py covers it);
-* each command's stdin is a file holding the test password (what a reader types at a prompt).
+* each command's stdin is a file holding the test password (what a reader types at a prompt);
+* a `python -m pytest FILE…` line (the session-only tests that need jars built outside the
+  clone) only checks that its test files exist: this suite runs them itself, and they skip here.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import pytest
 from tests.sandbox import Sandbox
 
 PASSWORD = "correct horse battery staple"
-PLACEHOLDER = re.compile(r"<([a-z_]+)>")
+PLACEHOLDER = re.compile(r"<([a-z_][a-z_ ]*)>")
 # Commands that may fail because nothing is deployed behind the stand-ins (no homeserver answers
 # on the stack's addresses), and what they must print then.
 MAY_FIND_NOTHING_DEPLOYED = {"commstack doctor": "checks:"}
@@ -49,8 +51,11 @@ def readme_commands(readme: str) -> list[str]:
 
 
 def pasted(command: str, tmp: str) -> str:
-    command = PLACEHOLDER.sub(lambda m: f"sandbox-{m.group(1).replace('_', '-')}-0123456789abcdef", command)
+    command = PLACEHOLDER.sub(lambda m: f"sandbox-{re.sub('[_ ]', '-', m.group(1))}-0123456789abcdef", command)
     command = command.replace("/tmp/", f"{tmp}/")
+    if " -m pytest " in command:
+        files = [word for word in command.split() if word.endswith(".py")]
+        return " && ".join(f"test -f {f}" for f in files) or "false"
     if "-m commstack bench" in command:
         command = command.replace("-m commstack bench", "-m commstack bench --repeat 1 --skip-harness")
     return command
