@@ -62,8 +62,7 @@ class DirStore:
         return path.read_text() if path.exists() else None
 
     def put_if_absent(self, name, value, secret):
-        """Atomic and never overwriting: the whole file appears at once (a hard link of a complete
-        temporary file), or not at all when it exists."""
+        """Atomic, never overwriting: link a complete temporary file."""
         path = self.root / name
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -128,39 +127,30 @@ def generate(manifest, generator):
 
 
 def first_boot(manifest, store):
-    """Each generator's values are written first as one set (`generated/<generator>`, created once,
-    never overwritten), then published from that stored set to bundle/ and public/. A crash at any
-    point leaves either no set (nothing published: the next boot generates afresh) or one set that
-    the next boot publishes to the end, never an old value beside a new one (an old UD certificate
-    with a new trust root, a zk secret with another's public params)."""
-    bundle = manifest["bundle"]
-    names = {}  # generator -> the bundle keys and public names it makes
+    # Per generator: store its whole set in one step, then publish from it (no mismatched pairs).
+    bundle, names = manifest["bundle"], {}
     for key, spec in bundle.items():
         if spec["source"] == "first_boot":
-            names.setdefault(spec["generator"], [[], []])[0].append(key)
+            names.setdefault(spec["generator"], []).append(f"bundle/{key}")
     for name, generator in manifest["public"].items():
-        names.setdefault(generator, [[], []])[1].append(name)
-    for generator, (keys, public_names) in sorted(names.items()):
-        published = [store.get(f"bundle/{k}") is not None for k in keys] + \
-                    [store.get(f"public/{n}") is not None for n in public_names]
+        names.setdefault(generator, []).append(f"public/{name}")
+    for generator, wanted in sorted(names.items()):
         stored = store.get(f"generated/{generator}")
         if stored is None:
-            if all(published):
-                continue  # published before sets existed, complete
-            if any(published):
-                raise SystemExit(f"first-boot: {generator}'s values are only partly in the store and no set "
-                                 f"`generated/{generator}` exists to complete them from; delete its parameters "
-                                 f"({', '.join(keys + public_names)}) so they are generated again as one set")
+            have = [store.get(n) is not None for n in wanted]
+            if all(have):
+                continue
+            if any(have):
+                raise SystemExit(f"first-boot: {generator} is only partly in the store; delete its parameters "
+                                 f"({', '.join(wanted)}) to regenerate")
             secrets, public = generate(manifest, generator)
-            store.put_if_absent(f"generated/{generator}", json.dumps({"bundle": secrets, "public": public}),
-                                secret=True)
-            stored = store.get(f"generated/{generator}")  # another boot may have won the race: its set stands
+            store.put_if_absent(f"generated/{generator}", json.dumps({"bundle": secrets, "public": public}), True)
+            stored = store.get(f"generated/{generator}")  # a racing boot's set wins
             print(f"first-boot: generated {generator}")
         values = json.loads(stored)
-        for key, value in values["bundle"].items():
-            store.put_if_absent(f"bundle/{key}", value, secret=True)
-        for name, value in values["public"].items():
-            store.put_if_absent(f"public/{name}", value, secret=False)
+        for kind in ("bundle", "public"):
+            for key, value in values[kind].items():
+                store.put_if_absent(f"{kind}/{key}", value, secret=kind == "bundle")
     for key, spec in bundle.items():
         if spec["source"] == "external" and store.get(f"bundle/{key}") is None:
             store.put_if_absent(f"bundle/{key}", spec["standin"], secret=True)
