@@ -141,6 +141,7 @@ class Registration:
     aliases: list[str]
     provider: str
     read: bool = False
+    delete_before_replace: Optional[bool] = None
 
     @property
     def plain_inputs(self) -> dict:
@@ -472,6 +473,8 @@ def make_monitor(evaluation: Evaluation, seed: Optional[str] = None):
                     dependencies=list(request.dependencies),
                     aliases=[a.urn or a.spec.name or a.spec.type for a in request.aliases] + list(request.aliasURNs),
                     provider=request.provider,
+                    delete_before_replace=(request.deleteBeforeReplace
+                                           if request.deleteBeforeReplaceDefined else None),
                 )
             )
             obj = _sync_await(rpc.serialize_properties(state, {}))
