@@ -46,9 +46,50 @@ if settings.signal.enabled:
     signal_upstream = local_edge_upstream(settings.signal)
 extra_routes = [Route(f"chat.{settings.matrix.domain}", signal_upstream)] if signal_upstream else []
 
+_aws_provider = None
+
+
+def aws_provider():
+    """The one AWS provider (the Signal half and the backup bucket share it): aws:region, and every
+    resource tagged with the project and stack, for cost reports and clean-up."""
+    global _aws_provider
+    if _aws_provider is None:
+        import pulumi_aws as aws
+
+        _aws_provider = aws.Provider(
+            "aws",
+            region=settings.signal.region or settings.backup.region,
+            default_tags=aws.ProviderDefaultTagsArgs(tags={"commstack:project": "commstack",
+                                                           "commstack:stack": settings.stack}),
+        )
+    return _aws_provider
+
+
+backup_repository = None
+if settings.backup.enabled and settings.backup.target != "local":
+    from components.matrix.backup import BackupRepository, aws_repository_url, s3_repository_url
+
+    if settings.backup.target == "aws":
+        from components.matrix.backup_bucket import BackupBucket, BackupBucketArgs
+
+        bucket = BackupBucket(
+            "matrix-backup-bucket",
+            BackupBucketArgs(name_prefix=f"commstack-{settings.stack}-matrix-backups"),
+            opts=pulumi.ResourceOptions(provider=aws_provider()),
+        )
+        backup_repository = BackupRepository(
+            url=bucket.bucket_name.apply(lambda name: aws_repository_url(settings.backup.region, name)),
+            access_key_id=bucket.access_key_id, secret_access_key=bucket.secret_access_key,
+            region=settings.backup.region)
+    else:
+        backup_repository = BackupRepository(
+            url=s3_repository_url(settings.backup.s3_endpoint, settings.backup.s3_bucket),
+            access_key_id=settings.backup.s3_access_key_id, secret_access_key=settings.backup.s3_secret_access_key)
+
 matrix = Homeserver(
     "matrix",
-    HomeserverArgs(matrix=settings.matrix, edge=settings.edge, dns_api_token=dns_api_token, extra_routes=extra_routes),
+    HomeserverArgs(matrix=settings.matrix, edge=settings.edge, dns_api_token=dns_api_token, extra_routes=extra_routes,
+                   backup=settings.backup, backup_repository=backup_repository),
     opts=docker_opts,
 )
 dns_records = list(matrix.dns_records)
@@ -62,6 +103,9 @@ pulumi.export("registrationSharedSecret", matrix.registration_shared_secret)
 pulumi.export("createAdminCommand", matrix.create_admin_command)
 pulumi.export("dockerHost", settings.docker_host)  # where create-admin runs `docker exec` (empty: the local engine)
 pulumi.export("bridgeTokens", matrix.bridge_tokens)  # secret; `commstack doctor` pings each appservice
+if matrix.backup is not None:
+    pulumi.export("backupRepository", matrix.backup.repository_url)
+    pulumi.export("backupRepositoryPassword", matrix.backup.repository_password)  # secret: keep a copy off the host
 
 if settings.signal.enabled:
     from components.signal.backend import Backend, BackendArgs
@@ -69,15 +113,7 @@ if settings.signal.enabled:
     if settings.signal.target == "docker":
         signal_opts = docker_opts
     else:
-        import pulumi_aws as aws
-
-        # Every AWS resource carries the project and stack, for cost reports and clean-up.
-        signal_opts = pulumi.ResourceOptions(provider=aws.Provider(
-            "aws",
-            region=settings.signal.region,
-            default_tags=aws.ProviderDefaultTagsArgs(tags={"commstack:project": "commstack",
-                                                           "commstack:stack": settings.stack}),
-        ))
+        signal_opts = pulumi.ResourceOptions(provider=aws_provider())
     signal = Backend(
         "signal",
         BackendArgs(signal=settings.signal, edge=settings.edge, domain=settings.matrix.domain,

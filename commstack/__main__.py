@@ -20,6 +20,9 @@ COMMANDS = {
     "bench": ("commstack.bench", "time each committed stack on the offline engine and the harness cold boot"),
     "doctor": ("commstack.doctor", "check a deployed stack from outside: DNS, TLS, well-known, APIs, TURN, bridges"),
     "create-admin": ("commstack.admin", "create the first Synapse admin (register_new_matrix_user in its container, over the stack's dockerHost)"),
+    "backup": ("commstack.backup", "take a backup of the Matrix half now (databases, media, signing key, ACME store)"),
+    "backups": ("commstack.backups", "list the backup snapshots with their age and size"),
+    "restore": ("commstack.restore", "restore a snapshot into the stack; refuses over live data unless told"),
 }
 
 

@@ -646,6 +646,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ca-file", metavar="PEM", help="trust the certificates in this file instead of the system's "
                                                         "CAs (a stack with tls self-signed)")
     parser.add_argument("--insecure-tls", action="store_true", help="skip certificate checks (test harness only)")
+    parser.add_argument("--backups", action="store_true",
+                        help="also report the newest backup's age and the last restore drill (read through "
+                             "`docker exec backup` on --backup-docker-host, or from --backup-scripts-dir)")
+    parser.add_argument("--backup-docker-host", help="the stack's Docker engine, for --backups")
+    parser.add_argument("--backup-scripts-dir", metavar="DIR", help="run the backup job's scripts from DIR, for --backups")
 
 
 def main(args: Any) -> int:
@@ -655,5 +660,21 @@ def main(args: Any) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     checks = run_checks(target)
+    if getattr(args, "backups", False):
+        checks += check_backups(args)
     print(format_table(checks))
     return 1 if any(c.status == FAIL for c in checks) else 0
+
+
+def check_backups(args: Any) -> list[Check]:
+    """The newest snapshot's age and the last restore drill, as the backup job recorded them."""
+    from commstack import backup
+
+    runner = backup.Runner(scripts_dir=getattr(args, "backup_scripts_dir", None),
+                           docker_host=getattr(args, "backup_docker_host", None))
+    try:
+        snapshots = backup.list_snapshots(runner)
+    except backup.BackupCommandError as exc:
+        return [Check("backup newest", FAIL, str(exc)[:300], "is the backup container running? `docker logs backup`")]
+    return [Check(name, PASS if ok else FAIL, detail, "" if ok else hint)
+            for name, ok, detail, hint in backup.backup_status(snapshots)]

@@ -351,6 +351,13 @@ def emulate_outputs(type_: str, name: str, inputs: dict, seed: Optional[str] = N
         elif type_ == "aws:iam/role:Role":
             state.setdefault("name", name)
             state["arn"] = f"arn:aws:iam::{ACCOUNT_ID}:role/{state['name']}"
+        elif type_ == "aws:iam/user:User":
+            state.setdefault("name", name)
+            state["arn"] = f"arn:aws:iam::{ACCOUNT_ID}:user{inputs.get('path', '/')}{state['name']}"
+            rid = state["name"]
+        elif type_ == "aws:iam/accessKey:AccessKey":
+            rid = "AKIA" + _hex(rng, 8).upper()
+            state["secret"] = wrap_secret(_hex(rng, 20))
         elif type_ == "aws:iam/instanceProfile:InstanceProfile":
             state.setdefault("name", name)
             state["arn"] = f"arn:aws:iam::{ACCOUNT_ID}:instance-profile/{state['name']}"

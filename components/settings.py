@@ -115,6 +115,15 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
         ConfigKey("bridges", [], "JSON list of mautrix bridges to run: whatsapp, telegram.", "'[\"whatsapp\",\"telegram\"]'"),
         ConfigKey("telegramApiId", None, "Telegram api_id from my.telegram.org; required when the telegram bridge is on.", "123456"),
         ConfigKey("telegramApiHash", None, "Telegram api_hash (secret) from my.telegram.org; required when the telegram bridge is on.", "<api_hash>", secret=True),
+        # -- backups ------------------------------------------------------------
+        ConfigKey("backup", True, "Back up the Matrix half (databases, media, signing key, ACME store) with restic, daily, with a weekly restore drill.", "false"),
+        ConfigKey("backupSchedule", "03:30", "Time of the daily backup, HH:MM in UTC; the restore drill follows Sunday's.", "02:15"),
+        ConfigKey("backupRetention", '{"daily":7,"weekly":4,"monthly":6}', "JSON object: how many daily, weekly and monthly snapshots to keep.", "'{\"daily\":14,\"weekly\":8,\"monthly\":12}'"),
+        ConfigKey("backupTarget", "local", "`local` (a protected Docker volume), `aws` (an S3 bucket the program creates; needs aws:region) or `s3` (any S3-compatible endpoint).", "aws"),
+        ConfigKey("backupS3Endpoint", "", "For backupTarget s3: the endpoint URL, e.g. https://s3.eu-central-003.backblazeb2.com.", "https://s3.eu-central-003.backblazeb2.com"),
+        ConfigKey("backupS3Bucket", "", "For backupTarget s3: the bucket, which must exist (create it private and versioned).", "my-matrix-backups"),
+        ConfigKey("backupS3AccessKeyId", None, "For backupTarget s3: the access key id (secret).", "<key id>", secret=True),
+        ConfigKey("backupS3SecretAccessKey", None, "For backupTarget s3: the secret access key (secret).", "<secret key>", secret=True),
         # -- Signal -------------------------------------------------------------
         ConfigKey("signal", False, "Deploy the Signal backend as well.", "true"),
         ConfigKey("signalTarget", "aws", "`aws` (EC2, DynamoDB, S3, SSM) or `docker` (DynamoDB Local and Redis containers on the Docker host).", "docker"),
@@ -192,6 +201,27 @@ class MatrixSettings:
         return f"https://{self.matrix_host}/"
 
 
+BACKUP_TARGETS = ("local", "aws", "s3")
+_HHMM_RE = re.compile(r"^(?:[01]\d|2[0-3]):[0-5]\d$")
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_ENDPOINT_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(?::\d{1,5})?/?$")
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    enabled: bool
+    schedule: str  # HH:MM, UTC
+    keep_daily: int
+    keep_weekly: int
+    keep_monthly: int
+    target: str  # local | aws | s3
+    region: Optional[str] = None  # aws target
+    s3_endpoint: str = ""
+    s3_bucket: str = ""
+    s3_access_key_id: Optional[pulumi.Output] = field(default=None, repr=False)
+    s3_secret_access_key: Optional[pulumi.Output] = field(default=None, repr=False)
+
+
 @dataclass(frozen=True)
 class SignalSettings:
     enabled: bool
@@ -224,6 +254,7 @@ class Settings:
     edge: EdgeSettings
     matrix: MatrixSettings
     signal: SignalSettings
+    backup: Optional[BackupSettings] = None
     # Container name -> memory limit in MB, overriding the container's default (components.common.Hardening).
     container_memory: dict = field(default_factory=dict)
 
@@ -236,7 +267,7 @@ SIGNAL_LOCAL_CONTAINERS = tuple(f"signal-local-{part}" for part in (
 
 
 def known_containers() -> tuple[str, ...]:
-    return ("postgres", "postgres-init", "synapse", "wellknown", "proxy", "turn", "element",
+    return ("postgres", "postgres-init", "synapse", "backup", "wellknown", "proxy", "turn", "element",
             *(f"bridge-{kind}" for kind in KNOWN_BRIDGES), *SIGNAL_LOCAL_CONTAINERS)
 
 
@@ -518,6 +549,8 @@ def load_settings(stack: Optional[str] = None) -> Settings:
         r.check(telegram_api_hash is not None, "commstack:telegramApiHash",
                 "is required when the telegram bridge is on (get it at my.telegram.org)")
 
+    backup = _read_backup(r)
+
     # -- signal
     signal_on = r.boolean("commstack:signal")
     target = r.choice("commstack:signalTarget", ("aws", "docker"))
@@ -627,5 +660,52 @@ def load_settings(stack: Optional[str] = None) -> Settings:
             admin_cidrs=tuple(admin_cidrs),
             **verification,
         ),
+        backup=backup,
         container_memory=container_memory,
     )
+
+
+def _read_backup(r: _Reader) -> BackupSettings:
+    """The backup settings; the retention is a JSON object of three positive counts."""
+    enabled = r.boolean("commstack:backup")
+    schedule = r.text("commstack:backupSchedule")
+    r.check(bool(_HHMM_RE.match(schedule)), "commstack:backupSchedule",
+            f"{schedule!r} is not a time of day HH:MM (24-hour, UTC)", "03:30")
+    retention = json.loads(CONFIG_KEYS["commstack:backupRetention"].default)
+    raw = r.raw("commstack:backupRetention")
+    if raw is not None:
+        try:
+            parsed = json.loads(raw)
+        except json.JSONDecodeError:
+            parsed = None
+        fix = "'{\"daily\":7,\"weekly\":4,\"monthly\":6}'"
+        if (not isinstance(parsed, dict) or set(parsed) - set(retention)
+                or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 1000 for v in parsed.values())):
+            r.problem("commstack:backupRetention",
+                      f"must be a JSON object with daily, weekly and monthly counts (0-1000), not {raw!r}", fix)
+        else:
+            retention.update(parsed)
+            r.check(sum(retention.values()) > 0, "commstack:backupRetention", "keeps no snapshot at all", fix)
+    target = r.choice("commstack:backupTarget", BACKUP_TARGETS)
+    region = r.text("aws:region") or None
+    endpoint = r.text("commstack:backupS3Endpoint")
+    bucket = r.text("commstack:backupS3Bucket")
+    key_id, secret_key = r.secret("commstack:backupS3AccessKeyId"), r.secret("commstack:backupS3SecretAccessKey")
+    if enabled and target == "aws":
+        if region is None:
+            r.problem("aws:region", "is required when backupTarget is aws (the region of the backup bucket)")
+        else:
+            r.check(bool(_REGION_RE.match(region)), "aws:region", f"{region!r} is not an AWS region name")
+    if enabled and target == "s3":
+        r.check(bool(_ENDPOINT_RE.match(endpoint)), "commstack:backupS3Endpoint",
+                f"{endpoint!r} is not an http(s)://host[:port] URL (required when backupTarget is s3)")
+        r.check(bool(_BUCKET_RE.match(bucket)), "commstack:backupS3Bucket",
+                f"{bucket!r} is not an S3 bucket name (required when backupTarget is s3)")
+        r.check(key_id is not None, "commstack:backupS3AccessKeyId", "is required when backupTarget is s3")
+        r.check(secret_key is not None, "commstack:backupS3SecretAccessKey", "is required when backupTarget is s3")
+    return BackupSettings(
+        enabled=enabled, schedule=schedule, keep_daily=retention["daily"], keep_weekly=retention["weekly"],
+        keep_monthly=retention["monthly"], target=target, region=region if target == "aws" else None,
+        s3_endpoint=endpoint.rstrip("/"), s3_bucket=bucket,
+        s3_access_key_id=key_id if target == "s3" else None,
+        s3_secret_access_key=secret_key if target == "s3" else None)

@@ -44,7 +44,8 @@ def test_postgres_shares_networks_only_with_its_clients(evaluation):
     joined = networks_of(evaluation)
     assert joined["postgres"] == {"commstack-matrix-database"}
     bridges = {name for name in joined if name.startswith("bridge-")}
-    assert members(evaluation, "commstack-matrix-database") == {"postgres", "postgres-init", "synapse", *bridges}
+    # The backup job (pg_dump, pg_restore) is a Postgres client too.
+    assert members(evaluation, "commstack-matrix-database") == {"postgres", "postgres-init", "synapse", "backup", *bridges}
 
 
 def test_coturn_is_on_no_internal_network(evaluation):
@@ -66,7 +67,7 @@ def test_synapse_is_reached_over_http_only_through_the_well_known_nginx(evaluati
     joined = networks_of(evaluation)
     reach = {peer for network in joined["synapse"] - {"commstack-matrix-egress"} for peer in members(evaluation, network)}
     bridges = {name for name in joined if name.startswith("bridge-")}
-    assert reach - {"synapse"} == {"postgres", "postgres-init", "wellknown", *bridges}
+    assert reach - {"synapse"} == {"postgres", "postgres-init", "backup", "wellknown", *bridges}  # backup: over Postgres
     assert "proxy" not in reach and "turn" not in reach and "element" not in reach
 
 
@@ -114,6 +115,7 @@ EXPECTED_CAPABILITIES = {
     "proxy": {"NET_BIND_SERVICE"},  # :80 :443
     "turn": {"NET_BIND_SERVICE"},  # turnserver's file capability must be in the bounding set
     "element": set(),  # nginx as its own user
+    "backup": {"CHOWN", "DAC_OVERRIDE", "FOWNER"},  # root reads the media (991) and restores it with its owners
     "bridge-whatsapp": {"CHOWN", "SETGID", "SETUID"}, "bridge-telegram": {"CHOWN", "SETGID", "SETUID"},
     "signal-local-dynamodb": {"DAC_OVERRIDE"},
     **{f"signal-local-redis-{i}": {"CHOWN", "SETGID", "SETUID"} for i in range(6)},
@@ -153,7 +155,7 @@ def test_every_service_has_a_health_check(evaluation):
 
 
 # Who reads each container's secret files (the user its image runs as).
-SECRET_OWNERS = {"postgres": "999", "postgres-init": "0", "synapse": "991", "proxy": "0", "turn": "65534",
+SECRET_OWNERS = {"postgres": "999", "postgres-init": "0", "backup": "0", "synapse": "991", "proxy": "0", "turn": "65534",
                  "bridge-whatsapp": "1337", "bridge-telegram": "1337", "signal-local-aws-local": "0",
                  "signal-local-registration": "10001", "signal-local-server": "0"}  # registration: components/signal/registration.py RUN_UID
 

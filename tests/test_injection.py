@@ -292,3 +292,17 @@ s3_key = st.text(alphabet=string.ascii_lowercase[:4] + "!_.'()-", min_size=1, ma
 def test_legal_values_full_of_shell_characters_stay_one_word(local, key):
     values = {"acmeEmail": f"{local}@example.org", "signalJarS3Uri": f"s3://builds/{key}"}
     check_render_keeps_literal(evaluate_prod(**values), values)
+
+
+# The secret Telegram api_hash lands in the bridge's YAML config: whatever it holds stays one literal.
+secret_text = st.text(alphabet=HOSTILE_ALPHABET.replace("\n", ""), min_size=1, max_size=24).filter(
+    lambda s: s.strip() == s and not re.fullmatch(r"[A-Za-z0-9.-]*", s))
+
+
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(api_hash=secret_text)
+def test_a_hostile_secret_setting_stays_one_yaml_literal(api_hash):
+    evaluation = evaluate_prod(telegramApiHash=api_hash)
+    with tempfile.TemporaryDirectory(prefix="commstack-injection-") as tmp:
+        files = rendered(evaluation, Path(tmp) / "render")
+        assert yaml.safe_load(files["bridge-telegram/data/config.yaml"])["network"]["api_hash"] == api_hash

@@ -17,6 +17,7 @@ import pulumi_tls as tls
 from components.common import child, generated_secret
 from components.edge.dns import cloudflare_proxy_ranges
 from components.edge.records import DnsRecordSpec
+from components.matrix.backup import Backup, BackupArgs, BackupRepository
 from components.matrix.bridges import BRIDGE_SPECS, BridgeArgs, MautrixBridge
 from components.matrix.element import LOGICAL_NAME as ELEMENT_CONTAINER, Element, ElementArgs
 from components.matrix.network import Network, NetworkArgs
@@ -25,7 +26,7 @@ from components.matrix.proxy import ReverseProxy, ReverseProxyArgs, Route
 from components.matrix.synapse import Synapse, SynapseArgs
 from components.matrix.turn import Turn, TurnArgs
 from components.matrix.wellknown import CONTAINER as WELLKNOWN_CONTAINER, WellKnown, WellKnownArgs
-from components.settings import EdgeSettings, MatrixSettings
+from components.settings import BackupSettings, EdgeSettings, MatrixSettings
 
 SYNAPSE_DATABASE = DatabaseSpec("synapse", "synapse", synapse_locale=True)
 # One limit for Synapse's max_upload_size and nginx's client_max_body_size.
@@ -41,6 +42,9 @@ class HomeserverArgs:
     dns_api_token: Optional[pulumi.Output[str]] = None
     # More hosts the proxy serves on this network (e.g. chat.<domain> for Signal on the Docker target).
     extra_routes: Sequence[Route] = ()
+    # Scheduled backups (on unless the stack turns them off); the repository when not the local volume.
+    backup: Optional[BackupSettings] = None
+    backup_repository: Optional[BackupRepository] = None
 
 
 def bridge_network_config(kind: str, matrix: MatrixSettings) -> dict:
@@ -174,6 +178,27 @@ class Homeserver(pulumi.ComponentResource):
             max_body_size=MAX_UPLOAD_SIZE,
             upstream_proxies=cloudflare_ranges,
         ), opts=child(self))
+
+        self.backup = None
+        if args.backup is not None and args.backup.enabled:
+            from components.matrix.postgres import LOGICAL_NAME as POSTGRES_HOST, PORT as POSTGRES_PORT, SUPERUSER
+
+            self.backup = Backup(f"{name}-backup", BackupArgs(
+                # A Postgres client; the internet only to reach an S3 repository.
+                network=nets.database,
+                extra_networks=[nets.egress] if args.backup_repository is not None else [],
+                settings=args.backup,
+                postgres_host=POSTGRES_HOST,
+                postgres_port=POSTGRES_PORT,
+                superuser=SUPERUSER,
+                superuser_password=self.postgres.superuser_password,
+                databases=[SYNAPSE_DATABASE.name] + [s.database for s in bridge_specs.values()],
+                media_volume=self.synapse.media_volume.name,
+                signing_key=self.synapse.signing_key_file,
+                acme_volume=self.proxy.acme_volume.name if self.proxy.acme_volume is not None else None,
+                repository=args.backup_repository,
+                stop_containers=["synapse"] + [spec.container for spec in bridge_specs.values()],
+            ), opts=child(self, depends_on=[self.postgres.provisioner]))
 
         self.dns_records = dns_records(m, edge)
         self.homeserver_url = m.public_baseurl

@@ -155,6 +155,7 @@ class Postgres(pulumi.ComponentResource):
             raise ValueError("Postgres needs at least one database")
 
         superuser_password = generated_secret(f"{name}-superuser-password", self)
+        self.superuser_password = superuser_password  # for the backup job's pg_dump
         passwords = {spec.name: generated_secret(f"{name}-{spec.name}-password", self) for spec in args.databases}
 
         data = docker.Volume(f"{name}-data", name=f"{LOGICAL_NAME}-data", opts=stateful_child(self))

@@ -215,10 +215,12 @@ class ReverseProxy(pulumi.ComponentResource):
         envs = None
         self.certificate_pem = None
         self.private_key_pem = None
+        self.acme_volume = None  # Let's Encrypt's store, which the backup job keeps
 
         if letsencrypt:
             # Account key and certificates: losing them means re-issuing against rate limits.
             acme = docker.Volume(f"{name}-acme", name=f"{name}-acme", opts=stateful_child(self))
+            self.acme_volume = acme
             volumes.append(docker.ContainerVolumeArgs(volume_name=acme.name, container_path=ACME_DIR))
             envs = {"CF_DNS_API_TOKEN_FILE": CF_TOKEN_PATH}
             # Traefik's image runs as root; nobody else in the container reads the token.

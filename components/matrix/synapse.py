@@ -206,6 +206,7 @@ class Synapse(pulumi.ComponentResource):
         macaroon_secret_key = generated_secret(f"{name}-macaroon-secret-key", self)
         form_secret = generated_secret(f"{name}-form-secret", self)
         media = docker.Volume(f"{name}-media", name=f"{LOGICAL_NAME}-media", opts=stateful_child(self))
+        self.media_volume = media  # the backup job mounts it
 
         db = args.database
         appservice_paths = sorted(args.appservice_registrations)
@@ -234,6 +235,7 @@ class Synapse(pulumi.ComponentResource):
         signing_key_file = pulumi.Output.all(signing_key.private_key_pem_pkcs8, signing_key.public_key_pem).apply(
             lambda keys: signing_key_line(keys[0], signing_key_id(keys[1]))
         )
+        self.signing_key_file = pulumi.Output.secret(signing_key_file)  # also kept in every backup
         paths = data_paths()
         # Secrets readable by the user Synapse runs as, and nobody else.
         files = [

@@ -13,8 +13,11 @@ import pulumi
 
 from components.common import child, to_yaml
 
-# An empty document is a valid DynamicConfiguration (every field has a default).
-DEFAULT_DYNAMIC_CONFIG: dict = {}
+# The smallest valid DynamicConfiguration: every field has a default except captcha.scoreFloor
+# (DynamicCaptchaConfiguration.java: @NotNull, 0..1). With `{}` Signal-Server rejects the document and never
+# finishes starting (found by tests/integration/test_signal_jvm.py). No captcha provider is configured, so clients
+# qualify for a code by push challenge; the floor only matters once an operator adds one.
+DEFAULT_DYNAMIC_CONFIG: dict = {"captcha": {"scoreFloor": 0.5}}
 
 
 @dataclass

@@ -161,10 +161,15 @@ def server_checkout_command(version: ServerVersion, server_repo: str, server_ref
             f"test \"$(git rev-parse --verify {shell_word(server_ref + '^{commit}')})\" = {commit}")
 
 
+def server_build_steps(version: ServerVersion) -> str:
+    """In the checked-out source: our build patch (the data file's `build_patch`), then the build."""
+    return f"{version['build_patch']} && {version['build']}"
+
+
 def server_build_command(version: ServerVersion, server_repo: str, server_ref: str) -> str:
     src = f"{OPT}/src"
     return (f"{server_checkout_command(version, server_repo, server_ref, src)} && "
-            f"{version['build']} && cp {src}/{version['jar']} {PATHS['jar']}")
+            f"{server_build_steps(version)} && cp {src}/{version['jar']} {PATHS['jar']}")
 
 
 def render_cloud_init(version: ServerVersion, *, server_repo: str, server_ref: str, jar_s3_uri: str, host: str,

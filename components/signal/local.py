@@ -28,7 +28,7 @@ from components.common import (ConfigFile, ContainerSpec, Hardening, checked_job
 from components.signal import redis
 from components.signal.appconfig import DEFAULT_DYNAMIC_CONFIG
 from components.signal import registration as reg
-from components.signal.host import secrets_manifest
+from components.signal.host import secrets_manifest, server_build_steps
 from components.signal.registration import Verification
 from components.signal.secrets import TLS_KEY_PARAMETER, InternalTls, InternalTlsArgs
 from components.signal.server_config import AppConfigNames
@@ -174,7 +174,8 @@ class LocalBackend(pulumi.ComponentResource):
         dynamo_data = docker.Volume(f"{name}-dynamodb-data", name=f"{name}-dynamodb-data", opts=stateful_child(self))
         dynamodb = service_container(f"{name}-dynamodb", ContainerSpec(
             image_key="dynamodb-local", network=net, aliases=[DYNAMODB_ALIAS],
-            command=["-jar", "DynamoDBLocal.jar", "-sharedDb", "-dbPath", "/home/dynamodblocal/data"],
+            # -disableTelemetry: DynamoDB Local 2.x otherwise reports usage to AWS from the user's machine.
+            command=["-jar", "DynamoDBLocal.jar", "-sharedDb", "-dbPath", "/home/dynamodblocal/data", "-disableTelemetry"],
             volumes=[docker.ContainerVolumeArgs(volume_name=dynamo_data.name, container_path="/home/dynamodblocal/data")],
             # The image has bash and no HTTP client: a listening port is the sign of life.
             healthcheck=["CMD", "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{DYNAMODB_PORT}"],
@@ -235,7 +236,7 @@ class LocalBackend(pulumi.ComponentResource):
             f"{name}-server-image", image_name=f"commstack/signal-server:{args.server_ref}", skip_push=True,
             build=docker.DockerBuildArgs(context=context, dockerfile=(context_dir / "Dockerfile").as_posix(), args={
                 "BUILD_IMAGE": image("signal-build"), "RUNTIME_IMAGE": image("signal-runtime"),
-                "REPO": args.server_repo, "REF": args.server_ref, "COMMIT": version["commit"], "BUILD": version["build"],
+                "REPO": args.server_repo, "REF": args.server_ref, "COMMIT": version["commit"], "BUILD": server_build_steps(version),
                 "ARTIFACT": version["jar"]}),
             opts=child(self))
 

@@ -110,7 +110,10 @@ def render_registration_config(port: int, verification: Verification, bind_host:
     if bind_host:
         server["host"] = bind_host
     if tls:
-        server["ssl"] = {"enabled": True, "cert-chain": tls[0], "private-key": tls[1]}
+        # micronaut-grpc's GrpcSslConfiguration (grpc.server.ssl.cert-chain/private-key) opens both through Micronaut's
+        # ResourceResolver, where a bare path means the classpath; with neither found the server silently serves
+        # plaintext (found by tests/integration/test_signal_jvm.py). `file:` names the files; there is no `enabled`.
+        server["ssl"] = {"cert-chain": f"file:{tls[0]}", "private-key": f"file:{tls[1]}"}
     document: dict = {"grpc": {"server": server}}
     twilio = verification.twilio
     if twilio is not None:

@@ -8,7 +8,6 @@ from the secrets bundle the instance assembles from SSM.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -32,23 +31,11 @@ class AppConfigNames:
     configuration: str
 
 
-def external_account_credentials(audience: str) -> str:
-    """The GCP external-account credential config the registration client requires at startup
-    (IdentityTokenCallCredentials.fromCredentialConfig at v9.81.0). It uses the instance's own
-    AWS identity as the subject token, so it holds no secret; the registration-service dev
-    environment does not check the token."""
-    return json.dumps({
-        "type": "external_account",
-        "audience": audience,
-        "subject_token_type": "urn:ietf:params:aws:token-type:aws4_request",
-        "token_url": "https://sts.googleapis.com/v1/token",
-        "credential_source": {
-            "environment_id": "aws1",
-            "region_url": "http://169.254.169.254/latest/meta-data/placement/availability-zone",
-            "url": "http://169.254.169.254/latest/meta-data/iam/security-credentials",
-            "regional_cred_verification_url": "https://sts.{region}.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15",
-        },
-    }, indent=2)
+# registrationService.credentialConfigurationJson (@NotBlank): with the data file's build_patch the server builds no
+# identity-token credentials from it, so it holds no credential, only what an operator reading config.yml needs to
+# know. A jar built without the patch fails at startup on it (not JSON) instead of failing every registration later.
+NO_IDENTITY_TOKEN = ("unused: this Signal-Server is built with commstack's build_patch and sends registration-service "
+                     "no identity token (configs/signal/<ref>.yaml)")
 
 
 def render_server_config(
@@ -100,14 +87,12 @@ def render_server_config(
     set_dotted(config, "svr2.uri", f"svr2.{domain}")
     set_dotted(config, "svr2.svrCaCertificates", [internal_ca_pem])
 
-    audience = f"https://{registration.host}"
-    credential_json = external_account_credentials(audience)
     config["registrationService"] = {
         "host": registration.host,
         "port": registration.port,
-        "credentialConfigurationJson": credential_json,
-        "secondaryCredentialConfigurationJson": credential_json,
-        "identityTokenAudience": audience,
+        "credentialConfigurationJson": NO_IDENTITY_TOKEN,
+        "secondaryCredentialConfigurationJson": NO_IDENTITY_TOKEN,
+        "identityTokenAudience": f"https://{registration.host}",
         "registrationCaCertificate": registration.ca_pem,
     }
     # Filled on the instance (configs/signal/signal_secrets.py assemble); kept as keys so the shape is complete.

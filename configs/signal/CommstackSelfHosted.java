@@ -34,8 +34,10 @@ public class CommstackSelfHosted {
 
   private static final Logger logger = LoggerFactory.getLogger(CommstackSelfHosted.class);
 
+  // Declared as the interface: a factory bean takes the annotations of its declared type, and the store's class
+  // requires the dev environment.
   @Singleton
-  MemorySessionRepository sessionRepository(final ApplicationEventPublisher<SessionCompletedEvent> publisher,
+  SessionRepository sessionRepository(final ApplicationEventPublisher<SessionCompletedEvent> publisher,
       final Clock clock) {
     return new MemorySessionRepository(publisher, clock);
   }
@@ -99,8 +101,8 @@ class CommstackSessionSweeper {
 
   private final MemorySessionRepository repository;
 
-  CommstackSessionSweeper(final MemorySessionRepository repository) {
-    this.repository = repository;
+  CommstackSessionSweeper(final SessionRepository repository) {
+    this.repository = (MemorySessionRepository) repository;
   }
 
   @Scheduled(fixedRate = "10s")

@@ -12,6 +12,7 @@ says why in one line.
 from __future__ import annotations
 
 import copy
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,7 @@ class LoopbackPorts:
     redis: tuple[int, ...] = ()
     proxy: dict[str, int] = field(default_factory=dict)  # Traefik entry point name -> port
     element: int = 0  # the stand-in serving Element's rendered files
-    signal_server: int = 0  # nothing listens here: Signal-Server (a JVM service) is not booted
+    signal_server: int = 0  # Signal-Server listens here only in test_signal_jvm.py (session-built jars)
 
 
 def host_path(root: Path, container: str, path: str) -> Path:
@@ -205,6 +206,41 @@ def traefik_dynamic(config: dict, *, root: Path, ports: LoopbackPorts, config_di
     return adapted
 
 
+def backup_env(text: str, *, root: Path, job_root: Path, ports: LoopbackPorts, tools: list[str],
+               repository: str | None = None, s3_credentials: str | None = None) -> str:
+    """The backup job's env.sh for loopback: each `export KEY=value` line re-quoted after its change."""
+    import shlex
+
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export "):].partition("=")
+            values[key] = shlex.split(value)[0] if value else ""
+    # Container hostname `postgres` -> the harness's PostgreSQL on loopback.
+    values.update(PGHOST=LOOPBACK, PGPORT=str(ports.postgres))
+    # The job's volumes and secret files -> the temp dir; media and the signing key are Synapse's own
+    # files there (in Docker the container mounts Synapse's media volume and holds the key's copy).
+    values["MEDIA_DIR"] = str(host_path(root, "synapse", "/data/media_store"))
+    values["SIGNING_KEY_FILE"] = str(host_path(root, "synapse", "/data/signing.key"))
+    for key in ("RESTIC_PASSWORD_FILE", "PGPASSFILE", "STAGING_DIR", "RESTIC_CACHE_DIR", "ACME_DIR"):
+        if values.get(key):
+            values[key] = str(host_path(job_root, "backup", values[key]))
+    if values["RESTIC_REPOSITORY"].startswith("/"):
+        values["RESTIC_REPOSITORY"] = str(host_path(job_root, "backup", values["RESTIC_REPOSITORY"]))
+    if repository is not None:  # another repository for this run (moto's S3 on loopback)
+        values["RESTIC_REPOSITORY"] = repository
+    if s3_credentials is not None:
+        values["S3_CREDENTIALS_FILE"] = s3_credentials
+    # restic and the Postgres clients: the image's -> the Go build of the pinned restic and Debian's.
+    values["PATH"] = os.pathsep.join([*tools, os.environ.get("PATH", "")])
+    return "".join(f"export {key}={shlex.quote(value)}\n" for key, value in values.items())
+
+
+def backup_pgpass(text: str, *, ports: LoopbackPorts) -> str:
+    """The job's .pgpass: the container hostname and port -> the harness's PostgreSQL."""
+    return text.replace("postgres:5432:", f"{LOOPBACK}:{ports.postgres}:", 1)
+
+
 def synapse_exec_argv(command: list[str], *, scripts: str, root: str, synapse_url: str) -> list[str]:
     """A command `docker exec` would run in the Synapse container, for this machine (after the interpreter)."""
     program, *args = command
@@ -216,4 +252,112 @@ def synapse_exec_argv(command: list[str], *, scripts: str, root: str, synapse_ur
         elif word == "http://localhost:8008":
             word = synapse_url  # the container's own listener -> the harness's Synapse on loopback
         adapted.append(word)
+
+# -- Signal-Server and registration-service on a real JVM (tests/integration/test_signal_jvm.py) ----------------
+
+# aws-local answers HTTPS on 443 as AWS does (the SDKs call https://<service>.<region>.amazonaws.com with no port),
+# so it gets a loopback address of its own instead of a free port: nothing else here listens on it.
+AWS_LOCAL_ADDRESS = "127.77.0.1"
+
+
+@dataclass(frozen=True)
+class SignalJvmPorts:
+    """Free loopback ports for the Signal JVM boot."""
+
+    dynamodb: int
+    metadata: int
+    registration: int
+    server: int
+    admin: int
+
+
+def jvm_hosts_file(aws_hostnames: list[str], aws_local_alias: str, registration_alias: str) -> str:
+    """The Docker network's names -> loopback, for the JVMs only (-Djdk.net.hosts.file). A name not listed
+    does not resolve at all, so nothing the server tries to reach can leave this machine."""
+    lines = [f"{AWS_LOCAL_ADDRESS} {name}" for name in [*aws_hostnames, aws_local_alias]]
+    lines.append(f"{LOOPBACK} {registration_alias}")
+    return "\n".join(lines) + "\n"
+
+
+def _redis_uri(uri: str, redis_port: int) -> str:
+    return re.sub(r"^(rediss?://)[^/]+", rf"\g<1>{LOOPBACK}:{redis_port}", uri)
+
+
+def signal_server_config(config: dict, *, ports: SignalJvmPorts, redis_port: int, cluster_entries, standalone_entries,
+                         get_dotted) -> dict:
+    """Signal-Server's config.base.yml for loopback (before the program's own assemble step fills it)."""
+    import copy
+
+    adapted = copy.deepcopy(config)
+    for entry in cluster_entries:
+        # Container names (redis-0:6379) -> the harness's first cluster node; Lettuce finds the rest from it.
+        section = get_dotted(adapted, entry)
+        section["configurationUri"] = _redis_uri(section["configurationUri"], redis_port)
+    for entry in standalone_entries:
+        section = get_dotted(adapted, entry)  # the pub/sub client: the same node
+        section["uri"] = _redis_uri(section["uri"], redis_port)
+    # registration-service's container port -> its free loopback port (the name resolves by jvm_hosts_file).
+    adapted["registrationService"]["port"] = ports.registration
+    # Dropwizard's defaults (8080 and 8081 on every interface) -> free loopback ports.
+    adapted["server"] = {"applicationConnectors": [{"type": "http", "bindHost": LOOPBACK, "port": ports.server}],
+                         "adminConnectors": [{"type": "http", "bindHost": LOOPBACK, "port": ports.admin}]}
+    return adapted
+
+
+def signal_secrets_manifest(manifest: dict, *, root: Path, container: str, jar: str, generic_zk_source: str) -> dict:
+    """The server container's secrets manifest for loopback."""
+    adapted = _relocate(_relocate(manifest, "/etc/signal", root, container), "/var/lib/signal", root, container)
+    store_kind, _, store_path = manifest["store"].partition(":")
+    adapted["store"] = f"{store_kind}:{host_path(root, container, store_path)}"  # the secrets volume -> temp dir
+    adapted["jar"] = jar  # the image's jar -> the jar built in this session
+    adapted["generic_zk_source"] = generic_zk_source  # the image's COPY of configs/signal/GenericZkParams.java
+    return adapted
+
+
+def signal_server_start(script: str, *, root: Path, container: str, jar: str, tool: str, truststore: str,
+                        hosts_file: str) -> str:
+    """The server container's start command (first boot, assemble, trust store, java) for loopback."""
+    script = script.replace("/opt/signal/signal_secrets.py", tool)  # the image's COPY of configs/signal/signal_secrets.py
+    script = script.replace("/opt/signal/TextSecureServer.jar", jar)  # the image's jar -> the session's build
+    script = script.replace("/tmp/aws-local-truststore", truststore)  # the container's /tmp -> temp dir
+    script = re.sub(r"/etc/signal/[^\s]+", lambda m: str(host_path(root, container, m.group(0))), script)
+    # The container network's DNS -> the loopback hosts file (jvm_hosts_file), for the server JVM.
+    assert script.count("exec java ") == 1
+    return script.replace("exec java ", f"exec java -Djdk.net.hosts.file={hosts_file} ")
+
+
+def signal_server_environment(envs: dict[str, str], *, metadata_port: int) -> dict[str, str]:
+    """The server container's environment for loopback: aws-local's metadata port 80 -> its free port."""
+    adapted = dict(envs)
+    adapted["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = re.sub(r":\d+$", f":{metadata_port}",
+                                                           envs["AWS_EC2_METADATA_SERVICE_ENDPOINT"])
+    return adapted
+
+
+def aws_local_command(command: list[str], *, root: Path, container: str, python: str, ports: SignalJvmPorts) -> list[str]:
+    """aws-local's command for loopback."""
+    adapted = _relocate(command, "/etc/aws-local", root, container)  # its files -> temp dir
+    adapted[0] = python  # the python image -> this interpreter (aws_local.py is stdlib only)
+    for option, value in (("--metadata-port", str(ports.metadata)),  # port 80 -> a free port
+                          ("--dynamodb", f"http://{LOOPBACK}:{ports.dynamodb}")):  # the container name -> loopback
+        adapted[adapted.index(option) + 1] = value
+    return adapted + ["--bind", AWS_LOCAL_ADDRESS]  # every interface -> its own loopback address
+
+
+def dynamodb_local_args(command: list[str], *, root: Path, container: str, port: int) -> list[str]:
+    """DynamoDB Local's arguments for loopback (after `-jar DynamoDBLocal.jar`, which the launcher replaces)."""
+    assert command[:2] == ["-jar", "DynamoDBLocal.jar"]
+    adapted = _relocate(command[2:], "/home/dynamodblocal", root, container)  # its volume -> temp dir
+    return adapted + ["-port", str(port)]  # its default 8000 -> a free port
+
+
+def registration_config(config: dict, *, root: Path, container: str, port: int) -> dict:
+    """registration-service's application.yml for loopback."""
+    adapted = _relocate(config, "/etc/registration", root, container)
+    ssl = adapted["grpc"]["server"].get("ssl")
+    if ssl:  # its TLS files (file:/etc/registration/...) -> temp dir
+        adapted["grpc"]["server"]["ssl"] = {k: "file:" + str(host_path(root, container, v.removeprefix("file:")))
+                                            for k, v in ssl.items()}
+    # Its container port on every interface -> a free loopback port.
+    adapted["grpc"]["server"] = {**adapted["grpc"]["server"], "port": port, "host": LOOPBACK}
     return adapted

@@ -13,12 +13,13 @@ from tests.conftest import evaluate
 
 @pytest.fixture(scope="session")
 def prod_signal():
-    return evaluate("prod")
+    # The Matrix backups' own bucket and IAM user (backupTarget aws) are tested in tests/components/matrix.
+    return evaluate("prod", backupTarget="local")
 
 
 @pytest.fixture(scope="session")
 def prod_elasticache():
-    return evaluate("prod", signalRedis="elasticache")
+    return evaluate("prod", signalRedis="elasticache", backupTarget="local")
 
 
 def user_data_text(evaluation) -> str:

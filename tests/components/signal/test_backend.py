@@ -10,6 +10,7 @@ import yaml
 from commstack import offline
 from components.edge.ports import public_ports
 from components.signal.host import PATHS, REGISTRATION_TLS_HOST
+from components.signal.server_config import NO_IDENTITY_TOKEN
 from components.signal.version import get_dotted, key_paths, load_version
 from tests.components.signal.conftest import missing_key_paths, role_policy, user_data, written_file
 from tests.conftest import ROOT, evaluate
@@ -109,7 +110,8 @@ def test_registration_service_is_reached_through_nginx_on_loopback_over_tls(prod
     assert (config["host"], config["port"]) == (REGISTRATION_TLS_HOST, rs["tls_port"]) == ("localhost", 442)
     assert config["registrationCaCertificate"] == cert.plain_outputs["certPem"]
     assert cert.plain_inputs["dnsNames"] == [config["host"]]
-    assert json.loads(config["credentialConfigurationJson"])["type"] == "external_account"
+    # The build patch removes the identity-token credentials; the config says so instead of holding a credential.
+    assert config["credentialConfigurationJson"] == config["secondaryCredentialConfigurationJson"] == NO_IDENTITY_TOKEN
 
     # nginx: a loopback-only TLS gRPC server with the internal certificate, passing to registration-service.
     servers = nginx_servers(written_file(prod_signal, "/etc/nginx/sites-available/signal.conf"))
@@ -370,3 +372,22 @@ def test_a_docker_signal_stack_never_imports_pulumi_aws():
     assert "components.signal.local" in modules and "components.signal.backend" in modules
     assert not [m for m in modules if m.startswith("pulumi_aws")]
     assert not {"components.signal.iam", "components.edge.firewall"} & set(modules)
+
+
+def test_remote_config_has_an_inert_audience_the_server_requires(prod_signal):
+    # Signal-Server refused the empty list at startup (tests/integration/test_signal_jvm.py):
+    # "remoteConfig.audiences must not be empty" (RemoteConfigConfiguration: @NotEmpty List<String> audiences).
+    remote = _server_config(prod_signal)["remoteConfig"]
+    assert remote["audiences"] and all(a.endswith(".invalid") for a in remote["audiences"])
+    assert remote["authorizedUsers"] == []  # so no Google sign-in can use it
+
+
+def test_the_dynamic_configuration_passes_the_servers_validation(prod_signal, dev_evaluation):
+    # `{}` failed DynamicConfiguration validation in the real server ("captcha.scoreFloor must not be null"),
+    # which then waited forever for a valid first document (tests/integration/test_signal_jvm.py).
+    hosted = yaml.safe_load(prod_signal.of_type("aws:appconfig/hostedConfigurationVersion:HostedConfigurationVersion")[0]
+                            .plain_inputs["content"])
+    floor = hosted["captcha"]["scoreFloor"]
+    assert isinstance(floor, (int, float)) and 0 <= floor <= 1
+    local = {u["file"]: u["content"] for u in dev_evaluation.named("signal-local-aws-local").plain_inputs["uploads"]}
+    assert yaml.safe_load(local["/etc/aws-local/dynamic-config.yml"]) == hosted

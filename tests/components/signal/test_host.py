@@ -5,6 +5,7 @@ import base64
 import datetime
 import gzip
 import os
+import re
 import shutil
 import subprocess
 
@@ -287,3 +288,46 @@ def test_no_container_can_reach_the_instance_metadata_service(prod_signal):
     unit = _unit(written_file(prod_signal, "/etc/systemd/system/signal-redis.service"))
     assert f"/bin/sh -c '{IMDS_FIREWALL}'" in unit["ExecStartPre"]
     assert "iptables -I DOCKER-USER -d 169.254.169.254/32 -j REJECT" in IMDS_FIREWALL
+
+
+def _patch_target(tmp_path, text: str):
+    target = tmp_path / "service/src/main/java/org/whispersystems/textsecuregcm/registration/RegistrationServiceClient.java"
+    target.parent.mkdir(parents=True)
+    target.write_text(text)
+    return target
+
+
+CALL = ".withCallCredentials(IdentityTokenCallCredentials.fromCredentialConfig(credentialConfigJson, identityTokenAudience))"
+
+
+@pytest.mark.parametrize("source,applies", [
+    (f"stub = newStub(channel)\n    {CALL};\n", True),
+    # Upstream moved the call or changed it: the build stops instead of shipping a client that asks Google.
+    ("stub = newStub(channel)\n    .withCallCredentials(IdentityTokenCallCredentials.fromConfig(json));\n", False),
+    ("stub = newStub(channel)\n    .withCallCredentials(\n        IdentityTokenCallCredentials.fromCredentialConfig("
+     "credentialConfigJson, identityTokenAudience));\n", False),
+])
+def test_the_build_patch_removes_the_identity_token_call_or_fails(tmp_path, source, applies):
+    target = _patch_target(tmp_path, source)
+    run = subprocess.run(["sh", "-c", VERSION["build_patch"]], cwd=tmp_path, capture_output=True, text=True)
+    assert (run.returncode == 0) == applies, run.stderr
+    if applies:
+        assert "withCallCredentials" not in target.read_text() and "stub = newStub(channel)" in target.read_text()
+
+
+def test_every_server_build_applies_the_patch_first(prod_signal, dev_evaluation):
+    from components.signal.host import server_build_steps
+
+    steps = server_build_steps(VERSION)
+    assert steps.index(VERSION["build_patch"]) < steps.index(VERSION["build"])
+    fetch = next(c for c in user_data(prod_signal)["runcmd"] if isinstance(c, list) and "git clone" in c[2])[2]
+    assert steps in fetch
+    assert dev_evaluation.named("signal-local-server-image").plain_inputs["build"]["args"]["BUILD"] == steps
+
+
+def test_the_build_names_its_jar_as_the_data_file_expects_even_from_the_patched_tree():
+    # jgitver (Signal-Server's .mvn/extensions.xml, useDirty) names a build of a modified tree <tag>-dirty, and
+    # the patched tree is modified: the version is given, so service/target/<jar> exists.
+    forced = re.search(r"-Djgitver\.use-version=(\S+)", VERSION["build"])
+    assert forced and VERSION["jar"] == f"service/target/TextSecureServer-{forced.group(1)}.jar"
+    assert forced.group(1) == VERSION.ref.lstrip("v")

@@ -164,8 +164,10 @@ def test_docker_target_reaches_registration_service_directly_over_tls(dev_evalua
     registration = dev_evaluation.named("signal-local-registration")
     files = _uploads(registration)
     server = yaml.safe_load(files["/etc/registration/application.yml"])["grpc"]["server"]
-    assert server == {"port": 50051, "ssl": {"enabled": True, "cert-chain": "/etc/registration/cert.pem",
-                                             "private-key": "/etc/registration/key.pem"}}
+    # `file:`: micronaut-grpc reads both through the ResourceResolver (a bare path is a classpath resource, and
+    # with neither found it served plaintext to the real Signal-Server, tests/integration/test_signal_jvm.py).
+    assert server == {"port": 50051, "ssl": {"cert-chain": "file:/etc/registration/cert.pem",
+                                             "private-key": "file:/etc/registration/key.pem"}}
     cert = dev_evaluation.named("signal-internal-tls-cert")
     assert files["/etc/registration/cert.pem"] == cert.plain_outputs["certPem"]
     assert cert.plain_inputs["dnsNames"] == [REGISTRATION_ALIAS]
@@ -255,3 +257,9 @@ def test_a_failed_setup_job_stops_the_deployment_before_the_server(monkeypatch):
         offline.evaluate("dev", config=stack_config("dev"), secret_keys=list(TEST_SECRETS), record=record)
     assert "signal-local-redis-cluster-create" in [r.name for r in record.registrations]
     assert "signal-local-server" not in [r.name for r in record.registrations]
+
+
+def test_dynamodb_local_sends_no_telemetry(dev_evaluation):
+    # DynamoDB Local 2.x reports usage to AWS unless told not to (its -help: -disableTelemetry).
+    command = dev_evaluation.named("signal-local-dynamodb").plain_inputs["command"]
+    assert command[:2] == ["-jar", "DynamoDBLocal.jar"] and "-disableTelemetry" in command

@@ -182,3 +182,20 @@ def test_a_verification_is_twilio_or_insecure_never_both_or_neither():
             Verification(**bad)
     insecure = yaml.safe_load(render_registration_config(50051, Verification(insecure_unverified=True)))
     assert insecure == {"grpc": {"server": {"port": 50051}}}
+
+
+def test_the_selfhosted_beans_are_declared_by_interface():
+    # A Micronaut factory bean takes the annotations of its declared type: declared as MemorySessionRepository
+    # (or a Noop repository class), it inherits that class's @Requires(env = dev) and never exists outside dev,
+    # which the real registration-service refused to start on (tests/integration/test_signal_jvm.py).
+    import re
+
+    from components.signal.version import SIGNAL_CONFIGS
+
+    source = (SIGNAL_CONFIGS / "CommstackSelfHosted.java").read_text()
+    factory = source[source.index("@Factory"):source.index("class AllowedNumbersRateLimiter")]
+    declared = re.findall(r"@Singleton\s+(?:@Named\(\"[^\"]+\"\)\s+)?([\w<>.]+) \w+\(", factory)
+    assert declared == ["SessionRepository", "PrescribedVerificationCodeRepository",
+                        "FictitiousNumberVerificationCodeRepository", "RateLimiter<Phonenumber.PhoneNumber>"]
+    assert '@Requires(env = CommstackSelfHosted.ENVIRONMENT)' in factory
+    assert 'ENVIRONMENT = "' + SELFHOSTED_ENVIRONMENT + '"' in factory

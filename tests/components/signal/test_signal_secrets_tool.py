@@ -165,3 +165,16 @@ def test_assemble_writes_registration_services_secrets_file_for_its_user_only(tm
     with pytest.raises(subprocess.CalledProcessError) as failed:
         _run(tmp_path, env, "assemble")
     assert f"missing {TWILIO_SECRET_PARAMETER}" in failed.value.stderr
+
+
+def test_recaptcha_gets_a_well_formed_credential_not_the_samples_empty_object(tmp_path, dev_evaluation):
+    # Signal-Server refused "{ }" at startup: RecaptchaClient builds GoogleCredentials from it ("'type' field not
+    # specified", tests/integration/test_signal_jvm.py). assemble fills both with the stand-in service account.
+    uploads = {u["file"]: u["content"] for u in dev_evaluation.named("signal-local-server").plain_inputs["uploads"]}
+    paths, env = _setup(tmp_path, base_config=uploads["/etc/signal/config.base.yml"])
+    _run(tmp_path, env, "first-boot")
+    _run(tmp_path, env, "assemble")
+    recaptcha = yaml.safe_load(open(paths["config_out"]))["recaptcha"]
+    for key in ("credentialConfigurationJson", "secondaryCredentialConfigurationJson"):
+        credential = json.loads(recaptcha[key])
+        assert credential["type"] == "service_account" and "BEGIN PRIVATE KEY" in credential["private_key"]

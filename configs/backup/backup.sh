@@ -1,0 +1,22 @@
+#!/bin/sh
+# One backup: a custom-format dump of every database, then one restic snapshot of the dumps,
+# Synapse's local media and signing key and Traefik's ACME store; then the retention policy.
+set -eu
+. "$(dirname "$0")/lib.sh"
+open_repository init
+dumps="$STAGING_DIR/postgres"
+rm -rf "$dumps" && mkdir -p "$dumps"
+for db in $DATABASES; do
+  # Synapse's backup guide: one-time keys are not worth restoring (clients upload fresh ones).
+  dump_with_counts "$db" "$dumps/$db.dump" "$dumps/$db.counts" || fail "pg_dump of $db failed; no snapshot was taken"
+done
+set -- "$dumps"
+for path in "$MEDIA_DIR/local_content" "$MEDIA_DIR/local_thumbnails" "$SIGNING_KEY_FILE" ${ACME_DIR:+"$ACME_DIR"}; do
+  if [ -e "$path" ]; then set -- "$@" "$path"; fi
+done
+restic backup --host "$BACKUP_HOST" --tag commstack "$@"
+restic forget --quiet --host "$BACKUP_HOST" --tag commstack --group-by host,tags --prune \
+  --keep-daily "$KEEP_DAILY" --keep-weekly "$KEEP_WEEKLY" --keep-monthly "$KEEP_MONTHLY"
+rm -rf "$dumps"
+date -u +%s >"$STAGING_DIR/last-backup"  # for health.sh
+echo "backup done"

@@ -1,0 +1,199 @@
+"""The backup job as the program renders it: on by default in dev and prod, its scripts and env.sh, its
+repository (a protected volume, an AWS bucket, or an S3-compatible endpoint) and its schedule."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+
+import pytest
+
+from commstack import offline
+from components.matrix import backup
+from components.matrix.backup_bucket import job_policy
+from components.settings import SettingsError
+from tests.conftest import evaluate, stack_config
+
+
+def _env(evaluation) -> dict[str, str]:
+    text = _files(evaluation)[backup.ENV_PATH]
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export "):].partition("=")
+            values[key] = shlex.split(value)[0] if value else ""
+    return values
+
+
+def _files(evaluation) -> dict[str, str]:
+    container = evaluation.container(backup.CONTAINER)
+    uploads = offline.unwrap(container.inputs["uploads"])
+    return {u["file"]: offline.unwrap(u["content"]) for u in uploads}
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_dev_and_prod_render_the_job_its_repository_and_schedule(stack, dev_evaluation, prod_evaluation):
+    evaluation = dev_evaluation if stack == "dev" else prod_evaluation
+    env = _env(evaluation)
+    files = _files(evaluation)
+    assert {f"{backup.SCRIPTS_DIR}/{s}" for s in backup.SCRIPTS} <= set(files)
+    for name in backup.SCRIPTS:
+        assert files[f"{backup.SCRIPTS_DIR}/{name}"] == (backup.BACKUP_CONFIGS / name).read_text()
+    assert env["SCHEDULE_AT"] == "03:30" and env["DRILL_WEEKDAY"] == "7"
+    assert (env["KEEP_DAILY"], env["KEEP_WEEKLY"], env["KEEP_MONTHLY"]) == ("7", "4", "6")
+    bridges = ["mautrix_whatsapp"] if stack == "dev" else ["mautrix_whatsapp", "mautrix_telegram"]
+    assert env["DATABASES"].split() == ["synapse", *bridges]
+    assert env["EXCLUDE_TABLE_DATA"] == "e2e_one_time_keys_json"
+    container = evaluation.container(backup.CONTAINER)
+    assert container.plain_inputs["restart"] == "unless-stopped"
+    assert container.plain_inputs["entrypoints"] == ["/bin/sh", "/commstack/schedule.sh"]
+    mounts = {v["containerPath"]: v["volumeName"] for v in container.plain_inputs["volumes"]}
+    assert mounts[backup.MEDIA_DIR] == "synapse-media"
+    outputs = evaluation.plain_stack_outputs
+    password = evaluation.named("matrix-backup-repository-password")
+    assert password.protect is True
+    assert offline.is_secret(evaluation.stack_outputs["backupRepositoryPassword"])
+    # The stop list for `restore --stop-services`: Synapse and each bridge.
+    label, = container.plain_inputs["labels"]
+    assert label["value"].split(",") == ["synapse", *[f"bridge-{b.split('_')[1]}" for b in bridges]]
+    if stack == "dev":
+        assert env["RESTIC_REPOSITORY"] == backup.LOCAL_REPOSITORY == outputs["backupRepository"]
+        volume = evaluation.named("matrix-backup-repository")
+        assert volume.protect is True and volume.retain_on_delete is True
+        assert mounts[backup.LOCAL_REPOSITORY] == "backup-repository"
+        assert env["ACME_DIR"] == "" and env["S3_CREDENTIALS_FILE"] == ""
+    else:
+        bucket = evaluation.named("matrix-backup-bucket-bucket")
+        assert env["RESTIC_REPOSITORY"] == f"s3:s3.eu-central-1.amazonaws.com/{bucket.plain_outputs['bucket']}/restic"
+        assert outputs["backupRepository"] == env["RESTIC_REPOSITORY"]
+        assert backup.LOCAL_REPOSITORY not in mounts
+        # Let's Encrypt's store is kept.
+        assert env["ACME_DIR"] == backup.ACME_DIR and mounts[backup.ACME_DIR] == "matrix-proxy-acme"
+        assert env["S3_CREDENTIALS_FILE"] == backup.S3_CREDENTIALS_FILE and env["AWS_DEFAULT_REGION"] == "eu-central-1"
+
+
+def test_secret_files_are_secret_and_private(prod_evaluation):
+    container = prod_evaluation.container(backup.CONTAINER)
+    uploads = {u["file"]: u for u in offline.unwrap(container.inputs["uploads"])}
+    for path in (backup.PASSWORD_FILE, backup.PGPASS_PATH, backup.S3_CREDENTIALS_FILE, backup.SIGNING_KEY_FILE):
+        assert uploads[path]["permissions"] in ("0400", "0600") and uploads[path]["owner"] == "0", path
+    assert offline.is_secret(container.inputs["uploads"])
+    # Never in the environment or the command line.
+    assert not container.plain_inputs.get("envs")
+    key_id = prod_evaluation.named("matrix-backup-bucket-job-key")
+    assert key_id.plain_outputs["id"] in offline.unwrap(uploads[backup.S3_CREDENTIALS_FILE]["content"])
+
+
+def test_the_aws_bucket_is_private_versioned_encrypted_protected_with_a_lifecycle(prod_evaluation):
+    bucket = prod_evaluation.named("matrix-backup-bucket-bucket")
+    assert bucket.protect is True and bucket.retain_on_delete is True and bucket.plain_inputs["forceDestroy"] is False
+    children = {r.type.split(":")[-1]: r for r in prod_evaluation.children_of(bucket.parent)}
+    block = children["BucketPublicAccessBlock"].plain_inputs
+    assert all(block[k] is True for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls",
+                                           "restrictPublicBuckets"))
+    assert children["BucketVersioning"].plain_inputs["versioningConfiguration"]["status"] == "Enabled"
+    sse = children["BucketServerSideEncryptionConfiguration"].plain_inputs["rules"][0]
+    assert sse["applyServerSideEncryptionByDefault"]["sseAlgorithm"] == "AES256"
+    rule, = children["BucketLifecycleConfiguration"].plain_inputs["rules"]
+    assert rule["status"] == "Enabled" and rule["noncurrentVersionExpiration"]["noncurrentDays"] == 30
+    assert children["BucketOwnershipControls"].plain_inputs["rule"]["objectOwnership"] == "BucketOwnerEnforced"
+    # The job's credential reaches this bucket's objects and nothing else.
+    policy = json.loads(children["UserPolicy"].plain_inputs["policy"])
+    arn = bucket.plain_outputs["arn"]
+    assert policy == job_policy(arn)
+    resources = {r for s in policy["Statement"] for r in s["Resource"]}
+    assert resources == {arn, f"{arn}/*"}
+    assert all("*" not in a for s in policy["Statement"] for a in s["Action"])
+
+
+def test_an_s3_compatible_endpoint_takes_the_named_bucket_and_keys():
+    evaluation = evaluate("dev", backupTarget="s3", backupS3Endpoint="https://s3.eu-central-003.backblazeb2.com",
+                          backupS3Bucket="my-matrix-backups", backupS3AccessKeyId="key-id-123",
+                          backupS3SecretAccessKey="secret-456")
+    env = _env(evaluation)
+    assert env["RESTIC_REPOSITORY"] == "s3:https://s3.eu-central-003.backblazeb2.com/my-matrix-backups/restic"
+    credentials = _files(evaluation)[backup.S3_CREDENTIALS_FILE]
+    assert "export AWS_ACCESS_KEY_ID=key-id-123\n" in credentials
+    assert not evaluation.of_type("aws:s3/bucket:Bucket") or all(
+        "matrix-backups" not in r.name for r in evaluation.of_type("aws:s3/bucket:Bucket"))
+
+
+def test_backups_can_be_turned_off_and_then_nothing_is_rendered():
+    evaluation = evaluate("dev", backup="false")
+    assert backup.CONTAINER not in {c.plain_inputs["name"] for c in evaluation.of_type("docker:index/container:Container")}
+    assert "backupRepository" not in evaluation.plain_stack_outputs
+
+
+@pytest.mark.parametrize("overrides, key, message", [
+    ({"backupSchedule": "25:00"}, "commstack:backupSchedule", "is not a time of day HH:MM"),
+    ({"backupRetention": '{"daily": -1}'}, "commstack:backupRetention", "daily, weekly and monthly counts"),
+    ({"backupRetention": '{"daily": 0, "weekly": 0, "monthly": 0}'}, "commstack:backupRetention", "keeps no snapshot"),
+    ({"backupRetention": '{"yearly": 3}'}, "commstack:backupRetention", "daily, weekly and monthly counts"),
+    ({"backupTarget": "tape"}, "commstack:backupTarget", "must be one of local, aws, s3"),
+    ({"backupTarget": "s3"}, "commstack:backupS3Endpoint", "is not an http(s)://host[:port] URL"),
+    ({"backupTarget": "s3"}, "commstack:backupS3AccessKeyId", "is required when backupTarget is s3"),
+    ({"backupTarget": "aws", "signal": "false", "aws__region": None}, "aws:region",
+     "is required when backupTarget is aws"),
+])
+def test_bad_backup_settings_name_the_key_and_the_fix(overrides, key, message):
+    with pytest.raises(SettingsError) as raised:
+        evaluate("dev", config=stack_config("dev", **overrides))
+    problems = [p for p in raised.value.problems if p.startswith(key + ":")]
+    assert problems and message in problems[0] and "pulumi config set" in problems[0], raised.value.problems
+
+
+def test_env_sh_quotes_every_value_for_the_shell(tmp_path):
+    from components.settings import BackupSettings
+
+    settings = BackupSettings(enabled=True, schedule="03:30", keep_daily=7, keep_weekly=4, keep_monthly=6,
+                              target="s3")
+    tricky = "s3:https://example.org/bucket/it's $(touch pwned) `x`"
+    text = backup.render_env(repository=tricky, databases=["synapse"], settings=settings, postgres_host="postgres",
+                             postgres_port=5432, superuser="postgres", acme=False, s3_credentials=True)
+    (tmp_path / "env.sh").write_text(text)
+    done = subprocess.run(["sh", "-c", '. ./env.sh && printf %s "$RESTIC_REPOSITORY"'], cwd=tmp_path,
+                          capture_output=True, text=True, check=True)
+    assert done.stdout == tricky and not (tmp_path / "pwned").exists()
+    with pytest.raises(ValueError, match="plain lowercase identifier"):
+        backup.render_env(repository="/r", databases=["synapse; rm -rf /"], settings=settings, postgres_host="p",
+                          postgres_port=1, superuser="postgres", acme=False, s3_credentials=False)
+
+
+def test_seconds_until_the_next_run_wraps_to_tomorrow(tmp_path):
+    lib = (backup.BACKUP_CONFIGS / "lib.sh").read_text()
+    (tmp_path / "env.sh").write_text("")
+    (tmp_path / "lib.sh").write_text(lib)
+    (tmp_path / "probe.sh").write_text('. "$(dirname "$0")/lib.sh"\nseconds_until "$1"\n')
+    import datetime
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    soon = (now + datetime.timedelta(minutes=10)).strftime("%H:%M")
+    past = (now - datetime.timedelta(minutes=10)).strftime("%H:%M")
+    ahead = int(subprocess.run(["sh", str(tmp_path / "probe.sh"), soon], capture_output=True, text=True,
+                               check=True).stdout)
+    behind = int(subprocess.run(["sh", str(tmp_path / "probe.sh"), past], capture_output=True, text=True,
+                                check=True).stdout)
+    assert 9 * 60 - 60 <= ahead <= 10 * 60
+    assert 86400 - 11 * 60 <= behind <= 86400 - 9 * 60 + 60
+
+
+def test_health_is_bad_without_a_recent_backup_or_scheduler_start(tmp_path):
+    import time
+
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (tmp_path / "env.sh").write_text(f"export STAGING_DIR={shlex.quote(str(staging))}\n")
+    for name in ("lib.sh", "health.sh"):
+        (tmp_path / name).write_text((backup.BACKUP_CONFIGS / name).read_text())
+
+    def healthy() -> bool:
+        return subprocess.run(["sh", str(tmp_path / "health.sh")], capture_output=True).returncode == 0
+
+    assert not healthy()
+    (staging / "scheduler-started").write_text(f"{int(time.time())}\n")
+    assert healthy()
+    (staging / "last-backup").write_text(f"{int(time.time()) - 37 * 3600}\n")
+    assert not healthy()
+    (staging / "last-backup").write_text(f"{int(time.time()) - 3600}\n")
+    assert healthy()
