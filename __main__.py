@@ -103,6 +103,9 @@ pulumi.export("registrationSharedSecret", matrix.registration_shared_secret)
 pulumi.export("createAdminCommand", matrix.create_admin_command)
 pulumi.export("dockerHost", settings.docker_host)  # where create-admin runs `docker exec` (empty: the local engine)
 pulumi.export("bridgeTokens", matrix.bridge_tokens)  # secret; `commstack doctor` pings each appservice
+if matrix.proxy.certificate_pem is not None:
+    # The generated certificate (public): what `doctor --stack` trusts, and what a client can pin.
+    pulumi.export("tlsCertificate", matrix.proxy.certificate_pem)
 if matrix.backup is not None:
     pulumi.export("backupRepository", matrix.backup.repository_url)
     pulumi.export("backupRepositoryPassword", matrix.backup.repository_password)  # secret: keep a copy off the host
@@ -129,6 +132,8 @@ if settings.signal.enabled:
     pulumi.export("signalUdTrustRoot", signal.ud_trust_root)
     pulumi.export("signalZkPublicParams", signal.zk_public_params)
     pulumi.export("signalClientInstructions", signal.client_instructions)
+    pulumi.export("signalTarget", settings.signal.target)
+    pulumi.export("signalLogsCommand", signal.logs_command)  # where doctor's hints send you
 
 if settings.edge.cloudflare_dns:
     from components.edge.dns import Dns, DnsArgs

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from types import ModuleType
 from typing import Optional, Sequence
@@ -20,6 +21,8 @@ COMMANDS = {
     "bench": ("commstack.bench", "time each committed stack on the offline engine and the harness cold boot"),
     "doctor": ("commstack.doctor", "check a deployed stack from outside: DNS, TLS, well-known, APIs, TURN, bridges"),
     "create-admin": ("commstack.admin", "create the first Synapse admin (register_new_matrix_user in its container, over the stack's dockerHost)"),
+    "registration-token": ("commstack.registration_token",
+                           "issue a registration token on a stack with registration: token"),
     "backup": ("commstack.backup", "take a backup of the Matrix half now (databases, media, signing key, ACME store)"),
     "backups": ("commstack.backups", "list the backup snapshots with their age and size"),
     "restore": ("commstack.restore", "restore a snapshot into the stack; refuses over live data unless told"),
@@ -42,11 +45,26 @@ def build_parser(selected: Optional[str] = None) -> argparse.ArgumentParser:
     return parser
 
 
+# Exit status for a failure no command anticipated (sysexits.h EX_SOFTWARE).
+INTERNAL_ERROR = 70
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     selected = argv[0] if argv and argv[0] in COMMANDS else None
     args = build_parser(selected).parse_args(argv)
-    return int(_module(args.command).main(args) or 0)
+    try:
+        return int(_module(args.command).main(args) or 0)
+    except KeyboardInterrupt:
+        print("error: cancelled", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every command handles the errors it expects
+        # A bug, not bad input: one line instead of a traceback, unless asked for.
+        if os.environ.get("COMMSTACK_TRACEBACK"):
+            raise
+        print(f"error: {args.command} failed unexpectedly ({type(exc).__name__}); this is a bug in commstack. "
+              "Run it again with COMMSTACK_TRACEBACK=1 to see where.", file=sys.stderr)
+        return INTERNAL_ERROR
 
 
 if __name__ == "__main__":

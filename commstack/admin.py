@@ -24,12 +24,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any, Optional
 
 import requests
 
 REGISTER_PATH = "/_synapse/admin/v1/register"
 TIMEOUT = 15
+MIN_PASSWORD_LENGTH = 12  # the README's create-admin line says so
 # The Synapse container (components/matrix/synapse.py LOGICAL_NAME), the user its image drops to
 # (docker/start.py; homeserver.yaml is that user's, mode 0600) and its loopback listener.
 SYNAPSE_CONTAINER = "synapse"
@@ -129,19 +131,45 @@ def _matrix_error(response: requests.Response) -> dict:
         return {"error": response.text[:200]}
 
 
+def passphrase_file() -> Path:
+    """Where ./scripts/up keeps the stack passphrase (generated once, never printed)."""
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "commstack" / "passphrase"
+
+
+def pulumi_env() -> dict[str, str]:
+    """The environment for Pulumi CLI subprocesses: the caller's, plus the passphrase file
+    ./scripts/up made when the caller gives no passphrase of their own."""
+    env = dict(os.environ)
+    if not env.get("PULUMI_CONFIG_PASSPHRASE") and not env.get("PULUMI_CONFIG_PASSPHRASE_FILE"):
+        if passphrase_file().is_file():
+            env["PULUMI_CONFIG_PASSPHRASE_FILE"] = str(passphrase_file())
+    return env
+
+
 def stack_outputs(stack: str, show_secrets: bool = False) -> dict[str, Any]:
     """The stack's outputs from the Pulumi CLI (values stay in this process)."""
     command = ["pulumi", "stack", "output", "--stack", stack, "--json"]
     if show_secrets:
         command.insert(3, "--show-secrets")
     try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        done = subprocess.run(command, capture_output=True, text=True, check=False, env=pulumi_env())
     except FileNotFoundError as exc:
         raise AdminError("the Pulumi CLI is not installed; see the README's quick start") from exc
     if done.returncode != 0:
         # stderr never holds output values, only the CLI's complaint.
-        raise AdminError(f"`pulumi stack output --stack {stack}` failed: {done.stderr.strip()[:300]}")
-    return json.loads(done.stdout or "{}")
+        complaint = done.stderr.strip()[:300]
+        hint = ""
+        if "passphrase" in complaint.lower():
+            hint = (f"; export PULUMI_CONFIG_PASSPHRASE_FILE={passphrase_file()} (./scripts/up keeps it there) "
+                    "or PULUMI_CONFIG_PASSPHRASE")
+        raise AdminError(f"`pulumi stack output --stack {stack}` failed: {complaint}{hint}")
+    try:
+        outputs = json.loads(done.stdout or "{}")
+    except ValueError as exc:
+        raise AdminError(f"`pulumi stack output --stack {stack} --json` did not print JSON") from exc
+    if not isinstance(outputs, dict):
+        raise AdminError(f"`pulumi stack output --stack {stack} --json` did not print an object")
+    return outputs
 
 
 def _read_password(from_stdin: bool) -> str:
@@ -153,8 +181,8 @@ def _read_password(from_stdin: bool) -> str:
             raise AdminError("the passwords differ")
     if password != password.strip():
         raise AdminError("the password must not start or end with whitespace")
-    if len(password) < 12:
-        raise AdminError("use a password of at least 12 characters")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AdminError(f"use a password of at least {MIN_PASSWORD_LENGTH} characters")
     return password
 
 

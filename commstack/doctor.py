@@ -10,8 +10,11 @@ shared secret) from `pulumi stack output`; explicit flags override them.
 `--via PUBLIC=LOCAL` sends traffic for a public host:port elsewhere (like
 curl's --connect-to: Host header, SNI and certificate check keep the public
 name), for a stack reached through a tunnel or the loopback harness.
-`--ca-file PEM` trusts a self-signed stack's certificate instead of the
-system's CAs; `--insecure-tls` skips TLS checks and is for tests only.
+A self-signed stack's certificate is its `tlsCertificate` output: with `--stack`
+doctor trusts it by itself; without, `--ca-file PEM` names it (e.g. saved with
+`pulumi stack output tlsCertificate > dev.pem`). `--insecure-tls` skips the
+certificate checks altogether, for when neither is at hand. Names under
+`.localhost` that this machine does not resolve are reached on 127.0.0.1.
 
 Protocols: Matrix spec v1.x server discovery (/.well-known/matrix/*),
 Client-Server API (/versions, /voip/turnServer, /v1/appservice/{id}/ping),
@@ -22,16 +25,19 @@ the TURN REST credential scheme coturn's use-auth-secret implements.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import hashlib
 import hmac
 import ipaddress
 import os
+import re
 import secrets
 import socket
 import ssl
 import struct
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -72,6 +78,8 @@ class Target:
     insecure_tls: bool = False
     ca_file: Optional[str] = None  # trust these PEM certificates instead of the system's CAs
     via: dict[str, str] = field(default_factory=dict)  # "host:port" -> "[scheme://]addr:port"
+    self_signed: bool = False  # the stack generated its certificate (tlsCertificate output or --ca-file)
+    signal_logs: Optional[str] = None  # where Signal-Server's log is (the stack's signalLogsCommand)
 
 
 # -- reaching public names ----------------------------------------------------------------
@@ -81,11 +89,26 @@ def _default_port(scheme: str) -> int:
     return {"https": 443, "http": 80, "turns": 5349, "turn": 3478}.get(scheme, 443)
 
 
+def _unresolved_localhost(host: Optional[str]) -> bool:
+    """A .localhost name (loopback by RFC 6761 §6.3) that this machine's resolver does not know
+    (no nss-myhostname, no hosts-file line)."""
+    if not host or not (host == "localhost" or host.endswith(".localhost")):
+        return False
+    try:
+        socket.getaddrinfo(host, None)
+        return False
+    except (socket.gaierror, UnicodeError):
+        return True
+
+
 def reach(via: dict[str, str], url: str) -> str:
     """`url` rewritten through `--via`, if its host:port has an entry: where packets go."""
     parts = urlsplit(url)
-    key = f"{parts.hostname}:{parts.port or _default_port(parts.scheme)}"
+    port = parts.port or _default_port(parts.scheme)
+    key = f"{parts.hostname}:{port}"
     local = via.get(key)
+    if local is None and _unresolved_localhost(parts.hostname):
+        local = f"127.0.0.1:{port}"
     if local is None:
         return url
     scheme, sep, netloc = local.rpartition("://")
@@ -94,6 +117,8 @@ def reach(via: dict[str, str], url: str) -> str:
 
 def reach_address(target: Target, host: str, port: int) -> tuple[str, int]:
     local = target.via.get(f"{host}:{port}")
+    if local is None and _unresolved_localhost(host):
+        return "127.0.0.1", port
     if local is None:
         return host, port
     netloc = local.rpartition("://")[2]
@@ -176,8 +201,8 @@ def check_dns(host: str, public_ip: Optional[str]) -> Check:
     name = f"dns {host}"
     try:
         addresses = resolve(host)
-    except socket.gaierror as exc:
-        return Check(name, FAIL, f"no answer ({exc.strerror})",
+    except (socket.gaierror, UnicodeError) as exc:
+        return Check(name, FAIL, f"no answer ({getattr(exc, 'strerror', None) or exc})",
                      f"create an A record for {host} (cloudflareDns true, or at your DNS provider)")
     if public_ip and public_ip not in addresses:
         return Check(name, FAIL, f"answers {', '.join(addresses)}, not {public_ip}",
@@ -188,7 +213,8 @@ def check_dns(host: str, public_ip: Optional[str]) -> Check:
 def check_tls(target: Target, host: str, port: int) -> Check:
     name = f"tls {host}:{port}"
     if target.insecure_tls:
-        return Check(name, SKIP, "relaxed by --insecure-tls", "drop --insecure-tls outside a test harness")
+        return Check(name, SKIP, "relaxed by --insecure-tls",
+                     "to check it: drop --insecure-tls (with --stack a self-signed stack's certificate is trusted)")
     addr, local_port = reach_address(target, host, port)
     context = ssl.create_default_context(cafile=target.ca_file)
     try:
@@ -196,8 +222,12 @@ def check_tls(target: Target, host: str, port: int) -> Check:
             with context.wrap_socket(raw, server_hostname=host) as tls:
                 cert = tls.getpeercert()
     except ssl.SSLCertVerificationError as exc:
-        return Check(name, FAIL, exc.verify_message or str(exc),
-                     "check the Traefik ACME log (DNS-01 token, acmeEmail) or that the name is in certificate_hosts")
+        hint = ("the stack generated this certificate: give --stack (doctor then trusts its tlsCertificate output), "
+                "or --ca-file with `pulumi stack output tlsCertificate` saved to a file; after a `pulumi up` that "
+                "renewed it, save it again" if target.self_signed or target.ca_file is not None
+                else "check the Traefik ACME log (`docker logs proxy`: DNS-01 token, acmeEmail) or that the name is "
+                     "in certificate_hosts; for a tls self-signed stack give --stack or --ca-file")
+        return Check(name, FAIL, exc.verify_message or str(exc), hint)
     except OSError as exc:
         return Check(name, FAIL, f"cannot connect: {exc}", f"open {port}/tcp to the host and check the proxy runs")
     expires = ssl.cert_time_to_seconds(cert["notAfter"])
@@ -519,18 +549,20 @@ def check_bridge(target: Target, base_url: str, appservice_id: str, as_token: st
 def check_signal(target: Target) -> Check:
     """Signal-Server answers: 2xx, or its own JSON 401 for an endpoint that needs credentials
     (e.g. /v1/accounts/whoami, the stack's signalHealthUrl) — not a proxy error page."""
+    logs = target.signal_logs or "Signal-Server's log"
+    except_hint = f"is Signal-Server running? see `{logs}`"
     try:
         response = _get(target, target.signal_health_url)
     except requests.RequestException as exc:
-        return Check("signal health", FAIL, str(exc)[:200], "is signal-server.service running? `journalctl -u signal-server`")
+        return Check("signal health", FAIL, str(exc)[:200], except_hint)
     if response.status_code // 100 == 2:
         return Check("signal health", PASS, f"HTTP {response.status_code}")
     if response.status_code == 401 and _json_field(response, "code") == 401:
         return Check("signal health", PASS, "HTTP 401 from Signal-Server (credentials required)")
     if response.status_code in (502, 503, 504):
         return Check("signal health", FAIL, f"HTTP {response.status_code}",
-                     "nginx cannot reach Signal-Server: `systemctl status signal-server` on the instance")
-    return Check("signal health", FAIL, f"HTTP {response.status_code}", "see `journalctl -u signal-server` on the instance")
+                     f"the proxy in front cannot reach Signal-Server: see `{logs}`")
+    return Check("signal health", FAIL, f"HTTP {response.status_code}", f"see `{logs}`")
 
 
 def _json_field(response: requests.Response, key: str):
@@ -604,12 +636,93 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
     return pairs
 
 
+_HOST_RE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?",
+                      re.ASCII)
+
+
+def _valid_host(host: Optional[str]) -> bool:
+    if not host:
+        return False
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return bool(_HOST_RE.fullmatch(host)) and len(host) <= 253
+
+
+def _check_url(flag: str, url: Optional[str]) -> None:
+    if url is None:
+        return
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise AdminError(f"{flag} {url!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not _valid_host(parts.hostname):
+        raise AdminError(f"{flag} {url!r} is not an http(s) URL with a host name (e.g. https://matrix.example.org/)")
+
+
+def _check_target(target: Target) -> None:
+    """Refuses malformed names and addresses before any traffic (each message names the flag)."""
+    host, _, port = target.server_name.rpartition(":") if target.server_name.count(":") == 1 else (target.server_name, "", "")
+    if not _valid_host(host) or (port and not port.isdigit()):
+        raise AdminError(f"--server-name {target.server_name!r} is not a host name (e.g. example.org)")
+    for flag, url in (("--homeserver-url", target.homeserver_url), ("--well-known-url", target.well_known_url),
+                      ("--admin-url", target.admin_url), ("--signal-health-url", target.signal_health_url)):
+        _check_url(flag, url)
+    if target.public_ip is not None:
+        try:
+            ipaddress.ip_address(target.public_ip)
+        except ValueError:
+            raise AdminError(f"--public-ip {target.public_ip!r} is not an IP address") from None
+    for uri in target.turn_uris:
+        try:
+            scheme, turn_host, _, _ = parse_turn_uri(uri)
+        except ValueError:
+            scheme, turn_host = "", ""
+        if scheme not in ("turn", "turns") or not _valid_host(turn_host):
+            raise AdminError(f"--turn-uri {uri!r} is not a TURN URI (e.g. turn:turn.example.org:3478?transport=udp)")
+    for public, local in target.via.items():
+        public_host, _, public_port = public.rpartition(":")
+        local_addr = local.rpartition("://")[2]
+        local_host, _, local_port = local_addr.rpartition(":")
+        if not (_valid_host(public_host) and public_port.isdigit() and _valid_host(local_host) and local_port.isdigit()):
+            raise AdminError(f"--via {public}={local} is not HOST:PORT=[SCHEME://]ADDR:PORT "
+                             "(e.g. matrix.example.org:443=127.0.0.1:8443)")
+    if target.ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=target.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise AdminError(f"--ca-file {target.ca_file}: {getattr(exc, 'strerror', None) or exc} (a PEM file, e.g. "
+                             "`pulumi stack output tlsCertificate > stack.pem`)") from None
+
+
+def _stack_certificate_file(pem: str) -> str:
+    """The stack's own (public) certificate in a temporary file, for `ssl`'s cafile."""
+    handle = tempfile.NamedTemporaryFile("w", prefix="commstack-doctor-", suffix=".pem", delete=False)
+    with handle:
+        handle.write(pem)
+    atexit.register(lambda: os.path.exists(handle.name) and os.unlink(handle.name))
+    return handle.name
+
+
 def target_from_args(args: Any, outputs: Callable[[str], dict] = lambda stack: stack_outputs(stack, show_secrets=True)) -> Target:
     """Flags override what `--stack` reads from `pulumi stack output`."""
     stack = outputs(args.stack) if args.stack else {}
     server_name = args.server_name or stack.get("serverName")
     if not server_name:
         raise AdminError("give --stack NAME or --server-name DOMAIN")
+    target = _target(args, stack, server_name)
+    _check_target(target)
+    pem = stack.get("tlsCertificate")
+    if isinstance(pem, str) and pem.strip():
+        target.self_signed = True
+        if target.ca_file is None and not target.insecure_tls:
+            target.ca_file = _stack_certificate_file(pem)
+    return target
+
+
+def _target(args: Any, stack: dict, server_name: str) -> Target:
     return Target(
         server_name=server_name,
         homeserver_url=args.homeserver_url or stack.get("homeserverUrl"),
@@ -625,6 +738,8 @@ def target_from_args(args: Any, outputs: Callable[[str], dict] = lambda stack: s
         insecure_tls=args.insecure_tls,
         ca_file=args.ca_file,
         via=_pairs(args.via, "--via"),
+        self_signed=args.ca_file is not None,
+        signal_logs=stack.get("signalLogsCommand"),
     )
 
 
@@ -644,8 +759,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--via", action="append", metavar="HOST:PORT=[SCHEME://]ADDR:PORT",
                         help="send traffic for a public host:port here instead (tunnels, the test harness)")
     parser.add_argument("--ca-file", metavar="PEM", help="trust the certificates in this file instead of the system's "
-                                                        "CAs (a stack with tls self-signed)")
-    parser.add_argument("--insecure-tls", action="store_true", help="skip certificate checks (test harness only)")
+                                                        "CAs: a tls self-signed stack's certificate, saved with "
+                                                        "`pulumi stack output tlsCertificate > FILE` (with --stack "
+                                                        "doctor reads it by itself)")
+    parser.add_argument("--insecure-tls", action="store_true",
+                        help="skip certificate checks (and the TLS rows); only when no --stack or --ca-file can "
+                             "give the certificate")
     parser.add_argument("--backups", action="store_true",
                         help="also report the newest backup's age and the last restore drill (read through "
                              "`docker exec backup` on --backup-docker-host, or from --backup-scripts-dir)")
@@ -659,6 +778,9 @@ def main(args: Any) -> int:
     except AdminError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if target.insecure_tls and target.self_signed:
+        print("note: --insecure-tls skips the check of the stack's own certificate, which doctor could verify "
+              "without it", file=sys.stderr)
     checks = run_checks(target)
     if getattr(args, "backups", False):
         checks += check_backups(args)

@@ -23,6 +23,7 @@ import datetime
 import logging
 import os
 import random as _random_module
+import re
 import runpy
 import string
 import sys
@@ -140,6 +141,7 @@ class Registration:
     aliases: list[str]
     provider: str
     read: bool = False
+    delete_before_replace: Optional[bool] = None
 
     @property
     def plain_inputs(self) -> dict:
@@ -471,6 +473,8 @@ def make_monitor(evaluation: Evaluation, seed: Optional[str] = None):
                     dependencies=list(request.dependencies),
                     aliases=[a.urn or a.spec.name or a.spec.type for a in request.aliases] + list(request.aliasURNs),
                     provider=request.provider,
+                    delete_before_replace=(request.deleteBeforeReplace
+                                           if request.deleteBeforeReplaceDefined else None),
                 )
             )
             obj = _sync_await(rpc.serialize_properties(state, {}))
@@ -500,12 +504,30 @@ def install_component_mocks(stack: str = "test") -> Evaluation:
 # -- stack files --------------------------------------------------------------------
 
 
+# What `pulumi stack init` accepts as a stack's own name (and so in Pulumi.<stack>.yaml).
+_STACK_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,100}", re.ASCII)
+
+
+def check_stack_name(stack: str) -> None:
+    """Raises ValueError unless `stack` is a plain stack name (no path, no org/project prefix)."""
+    if not _STACK_NAME_RE.fullmatch(stack or "") or stack in (".", ".."):
+        raise ValueError(f"{stack!r} is not a stack name (letters, digits, '-', '_' and '.'); "
+                         f"committed stacks: {', '.join(committed_stacks())}")
+
+
 def stack_config(stack: str, project_dir: Path = ROOT) -> dict[str, str]:
     """The config of Pulumi.<stack>.yaml as the CLI hands it to the program."""
+    check_stack_name(stack)
     path = project_dir / f"Pulumi.{stack}.yaml"
     if not path.exists():
         raise FileNotFoundError(f"no stack file {path.name}; committed stacks: {', '.join(committed_stacks(project_dir))}")
-    raw = (yaml.safe_load(path.read_text()) or {}).get("config") or {}
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path.name} is not valid YAML: {exc}") from None
+    raw = (document.get("config") if isinstance(document, dict) else None) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path.name}: `config:` must be a mapping of keys to values")
     config = {}
     for key, value in raw.items():
         if isinstance(value, dict) and "secure" in value:

@@ -235,6 +235,8 @@ def resources_document(evaluation: offline.Evaluation) -> dict:
 
 
 def _prepare(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise RenderError(f"--out {out} is a file; give a directory (new or empty, or an earlier render)")
     if out.exists() and any(out.iterdir()):
         marker = out / RENDER_MARKER
         if not (marker.is_file() and marker.read_text() == MARKER_TEXT):
@@ -306,11 +308,15 @@ def main(args: argparse.Namespace) -> int:
     from components.settings import SettingsError
 
     try:
+        offline.check_stack_name(args.stack)
         config = offline.stack_config(args.stack)
         config.update(parse_overrides(args.set))
         result = render_stack(args.stack, args.out, config, redacted=args.redact)
-    except (RenderError, SettingsError, FileNotFoundError) as exc:
+    except (RenderError, SettingsError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the output directory: permissions, a full disk, a path through a file
+        print(f"error: cannot write the render into {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     if result.standins:
         # Key names only, never values.

@@ -2,9 +2,10 @@
 
 Renders each stack redacted (`render --redact`) from the tree of REF and from
 the working tree, each by its own code in its own process, and prints the
-unified diff to stdout. REF's tree comes from `git archive`, which leaves the
+unified diff to stdout, and a one-line summary ("no differences", or how many
+files differ) to stderr. REF's tree comes from `git archive`, which leaves the
 repository, its index and its worktrees untouched. Exit 0 whether or not the
-renders differ, 2 when one cannot be made.
+renders differ, 2 when one cannot be made or a --stack exists on neither side.
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ def render_diff(base: str, stacks: Optional[Sequence[str]] = None, repo: Path = 
         base_tree.mkdir()
         with tarfile.open(fileobj=io.BytesIO(_git(repo, "archive", "--format=tar", base))) as archive:
             archive.extractall(base_tree, filter="data")
+        for stack in stacks or []:
+            offline.check_stack_name(stack)
+            if not (repo / f"Pulumi.{stack}.yaml").exists() and not (base_tree / f"Pulumi.{stack}.yaml").exists():
+                known = sorted(set(offline.committed_stacks(repo)) | set(offline.committed_stacks(base_tree)))
+                raise RenderError(f"no stack {stack!r}: neither {base} nor the working tree has Pulumi.{stack}.yaml; "
+                                  f"stacks: {', '.join(known)}")
         for stack in stacks or offline.committed_stacks(repo):
             _render(base_tree, stack, work / "base" / stack, base)
             _render(repo, stack, work / "head" / stack, "the working tree")
@@ -68,8 +75,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        sys.stdout.write(render_diff(args.base, args.stack))
-    except RenderError as exc:
+        diff = render_diff(args.base, args.stack)
+    except (RenderError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    sys.stdout.write(diff)
+    stacks = ", ".join(args.stack or offline.committed_stacks())
+    # On stderr, so that stdout stays exactly the diff (the pull-request workflow posts it).
+    if diff:
+        files = sum(line.startswith("diff --git") for line in diff.splitlines())
+        print(f"{files} rendered file(s) differ between {args.base} and the working tree ({stacks})", file=sys.stderr)
+    else:
+        print(f"no differences: the redacted renders of {stacks} at {args.base} and in the working tree are identical",
+              file=sys.stderr)
     return 0

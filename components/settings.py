@@ -10,6 +10,7 @@ every bad or missing value, each with the key, what is wrong and the
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import re
@@ -27,33 +28,40 @@ KNOWN_BRIDGES = ("whatsapp", "telegram")
 # Matrix subdomains must stay clear of them when the Signal half is on.
 SIGNAL_SUBDOMAINS = ("chat", "storage", "cdn", "cdn2")
 _DNS_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
-_DOMAIN_RE = re.compile(rf"^(?:{_DNS_LABEL}\.)+{_DNS_LABEL}$")
-_REGION_RE = re.compile(r"^[a-z]{2}(?:-gov)?-[a-z]+-\d$")
-_INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\d[a-z0-9-]*\.(?:nano|micro|small|medium|large|metal|\d*xlarge)$")
+# Patterns are matched with fullmatch and re.ASCII: `$` would accept a trailing newline, `\d` any script's digits.
+_DOMAIN_RE = re.compile(rf"(?:{_DNS_LABEL}\.)+{_DNS_LABEL}", re.ASCII)
+_REGION_RE = re.compile(r"[a-z]{2}(?:-gov)?-[a-z]+-\d", re.ASCII)
+_INSTANCE_TYPE_RE = re.compile(r"[a-z][a-z0-9-]*\d[a-z0-9-]*\.(?:nano|micro|small|medium|large|metal|\d*xlarge)", re.ASCII)
 # An e-mail address: an RFC 5322 dot-atom local part (letters, digits and !#$%&'*+/=?^_`{|}~-, dots
 # between), then a DNS name with a letter-only top-level label. Quoted local parts, comments and
 # address literals are refused. Characters a shell would act on stay legal (o'brien@example.org):
 # every place the address lands quotes it (components/quoting.py).
 _EMAIL_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _EMAIL_RE = re.compile(rf"^(?=.{{1,64}}@){_EMAIL_ATOM}(?:\.{_EMAIL_ATOM})*@(?=.{{1,253}}$)"
-                       r"(?:(?!-)[A-Za-z0-9-]{1,63}(?<!-)\.)+[A-Za-z]{2,63}$")
+                       r"(?:(?!-)[A-Za-z0-9-]{1,63}(?<!-)\.)+[A-Za-z]{2,63}$", re.ASCII)
 # unix:///absolute/path, tcp://host:port, ssh://[user@]host[:port], npipe:////./pipe/name.
 _HOST_PART = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])"
 _DOCKER_HOST_RE = re.compile(
     rf"^(?:unix://(?:/[A-Za-z0-9._-]+)+|tcp://{_HOST_PART}:\d{{1,5}}|ssh://(?:[A-Za-z0-9._-]+@)?{_HOST_PART}(?::\d{{1,5}})?"
-    r"|npipe:////\./pipe/[A-Za-z0-9._-]+)$")
+    r"|npipe:////\./pipe/[A-Za-z0-9._-]+)$", re.ASCII)
 # s3://bucket/key: S3's bucket naming rules, and a key of S3's "safe" characters
 # (docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html) except `*`, which the key's
 # IAM resource ARN (components/signal/iam.py) would read as a wildcard.
-_S3_URI_RE = re.compile(r"^s3://(?!xn--)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/(?!/)[A-Za-z0-9!_.'()/-]{1,1024}$")
-_E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
+_S3_URI_RE = re.compile(r"^s3://(?!xn--)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/(?!/)[A-Za-z0-9!_.'()/-]{1,1024}$", re.ASCII)
+_E164_RE = re.compile(r"^\+[1-9]\d{6,14}$", re.ASCII)
 # Twilio SIDs: a two-letter type prefix and 32 hex digits (twilio.com/docs/glossary/what-is-a-sid).
-_TWILIO_SID_RE = {prefix: re.compile(rf"^{prefix}[0-9a-f]{{32}}$") for prefix in ("AC", "SK", "VA")}
+_TWILIO_SID_RE = {prefix: re.compile(rf"^{prefix}[0-9a-f]{{32}}$", re.ASCII) for prefix in ("AC", "SK", "VA")}
 # SMS Retriever app hash: 11 characters of base64 (developers.google.com/identity/sms-retriever/verify).
-_APP_HASH_RE = re.compile(r"^[A-Za-z0-9+/]{11}$")
-_REPO_RE = re.compile(r"^https://[A-Za-z0-9.-]+/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+?(?:\.git)?$")
+_APP_HASH_RE = re.compile(r"^[A-Za-z0-9+/]{11}$", re.ASCII)
+_REPO_RE = re.compile(r"https://[A-Za-z0-9.-]+/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+?(?:\.git)?", re.ASCII)
+_POSITIVE_INT_RE = re.compile(r"[0-9]+", re.ASCII)
+# MTProto's initConnection takes api_id as a 32-bit `int` (core.telegram.org/method/initConnection).
+TELEGRAM_API_ID_MAX = 2**31 - 1
+# The longest common name a certificate may carry (RFC 5280 ub-common-name); the
+# generated certificates use the domain and the TURN host as theirs.
+MAX_HOSTNAME_LENGTH = 64
 # Graviton (arm64) families: a generation digit then `g` (t4g, m7g, c7gn, r6gd, im4gn, ...), and a1.
-_ARM_INSTANCE_RE = re.compile(r"^(?:a1|[a-z]+\d+g[a-z]*)\.")
+_ARM_INSTANCE_RE = re.compile(r"^(?:a1|[a-z]+\d+g[a-z]*)\.", re.ASCII)
 # Suffixes no public CA issues for and no public DNS zone holds: RFC 6761 (localhost,
 # test, invalid, example), RFC 6762 (local), RFC 8375 (home.arpa), ICANN's `internal`,
 # and common private ones.
@@ -254,6 +262,8 @@ class Settings:
     edge: EdgeSettings
     matrix: MatrixSettings
     signal: SignalSettings
+    # Advice that does not stop the program (each also logged as a Pulumi warning).
+    warnings: tuple[str, ...] = ()
     backup: Optional[BackupSettings] = None
     # Container name -> memory limit in MB, overriding the container's default (components.common.Hardening).
     container_memory: dict = field(default_factory=dict)
@@ -271,7 +281,7 @@ def known_containers() -> tuple[str, ...]:
             *(f"bridge-{kind}" for kind in KNOWN_BRIDGES), *SIGNAL_LOCAL_CONTAINERS)
 
 
-_MEMORY_RE = re.compile(r"^(\d{1,6})([mg])$")
+_MEMORY_RE = re.compile(r"(\d{1,6})([mg])", re.ASCII)
 MIN_CONTAINER_MEMORY_MB = 32
 
 
@@ -279,7 +289,7 @@ def memory_mb(value: Any) -> Optional[int]:
     """`512m` / `4g` (or a number of MB) -> MB; None for anything else."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    matched = _MEMORY_RE.match(str(value).strip().lower())
+    matched = _MEMORY_RE.fullmatch(str(value).strip().lower())
     if not matched:
         return None
     return int(matched.group(1)) * (1024 if matched.group(2) == "g" else 1)
@@ -309,7 +319,12 @@ class _Reader:
 
     def secret(self, key: str) -> Optional[pulumi.Output]:
         spec = CONFIG_KEYS[key]
-        return self._configs[spec.namespace].get_secret(spec.name)
+        output = self._configs[spec.namespace].get_secret(spec.name)
+        if output is not None and secret_is_blank(spec.full_name):
+            # Only whether it is empty is looked at; the value itself is never shown.
+            self.problem(key, "is set but empty; set the real value (or remove it with "
+                              f"`pulumi config rm {spec.full_name}` if nothing needs it)")
+        return output
 
     def text(self, key: str) -> str:
         value = self.raw(key)
@@ -340,7 +355,7 @@ class _Reader:
             return tuple(CONFIG_KEYS[key].default)
         try:
             parsed = json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # RecursionError: thousands of nested brackets
             parsed = None
         if not isinstance(parsed, list) or not all(isinstance(item, str) for item in parsed):
             self.problem(key, f"must be a JSON list of strings, not {value!r}")
@@ -360,11 +375,76 @@ def _valid_ipv4(value: str) -> bool:
 
 
 def _valid_cidr(value: str) -> bool:
+    return cidr_problem(value) is None
+
+
+def cidr_problem(value: str) -> Optional[str]:
+    """Why `value` is not a network in CIDR notation (None when it is one)."""
     try:
         ipaddress.ip_network(value, strict=True)
+        return None
+    except ValueError as exc:
+        try:
+            network = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            return str(exc)
+        address = value.split("/", 1)[0]
+        return (f"it has host bits set: the network is {network}, "
+                f"the single address {address}/{network.max_prefixlen}")
+
+
+def _valid_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value.strip("[]"))
         return True
     except ValueError:
         return False
+
+
+def given_config_keys() -> set[str]:
+    """Every config key the engine handed the program (`pulumi config` of the stack)."""
+    from pulumi.runtime import config as runtime_config
+
+    return set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
+
+
+def secret_is_blank(full_key: str) -> bool:
+    from pulumi.runtime import config as runtime_config
+
+    value = runtime_config.get_config(full_key)
+    return isinstance(value, str) and not value.strip()
+
+
+def unknown_key_problems(keys: set[str]) -> list[str]:
+    """A problem for each key in the project's namespace (or a misspelling of it) that is not in
+    CONFIG_KEYS, with the nearest known key. Values are never shown: a mistyped key may hold a secret."""
+    known = {k.lower(): k for k in CONFIG_KEYS}
+    problems = []
+    for key in sorted(keys):
+        namespace, sep, name = key.partition(":")
+        if not sep or key in CONFIG_KEYS:
+            continue
+        if namespace != PROJECT and difflib.SequenceMatcher(None, namespace.lower(), PROJECT).ratio() < 0.75:
+            continue  # another provider's or tool's setting (aws:profile, docker:host, ...)
+        wanted = known.get(f"{PROJECT}:{name}".lower()) or known.get(key.lower())
+        if wanted is None:
+            close = difflib.get_close_matches(f"{PROJECT}:{name}".lower(), list(known), n=1, cutoff=0.6)
+            wanted = known[close[0]] if close else None
+        if wanted is None:
+            problems.append(f"{key}: is not a setting of this program (the config reference in README.md lists "
+                            f"them all). Fix: pulumi config rm {key}")
+            continue
+        spec = CONFIG_KEYS[wanted]
+        problems.append(f"{key}: is not a setting of this program; did you mean {wanted}? "
+                        f"Fix: pulumi config rm {key} && {spec.fix()}")
+    return problems
+
+
+def _free_label(key: str, taken: set[str]) -> str:
+    """A subdomain for `key` that no other key uses: its default if free, else a numbered one."""
+    default = str(CONFIG_KEYS[key].default)
+    candidates = [default] + [f"{default}{n}" for n in range(2, 10)]
+    return next(c for c in candidates if c not in taken and c not in SIGNAL_SUBDOMAINS)
 
 
 def non_public_domain(domain: str) -> bool:
@@ -449,9 +529,9 @@ def _signal_verification(r: "_Reader", domain: str, cloudflare_dns: bool, target
             if not value:
                 r.problem(key, why)
             else:
-                r.check(bool(pattern.match(value)), key, f"{value!r} is not {what}")
+                r.check(bool(pattern.fullmatch(value)), key, f"{value!r} is not {what}")
         r.check(secret is not None, "commstack:signalTwilioApiKeySecret", why)
-        bad = [n for n in allowed if not _E164_RE.match(n)]
+        bad = [n for n in allowed if not _E164_RE.fullmatch(n)]
         r.check(not bad, "commstack:signalAllowedNumbers", f"not E.164 phone numbers (+ and 7 to 15 digits): "
                 f"{', '.join(map(repr, bad))}", '\'["+15551234567"]\'')
         r.check(len(set(allowed)) == len(allowed), "commstack:signalAllowedNumbers", "lists a number twice",
@@ -462,18 +542,34 @@ def _signal_verification(r: "_Reader", domain: str, cloudflare_dns: bool, target
 
 def load_settings(stack: Optional[str] = None) -> Settings:
     """Reads and validates the whole stack config; raises SettingsError."""
-    r = _Reader()
     stack = stack or pulumi.get_stack()
+    # A misspelt key leaves the setting it was meant for at its default, so the other
+    # checks would judge a config nobody meant: these are reported first, alone.
+    unknown = unknown_key_problems(given_config_keys())
+    if unknown:
+        raise SettingsError(unknown)
+    r = _Reader()
+    warnings: list[str] = []
 
     # -- edge
     domain = r.text("commstack:domain").lower()
     if not domain:
         r.problem("commstack:domain", "is required (the Matrix server_name; user IDs become @user:<domain>)")
-    elif not _DOMAIN_RE.match(domain):
+    elif _valid_ip(domain):
+        r.problem("commstack:domain", f"{domain!r} is an IP address, but the Matrix server_name and the "
+                                      "matrix./element. hosts need a DNS name; use a domain you control "
+                                      "(or commstack.localhost to try it on this machine)")
+    elif not _DOMAIN_RE.fullmatch(domain):
         r.problem("commstack:domain", f"{domain!r} is not a valid DNS name (lowercase labels joined by dots)")
+    elif domain.rsplit(".", 1)[-1].isdigit():
+        r.problem("commstack:domain", f"{domain!r} ends in an all-digit label, which no top-level domain is")
+    elif len(domain) > MAX_HOSTNAME_LENGTH:
+        r.problem("commstack:domain", f"{domain!r} is {len(domain)} characters; certificates carry it as their "
+                                      f"common name, which may be at most {MAX_HOSTNAME_LENGTH}")
+    domain_ok = bool(domain) and not r.problems
 
     docker_host = r.text("commstack:dockerHost")
-    r.check(not docker_host or bool(_DOCKER_HOST_RE.match(docker_host)), "commstack:dockerHost",
+    r.check(not docker_host or bool(_DOCKER_HOST_RE.fullmatch(docker_host)), "commstack:dockerHost",
             f"{docker_host!r} is not a Docker host URL (unix:///path, tcp://host:port or ssh://user@host[:port])")
 
     public_ip = r.text("commstack:publicIp")
@@ -481,7 +577,7 @@ def load_settings(stack: Optional[str] = None) -> Settings:
 
     tls = r.choice("commstack:tls", ("self-signed", "letsencrypt"))
     acme_email = r.text("commstack:acmeEmail")
-    r.check(not acme_email or bool(_EMAIL_RE.match(acme_email)), "commstack:acmeEmail",
+    r.check(not acme_email or bool(_EMAIL_RE.fullmatch(acme_email)), "commstack:acmeEmail",
             f"{acme_email!r} is not an e-mail address (name@example.org: a dot-separated local part, then a DNS name)")
 
     cloudflare_dns = r.boolean("commstack:cloudflareDns")
@@ -499,7 +595,7 @@ def load_settings(stack: Optional[str] = None) -> Settings:
             "needs cloudflareDns true (the token is scoped to the zone the program looks up)", "false")
     r.check(not cloudflare_proxy_http or cloudflare_dns, "commstack:cloudflareProxyHttp",
             "needs cloudflareDns true", "false")
-    if domain and _DOMAIN_RE.match(domain) and non_public_domain(domain):
+    if domain_ok and non_public_domain(domain):
         r.check(tls != "letsencrypt", "commstack:tls",
                 f"letsencrypt cannot issue for {domain!r}, which is not a public domain "
                 f"({', '.join(NON_PUBLIC_SUFFIXES)} are reserved or private)", "self-signed")
@@ -509,12 +605,33 @@ def load_settings(stack: Optional[str] = None) -> Settings:
 
     # -- matrix
     subdomains = {}
+    valid_labels = {}
     for key in ("commstack:matrixSubdomain", "commstack:elementSubdomain", "commstack:turnSubdomain"):
         label = r.text(key).lower()
-        r.check(bool(re.fullmatch(_DNS_LABEL, label)), key, f"{label!r} is not a single DNS label")
+        if not re.fullmatch(_DNS_LABEL, label, re.ASCII):
+            r.problem(key, f"{label!r} is not a single DNS label", _free_label(key, set()))
+        elif domain_ok and len(f"{label}.{domain}") > MAX_HOSTNAME_LENGTH:
+            blame = key if len(f"{CONFIG_KEYS[key].default}.{domain}") <= MAX_HOSTNAME_LENGTH else "commstack:domain"
+            r.problem(blame, f"{label}.{domain} is {len(label) + 1 + len(domain)} characters; a hostname may be at "
+                             f"most {MAX_HOSTNAME_LENGTH} here (certificates carry it as their common name)",
+                      _free_label(key, set()) if blame == key else None)
+        else:
+            valid_labels[key] = label
         subdomains[key] = label
-    if len(set(subdomains.values())) != len(subdomains):
-        r.problem("commstack:elementSubdomain", "matrix, element and turn subdomains must all differ", "element")
+    # Two hosts on one name: blame the key that left its default (the one the user changed),
+    # and offer a name nothing else uses.
+    by_label: dict[str, list[str]] = {}
+    for key, label in valid_labels.items():
+        by_label.setdefault(label, []).append(key)
+    for label, keys in by_label.items():
+        if len(keys) < 2:
+            continue
+        keeper = next((k for k in keys if CONFIG_KEYS[k].default == label), keys[0])
+        others = [k for k in keys if k != keeper]
+        for key in others:
+            free = _free_label(key, set(valid_labels.values()))
+            r.problem(key, f"{label!r} is also {keeper.split(':')[1]}'s subdomain; matrix, element and turn "
+                           "subdomains must all differ", free)
 
     registration = r.choice("commstack:registration", ("closed", "token"))
     federation = r.boolean("commstack:federation")
@@ -526,6 +643,19 @@ def load_settings(stack: Optional[str] = None) -> Settings:
             "commstack:federationPort",
             f"{federation_port} is not a port Cloudflare proxies, and cloudflareProxyHttp is true; "
             "delegate federation through 443", "443")
+    # Other homeservers verify the certificate of federation requests (Matrix server-server
+    # API, "TLS"), so a generated one only federates behind a proxy that presents its own.
+    cloudflare_fronts_federation = cloudflare_proxy_http and federation_port in CLOUDFLARE_HTTPS_PORTS
+    if federation and tls == "self-signed" and not cloudflare_fronts_federation and domain_ok:
+        if non_public_domain(domain):
+            warnings.append(f"commstack:federation is true but tls is self-signed: other homeservers refuse that "
+                            f"certificate (and cannot reach {domain}, which is not a public name), so this stack "
+                            "federates with nobody. To say so: pulumi config set commstack:federation false")
+        else:
+            r.problem("commstack:federation",
+                      "federation cannot work with tls self-signed: other homeservers refuse a certificate the "
+                      "program generated; use tls letsencrypt (pulumi config set commstack:tls letsencrypt) "
+                      "or turn federation off", "false")
     turn = r.boolean("commstack:turn")
     element = r.boolean("commstack:element")
 
@@ -538,14 +668,19 @@ def load_settings(stack: Optional[str] = None) -> Settings:
 
     telegram_api_id: Optional[int] = None
     telegram_api_hash = r.secret("commstack:telegramApiHash")
-    if "telegram" in bridges:
-        api_id = r.text("commstack:telegramApiId")
+    api_id = r.text("commstack:telegramApiId")
+    if api_id or "telegram" in bridges:
         if not api_id:
             r.problem("commstack:telegramApiId", "is required when the telegram bridge is on (get it at my.telegram.org)")
-        elif not api_id.isdigit():
-            r.problem("commstack:telegramApiId", f"must be a number, not {api_id!r}")
+        elif not _POSITIVE_INT_RE.fullmatch(api_id) or int(api_id) == 0:
+            r.problem("commstack:telegramApiId", f"must be a positive whole number (the api_id my.telegram.org "
+                                                 f"shows), not {api_id!r}")
+        elif int(api_id) > TELEGRAM_API_ID_MAX:
+            r.problem("commstack:telegramApiId", f"{api_id} is too large for a Telegram api_id (a 32-bit number, "
+                                                 f"at most {TELEGRAM_API_ID_MAX})")
         else:
             telegram_api_id = int(api_id)
+    if "telegram" in bridges:
         r.check(telegram_api_hash is not None, "commstack:telegramApiHash",
                 "is required when the telegram bridge is on (get it at my.telegram.org)")
 
@@ -562,25 +697,25 @@ def load_settings(stack: Optional[str] = None) -> Settings:
     redis = r.choice("commstack:signalRedis", ("containers", "elasticache"))
     admin_cidrs = r.string_list("commstack:adminCidrs")
     if signal_on:
-        for key, label in subdomains.items():
+        for key, label in valid_labels.items():
             r.check(label not in SIGNAL_SUBDOMAINS, key,
                     f"{label!r} is a Signal hostname ({', '.join(SIGNAL_SUBDOMAINS)}) and the Signal half is on",
-                    CONFIG_KEYS[key].default)
+                    _free_label(key, set(valid_labels.values()) - {label}))
         if target == "aws":
             if region is None:
                 r.problem("aws:region", "is required when signal is on and signalTarget is aws")
             else:
-                r.check(bool(_REGION_RE.match(region)), "aws:region", f"{region!r} is not an AWS region name")
+                r.check(bool(_REGION_RE.fullmatch(region)), "aws:region", f"{region!r} is not an AWS region name")
             r.check(bool(acme_email), "commstack:acmeEmail", "is required for the Signal TLS front (certbot)")
-        r.check(target == "aws" or redis == "containers", "commstack:signalRedis",
+        r.check(not (redis == "elasticache" and target == "docker"), "commstack:signalRedis",
                 "elasticache needs signalTarget aws", "containers")
-        r.check(bool(_INSTANCE_TYPE_RE.match(instance_type)), "commstack:signalInstanceType",
+        r.check(bool(_INSTANCE_TYPE_RE.fullmatch(instance_type)), "commstack:signalInstanceType",
                 f"{instance_type!r} is not an EC2 instance type", "t3.large")
         # components/signal/host.py looks up an x86_64 AMI (its `architecture` filter).
         r.check(not (target == "aws" and arm_instance_type(instance_type)), "commstack:signalInstanceType",
                 f"{instance_type!r} is an ARM (Graviton) type, but the Signal instance runs an x86_64 image",
                 "t3.large")
-        r.check(bool(_REPO_RE.match(repo)), "commstack:signalServerRepo",
+        r.check(bool(_REPO_RE.fullmatch(repo)), "commstack:signalServerRepo",
                 f"{repo!r} is not an https git repository URL")
         if not valid_git_ref(ref):
             r.problem("commstack:signalServerRef", f"{ref!r} is not a valid git ref")
@@ -588,9 +723,15 @@ def load_settings(stack: Optional[str] = None) -> Settings:
             r.problem("commstack:signalServerRef",
                       f"{ref!r} has no data file configs/signal/{ref}.yaml; supported: {', '.join(supported_signal_refs())}",
                       "v9.81.0")
-        r.check(not jar or bool(_S3_URI_RE.match(jar)), "commstack:signalJarS3Uri", f"{jar!r} is not an s3://bucket/key URI (key of letters, digits and ! - _ . ' ( ) /)")
-        bad_cidrs = [c for c in admin_cidrs if not _valid_cidr(c)]
-        r.check(not bad_cidrs, "commstack:adminCidrs", f"not CIDRs: {', '.join(bad_cidrs)}", '\'["198.51.100.7/32"]\'')
+        r.check(not jar or bool(_S3_URI_RE.fullmatch(jar)), "commstack:signalJarS3Uri", f"{jar!r} is not an s3://bucket/key URI (key of letters, digits and ! - _ . ' ( ) /)")
+        bad_cidrs = {c: cidr_problem(c) for c in admin_cidrs if not _valid_cidr(c)}
+        if bad_cidrs:
+            fixed = [c if c not in bad_cidrs else (f"{c.split('/', 1)[0]}/32" if "host bits" in bad_cidrs[c]
+                                                   and _valid_ipv4(c.split("/", 1)[0]) else "198.51.100.7/32")
+                     for c in admin_cidrs]
+            r.problem("commstack:adminCidrs",
+                      "not CIDRs: " + "; ".join(f"{c!r} ({why})" for c, why in bad_cidrs.items()),
+                      "'" + json.dumps(list(dict.fromkeys(fixed))) + "'")
         open_world = [c for c in admin_cidrs if _valid_cidr(c) and ipaddress.ip_network(c).prefixlen == 0]
         r.check(not open_world, "commstack:adminCidrs", "must not open SSH to the whole internet (0.0.0.0/0 or ::/0)",
                 '\'["198.51.100.7/32"]\'')
@@ -603,7 +744,7 @@ def load_settings(stack: Optional[str] = None) -> Settings:
     if memory_text is not None:
         try:
             parsed_memory = json.loads(memory_text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             parsed_memory = None
         if not isinstance(parsed_memory, dict):
             r.problem("commstack:containerMemory", f"must be a JSON object of container name to size, not {memory_text!r}")
@@ -621,6 +762,8 @@ def load_settings(stack: Optional[str] = None) -> Settings:
 
     if r.problems:
         raise SettingsError(r.problems)
+    for warning in warnings:
+        pulumi.log.warn(warning)
 
     return Settings(
         stack=stack,
@@ -660,6 +803,7 @@ def load_settings(stack: Optional[str] = None) -> Settings:
             admin_cidrs=tuple(admin_cidrs),
             **verification,
         ),
+        warnings=tuple(warnings),
         backup=backup,
         container_memory=container_memory,
     )

@@ -108,6 +108,9 @@ class Backend(pulumi.ComponentResource):
         else:
             self.public_ip, found, how_to_read = self._docker(name, args, version, name_prefix, internal_tls,
                                                               registration)
+        # Where Signal-Server's log is, for `doctor`'s hints: a container on Docker, a unit on AWS.
+        self.logs_command = ("journalctl -u signal-server (on the instance)" if signal.target == "aws"
+                             else f"docker logs {self.components['local'].server_container_name} (on the Docker host)")
 
         self.hostnames = [f"{sub}.{args.domain}" for sub in SIGNAL_SUBDOMAINS]
         # Never behind Cloudflare's proxy: clients pin the server's own certificate, and chat. carries gRPC.

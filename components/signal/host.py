@@ -315,9 +315,14 @@ class SignalHost(pulumi.ComponentResource):
             root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(volume_size=30, volume_type="gp3", encrypted=True),
             tags={"Name": f"{name}-signal-server"},
             # A newer Debian AMI must not replace the server; a replacement is a deliberate `up --replace`.
-            opts=child(self, ignore_changes=["ami"]))
+            # Any other replacement (new user data: a Signal version, acmeEmail, an image tag) deletes the
+            # old instance first: the data volume can attach to only one instance, and a new one created
+            # beside the old could not take it over (pulumi/pulumi-aws#2769).
+            opts=child(self, ignore_changes=["ami"], delete_before_replace=True))
+        # Detached only once the old instance has stopped (its filesystems unmounted cleanly).
         aws.ec2.VolumeAttachment(f"{name}-data-attachment", device_name=DATA_DEVICE, volume_id=volume.id,
-                                 instance_id=self.instance.id, opts=child(self))
+                                 instance_id=self.instance.id, stop_instance_before_detaching=True,
+                                 opts=child(self, delete_before_replace=True))
         self.eip = aws.ec2.Eip(f"{name}-eip", domain="vpc", opts=stateful_child(self))
         aws.ec2.EipAssociation(f"{name}-eip-association", allocation_id=self.eip.allocation_id,
                                instance_id=self.instance.id, opts=child(self))

@@ -5,6 +5,10 @@ Layout under the parameter prefix (e.g. /commstack/prod/signal):
                                 `first_boot`/`external` entries are written by the instance only if absent
   config/<config path>          SecureString; config values the program generates (Pulumi resources, protected)
   public/<name>                 String; UD trust root and zk public params, written on first boot
+  generated/<generator>         SecureString; first boot's whole set from one generator (e.g. the UD
+                                certificate, its key and trust root), written in one step before any of
+                                it is published to bundle/ and public/, so a crash never pairs an old
+                                value with a new one
   tls/registration-key          SecureString; private key of the internal TLS certificate (registration gRPC)
 
 pulumi_aws is imported only where an SSM parameter is made: the docker target never loads it.
@@ -40,10 +44,20 @@ def public_parameter(prefix: str, name: str) -> str:
     return f"{public_path(prefix)}/{name}"
 
 
+def generated_set_parameter(prefix: str, generator: str) -> str:
+    return f"{prefix}/generated/{generator}"
+
+
+def first_boot_generators(version: ServerVersion) -> list[str]:
+    return sorted({e.generator for e in version.bundle if e.source == "first_boot"}
+                  | {spec["generator"] for spec in version.public_values.values()})
+
+
 def first_boot_parameters(version: ServerVersion, prefix: str) -> list[str]:
     """Every parameter the instance itself writes (and so may create, never overwrite)."""
     written = [bundle_parameter(prefix, e.key) for e in version.bundle if e.source in ("first_boot", "external")]
-    return written + [public_parameter(prefix, name) for name in version.public_values]
+    return (written + [public_parameter(prefix, name) for name in version.public_values]
+            + [generated_set_parameter(prefix, g) for g in first_boot_generators(version)])
 
 
 def parameter_arn(region: str, account: str, name: str) -> str:

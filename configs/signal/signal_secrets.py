@@ -62,14 +62,18 @@ class DirStore:
         return path.read_text() if path.exists() else None
 
     def put_if_absent(self, name, value, secret):
+        """Atomic, never overwriting: link a complete temporary file."""
         path = self.root / name
         path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         try:
-            with open(path, "x") as handle:
-                os.chmod(path, 0o600)
+            with os.fdopen(fd, "w") as handle:
                 handle.write(value)
+            os.link(temporary, path)
         except FileExistsError:
             pass
+        finally:
+            os.unlink(temporary)
 
 
 def _run(cmd):
@@ -123,17 +127,30 @@ def generate(manifest, generator):
 
 
 def first_boot(manifest, store):
-    bundle = manifest["bundle"]
-    pending = sorted({spec["generator"] for key, spec in bundle.items()
-                      if spec["source"] == "first_boot" and store.get(f"bundle/{key}") is None}
-                     | {gen for name, gen in manifest["public"].items() if store.get(f"public/{name}") is None})
-    for generator in pending:
-        secrets, public = generate(manifest, generator)
-        for key, value in secrets.items():
-            store.put_if_absent(f"bundle/{key}", value, secret=True)
-        for name, value in public.items():
-            store.put_if_absent(f"public/{name}", value, secret=False)
-        print(f"first-boot: generated {generator}")
+    # Per generator: store its whole set in one step, then publish from it (no mismatched pairs).
+    bundle, names = manifest["bundle"], {}
+    for key, spec in bundle.items():
+        if spec["source"] == "first_boot":
+            names.setdefault(spec["generator"], []).append(f"bundle/{key}")
+    for name, generator in manifest["public"].items():
+        names.setdefault(generator, []).append(f"public/{name}")
+    for generator, wanted in sorted(names.items()):
+        stored = store.get(f"generated/{generator}")
+        if stored is None:
+            have = [store.get(n) is not None for n in wanted]
+            if all(have):
+                continue
+            if any(have):
+                raise SystemExit(f"first-boot: {generator} is only partly in the store; delete its parameters "
+                                 f"({', '.join(wanted)}) to regenerate")
+            secrets, public = generate(manifest, generator)
+            store.put_if_absent(f"generated/{generator}", json.dumps({"bundle": secrets, "public": public}), True)
+            stored = store.get(f"generated/{generator}")  # a racing boot's set wins
+            print(f"first-boot: generated {generator}")
+        values = json.loads(stored)
+        for kind in ("bundle", "public"):
+            for key, value in values[kind].items():
+                store.put_if_absent(f"{kind}/{key}", value, secret=kind == "bundle")
     for key, spec in bundle.items():
         if spec["source"] == "external" and store.get(f"bundle/{key}") is None:
             store.put_if_absent(f"bundle/{key}", spec["standin"], secret=True)

@@ -155,15 +155,60 @@ def test_flags_override_stack_outputs(monkeypatch):
     assert target.via == {"example.org:443": "http://127.0.0.1:1"}
 
 
+CA_BUNDLE = __import__("certifi").where()  # any readable PEM file
+
+
 @pytest.mark.parametrize("flags, verify", [
     ({}, True),
-    ({"ca_file": "/stack/ca.pem"}, "/stack/ca.pem"),
-    ({"insecure_tls": True, "ca_file": "/stack/ca.pem"}, False),
+    ({"ca_file": CA_BUNDLE}, CA_BUNDLE),
+    ({"insecure_tls": True, "ca_file": CA_BUNDLE}, False),
 ])
 def test_ca_file_replaces_the_system_cas_unless_tls_is_relaxed(flags, verify):
     target = doctor.target_from_args(_args(server_name="example.org", **flags), outputs=lambda stack: {})
     assert target.ca_file == flags.get("ca_file")
     assert doctor._verify(target) == verify
+
+
+def test_a_self_signed_stack_is_verified_against_its_own_certificate():
+    pem = open(CA_BUNDLE).read().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+    outputs = {"serverName": "commstack.localhost", "tlsCertificate": pem}
+    target = doctor.target_from_args(_args(stack="dev"), outputs=lambda stack: outputs)
+    assert target.self_signed and open(target.ca_file).read() == pem
+    assert doctor._verify(target) == target.ca_file
+    # --insecure-tls still wins, and a --ca-file given is kept.
+    assert doctor.target_from_args(_args(stack="dev", insecure_tls=True), outputs=lambda s: outputs).ca_file is None
+    assert doctor.target_from_args(_args(stack="dev", ca_file=CA_BUNDLE), outputs=lambda s: outputs).ca_file == CA_BUNDLE
+
+
+@pytest.mark.parametrize("target_outputs, hint", [
+    ({"signalLogsCommand": "docker logs signal-local-server (on the Docker host)"}, "docker logs signal-local-server"),
+    ({"signalLogsCommand": "journalctl -u signal-server (on the instance)"}, "journalctl -u signal-server"),
+])
+def test_signal_hints_fit_the_stacks_target(target_outputs, hint):
+    outputs = {"serverName": "example.org", "signalHealthUrl": "http://127.0.0.1:1/v1/accounts/whoami",
+               **target_outputs}
+    target = doctor.target_from_args(_args(stack="s"), outputs=lambda stack: outputs)
+    check = doctor.check_signal(target)
+    assert check.status == doctor.FAIL and hint in check.hint, check
+    assert ("journalctl" in check.hint) == ("journalctl" in hint)
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"server_name": "a..b"}, "--server-name 'a..b' is not a host name"),
+    ({"server_name": "exa mple.org"}, "is not a host name"),
+    ({"server_name": "example.org", "homeserver_url": "matrix.example.org"}, "--homeserver-url"),
+    ({"server_name": "example.org", "homeserver_url": "https://matrix.example.org:port/"}, "is not a URL"),
+    ({"server_name": "example.org", "public_ip": "300.1.1.1"}, "--public-ip '300.1.1.1' is not an IP address"),
+    ({"server_name": "example.org", "turn_uri": "stun:x"}, "--turn-uri 'stun:x' is not a TURN URI"),
+    ({"server_name": "example.org", "turn_uri": "turn:x:notaport"}, "is not a TURN URI"),
+    ({"server_name": "example.org", "via": "example.org:443=127.0.0.1"}, "is not HOST:PORT=[SCHEME://]ADDR:PORT"),
+    ({"server_name": "example.org", "via": "example.org=127.0.0.1:1"}, "is not HOST:PORT"),
+    ({"server_name": "example.org", "ca_file": "/no/such.pem"}, "--ca-file /no/such.pem: No such file"),
+])
+def test_malformed_flags_are_refused_before_any_traffic(flags, message):
+    with pytest.raises(doctor.AdminError) as raised:
+        doctor.target_from_args(_args(**flags), outputs=lambda stack: {})
+    assert message in str(raised.value)
 
 
 def test_a_server_name_is_required():
@@ -219,11 +264,12 @@ def signal_front():
 @pytest.mark.parametrize("path, status, hint_part", [
     ("/ok", doctor.PASS, ""),
     ("/v1/accounts/whoami", doctor.PASS, ""),
-    ("/html401", doctor.FAIL, "journalctl -u signal-server"),
-    ("/down", doctor.FAIL, "nginx cannot reach Signal-Server"),
+    ("/html401", doctor.FAIL, "see `journalctl -u signal-server (on the instance)`"),
+    ("/down", doctor.FAIL, "the proxy in front cannot reach Signal-Server"),
 ])
 def test_signal_check_accepts_only_the_servers_own_answers(signal_front, path, status, hint_part):
-    check = doctor.check_signal(doctor.Target(server_name="example.org", signal_health_url=signal_front + path))
+    check = doctor.check_signal(doctor.Target(server_name="example.org", signal_health_url=signal_front + path,
+                                              signal_logs="journalctl -u signal-server (on the instance)"))
     assert check.status == status
     assert hint_part in (check.hint or "")
 

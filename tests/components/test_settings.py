@@ -41,8 +41,8 @@ BAD_SETTINGS = [
      "required when the telegram bridge is on", "pulumi config set commstack:telegramApiId"),
     ("telegram-needs-hash", "prod", {"telegramApiHash": None}, "commstack:telegramApiHash",
      "required when the telegram bridge is on", "pulumi config set --secret commstack:telegramApiHash"),
-    ("telegram-api-id-number", "prod", {"telegramApiId": "abc"}, "commstack:telegramApiId", "must be a number",
-     "pulumi config set commstack:telegramApiId"),
+    ("telegram-api-id-number", "prod", {"telegramApiId": "abc"}, "commstack:telegramApiId",
+     "must be a positive whole number", "pulumi config set commstack:telegramApiId 123456"),
     ("subdomain-collision", "dev", {"elementSubdomain": "matrix"}, "commstack:elementSubdomain", "must all differ",
      "pulumi config set commstack:elementSubdomain element"),
     ("subdomain-label", "dev", {"turnSubdomain": "turn.relay"}, "commstack:turnSubdomain",
@@ -85,6 +85,71 @@ BAD_SETTINGS = [
      "ARM (Graviton) type", "pulumi config set commstack:signalInstanceType t3.large"),
     ("graviton-m7g-on-aws", "prod", {"signalInstanceType": "m7g.xlarge"}, "commstack:signalInstanceType",
      "runs an x86_64 image", "pulumi config set commstack:signalInstanceType t3.large"),
+    # -- a newcomer's mistakes (issue 11) --------------------------------------------------------------
+    ("typo-domian", "dev", {"domian": "example.org"}, "commstack:domian", "did you mean commstack:domain?",
+     "pulumi config rm commstack:domian && pulumi config set commstack:domain example.org"),
+    ("typo-regsitration", "dev", {"regsitration": "token"}, "commstack:regsitration",
+     "did you mean commstack:registration?",
+     "pulumi config rm commstack:regsitration && pulumi config set commstack:registration token"),
+    ("typo-case-signaltarget", "dev", {"signalTarget": None, "signaltarget": "docker"}, "commstack:signaltarget",
+     "did you mean commstack:signalTarget?", "pulumi config set commstack:signalTarget docker"),
+    ("typo-secret-key", "prod", {"cloudflareApiTokn": "t"}, "commstack:cloudflareApiTokn",
+     "did you mean commstack:cloudflareApiToken?", "pulumi config set --secret commstack:cloudflareApiToken"),
+    ("typo-namespace", "dev", {"comstack__turn": "false"}, "comstack:turn", "did you mean commstack:turn?",
+     "pulumi config rm comstack:turn && pulumi config set commstack:turn false"),
+    ("unknown-key", "dev", {"zzqqxx": "1"}, "commstack:zzqqxx", "is not a setting of this program",
+     "pulumi config rm commstack:zzqqxx"),
+    ("telegram-hash-empty", "prod", {"telegramApiHash": ""}, "commstack:telegramApiHash", "is set but empty",
+     "pulumi config set --secret commstack:telegramApiHash <api_hash>"),
+    ("telegram-hash-blank", "prod", {"telegramApiHash": "   "}, "commstack:telegramApiHash", "is set but empty",
+     "pulumi config set --secret commstack:telegramApiHash"),
+    ("cloudflare-token-empty", "prod", {"cloudflareApiToken": ""}, "commstack:cloudflareApiToken",
+     "is set but empty", "pulumi config set --secret commstack:cloudflareApiToken <token>"),
+    ("telegram-api-id-superscript", "prod", {"telegramApiId": "²"}, "commstack:telegramApiId",
+     "must be a positive whole number", "pulumi config set commstack:telegramApiId 123456"),
+    ("telegram-api-id-arabic-digits", "prod", {"telegramApiId": "١٢٣"}, "commstack:telegramApiId",
+     "must be a positive whole number", "pulumi config set commstack:telegramApiId 123456"),
+    ("telegram-api-id-zero", "prod", {"telegramApiId": "0"}, "commstack:telegramApiId",
+     "must be a positive whole number", "pulumi config set commstack:telegramApiId 123456"),
+    ("telegram-api-id-negative", "prod", {"telegramApiId": "-5"}, "commstack:telegramApiId",
+     "not '-5'", "pulumi config set commstack:telegramApiId 123456"),
+    ("telegram-api-id-huge", "prod", {"telegramApiId": "12345678901234567890123"}, "commstack:telegramApiId",
+     "too large for a Telegram api_id", "pulumi config set commstack:telegramApiId 123456"),
+    ("domain-ipv4", "dev", {"domain": "203.0.113.10"}, "commstack:domain", "is an IP address",
+     "pulumi config set commstack:domain example.org"),
+    ("domain-ipv6", "dev", {"domain": "2001:db8::1"}, "commstack:domain", "is an IP address",
+     "pulumi config set commstack:domain example.org"),
+    ("domain-numeric-tld", "dev", {"domain": "example.123"}, "commstack:domain", "all-digit label",
+     "pulumi config set commstack:domain example.org"),
+    ("domain-too-long", "dev", {"domain": "a" * 58 + ".local"}, "commstack:domain", "at most 64",
+     "pulumi config set commstack:domain example.org"),
+    ("domain-trailing-newline", "dev", {"domain": "exa\nmple.org"}, "commstack:domain", "not a valid DNS name",
+     "pulumi config set commstack:domain example.org"),
+    ("subdomain-too-long", "dev", {"matrixSubdomain": "m" * 50}, "commstack:matrixSubdomain", "at most 64",
+     "pulumi config set commstack:matrixSubdomain matrix"),
+    ("matrix-equals-element", "dev", {"matrixSubdomain": "element"}, "commstack:matrixSubdomain",
+     "is also elementSubdomain's subdomain", "pulumi config set commstack:matrixSubdomain matrix"),
+    ("matrix-equals-element-both-changed", "dev", {"matrixSubdomain": "im", "elementSubdomain": "im"},
+     "commstack:elementSubdomain", "is also matrixSubdomain's subdomain",
+     "pulumi config set commstack:elementSubdomain element"),
+    ("subdomain-takes-a-default", "dev", {"matrixSubdomain": "turn"}, "commstack:matrixSubdomain",
+     "is also turnSubdomain's subdomain", "pulumi config set commstack:matrixSubdomain matrix"),
+    ("subdomain-default-taken", "dev", {"matrixSubdomain": "x", "turnSubdomain": "x", "elementSubdomain": "turn"},
+     "commstack:turnSubdomain", "is also matrixSubdomain's subdomain", "pulumi config set commstack:turnSubdomain turn2"),
+    ("cidr-host-bits", "prod", {"adminCidrs": '["10.0.0.1/24"]'}, "commstack:adminCidrs",
+     "has host bits set: the network is 10.0.0.0/24", "pulumi config set commstack:adminCidrs '[\"10.0.0.1/32\"]'"),
+    ("cidr-netmask", "prod", {"adminCidrs": '["10.0.0.1/33"]'}, "commstack:adminCidrs",
+     "'10.0.0.1/33' ('10.0.0.1/33' does not appear to be an IPv4 or IPv6 network)", "pulumi config set commstack:adminCidrs '[\"198.51.100.7/32\"]'"),
+    ("cidr-not-an-address", "prod", {"adminCidrs": '["office"]'}, "commstack:adminCidrs",
+     "does not appear to be an IPv4 or IPv6 network", "pulumi config set commstack:adminCidrs"),
+    ("self-signed-federation-public", "prod", {"tls": "self-signed"}, "commstack:federation",
+     "federation cannot work with tls self-signed", "pulumi config set commstack:federation false"),
+    ("bridges-deeply-nested", "dev", {"bridges": "[" * 100000}, "commstack:bridges", "must be a JSON list",
+     "pulumi config set commstack:bridges"),
+    ("email-control-character", "prod", {"acmeEmail": "admin@example.org\x00"}, "commstack:acmeEmail",
+     "not an e-mail address", "pulumi config set commstack:acmeEmail"),
+    ("region-foreign-digits", "prod", {"aws__region": "eu-central-١"}, "aws:region", "not an AWS region name",
+     "pulumi config set aws:region"),
 ]
 
 
@@ -99,6 +164,76 @@ def test_bad_setting_gives_clear_error_before_any_resource(case, stack, override
     assert lines, f"no problem names {key}: {raised.value.problems}"
     assert any(what in line and fix in line for line in lines), lines
     assert record.registrations == [], "resources were registered before validation failed"
+
+
+# (case id, base stack, overrides, the one key named): the config has one mistake, so exactly one message.
+ONE_MISTAKE = [
+    ("redis-choice", "dev", {"signalRedis": "memcached"}, "commstack:signalRedis"),
+    ("target-choice", "prod", {"signalTarget": "gcp"}, "commstack:signalTarget"),
+    ("typo-hides-nothing-else", "dev", {"signalTarget": None, "signaltarget": "docker"}, "commstack:signaltarget"),
+    ("empty-token-is-not-also-missing", "prod", {"cloudflareApiToken": ""}, "commstack:cloudflareApiToken"),
+    ("bad-label-is-not-also-a-collision", "dev", {"matrixSubdomain": "", "elementSubdomain": ""},
+     None),
+    ("matrix-equals-element", "dev", {"matrixSubdomain": "element"}, "commstack:matrixSubdomain"),
+]
+
+
+@pytest.mark.parametrize("case,stack,overrides,key", ONE_MISTAKE, ids=[c[0] for c in ONE_MISTAKE])
+def test_one_mistake_gives_one_message(case, stack, overrides, key):
+    with pytest.raises(SettingsError) as raised:
+        offline.evaluate(stack, config=stack_config(stack, **overrides),
+                         secret_keys=["commstack:cloudflareApiToken", "commstack:telegramApiHash"])
+    problems = raised.value.problems
+    if key is None:  # one message per bad key
+        assert len(problems) == len(overrides), problems
+        assert all("not a single DNS label" in p for p in problems), problems
+    else:
+        assert len(problems) == 1 and problems[0].startswith(f"{key}:"), problems
+
+
+def test_every_fix_changes_something():
+    """A fix that sets the value a key already has would leave the user where they were."""
+    for case, stack, overrides, key, _, _ in BAD_SETTINGS:
+        config = stack_config(stack, **overrides)
+        with pytest.raises(SettingsError) as raised:
+            offline.evaluate(stack, config=config, secret_keys=["commstack:cloudflareApiToken",
+                                                                "commstack:telegramApiHash"])
+        for problem in raised.value.problems:
+            named, _, rest = problem.partition(": ")
+            fix = rest.rsplit("Fix: ", 1)[-1]
+            if fix.startswith("pulumi config set ") and named in config and "--secret" not in fix:
+                assert fix != f"pulumi config set {named} {config[named]}", (case, problem)
+
+
+def test_known_keys_come_from_config_keys():
+    from components.settings import unknown_key_problems
+
+    assert unknown_key_problems(set(CONFIG_KEYS)) == []
+    # Other namespaces belong to providers and tools.
+    assert unknown_key_problems({"aws:profile", "docker:host", "pulumi:tags"}) == []
+    assert unknown_key_problems({"commstack:domain", "commstack:Domain"})[0].startswith(
+        "commstack:Domain: is not a setting of this program; did you mean commstack:domain?")
+
+
+def test_self_signed_federation_on_a_local_name_is_a_warning(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        evaluation = offline.evaluate("dev", config=stack_config("dev"))
+    assert evaluation.registrations
+    assert any("federates with nobody" in r.getMessage() and "commstack:federation false" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    with caplog.at_level(logging.WARNING):
+        caplog.clear()
+        offline.evaluate("dev", config=stack_config("dev", federation="false"))
+    assert not any("federates with nobody" in r.getMessage() for r in caplog.records)
+
+
+def test_self_signed_federation_behind_cloudflare_proxy_is_fine():
+    # Cloudflare presents its own certificate to other homeservers.
+    offline.evaluate("prod", config=stack_config("prod", tls="self-signed", cloudflareProxyHttp="true"),
+                     secret_keys=["commstack:cloudflareApiToken", "commstack:telegramApiHash"],
+                     record=offline.Evaluation(stack="prod"))
 
 
 def test_all_problems_are_reported_at_once():

@@ -41,7 +41,7 @@ def test_runs_on_pull_requests_with_least_permissions(workflow):
 def test_every_action_is_pinned_to_a_release(workflow):
     uses = [s["uses"] for job in workflow["jobs"].values() for s in job["steps"] if "uses" in s]
     assert uses and all(PINNED_ACTION.match(u) for u in uses), uses
-    assert "pulumi/actions@v6" in uses
+    assert "pulumi/actions@v7" in uses
 
 
 def test_test_job_runs_the_test_command(workflow):
