@@ -134,8 +134,15 @@ def parse_snapshots(text: str) -> list[Snapshot]:
         raw = json.loads(text or "[]")
     except json.JSONDecodeError as exc:
         raise BackupCommandError(f"the snapshot list is not JSON ({exc})") from exc
+    raw = raw or []
+    # Anything but restic's list of snapshot objects (a wrong container, a proxy's page) is refused
+    # as what it is, not misread.
+    if not isinstance(raw, list) or not all(isinstance(e, dict) and "time" in e and ("id" in e or "short_id" in e)
+                                            for e in raw):
+        raise BackupCommandError("the snapshot list is not restic's `snapshots --json` output: is `backup` the "
+                                 "commstack backup container on this Docker host?")
     snapshots = []
-    for entry in raw or []:
+    for entry in raw:
         summary = entry.get("summary") or {}
         snapshots.append(Snapshot(short_id=entry.get("short_id") or entry["id"][:8], time=_parse_time(entry["time"]),
                                   size=summary.get("total_bytes_processed"), added=summary.get("data_added"),

@@ -536,6 +536,15 @@ def stack_config(stack: str, project_dir: Path = ROOT) -> dict[str, str]:
     return config
 
 
+def stack_secure_keys(stack: str, project_dir: Path = ROOT) -> list[str]:
+    """Keys the stack file holds as ciphertext (`pulumi config set --secret`), which offline
+    evaluation cannot decrypt and so skips."""
+    path = project_dir / f"Pulumi.{stack}.yaml"
+    document = yaml.safe_load(path.read_text()) if path.exists() else None
+    raw = (document.get("config") if isinstance(document, dict) else None) or {}
+    return sorted(k for k, v in raw.items() if isinstance(v, dict) and "secure" in v) if isinstance(raw, dict) else []
+
+
 def committed_stacks(project_dir: Path = ROOT) -> list[str]:
     return sorted(p.name[len("Pulumi."):-len(".yaml")] for p in project_dir.glob("Pulumi.*.yaml"))
 

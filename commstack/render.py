@@ -92,17 +92,23 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, str]:
     return overrides
 
 
-def offline_config(stack: str, config: Optional[dict[str, str]] = None) -> tuple[dict[str, str], list[str], list[str]]:
+def offline_config(stack: str, config: Optional[dict[str, str]] = None,
+                   project_dir: Path = offline.ROOT) -> tuple[dict[str, str], list[str], list[str]]:
     """(config, secret keys, keys given stand-ins) for evaluating `stack` offline.
 
     Secret-only keys absent from the config (a committed stack file never holds
-    them in plaintext) get `offline.OFFLINE_SECRET_STANDINS`.
+    them in plaintext) get `offline.OFFLINE_SECRET_STANDINS`, and so does every key the
+    stack file holds encrypted.
     """
     from components.settings import CONFIG_KEYS
 
-    config = dict(offline.stack_config(stack) if config is None else config)
-    standins = sorted(k for k in offline.OFFLINE_SECRET_STANDINS if k not in config)
-    config.update({k: offline.OFFLINE_SECRET_STANDINS[k] for k in standins})
+    encrypted = offline.stack_secure_keys(stack, project_dir)
+    config = dict(offline.stack_config(stack, project_dir) if config is None else config)
+    # Every secret the stack file holds encrypted gets a stand-in too, so a stack that has
+    # had `pulumi config set --secret` run on it (any secret key) still renders.
+    wanted = {**{k: f"offline-stand-in-{k.partition(':')[2]}" for k in encrypted}, **offline.OFFLINE_SECRET_STANDINS}
+    standins = sorted(k for k in wanted if k not in config)
+    config.update({k: wanted[k] for k in standins})
     secret_keys = sorted(k for k, spec in CONFIG_KEYS.items() if spec.secret and k in config)
     return config, secret_keys, standins
 

@@ -138,6 +138,8 @@ if args[:1] == ["exec"]:
     sys.stdin.read()
     if "register_new_matrix_user" in args:  # what Synapse's script prints when it made the user
         print("Sending registration request...\nSuccess!")
+    elif any(a.endswith("snapshots.sh") for a in args):  # the backup job's restic list: none taken yet
+        print("[]")
     else:
         print(os.environ.get("SANDBOX_DOCKER_EXEC_ANSWER", ""))
     sys.exit(0)

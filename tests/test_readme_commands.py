@@ -32,15 +32,6 @@ PLACEHOLDER = re.compile(r"<([a-z_][a-z_ ]*)>")
 # Commands that may fail because nothing is deployed behind the stand-ins (no homeserver answers
 # on the stack's addresses), and what they must print then.
 MAY_FIND_NOTHING_DEPLOYED = {"commstack doctor": "checks:"}
-# Dead ends this test found in README lines that landed the same day, not fixed yet: each must still
-# fail (strict, like xfail), so fixing one makes this test say to remove it from here.
-KNOWN_DEAD_ENDS = {
-    "commstack backups --docker-host": "backups answers the stand-in docker's output with an unexpected error (exit 70)",
-    "commstack bench --test-command": "bench --test-command exits 1 here (to look into with the bench work)",
-    "commstack bench --cold": "bench --cold exits 1 here (to look into with the bench work)",
-    "commstack render-diff --base": "after the README's backupTarget s3 lines the dev stack holds backupS3* secrets "
-                                    "that the offline render has no stand-ins for, so render-diff exits 2",
-}
 
 
 def readme_commands(readme: str) -> list[str]:
@@ -115,11 +106,7 @@ def test_every_command_runs_when_pasted_in_order(session):
     failed = []
     for index, command in enumerate(commands):
         allowed = next((m for m in MAY_FIND_NOTHING_DEPLOYED if m in command), None)
-        known = next((m for m in KNOWN_DEAD_ENDS if m in command), None)
-        if known:
-            if codes[index] == 0:
-                failed.append(f"{command!r} works now: remove it from KNOWN_DEAD_ENDS")
-        elif codes[index] != 0 and not (allowed and codes[index] == 1):
+        if codes[index] != 0 and not (allowed and codes[index] == 1):
             failed.append(f"{command!r} exited {codes[index]}")
     assert not failed, "\n".join(failed) + "\n--- stderr ---\n" + done.stderr[-4000:]
     assert "Traceback" not in done.stdout + done.stderr

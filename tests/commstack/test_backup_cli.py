@@ -8,6 +8,8 @@ import subprocess
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
+import pytest
+
 from commstack import backup
 from commstack.__main__ import build_parser
 
@@ -110,3 +112,9 @@ def test_doctor_rows_for_a_fresh_backup_and_a_failed_or_missing_drill():
     rows = {name: ok for name, ok, _, _ in backup.backup_status(stale, NOW)}
     assert rows == {"backup newest": False, "backup drill": False}
     assert backup.backup_status([], NOW)[0][1] is False
+
+
+@pytest.mark.parametrize("answer", ['{"token": "abc"}', '["a", "b"]', '[{"id": "abcdef12"}]', '3'])
+def test_an_answer_that_is_not_a_restic_snapshot_list_is_refused_clearly(answer):
+    with pytest.raises(backup.BackupCommandError, match="not restic's `snapshots --json` output"):
+        backup.parse_snapshots(answer)

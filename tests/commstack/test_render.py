@@ -146,6 +146,25 @@ def test_stand_ins_only_for_missing_secret_keys():
                                 "commstack:signalTwilioApiKeySecret"}
 
 
+def test_every_secret_the_stack_file_holds_encrypted_gets_a_stand_in(tmp_path):
+    # After `pulumi config set --secret commstack:backupS3SecretAccessKey ...` the stack file
+    # holds ciphertext the offline engine cannot read; render must still evaluate the stack.
+    document = yaml.safe_load((offline.ROOT / "Pulumi.dev.yaml").read_text())
+    document["config"].update({
+        "commstack:backupTarget": "s3",
+        "commstack:backupS3Endpoint": "https://s3.example.org",
+        "commstack:backupS3Bucket": "backups",
+        "commstack:backupS3AccessKeyId": {"secure": "v1:AAAA"},
+        "commstack:backupS3SecretAccessKey": {"secure": "v1:BBBB"},
+    })
+    (tmp_path / "Pulumi.dev.yaml").write_text(yaml.safe_dump(document))
+    config, secret_keys, standins = render.offline_config("dev", project_dir=tmp_path)
+    assert {"commstack:backupS3AccessKeyId", "commstack:backupS3SecretAccessKey"} <= set(standins)
+    assert config["commstack:backupS3SecretAccessKey"] == "offline-stand-in-backupS3SecretAccessKey"
+    assert {"commstack:backupS3AccessKeyId", "commstack:backupS3SecretAccessKey"} <= set(secret_keys)
+    assert "commstack:backupS3AccessKeyId" not in render.offline_config("dev")[2]
+
+
 # -- whole stacks --------------------------------------------------------------------------
 
 
