@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -115,11 +116,19 @@ def test_the_cold_environment_is_a_clean_clone_with_empty_caches(tmp_path):
 
 
 def test_the_test_command_is_timed_with_its_status_and_summary(tmp_path):
-    passed = bench.time_test_command("warm", tmp_path, command=[
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    passed = bench.time_test_command("warm", checkout, command=[
         "bash", "-c", "echo collecting; sleep 0.2; echo '======= 3 passed in 0.2s ======='"])
-    assert passed.returncode == 0 and passed.summary == "3 passed in 0.2s"
-    assert 0.2 <= passed.seconds < 10 and not list(tmp_path.iterdir())  # its log is kept outside the checkout
-    failed = bench.time_test_command("cold", tmp_path, command=["bash", "-c", "echo 'error: no go' >&2; exit 3"])
+    log = Path(passed.where)
+    try:
+        assert passed.returncode == 0 and passed.summary == "3 passed in 0.2s"
+        assert 0.2 <= passed.seconds < 10
+        assert not list(checkout.iterdir()) and "3 passed" in log.read_text()  # the log is kept outside the checkout
+    finally:
+        shutil.rmtree(log.parent)
+    failed = bench.time_test_command("cold", checkout, log=tmp_path / "cold.log",
+                                     command=["bash", "-c", "echo 'error: no go' >&2; exit 3"])
     assert (failed.returncode, failed.summary) == (3, "error: no go")
 
 

@@ -257,6 +257,8 @@ def synapse_exec_argv(command: list[str], *, scripts: str, root: str, synapse_ur
         elif word == "http://localhost:8008":
             word = synapse_url  # the container's own listener -> the harness's Synapse on loopback
         adapted.append(word)
+    return adapted
+
 
 # -- Signal-Server and registration-service on a real JVM (tests/integration/test_signal_jvm.py) ----------------
 
