@@ -26,6 +26,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from commstack import offline
+from tests.conftest import write_self_signed_pair
 from commstack.render import write_render
 from components.settings import CONFIG_KEYS, SettingsError
 from tests.conftest import TEST_SECRETS, stack_config
@@ -234,20 +235,7 @@ def check_render_keeps_literal(evaluation: offline.Evaluation, values: dict[str,
 
 def nginx_sites_accepted(files: dict[str, str], tmp_path: Path) -> None:
     """`nginx -t` on the well-known site and the Signal front, their certificate paths pointed at a real pair."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    import datetime
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
-    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                         serialization.NoEncryption()))
+    write_self_signed_pair(tmp_path)
     sites = [text for rel, text in files.items() if rel.endswith(("/etc/nginx/conf.d/default.conf",
                                                                   "/etc/nginx/sites-available/signal.conf"))]
     assert sites

@@ -2,7 +2,6 @@
 does not replace the server, and the region for every AWS client on the instance."""
 
 import base64
-import datetime
 import gzip
 import os
 import re
@@ -18,6 +17,7 @@ from components.signal.host import (CERTBOT_RETRY_SECONDS, PATHS, USER_DATA_LIMI
                                     encode_user_data, render_nginx_conf)
 from components.signal.registration import TwilioVerify, Verification
 from components.signal.version import load_version
+from tests.conftest import write_self_signed_pair
 from tests.components.signal.conftest import user_data, user_data_text, written_file
 
 VERSION = load_version("v9.81.0")
@@ -115,19 +115,7 @@ def test_user_data_holds_no_secret(prod_signal):
 
 @pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
 def test_nginx_accepts_the_rendered_config(tmp_path):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
-    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                         serialization.NoEncryption()))
+    write_self_signed_pair(tmp_path)
     conf = render_nginx_conf("chat.example.org", 8080, 50051, 442)
     for placed, local in ((PATHS["tls_cert"], "cert.pem"), (PATHS["tls_key"], "key.pem"),
                           ("/etc/letsencrypt/live/chat.example.org/fullchain.pem", "cert.pem"),
