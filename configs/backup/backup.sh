@@ -8,7 +8,15 @@ dumps="$STAGING_DIR/postgres"
 rm -rf "$dumps" && mkdir -p "$dumps"
 for db in $DATABASES; do
   # Synapse's backup guide: one-time keys are not worth restoring (clients upload fresh ones).
-  dump_with_counts "$db" "$dumps/$db.dump" "$dumps/$db.counts" || fail "pg_dump of $db failed; no snapshot was taken"
+  # Synapse's background updates create and drop _temp_* tables: one dropped between the dump's
+  # snapshot and its table locks fails that attempt only, so a failed dump is taken again.
+  attempt=1
+  until dump_with_counts "$db" "$dumps/$db.dump" "$dumps/$db.counts"; do
+    [ "$attempt" -lt 3 ] || fail "pg_dump of $db failed $attempt times; no snapshot was taken"
+    attempt=$((attempt + 1))
+    echo "pg_dump of $db failed; trying again (attempt $attempt of 3)" >&2
+    sleep 2
+  done
 done
 set -- "$dumps"
 for path in "$MEDIA_DIR/local_content" "$MEDIA_DIR/local_thumbnails" "$SIGNING_KEY_FILE" ${ACME_DIR:+"$ACME_DIR"}; do

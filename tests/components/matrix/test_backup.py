@@ -197,3 +197,33 @@ def test_health_is_bad_without_a_recent_backup_or_scheduler_start(tmp_path):
     assert not healthy()
     (staging / "last-backup").write_text(f"{int(time.time()) - 3600}\n")
     assert healthy()
+
+
+FAKE_LIB = r'''
+fail() { echo "error: $*" >&2; exit 1; }
+open_repository() { :; }
+restic() { :; }
+# Fails the first $FAILURES calls, as a pg_dump that met a dropped _temp_* table does.
+dump_with_counts() {
+  n=$(cat "$STAGING_DIR/calls" 2>/dev/null || echo 0); n=$((n + 1)); echo "$n" >"$STAGING_DIR/calls"
+  [ "$n" -gt "$FAILURES" ] && : >"$2"
+}
+'''
+
+
+@pytest.mark.parametrize("failures, ok, calls", [(0, True, 1), (2, True, 3), (3, False, 3)])
+def test_a_failed_dump_is_taken_again_before_the_backup_gives_up(tmp_path, failures, ok, calls):
+    # Synapse drops its background updates' _temp_* tables at any time; the real harness run met one
+    # dropped between the dump's snapshot and its locks.
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "backup.sh").write_text((offline.ROOT / "configs" / "backup" / "backup.sh").read_text())
+    (scripts / "lib.sh").write_text(FAKE_LIB)
+    env = {"PATH": "/usr/bin:/bin", "STAGING_DIR": str(tmp_path), "DATABASES": "synapse", "FAILURES": str(failures),
+           "MEDIA_DIR": str(tmp_path / "media"), "SIGNING_KEY_FILE": str(tmp_path / "none"), "BACKUP_HOST": "h",
+           "KEEP_DAILY": "7", "KEEP_WEEKLY": "4", "KEEP_MONTHLY": "6"}
+    done = subprocess.run(["sh", str(scripts / "backup.sh")], env=env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode == 0) is ok, done.stderr
+    assert int((tmp_path / "calls").read_text()) == calls
+    if not ok:
+        assert "pg_dump of synapse failed 3 times; no snapshot was taken" in done.stderr
