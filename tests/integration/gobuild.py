@@ -14,6 +14,8 @@ build caches (GOMODCACHE, GOCACHE) are Go's own, also outside the clone.
     python -m tests.integration.gobuild            # build (or find) every program, print paths
     python -m tests.integration.gobuild NAME ...   # only these
 
+It builds two programs at a time, each with -trimpath and without symbols (BUILD_FLAGS).
+
 `go install module@version` refuses modules whose go.mod has replace directives, and fails when the
 proxy does not serve the module's version list; then the build runs in a throwaway wrapper module
 that requires the exact version and carries the program's replaces.
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +102,16 @@ def cached_path(program: GoProgram) -> Path:
     return cache_root() / program.name / program.cache_key / program.binary_name
 
 
+# No file paths, symbol table or DWARF in the binaries: the tests never debug them, and the linker
+# skips writing what would be thrown away (the link is a serial step of every build).
+BUILD_FLAGS = ["-trimpath", "-ldflags=-s -w"]
+# Programs built at once by `main`: each `go build` already runs a compile per core, but module
+# downloads, cgo and the final link are serial, so a second build fills those gaps.
+PARALLEL_BUILDS = 2
+# Build tags that link a system library: the header cgo needs, and the Debian package that ships it.
+TAG_HEADERS = {"libsqlite3": ("/usr/include/sqlite3.h", "libsqlite3-dev")}
+
+
 def _go_env(gobin: Path | None = None, cgo: bool = False) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("GOFLAGS", "-buildvcs=false")
@@ -144,7 +157,7 @@ def _build_in_wrapper(program: GoProgram, work: Path, out_dir: Path, env: dict[s
     (wrapper / "go.mod").write_text("\n".join(gomod) + "\n")
     (wrapper / "tools.go").write_text(f'//go:build tools\n\npackage tools\n\nimport _ "{program.package}"\n')
     tags = ["-tags", ",".join(program.tags)] if program.tags else []
-    for cmd in (["go", "mod", "tidy", "-e"], ["go", "build", *tags, "-o", str(out_dir / program.binary_name), program.package]):
+    for cmd in (["go", "mod", "tidy", "-e"], ["go", "build", *BUILD_FLAGS, *tags, "-o", str(out_dir / program.binary_name), program.package]):
         done = _run(cmd, wrapper, env)
         if done.returncode != 0:
             raise GoBuildError(f"{program.name}: `{' '.join(cmd)}` in a wrapper module failed:\n{done.stderr[-4000:]}")
@@ -157,6 +170,11 @@ def build(program: GoProgram, *, log=sys.stderr) -> Path:
         return target
     if shutil.which("go") is None:
         raise GoBuildError(f"{program.name}: the Go toolchain (`go`) is not on PATH; install Go 1.22+ to build {program.package}@{program.version}")
+    for tag in program.tags:
+        header, package = TAG_HEADERS.get(tag, (None, None))
+        if header and not os.path.exists(header):
+            raise GoBuildError(f"{program.name}: the `{tag}` build tag links a system library whose header {header} "
+                               f"is missing; install it with: sudo apt-get install -y {package}")
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a parallel test run builds it once
@@ -169,7 +187,7 @@ def build(program: GoProgram, *, log=sys.stderr) -> Path:
             out_dir.mkdir()
             env = _go_env(out_dir, program.cgo)
             tags = ["-tags", ",".join(program.tags)] if program.tags else []
-            done = _run(["go", "install", *tags, f"{program.package}@{program.version}"], work, env)
+            done = _run(["go", "install", *BUILD_FLAGS, *tags, f"{program.package}@{program.version}"], work, env)
             if done.returncode != 0:
                 # go install refuses modules with replace directives, and looks up the module's
                 # version list (for deprecations), which the proxy may not serve; a wrapper
@@ -205,10 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in args.names if n not in known]
     if unknown:
         parser.error(f"unknown program(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    names = args.names or list(known)
+    with ThreadPoolExecutor(max_workers=PARALLEL_BUILDS) as pool:
+        futures = [pool.submit(build, known[name]) for name in names]
     failed = False
-    for name in args.names or list(known):
+    for name, future in zip(names, futures):
         try:
-            print(f"{name}\t{build(known[name])}")
+            print(f"{name}\t{future.result()}")
         except GoBuildError as err:
             print(f"error: {err}", file=sys.stderr)
             failed = True

@@ -3,7 +3,7 @@
 The harness boots real programs on 127.0.0.1 without Docker, so a few
 things that Docker provides must change: listener addresses and ports,
 the container hostnames of upstreams, absolute paths inside containers,
-where Traefik writes its access log and, for tests only, rate limits and
+where Traefik writes its access log and, for tests only, rate limits, bcrypt rounds and
 coturn's loopback-peer guard. Every other
 byte is the program's rendered content, unmodified. Each adaptation below
 says why in one line.
@@ -32,6 +32,10 @@ TEST_RATE_LIMITS = {
     "rc_room_creation": _UNLIMITED,
     "rc_admin_redaction": _UNLIMITED,
 }
+
+# Tests register and log in dozens of throwaway users; at Synapse's default of 12 rounds each
+# password hash or check costs ~0.3 s of CPU. 4 is bcrypt's minimum: the same code path, cheaper.
+TEST_PASSWORD_HASHING = {"bcrypt_rounds": 4}
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ def homeserver_config(config: dict, *, root: Path, ports: LoopbackPorts, data_di
     adapted["database"] = {**adapted["database"],
                            "args": {**adapted["database"]["args"], "host": LOOPBACK, "port": ports.postgres}}
     adapted.update(TEST_RATE_LIMITS)  # tests only: no throttling of bursts
+    adapted.update(TEST_PASSWORD_HASHING)  # tests only: cheap password hashes for throwaway users
     return adapted
 
 

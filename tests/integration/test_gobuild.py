@@ -30,3 +30,21 @@ def test_a_bumped_tag_changes_the_build_and_its_cache_key(tmp_path, monkeypatch)
     (tmp_path / "images.yaml").write_text("svc: example.org/svc:1.2.4\n")
     bumped = gobuild.programs(tmp_path / "programs.yaml", tmp_path / "images.yaml")["svc"]
     assert gobuild.cached_path(bumped) != gobuild.cached_path(progs["svc"])
+
+
+def test_a_tag_whose_system_library_is_missing_fails_with_the_apt_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMMSTACK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(gobuild.TAG_HEADERS, "libexample", (str(tmp_path / "example.h"), "libexample-dev"))
+    program = gobuild.GoProgram(name="svc", module="example.org/svc", package="example.org/svc/cmd/svc",
+                                version="v1.2.3", tags=("libexample",), cgo=True)
+    try:
+        gobuild.build(program)
+    except gobuild.GoBuildError as err:
+        assert "apt-get install -y libexample-dev" in str(err) and "example.h" in str(err)
+    else:
+        raise AssertionError("built without the library's header")
+    assert not (tmp_path / "cache").exists()  # refused before anything was written
+
+
+def test_every_program_is_built_stripped_and_without_local_paths():
+    assert "-trimpath" in gobuild.BUILD_FLAGS and "-ldflags=-s -w" in gobuild.BUILD_FLAGS
