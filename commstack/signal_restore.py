@@ -209,20 +209,40 @@ def restore_tables(dynamodb: Any, target: SignalStack, plans: Sequence[TablePlan
                                    "once they are ACTIVE, finish them with the same command plus "
                                    "--finish")
             sleep(poll_seconds)
-    finish_restored_tables(dynamodb, target, plans)
+    finish_restored_tables(dynamodb, target, plans, sleep)
 
 
-def finish_restored_tables(dynamodb: Any, target: SignalStack, plans: Sequence[TablePlan]) -> None:
+def _when_available(call: Callable[[], Any], dynamodb: Any, sleep: Callable[[float], None],
+                    tries: int = 30, pause: float = 10.0) -> Any:
+    """`call`, again while a just-restored table is still settling (its backups being enabled, or
+    another update in progress): AWS answers those with these two errors for a short while."""
+    settling = (dynamodb.exceptions.ContinuousBackupsUnavailableException, dynamodb.exceptions.ResourceInUseException)
+    for attempt in range(tries):
+        try:
+            return call()
+        except settling:
+            if attempt == tries - 1:
+                raise
+            sleep(pause)
+
+
+def finish_restored_tables(dynamodb: Any, target: SignalStack, plans: Sequence[TablePlan],
+                           sleep: Callable[[float], None] = time.sleep) -> None:
+    """What a restore leaves out and the program declares; safe to run again (`--finish`)."""
     tags = [{"Key": k, "Value": v} for k, v in stack_tags(target.stack).items()]
     for plan in plans:
         described = dynamodb.describe_table(TableName=plan.target)["Table"]
-        dynamodb.update_continuous_backups(TableName=plan.target,
-                                           PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True})
-        dynamodb.update_table(TableName=plan.target, DeletionProtectionEnabled=True)
-        if plan.spec.ttl:
-            dynamodb.update_time_to_live(TableName=plan.target, TimeToLiveSpecification={
-                "Enabled": True, "AttributeName": plan.spec.ttl})
+        _when_available(lambda: dynamodb.update_continuous_backups(
+            TableName=plan.target, PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True}),
+            dynamodb, sleep)
+        ttl = dynamodb.describe_time_to_live(TableName=plan.target)["TimeToLiveDescription"]
+        if plan.spec.ttl and ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
+            _when_available(lambda: dynamodb.update_time_to_live(TableName=plan.target, TimeToLiveSpecification={
+                "Enabled": True, "AttributeName": plan.spec.ttl}), dynamodb, sleep)
         dynamodb.tag_resource(ResourceArn=described["TableArn"], Tags=tags)
+        if not described.get("DeletionProtectionEnabled"):
+            _when_available(lambda: dynamodb.update_table(TableName=plan.target, DeletionProtectionEnabled=True),
+                            dynamodb, sleep)
 
 
 def repoint_commands(target: SignalStack, suffix: str) -> list[str]:

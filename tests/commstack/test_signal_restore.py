@@ -167,6 +167,26 @@ def test_a_second_restore_starts_from_the_set_the_server_uses(aws, capsys, monke
     assert "commstack:signalRestoredTables '[\"r1\", \"r2\"]'" in capsys.readouterr().out
 
 
+def test_finish_completes_a_restored_set_and_can_run_again(aws, capsys):
+    dynamodb = aws["dynamodb"]
+    originals = make_tables(dynamodb)
+    for spec in VERSION.tables:  # what a restore leaves: the tables, without PITR, protection, TTL or tags
+        dynamodb.restore_table_to_point_in_time(SourceTableName=originals[spec.config],
+                                                TargetTableName=table_name(PREFIX, spec, "r1"), UseLatestRestorableTime=True)
+    for _ in range(2):
+        assert run("tables", "--finish", "--suffix", "r1") == 0
+        for spec in VERSION.tables:
+            target = table_name(PREFIX, spec, "r1")
+            table = dynamodb.describe_table(TableName=target)["Table"]
+            assert table["DeletionProtectionEnabled"] is True
+            assert dynamodb.describe_continuous_backups(TableName=target)["ContinuousBackupsDescription"][
+                "PointInTimeRecoveryDescription"]["PointInTimeRecoveryStatus"] == "ENABLED"
+            assert dynamodb.describe_time_to_live(TableName=target)["TimeToLiveDescription"].get("AttributeName") == spec.ttl
+            assert len(dynamodb.list_tags_of_resource(ResourceArn=table["TableArn"])["Tags"]) == 2
+    assert "'[\"r1\"]'" in capsys.readouterr().out
+    _refused(capsys, run("tables", "--finish", "--suffix", "r9"), "no restored table prod-signal-Accounts-r9")
+
+
 def _refused(capsys, code, *phrases):
     err = capsys.readouterr().err
     assert code == 2, err
