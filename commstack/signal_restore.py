@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional, Sequence
 
-from components.settings import CONFIG_KEYS, SIGNAL_TABLE_SUFFIX_RE, stack_tags
+from components.settings import CONFIG_KEYS, SIGNAL_TABLE_SUFFIX_RE, stack_tags, supported_signal_refs
 from components.signal.secrets import (TLS_KEY_PARAMETER, bundle_parameter, config_parameter,
                                        first_boot_parameters)
 from components.signal.storage import table_name
@@ -93,15 +93,15 @@ def stack_from_config(stack: str, config: dict[str, str], region: Optional[str] 
         restored = json.loads(config.get(RESTORED_KEY, "[]"))
     except ValueError:
         restored = None
-    if not isinstance(restored, list) or not all(isinstance(s, str) for s in restored):
-        problems.append(f"{RESTORED_KEY} in Pulumi.{stack}.yaml is not a JSON list of suffixes")
+    if (not isinstance(restored, list)
+            or not all(isinstance(s, str) and SIGNAL_TABLE_SUFFIX_RE.fullmatch(s) for s in restored)):
+        problems.append(f"{RESTORED_KEY} in Pulumi.{stack}.yaml is not a JSON list of table suffixes")
         restored = []
+    if ref not in supported_signal_refs():
+        problems.append(f"commstack:signalServerRef {ref!r} has no data file configs/signal/{ref}.yaml")
     if problems:
         raise RestoreRefused(problems)
-    try:
-        version = load_version(ref)
-    except FileNotFoundError:
-        raise RestoreRefused([f"commstack:signalServerRef {ref!r} has no data file configs/signal/{ref}.yaml"]) from None
+    version = load_version(ref)
     return SignalStack(stack=stack, region=region, version=version, restored=tuple(restored))
 
 
@@ -239,7 +239,10 @@ def finish_restored_tables(dynamodb: Any, target: SignalStack, plans: Sequence[T
         if plan.spec.ttl and ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
             _when_available(lambda: dynamodb.update_time_to_live(TableName=plan.target, TimeToLiveSpecification={
                 "Enabled": True, "AttributeName": plan.spec.ttl}), dynamodb, sleep)
-        dynamodb.tag_resource(ResourceArn=described["TableArn"], Tags=tags)
+        present = dynamodb.list_tags_of_resource(ResourceArn=described["TableArn"]).get("Tags", [])
+        missing = [tag for tag in tags if tag not in present]
+        if missing:
+            dynamodb.tag_resource(ResourceArn=described["TableArn"], Tags=missing)
         if not described.get("DeletionProtectionEnabled"):
             _when_available(lambda: dynamodb.update_table(TableName=plan.target, DeletionProtectionEnabled=True),
                             dynamodb, sleep)
