@@ -100,6 +100,7 @@ pulumi.export("elementUrl", matrix.element_url)
 pulumi.export("turnUris", matrix.turn_uris)
 pulumi.export("rtcTransports", matrix.rtc_transports)  # MatrixRTC: lk-jwt-service's URL, as Synapse announces it
 pulumi.export("livekitUrl", matrix.livekit_url)
+pulumi.export("livekitMediaPorts", matrix.livekit_media_ports)  # LiveKit's UDP range; doctor's media row checks it
 pulumi.export("registrationSharedSecret", matrix.registration_shared_secret)
 pulumi.export("createAdminCommand", matrix.create_admin_command)
 pulumi.export("dockerHost", settings.docker_host)  # where create-admin runs `docker exec` (empty: the local engine)
