@@ -3,7 +3,9 @@
 * `tables`: every DynamoDB table of the pinned Signal-Server version (configs/signal/<ref>.yaml), restored
   to one instant with RestoreTableToPointInTime into new tables <stack>-signal-<Table>-<suffix>. DynamoDB
   never restores in place, and a restored table comes back without point-in-time recovery, deletion
-  protection, TTL or tags: this turns them on again, so the set matches what the program declares and
+  protection, TTL or tags (the RestoreTableToPointInTime API reference: "You must manually set up ...
+  Tags, ... Time to Live (TTL) settings, Point in time recovery settings"; up to 50 restores may run
+  at once per account, and the pinned version has 22 tables): this turns them on again, so the set matches what the program declares and
   `pulumi up` can adopt it (commstack:signalRestoredTables, components/signal/storage.py). It prints the
   `pulumi config set` and `pulumi up` that point the server at the set; the original tables stay untouched.
 * `objects`: an S3 object of the stack's buckets (versioned) back to an earlier version, copied over as
