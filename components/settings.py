@@ -932,7 +932,7 @@ def _read_postgres(r: _Reader, backup: BackupSettings) -> PostgresSettings:
     def major(key: str, raw: Optional[str]) -> Optional[int]:
         if raw is None or not raw.strip():
             return None
-        if not raw.strip().isdigit() or not 9 < int(raw) < 100:
+        if not re.fullmatch(r"[0-9]{2}", raw.strip()) or not 9 < int(raw) < 100:
             r.problem(key, f"must be a Postgres major version number such as {image_major}, not {raw!r}")
             return None
         return int(raw)

@@ -25,7 +25,8 @@ fi
 # but with plain SQL only (no xpath), so it runs on any build of either major.
 exact_counts() {
   query=$(psql -X -At -d "$1" -c "select coalesce(string_agg(format('select %L || '' '' || count(*) from %I.%I', schemaname || '.' || relname, schemaname, relname), ' union all '), 'select 1 where false') from pg_stat_user_tables where relname not like '\\_temp\\_%'") || return 1
-  psql -X -At -d "$1" -c "$query" | sort
+  counted=$(psql -X -At -d "$1" -c "$query") || return 1
+  [ -z "$counted" ] || printf '%s\n' "$counted" | sort
 }
 as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u "$RUN_AS" -- "$@"; else "$@"; fi; }
 on_new() ( PGHOST=$NEW_SOCKET_DIR && export PGHOST && "$@" )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import secrets
 import shlex
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -63,7 +64,11 @@ def stack():
         password = booted.rendered.text("postgres", "/run/secrets/postgres-password")
         done = booted.psql_superuser("-c", f"alter role postgres password '{password}'")
         assert done.returncode == 0, done.stderr
-        yield SimpleNamespace(harness=booted, restic=restic, jobs={}, new_bin=new_bin, upgrading=upgrading)
+        # The postgres OS user runs the new major's programs: a copy where it can reach them (the clone,
+        # and so the venv, may sit under a directory only root can enter). The build is relocatable.
+        install = booted.root / f"postgres-{NEW_MAJOR}-install"
+        shutil.copytree(new_bin.parent, install, ignore=shutil.ignore_patterns("include"))
+        yield SimpleNamespace(harness=booted, restic=restic, jobs={}, new_bin=install / "bin", upgrading=upgrading)
     finally:
         booted.stop()
 
