@@ -6,7 +6,7 @@ alone costs seconds), so each optional half is imported where it is used.
 
 import pulumi
 
-from components.settings import load_settings
+from components.settings import load_settings, stack_tags
 
 settings = load_settings()  # raises before any resource exists if the config is wrong
 
@@ -59,8 +59,7 @@ def aws_provider():
         _aws_provider = aws.Provider(
             "aws",
             region=settings.signal.region or settings.backup.region,
-            default_tags=aws.ProviderDefaultTagsArgs(tags={"commstack:project": "commstack",
-                                                           "commstack:stack": settings.stack}),
+            default_tags=aws.ProviderDefaultTagsArgs(tags=stack_tags(settings.stack)),
         )
     return _aws_provider
 
@@ -102,6 +101,7 @@ pulumi.export("elementUrl", matrix.element_url)
 pulumi.export("turnUris", matrix.turn_uris)
 pulumi.export("rtcTransports", matrix.rtc_transports)  # MatrixRTC: lk-jwt-service's URL, as Synapse announces it
 pulumi.export("livekitUrl", matrix.livekit_url)
+pulumi.export("livekitMediaPorts", matrix.livekit_media_ports)  # LiveKit's UDP range; doctor's media row checks it
 pulumi.export("registrationSharedSecret", matrix.registration_shared_secret)
 pulumi.export("createAdminCommand", matrix.create_admin_command)
 pulumi.export("dockerHost", settings.docker_host)  # where create-admin runs `docker exec` (empty: the local engine)

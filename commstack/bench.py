@@ -10,6 +10,17 @@ a floor on `pulumi up`'s duration). A first, untimed run under
 lazily loaded submodules (`aws.ec2`, …) included. Last, the loopback
 harness's cold boot when tests/integration/harness exists.
 
+On that one harness boot (tests/integration/live_bench.py; its wall time then counts from the
+render, in the measuring process) it also times, unless `--joins 0 --messages 0`:
+- call setup, `--joins` times (default 20), p50/p95: two users' OpenID tokens from Synapse and
+  LiveKit tokens from lk-jwt-service via Traefik, until both LiveKit SDK clients are in the room,
+  each publishing a microphone track and seeing the other. lk-jwt-service cannot be built in CI;
+  without COMMSTACK_LK_JWT_SERVICE_BIN the figure starts from tokens minted with livekit-api and
+  says so.
+- message round trips, `--messages` per path (default 50): a send until the other user's /sync
+  returns it, through the chain (Traefik on 443 with TLS, nginx, Synapse) and direct to Synapse,
+  interleaved; the ratio of their medians against the goal of at most 20% added by the chain.
+
 With `--test-command` it also times the test command CI runs (./scripts/test) in this checkout,
 with the caches as they are; with `--cold`, as on a fresh machine instead: in a clean clone of
 HEAD in a temp dir with no venv and empty pip, Go build, Go module and commstack caches
@@ -170,6 +181,123 @@ def harness_boot() -> tuple[Optional[float], Optional[dict], str]:
     return wall, report, "ok"
 
 
+# -- calls and the message chain, on the booted harness (tests/integration/live_bench.py) ---------
+
+LIVE_MODULE = "tests.integration.live_bench"
+LIVE_TIMEOUT = 1200
+DEFAULT_JOINS = 20
+DEFAULT_MESSAGES = 50
+DEFAULT_WARMUP = 5
+CHAIN_GOAL = 1.20  # the chain (Traefik, nginx) may add at most 20% to Synapse's own round trip
+CALL_PARTS = (("openid", "OpenID token"), ("lk_jwt", "lk-jwt-service"), ("connect", "LiveKit connect"),
+              ("publish", "publish microphone"))
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation between the closest ranks
+    (numpy's default, statistics.quantiles' "inclusive"): p50 is the median, p95 of 20 values
+    lies between the 19th and the 20th."""
+    if not values:
+        raise ValueError("no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile {q} is not between 0 and 100")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"n": len(values), "min": min(values), "p50": percentile(values, 50), "p95": percentile(values, 95),
+            "max": max(values)}
+
+
+def live_harness(joins: int, messages: int, warmup: int) -> tuple[Optional[dict], str]:
+    """(the live bench's JSON report, message): one harness boot, then the call setups and the
+    message round trips on it. lk-jwt-service takes part when COMMSTACK_LK_JWT_SERVICE_BIN is set."""
+    harness = offline.ROOT.joinpath(*LIVE_MODULE.split(".")).with_suffix(".py")
+    if not harness.exists():
+        return None, f"skipped: {LIVE_MODULE} does not exist in this checkout"
+    try:
+        proc = _python("-m", LIVE_MODULE, "--joins", str(joins), "--messages", str(messages), "--warmup", str(warmup),
+                       "--json", timeout=LIVE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return None, f"failed: no answer within {LIVE_TIMEOUT} s"
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        return None, f"failed (exit {proc.returncode}): {lines[-1] if lines else 'no output'}"
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1]), "ok"
+    except (json.JSONDecodeError, IndexError):
+        return None, "ran, but its --json output did not parse"
+
+
+def chain_verdict(chain_p50: float, direct_p50: float) -> tuple[float, str]:
+    """(chain/direct ratio of the medians, "within" or "OVER" the 20% goal)."""
+    ratio = chain_p50 / direct_p50
+    return ratio, "within" if ratio <= CHAIN_GOAL else "OVER"
+
+
+def format_calls(calls: dict) -> list[str]:
+    total = spread(calls["samples"])
+    if calls["mode"] == "lk-jwt-service":
+        what = ("OpenID token from Synapse and LiveKit token from lk-jwt-service (both via Traefik on 443), "
+                "then both SDK clients in the room")
+    else:
+        what = ("NOT including lk-jwt-service (not booted: set COMMSTACK_LK_JWT_SERVICE_BIN to its binary); "
+                "from LiveKit tokens minted with livekit-api from the program's key to both SDK clients in the room")
+    lines = [f"call setup, {total['n']} joins: {what}, each publishing a microphone track and seeing the other: "
+             f"p50 {total['p50']:.3f} s, p95 {total['p95']:.3f} s (min {total['min']:.3f}, max {total['max']:.3f})"]
+    parts = [f"{label} {percentile(calls['parts'][key], 50):.3f} s" for key, label in CALL_PARTS
+             if calls.get("parts", {}).get(key)]
+    if parts:
+        lines.append(f"  per client, p50: {', '.join(parts)} (the two clients run side by side)")
+    return lines
+
+
+def format_messages(messages: dict) -> list[str]:
+    chain, direct = spread(messages["chain"]["samples"]), spread(messages["direct"]["samples"])
+    ratio, verdict = chain_verdict(chain["p50"], direct["p50"])
+    bases = messages.get("bases", {})
+
+    def row(name: str, where: str, figures: dict) -> str:
+        send = percentile(messages[name]["send"], 50) if messages[name].get("send") else None
+        return (f"  {name:<6} ({where}): p50 {figures['p50'] * 1000:.1f} ms, p95 {figures['p95'] * 1000:.1f} ms "
+                f"(min {figures['min'] * 1000:.1f}, max {figures['max'] * 1000:.1f}"
+                + (f"; the send request alone p50 {send * 1000:.1f} ms)" if send is not None else ")"))
+
+    return [
+        f"message round trip, one user's send until the other's /sync returns it, {chain['n']} per path "
+        f"after {messages.get('warmup', 0)} warm-up, interleaved:",
+        row("chain", f"{bases.get('chain', 'https://matrix.<domain>')} on Traefik's 443 with TLS -> nginx -> Synapse",
+            chain),
+        row("direct", f"Synapse's client listener {bases.get('direct', '')}".rstrip(), direct),
+        f"  chain/direct (medians): {ratio:.2f}, the chain adds {(ratio - 1) * 100:+.0f}%: "
+        f"{verdict} the {(CHAIN_GOAL - 1) * 100:.0f}% goal; paired by iteration (less swayed by other load), "
+        f"the median of chain - direct is {paired_difference(messages) * 1000:+.1f} ms",
+    ]
+
+
+def paired_difference(messages: dict) -> float:
+    """The median, over iterations, of (chain - direct) for the two samples taken side by side."""
+    return statistics.median(c - d for c, d in zip(messages["chain"]["samples"], messages["direct"]["samples"]))
+
+
+def format_live(report: Optional[dict], message: str) -> list[str]:
+    if report is None:
+        return [f"call setup and message round trips: {message}"]
+    lines = []
+    if "calls" in report:
+        lines += format_calls(report["calls"])
+    if "messages" in report:
+        lines += format_messages(report["messages"])
+    if "load_average" in report:
+        lines.append(f"(measured on a shared machine: load average {report['load_average']:.1f} "
+                     f"over the last minute, {report.get('cpus')} CPUs)")
+    return lines
+
+
 @dataclass
 class CommandTiming:
     label: str  # "cold" (fresh caches) or "warm" (a second run)
@@ -256,7 +384,8 @@ def _min_median(values: list[float]) -> str:
 
 
 def format_report(stacks: list[StackBench], harness: tuple[Optional[float], Optional[dict], str],
-                  test_command: Optional[list[CommandTiming]] = None) -> str:
+                  test_command: Optional[list[CommandTiming]] = None,
+                  live: Optional[tuple[Optional[dict], str]] = None) -> str:
     rows = [("stack", "resources", "custom", "evaluate s (min/median)", "process s (min/median)", "longest chain",
              "provider SDKs imported")]
     for s in stacks:
@@ -286,6 +415,8 @@ def format_report(stacks: list[StackBench], harness: tuple[Optional[float], Opti
         numbers = {k: v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         details = ", ".join(f"{k} {v:.2f}" for k, v in numbers.items())
         lines.append(f"loopback harness cold boot: {wall:.2f} s wall" + (f" ({details})" if details else ""))
+    if live is not None:
+        lines += format_live(*live)
     if test_command:
         lines.append("")
         lines += format_test_command(test_command)
@@ -301,6 +432,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="evaluations per stack (default 3)")
     parser.add_argument("--stack", action="append", default=[], help="bench only this stack; repeatable")
     parser.add_argument("--skip-harness", action="store_true", help="do not boot the loopback harness")
+    parser.add_argument("--joins", type=int, default=DEFAULT_JOINS,
+                        help=f"call setups to time on the harness, p50/p95 (default {DEFAULT_JOINS}; 0: none)")
+    parser.add_argument("--messages", type=int, default=DEFAULT_MESSAGES,
+                        help=f"message round trips per path, through Traefik/nginx and direct to Synapse "
+                             f"(default {DEFAULT_MESSAGES}; 0: none)")
+    parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
+                        help=f"round trips per path done first and not counted (default {DEFAULT_WARMUP})")
     parser.add_argument("--test-command", action="store_true",
                         help="also time ./scripts/test (what CI runs) here, with the caches as they are (goal 6 min)")
     parser.add_argument("--cold", action="store_true",
@@ -318,9 +456,26 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: no stack file for {', '.join(unknown)}; committed stacks: {', '.join(committed)}",
               file=sys.stderr)
         return 2
+    negative = [f"--{name}" for name in ("joins", "messages", "warmup") if getattr(args, name) < 0]
+    if negative:
+        print(f"error: {', '.join(negative)} must be 0 or more", file=sys.stderr)
+        return 2
     stacks = [bench_stack(stack, args.repeat) for stack in args.stack or committed]
-    harness = (None, None, "skipped (--skip-harness)") if args.skip_harness else harness_boot()
+    harness, live = harness_and_live(args)
     runs = time_test_commands(cold=args.cold) if (args.test_command or args.cold) else None
-    print(format_report(stacks, harness, runs))
+    print(format_report(stacks, harness, runs, live))
     # Times are information, not a verdict; a stack that does not evaluate, or a failing test command, is.
     return 1 if any(s.error for s in stacks) or any(r.returncode != 0 for r in runs or []) else 0
+
+
+def harness_and_live(args: argparse.Namespace) -> tuple[tuple[Optional[float], Optional[dict], str],
+                                                        Optional[tuple[Optional[dict], str]]]:
+    """The harness cold boot and, on that same boot, the call and message figures."""
+    if args.skip_harness:
+        return (None, None, "skipped (--skip-harness)"), None
+    if not (args.joins or args.messages):
+        return harness_boot(), None
+    report, message = live_harness(args.joins, args.messages, args.warmup)
+    if report is None:
+        return (None, None, message), (None, message)
+    return (report["boot_wall_seconds"], {"cold_boot_seconds": report["cold_boot_seconds"]}, "ok"), (report, message)

@@ -21,6 +21,8 @@ Client-Server API (/versions, /voip/turnServer, /v1/appservice/{id}/ping),
 Server-Server API (/federation/v1/version, /key/v2/server); TURN per
 RFC 8656 (Allocate) with STUN long-term credentials per RFC 8489 §9.2, and
 the TURN REST credential scheme coturn's use-auth-secret implements.
+MatrixRTC calls (foci, lk-jwt-service's token, LiveKit's signalling and UDP media):
+commstack/doctor_calls.py.
 """
 
 from __future__ import annotations
@@ -80,6 +82,12 @@ class Target:
     via: dict[str, str] = field(default_factory=dict)  # "host:port" -> "[scheme://]addr:port"
     self_signed: bool = False  # the stack generated its certificate (tlsCertificate output or --ca-file)
     signal_logs: Optional[str] = None  # where Signal-Server's log is (the stack's signalLogsCommand)
+    # MatrixRTC calls (commstack/doctor_calls.py). calls: True expected, False off, None: as announced.
+    calls: Optional[bool] = None
+    rtc_transports: list = field(default_factory=list)  # the stack's rtcTransports (lk-jwt-service's URL)
+    livekit_url: Optional[str] = None  # the stack's livekitUrl (wss://...), what lk-jwt-service must hand out
+    livekit_media_ports: Optional[tuple[int, int]] = None  # the stack's livekitMediaPorts
+    livekit_token: Optional[str] = None  # an operator's LiveKit token for the LiveKit rows
 
 
 # -- reaching public names ----------------------------------------------------------------
@@ -603,8 +611,13 @@ def run_checks(target: Target) -> list[Check]:
         checks.append(check_federation_api(target, delegated))
     user = _test_user(target, base_url)
     checks.append(user.check)
+    checked_hosts = set(hosts)
     if user.token:
-        checks += check_turn(target, base_url, user.token, checked_hosts=set(hosts))
+        checks += check_turn(target, base_url, user.token, checked_hosts=checked_hosts)
+    from commstack.doctor_calls import check_calls
+
+    checks += check_calls(target, base_url, user, checked_hosts)
+    if user.token:
         _deactivate(target, base_url, user)
     checks += [check_bridge(target, base_url, appservice_id, as_token)
                for appservice_id, as_token in sorted(target.bridges.items())]
@@ -670,6 +683,9 @@ def _check_target(target: Target) -> None:
     for flag, url in (("--homeserver-url", target.homeserver_url), ("--well-known-url", target.well_known_url),
                       ("--admin-url", target.admin_url), ("--signal-health-url", target.signal_health_url)):
         _check_url(flag, url)
+    if target.livekit_url is not None and urlsplit(target.livekit_url).scheme not in ("ws", "wss"):
+        raise AdminError(f"--livekit-url {target.livekit_url!r} is not a ws(s):// URL "
+                         "(e.g. wss://rtc.example.org/livekit/sfu)")
     if target.public_ip is not None:
         try:
             ipaddress.ip_address(target.public_ip)
@@ -740,7 +756,20 @@ def _target(args: Any, stack: dict, server_name: str) -> Target:
         via=_pairs(args.via, "--via"),
         self_signed=args.ca_file is not None,
         signal_logs=stack.get("signalLogsCommand"),
+        **_calls_target(args, stack),
     )
+
+
+def _calls_target(args: Any, stack: dict) -> dict:
+    from commstack.doctor_calls import parse_port_range
+
+    calls = None if "rtcTransports" not in stack else bool(stack.get("rtcTransports"))
+    if getattr(args, "no_calls", False):
+        calls = False
+    return dict(calls=calls, rtc_transports=list(stack.get("rtcTransports") or []),
+                livekit_url=args.livekit_url or stack.get("livekitUrl"),
+                livekit_media_ports=parse_port_range(stack.get("livekitMediaPorts")),
+                livekit_token=os.environ.get("COMMSTACK_LIVEKIT_TOKEN") or args.livekit_token)
 
 
 def add_arguments(parser) -> None:
@@ -756,6 +785,12 @@ def add_arguments(parser) -> None:
                                                "(or env COMMSTACK_ACCESS_TOKEN, which stays out of `ps`)")
     parser.add_argument("--bridge", action="append", metavar="ID=AS_TOKEN", help="ping this appservice")
     parser.add_argument("--signal-health-url", help="Signal-Server health URL that must answer 2xx")
+    parser.add_argument("--no-calls", action="store_true", help="skip the MatrixRTC call rows")
+    parser.add_argument("--livekit-url", help="the LiveKit URL lk-jwt-service must hand out (wss://rtc.<domain>/"
+                                              "livekit/sfu); also where a --livekit-token joins")
+    parser.add_argument("--livekit-token", help="a LiveKit join token (for a room that exists) for the signalling "
+                                                "and media rows, instead of lk-jwt-service's (or env "
+                                                "COMMSTACK_LIVEKIT_TOKEN, which stays out of `ps`)")
     parser.add_argument("--via", action="append", metavar="HOST:PORT=[SCHEME://]ADDR:PORT",
                         help="send traffic for a public host:port here instead (tunnels, the test harness)")
     parser.add_argument("--ca-file", metavar="PEM", help="trust the certificates in this file instead of the system's "

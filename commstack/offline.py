@@ -142,6 +142,7 @@ class Registration:
     provider: str
     read: bool = False
     delete_before_replace: Optional[bool] = None
+    import_id: str = ""  # the `import_` option: the ID of an existing resource the engine adopts
 
     @property
     def plain_inputs(self) -> dict:
@@ -475,6 +476,7 @@ def make_monitor(evaluation: Evaluation, seed: Optional[str] = None):
                     provider=request.provider,
                     delete_before_replace=(request.deleteBeforeReplace
                                            if request.deleteBeforeReplaceDefined else None),
+                    import_id=request.importId,
                 )
             )
             obj = _sync_await(rpc.serialize_properties(state, {}))

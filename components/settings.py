@@ -55,6 +55,9 @@ _TWILIO_SID_RE = {prefix: re.compile(rf"^{prefix}[0-9a-f]{{32}}$", re.ASCII) for
 _APP_HASH_RE = re.compile(r"^[A-Za-z0-9+/]{11}$", re.ASCII)
 _REPO_RE = re.compile(r"https://[A-Za-z0-9.-]+/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+?(?:\.git)?", re.ASCII)
 _POSITIVE_INT_RE = re.compile(r"[0-9]+", re.ASCII)
+# A restored Signal table set's suffix (<stack>-signal-<Table>-<suffix>): lowercase letters, digits and inner
+# hyphens, short enough that every restored name stays far below DynamoDB's 255 characters.
+SIGNAL_TABLE_SUFFIX_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?", re.ASCII)
 # MTProto's initConnection takes api_id as a 32-bit `int` (core.telegram.org/method/initConnection).
 TELEGRAM_API_ID_MAX = 2**31 - 1
 # The longest common name a certificate may carry (RFC 5280 ub-common-name); the
@@ -149,6 +152,7 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
         ConfigKey("signalJarS3Uri", "", "Optional s3:// URI of a prebuilt TextSecureServer jar, so a replacement instance starts without building.", "s3://my-builds/TextSecureServer-9.81.0.jar"),
         ConfigKey("signalRedis", "containers", "`containers` (six-node Redis cluster on the instance) or `elasticache` (AWS ElastiCache, cluster mode).", "elasticache"),
         ConfigKey("containerMemory", {}, "JSON object: memory limit per container (docker name) instead of its default, e.g. {\"synapse\": \"4g\"}; m or g.", "'{\"synapse\":\"4g\"}'"),
+        ConfigKey("signalRestoredTables", [], "JSON list of suffixes of Signal table sets restored with `python -m commstack signal-restore tables`, oldest first: each set <table>-<suffix> is adopted (imported, protected) and the server uses the last; the original tables stay untouched. See \"Restore the Signal half\".", "'[\"restored-20261201-0930\"]'"),
         ConfigKey("adminCidrs", [], "JSON list of CIDRs allowed to SSH to the Signal instance; empty keeps SSH closed.", "'[\"198.51.100.7/32\"]'"),
         ConfigKey("signalTwilioAccountSid", "", "Twilio account SID (AC…): registration-service verifies phone numbers with Twilio Verify. Required when signal is on, unless signalInsecureUnverifiedRegistration.", "AC0123456789abcdef0123456789abcdef"),
         ConfigKey("signalTwilioApiKeySid", "", "SID of a Twilio API key (SK…) of that account; required with Twilio.", "SK0123456789abcdef0123456789abcdef"),
@@ -160,6 +164,12 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
         ConfigKey("region", None, "AWS region of the Signal half; required when signal is on and signalTarget is aws.", "eu-central-1", namespace="aws"),
     ]
 }
+
+
+def stack_tags(stack: str) -> dict[str, str]:
+    """The tags the AWS provider puts on every resource (__main__.py); a table `signal-restore` makes
+    gets them too, or adopting it would differ from the program."""
+    return {"commstack:project": PROJECT, "commstack:stack": stack}
 
 
 class SettingsError(ValueError):
@@ -260,6 +270,8 @@ class SignalSettings:
     twilio_api_key_secret: Optional[pulumi.Output] = field(default=None, repr=False)
     allowed_numbers: tuple[str, ...] = ()
     insecure_unverified_registration: bool = False
+    # Suffixes of the table sets `signal-restore tables` made, oldest first; the server uses the last (none: the originals).
+    restored_tables: tuple[str, ...] = ()
 
     @property
     def data_file(self) -> Path:
@@ -756,8 +768,10 @@ def load_settings(stack: Optional[str] = None) -> Settings:
         r.check(not open_world, "commstack:adminCidrs", "must not open SSH to the whole internet (0.0.0.0/0 or ::/0)",
                 '\'["198.51.100.7/32"]\'')
         verification = _signal_verification(r, domain, cloudflare_dns, target)
+        restored_tables = _signal_restored_tables(r, target)
     else:
         verification = {}
+        restored_tables = ()
 
     container_memory: dict[str, int] = {}
     memory_text = r.raw("commstack:containerMemory")
@@ -823,6 +837,7 @@ def load_settings(stack: Optional[str] = None) -> Settings:
             jar_s3_uri=jar,
             redis=redis,
             admin_cidrs=tuple(admin_cidrs),
+            restored_tables=restored_tables,
             **verification,
         ),
         warnings=tuple(warnings),
@@ -830,6 +845,24 @@ def load_settings(stack: Optional[str] = None) -> Settings:
         container_memory=container_memory,
         postgres=postgres,
     )
+
+
+def _signal_restored_tables(r: "_Reader", target: str) -> tuple[str, ...]:
+    """commstack:signalRestoredTables: suffixes of restored table sets (components/signal/storage.py)."""
+    key = "commstack:signalRestoredTables"
+    suffixes = r.string_list(key)
+    if not suffixes:
+        return ()
+    example = CONFIG_KEYS[key].example
+    r.check(target == "aws", key, "is for signalTarget aws: DynamoDB Local on the docker target has no "
+            "point-in-time recovery to restore from", "'[]'")
+    bad = [s for s in suffixes if not SIGNAL_TABLE_SUFFIX_RE.fullmatch(s)]
+    r.check(not bad, key, f"not table suffixes (1-40 lowercase letters, digits and inner hyphens): "
+            f"{', '.join(repr(s) for s in bad)}", example)
+    # Dropping an earlier set would make `pulumi up` delete protected tables; repeating one would register it twice.
+    r.check(len(set(suffixes)) == len(suffixes), key, "lists a suffix twice",
+            "'" + json.dumps(list(dict.fromkeys(suffixes))) + "'")
+    return tuple(suffixes)
 
 
 def _read_backup(r: _Reader) -> BackupSettings:

@@ -21,7 +21,7 @@ from components.matrix.backup import Backup, BackupArgs, BackupRepository
 from components.matrix.bridges import BRIDGE_SPECS, BridgeArgs, MautrixBridge
 from components.matrix.calls import Calls, CallsArgs, calls_routes, rtc_transports
 from components.matrix.lkjwt import CONTAINER as LK_JWT_CONTAINER
-from components.matrix.livekit import CONTAINER as LIVEKIT_CONTAINER
+from components.matrix.livekit import CONTAINER as LIVEKIT_CONTAINER, media_ports
 from components.matrix.element import LOGICAL_NAME as ELEMENT_CONTAINER, Element, ElementArgs
 from components.matrix.network import Network, NetworkArgs
 from components.matrix.postgres import DatabaseSpec, Postgres, PostgresArgs
@@ -243,6 +243,8 @@ class Homeserver(pulumi.ComponentResource):
         self.turn_uris = list(self.turn.uris) if self.turn else []
         self.rtc_transports = transports
         self.livekit_url = self.calls.livekit_url if self.calls else None
+        # LiveKit's share of the public UDP range (configs/ports.yaml), for doctor's media row.
+        self.livekit_media_ports = "{}-{}".format(*media_ports()) if self.calls else None
         self.registration_shared_secret = self.synapse.registration_shared_secret
         # Over the Docker host connection (`docker exec`): no proxy serves the admin API.
         self.create_admin_command = f".venv/bin/python -m commstack create-admin --stack {pulumi.get_stack()} --user admin"
@@ -256,6 +258,7 @@ class Homeserver(pulumi.ComponentResource):
             "server_name": self.server_name,
             "turn_uris": self.turn_uris,
             "rtc_transports": self.rtc_transports,
+            "livekit_media_ports": self.livekit_media_ports,
             "registration_shared_secret": self.registration_shared_secret,
             "create_admin_command": self.create_admin_command,
             "bridge_tokens": self.bridge_tokens,

@@ -144,7 +144,7 @@ class Backend(pulumi.ComponentResource):
                             if verification.needs_secrets_file else {})
         secrets = ServerSecrets(f"{name}-secrets", ServerSecretsArgs(version, internal_tls.private_key_pem,
                                                                      parameter_prefix, operator_secrets), opts=opts)
-        tables = Tables(f"{name}-tables", TablesArgs(version.tables, name_prefix), opts=opts)
+        tables = Tables(f"{name}-tables", TablesArgs(version.tables, name_prefix, signal.restored_tables), opts=opts)
         buckets = Buckets(f"{name}-buckets", BucketsArgs(version.buckets, name_prefix), opts=opts)
         dynamic = DynamicConfig(f"{name}-appconfig", DynamicConfigArgs(), opts=opts)
         firewall = Firewall(f"{name}-firewall", FirewallArgs(admin_cidrs=signal.admin_cidrs), opts=opts)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import pulumi
 
@@ -41,29 +41,45 @@ def create_table_request(spec: TableSpec, physical_name: str) -> dict:
     return request
 
 
+def table_name(name_prefix: str, spec: TableSpec, restored: Optional[str] = None) -> str:
+    """The physical name of `spec`'s table: <prefix>-<spec.name>, or <prefix>-<spec.name>-<suffix> for the
+    set `python -m commstack signal-restore tables` restored (commstack:signalRestoredTables)."""
+    return f"{name_prefix}-{spec.name}" + (f"-{restored}" if restored else "")
+
+
 @dataclass
 class TablesArgs:
     tables: Sequence[TableSpec]
     name_prefix: str  # physical names are <prefix>-<spec.name>
+    # Suffixes of restored table sets, oldest first (commstack:signalRestoredTables); the server uses the last.
+    restored: Sequence[str] = ()
 
 
 class Tables(pulumi.ComponentResource):
-    """Every table, on-demand, PITR, encrypted, deletion-protected, TTL where the server writes one."""
+    """Every table, on-demand, PITR, encrypted, deletion-protected, TTL where the server writes one.
 
-    tables: dict[str, pulumi.CustomResource]  # aws.dynamodb.Table by config path
-    names: pulumi.Output  # {config path: physical name}
-    arns: pulumi.Output  # [table ARN]
+    A point-in-time restore makes new tables (DynamoDB never restores in place). Each restored set is
+    adopted with `import_` beside the originals, with the same inputs, so it gets the same protection:
+    the originals stay registered unchanged (never replaced, never deleted), every earlier set stays
+    too (dropping one would delete protected tables), and `names`/`arns`/`index_arns` (what config.yml
+    and the instance role name) are the live set's: the last restored one, else the originals.
+    """
+
+    tables: dict[str, pulumi.CustomResource]  # aws.dynamodb.Table of the live set, by config path
+    originals: dict[str, pulumi.CustomResource]  # the tables `pulumi up` created, by config path
+    restored: dict[str, dict[str, pulumi.CustomResource]]  # suffix -> config path -> adopted table
+    names: pulumi.Output  # {config path: physical name} of the live set
+    arns: pulumi.Output  # [table ARN] of the live set
     index_arns: pulumi.Output  # [<table ARN>/index/<name>] of every GSI and LSI, nothing for tables without one
 
     def __init__(self, name: str, args: TablesArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("commstack:signal:Tables", name, None, opts)
         import pulumi_aws as aws  # AWS target only: the docker target never loads the SDK
 
-        self.tables = {}
-        for spec in args.tables:
-            self.tables[spec.config] = aws.dynamodb.Table(
-                f"{name}-{spec.name.lower().replace('_', '-')}",
-                name=f"{args.name_prefix}-{spec.name}",
+        def table(resource_name: str, spec: TableSpec, physical: str, **options) -> pulumi.CustomResource:
+            return aws.dynamodb.Table(
+                resource_name,
+                name=physical,
                 billing_mode="PAY_PER_REQUEST",
                 hash_key=spec.hash.name,
                 range_key=spec.range.name if spec.range else None,
@@ -83,8 +99,23 @@ class Tables(pulumi.ComponentResource):
                 server_side_encryption=aws.dynamodb.TableServerSideEncryptionArgs(enabled=True),
                 deletion_protection_enabled=True,
                 ttl=aws.dynamodb.TableTtlArgs(attribute_name=spec.ttl, enabled=True) if spec.ttl else None,
-                opts=stateful_child(self),
+                opts=stateful_child(self, **options),
             )
+
+        def slug(spec: TableSpec) -> str:
+            return f"{name}-{spec.name.lower().replace('_', '-')}"
+
+        self.originals = {spec.config: table(slug(spec), spec, table_name(args.name_prefix, spec))
+                          for spec in args.tables}
+        self.restored = {}
+        for suffix in args.restored:
+            # import_: the restore made the table; adopting it fails (changing nothing) unless it matches these
+            # inputs, which `signal-restore tables` sees to (PITR, deletion protection, TTL, encryption, tags).
+            self.restored[suffix] = {
+                spec.config: table(f"{slug(spec)}-{suffix}", spec, table_name(args.name_prefix, spec, suffix),
+                                   import_=table_name(args.name_prefix, spec, suffix))
+                for spec in args.tables}
+        self.tables = self.restored[args.restored[-1]] if args.restored else self.originals
         self.names = pulumi.Output.all(**{path: t.name for path, t in self.tables.items()})
         self.arns = pulumi.Output.all(*[t.arn for t in self.tables.values()])
         self.index_arns = pulumi.Output.all(*[

@@ -92,6 +92,17 @@ CASES = [
     ("backup-missing-scripts", ["backup", "--scripts-dir", "{tmp}/no-such-dir"], "", None, "error"),
     ("backups-no-docker", ["backups", "--json"], "", None, "error"),
     ("restore-no-docker", ["restore", "--snapshot", "zzz"], "", None, "error"),
+    # signal-restore refuses each of these before it sends anything to AWS.
+    ("signal-restore-no-what", ["signal-restore"], "", "usage", "the following arguments are required: WHAT"),
+    ("signal-restore-unknown-stack", ["signal-restore", "tables", "--stack", "nosuch", "--latest"], "", 2,
+     "no stack file Pulumi.nosuch.yaml"),
+    ("signal-restore-docker-stack", ["signal-restore", "tables", "--stack", "dev", "--latest"], "", 2, "runs on Docker"),
+    ("signal-restore-no-zone", ["signal-restore", "tables", "--stack", "prod", "--to", "2026-12-01T09:30"], "", 2,
+     "has no time zone"),
+    ("signal-restore-bad-suffix", ["signal-restore", "tables", "--stack", "prod", "--latest", "--suffix", "R_1"], "", 2,
+     "is not a table suffix"),
+    ("signal-restore-version-without-name", ["signal-restore", "secrets", "--stack", "prod", "--version", "1"], "", 2,
+     "--version needs --name"),
 ]
 
 

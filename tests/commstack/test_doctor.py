@@ -4,22 +4,16 @@ encoding, TURN REST credentials, argument precedence and the table.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import hmac
 import struct
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import requests
 
 from commstack import doctor
-
-
-def _target(**via) -> doctor.Target:
-    return doctor.Target(server_name="example.org", via=dict(via))
 
 
 @pytest.mark.parametrize("url, via, expected", [
@@ -53,7 +47,7 @@ def test_connect_to_leaves_unmapped_origins_and_plain_http_alone():
     assert "server_hostname" not in pool_kwargs
 
 
-def test_connect_to_sends_the_public_host_header():
+def test_connect_to_sends_the_public_host_header(loopback_http):
     seen: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -62,18 +56,10 @@ def test_connect_to_sends_the_public_host_header():
             self.send_response(204)
             self.end_headers()
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        with requests.Session() as session:
-            session.mount("http://", doctor.ConnectTo({"matrix.example.org:80": f"127.0.0.1:{server.server_port}"}))
-            assert session.get("http://matrix.example.org/x", timeout=5).status_code == 204
-    finally:
-        server.shutdown()
-        server.server_close()
+    local = loopback_http(Handler).removeprefix("http://")
+    with requests.Session() as session:
+        session.mount("http://", doctor.ConnectTo({"matrix.example.org:80": local}))
+        assert session.get("http://matrix.example.org/x", timeout=5).status_code == 204
     assert seen == ["matrix.example.org"]
 
 
@@ -133,21 +119,11 @@ def test_xor_relayed_address_decodes():
     assert doctor._xor_address(value) == "127.0.0.1:49170"
 
 
-def _args(**overrides) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    doctor.add_arguments(parser)
-    argv = []
-    for key, value in overrides.items():
-        argv += [f"--{key.replace('_', '-')}", value] if value is not True else [f"--{key.replace('_', '-')}"]
-    return parser.parse_args(argv)
-
-
-def test_flags_override_stack_outputs(monkeypatch):
-    monkeypatch.delenv("COMMSTACK_SHARED_SECRET", raising=False)
+def test_flags_override_stack_outputs(doctor_target):
     outputs = {"serverName": "example.org", "homeserverUrl": "https://matrix.example.org/",
                "turnUris": ["turn:turn.example.org:3478?transport=udp"], "registrationSharedSecret": "s"}
-    target = doctor.target_from_args(_args(stack="prod", homeserver_url="https://hs.example.org/",
-                                           via="example.org:443=http://127.0.0.1:1"), outputs=lambda stack: outputs)
+    target = doctor_target(outputs, stack="prod", homeserver_url="https://hs.example.org/",
+                           via="example.org:443=http://127.0.0.1:1")
     assert target.server_name == "example.org"
     assert target.homeserver_url == "https://hs.example.org/"
     assert target.turn_uris == outputs["turnUris"]
@@ -163,31 +139,31 @@ CA_BUNDLE = __import__("certifi").where()  # any readable PEM file
     ({"ca_file": CA_BUNDLE}, CA_BUNDLE),
     ({"insecure_tls": True, "ca_file": CA_BUNDLE}, False),
 ])
-def test_ca_file_replaces_the_system_cas_unless_tls_is_relaxed(flags, verify):
-    target = doctor.target_from_args(_args(server_name="example.org", **flags), outputs=lambda stack: {})
+def test_ca_file_replaces_the_system_cas_unless_tls_is_relaxed(doctor_target, flags, verify):
+    target = doctor_target(server_name="example.org", **flags)
     assert target.ca_file == flags.get("ca_file")
     assert doctor._verify(target) == verify
 
 
-def test_a_self_signed_stack_is_verified_against_its_own_certificate():
+def test_a_self_signed_stack_is_verified_against_its_own_certificate(doctor_target):
     pem = open(CA_BUNDLE).read().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
     outputs = {"serverName": "commstack.localhost", "tlsCertificate": pem}
-    target = doctor.target_from_args(_args(stack="dev"), outputs=lambda stack: outputs)
+    target = doctor_target(outputs, stack="dev")
     assert target.self_signed and open(target.ca_file).read() == pem
     assert doctor._verify(target) == target.ca_file
     # --insecure-tls still wins, and a --ca-file given is kept.
-    assert doctor.target_from_args(_args(stack="dev", insecure_tls=True), outputs=lambda s: outputs).ca_file is None
-    assert doctor.target_from_args(_args(stack="dev", ca_file=CA_BUNDLE), outputs=lambda s: outputs).ca_file == CA_BUNDLE
+    assert doctor_target(outputs, stack="dev", insecure_tls=True).ca_file is None
+    assert doctor_target(outputs, stack="dev", ca_file=CA_BUNDLE).ca_file == CA_BUNDLE
 
 
 @pytest.mark.parametrize("target_outputs, hint", [
     ({"signalLogsCommand": "docker logs signal-local-server (on the Docker host)"}, "docker logs signal-local-server"),
     ({"signalLogsCommand": "journalctl -u signal-server (on the instance)"}, "journalctl -u signal-server"),
 ])
-def test_signal_hints_fit_the_stacks_target(target_outputs, hint):
+def test_signal_hints_fit_the_stacks_target(doctor_target, target_outputs, hint):
     outputs = {"serverName": "example.org", "signalHealthUrl": "http://127.0.0.1:1/v1/accounts/whoami",
                **target_outputs}
-    target = doctor.target_from_args(_args(stack="s"), outputs=lambda stack: outputs)
+    target = doctor_target(outputs, stack="s")
     check = doctor.check_signal(target)
     assert check.status == doctor.FAIL and hint in check.hint, check
     assert ("journalctl" in check.hint) == ("journalctl" in hint)
@@ -205,15 +181,15 @@ def test_signal_hints_fit_the_stacks_target(target_outputs, hint):
     ({"server_name": "example.org", "via": "example.org=127.0.0.1:1"}, "is not HOST:PORT"),
     ({"server_name": "example.org", "ca_file": "/no/such.pem"}, "--ca-file /no/such.pem: No such file"),
 ])
-def test_malformed_flags_are_refused_before_any_traffic(flags, message):
+def test_malformed_flags_are_refused_before_any_traffic(doctor_target, flags, message):
     with pytest.raises(doctor.AdminError) as raised:
-        doctor.target_from_args(_args(**flags), outputs=lambda stack: {})
+        doctor_target(**flags)
     assert message in str(raised.value)
 
 
-def test_a_server_name_is_required():
+def test_a_server_name_is_required(doctor_target):
     with pytest.raises(doctor.AdminError, match="--stack NAME or --server-name"):
-        doctor.target_from_args(_args(), outputs=lambda stack: {})
+        doctor_target()
 
 
 def test_table_counts_and_hints():
@@ -238,11 +214,8 @@ SIGNAL_ANSWERS = {
 }
 
 
-@pytest.fixture(scope="module")
-def signal_front():
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
+@pytest.fixture
+def signal_front(loopback_http):
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
             status, content_type, body = SIGNAL_ANSWERS[self.path]
@@ -252,13 +225,7 @@ def signal_front():
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    return loopback_http(Handler)
 
 
 @pytest.mark.parametrize("path, status, hint_part", [
@@ -274,9 +241,9 @@ def test_signal_check_accepts_only_the_servers_own_answers(signal_front, path, s
     assert hint_part in (check.hint or "")
 
 
-def test_a_malformed_bridge_flag_is_reported_without_echoing_the_token(capsys):
+def test_a_malformed_bridge_flag_is_reported_without_echoing_the_token(doctor_args, capsys):
     token = "syt_d2hhdHNhcHA_secretsecretsecret"
-    assert doctor.main(_args(server_name="example.org", bridge=f"whatsapp:{token}")) == 2
+    assert doctor.main(doctor_args(server_name="example.org", bridge=f"whatsapp:{token}")) == 2
     out, err = capsys.readouterr()
     assert err.strip() == "error: --bridge takes KEY=VALUE; one value has no '='"
     assert token not in out + err

@@ -7,8 +7,7 @@ import json
 import os
 import stat
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -16,7 +15,7 @@ from commstack import doctor
 
 
 @pytest.fixture
-def client_api():
+def client_api(loopback_http):
     """A client API on loopback that accepts one password login and records it."""
     logins = []
 
@@ -31,14 +30,7 @@ def client_api():
             self.end_headers()
             self.wfile.write(data)
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", logins
-    server.shutdown()
-    server.server_close()
+    return loopback_http(Handler), logins
 
 
 @pytest.fixture
@@ -72,11 +64,8 @@ def test_without_docker_host_admin_url_or_token_the_test_user_is_skipped_with_th
     assert user.check.status == doctor.SKIP and "--access-token" in user.check.hint
 
 
-def test_doctor_reads_the_docker_host_from_the_stack():
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    doctor.add_arguments(parser)
-    args = parser.parse_args(["--stack", "prod"])
-    target = doctor.target_from_args(args, outputs=lambda stack: {"serverName": "example.org", "dockerHost": ""})
+def test_doctor_reads_the_docker_host_from_the_stack(doctor_target):
+    target = doctor_target({"serverName": "example.org", "dockerHost": ""}, stack="prod")
     assert target.docker_host == ""
+    assert doctor_target({"serverName": "example.org", "dockerHost": "ssh://deploy@h"}, stack="prod").docker_host \
+        == "ssh://deploy@h"

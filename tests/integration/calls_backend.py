@@ -10,6 +10,7 @@ binary, and the tests that need it skip without it, saying so.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -17,7 +18,7 @@ import select
 import socket
 import ssl
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Optional
@@ -181,6 +182,7 @@ class CallsServices:
     tunnel: Optional[ConnectTunnel] = None
     foreign: Optional[ForeignHomeserver] = None
     lk_jwt_booted: bool = False
+    lk_jwt_env: dict = field(default_factory=dict)  # the environment it was started with (for a second instance)
 
     def stop(self) -> None:
         for part in (self.tunnel, self.foreign):
@@ -220,7 +222,8 @@ def boot(harness, spawn: Callable, wait_until: Callable) -> CallsServices:
     services.tunnel = ConnectTunnel(ports.connect_proxy, public)
     env = loopback.lk_jwt_environment(container_envs(rendered, LK_JWT), root=root, ports=ports,
                                       extra_ca_dir=extra_ca_dir)
-    jwt = spawn(LK_JWT, [binary], env={"PATH": os.environ.get("PATH", ""), **env})
+    services.lk_jwt_env = {"PATH": os.environ.get("PATH", ""), **env}
+    jwt = spawn(LK_JWT, [binary], env=services.lk_jwt_env)
     wait_until("lk-jwt-service", lambda: requests.get(f"http://{LOOPBACK}:{ports.lk_jwt}/healthz", timeout=1).ok,
                jwt.process, jwt.log)
     services.lk_jwt_booted = True
@@ -231,3 +234,30 @@ def harness_free_port() -> int:
     from tests.integration.harness import free_port
 
     return free_port()
+
+
+def _start_lk_jwt(harness, name: str, env: dict[str, str]):
+    from tests.integration.harness import wait_until
+
+    service = harness.spawn(name, [lk_jwt_binary()], env=env)
+    wait_until(name, lambda: requests.get(f"http://{LOOPBACK}:{harness.ports.lk_jwt}/healthz", timeout=1).ok,
+               service.process, service.log)
+    return service
+
+
+@contextlib.contextmanager
+def lk_jwt_replaced(harness, overrides: dict[str, str]):
+    """For one test: the harness's lk-jwt-service restarted with `overrides` in its environment (on
+    its own port, so behind Traefik's route), then restarted as booted."""
+    original, = [s for s in harness.services if s.name == LK_JWT and s.process.poll() is None]
+    original.process.terminate()
+    original.process.wait(timeout=10)
+    harness.services.remove(original)
+    replaced = _start_lk_jwt(harness, f"{LK_JWT}-replaced", {**harness.calls.lk_jwt_env, **overrides})
+    try:
+        yield replaced
+    finally:
+        replaced.process.terminate()
+        replaced.process.wait(timeout=10)
+        harness.services.remove(replaced)
+        _start_lk_jwt(harness, LK_JWT, harness.calls.lk_jwt_env)

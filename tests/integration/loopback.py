@@ -351,11 +351,11 @@ def aws_local_command(command: list[str], *, root: Path, container: str, python:
     return adapted + ["--bind", AWS_LOCAL_ADDRESS]  # every interface -> its own loopback address
 
 
-def dynamodb_local_args(command: list[str], *, root: Path, container: str, port: int) -> list[str]:
-    """DynamoDB Local's arguments for loopback (after `-jar DynamoDBLocal.jar`, which the launcher replaces)."""
-    assert command[:2] == ["-jar", "DynamoDBLocal.jar"]
-    adapted = _relocate(command[2:], "/home/dynamodblocal", root, container)  # its volume -> temp dir
-    return adapted + ["-port", str(port)]  # its default 8000 -> a free port
+def moto_dynamodb_command(python: str, *, port: int) -> list[str]:
+    """The dynamodb container for loopback: moto's server (Apache-2.0, pinned in requirements.txt) in DynamoDB
+    Local's place, whose vendor licence is not open source (the machine's package guide says not to use it).
+    Its own process, so the server's load never holds the pytest process's GIL; on loopback, on a free port."""
+    return [python, "-m", "moto.server", "--host", LOOPBACK, "--port", str(port)]
 
 
 def registration_config(config: dict, *, root: Path, container: str, port: int) -> dict:

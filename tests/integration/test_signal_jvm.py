@@ -1,14 +1,14 @@
 """Signal-Server and registration-service on a real JVM, booted from the program's rendered files.
 
 Session-only: CI cannot fetch their source, so these tests take jars built in a session from the pinned
-sources (and DynamoDB Local from Maven Central) by path, and skip without them. They boot, on loopback only:
-DynamoDB Local holding the program's own tables (the rendered CreateTable requests), the harness's six Redis
-nodes formed into the program's cluster, the program's aws-local (configs/signal/aws_local.py) in AWS's place,
+sources by path, and skip without them. They boot, on loopback only: moto's DynamoDB server (in DynamoDB
+Local's place: its vendor licence is not open source) holding the program's own tables (the rendered
+CreateTable requests), the harness's six Redis nodes formed into the program's cluster, the program's aws-local (configs/signal/aws_local.py) in AWS's place,
 registration-service with its rendered config and environment, and Signal-Server with the rendered config.yml,
 secrets manifest and start command (first boot, assemble, trust store, java). The only changes are addresses,
 ports and paths, in tests/integration/loopback.py, each with its reason.
 
-    COMMSTACK_SIGNAL_SERVER_JAR=... COMMSTACK_REGISTRATION_JAR=... COMMSTACK_DYNAMODB_LOCAL_DIR=... \\
+    COMMSTACK_SIGNAL_SERVER_JAR=... COMMSTACK_REGISTRATION_JAR=... \\
         .venv/bin/python -m pytest tests/integration/test_signal_jvm.py -v
 """
 
@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import boto3
@@ -43,9 +44,6 @@ NEEDS = {
                                    f"{VERSION['commit']}) after the data file's build_patch",
     "COMMSTACK_REGISTRATION_JAR": f"registration-service shaded jar built from commit {REGISTRATION['commit']} "
                                   "with configs/signal/CommstackSelfHosted.java added",
-    "COMMSTACK_DYNAMODB_LOCAL_DIR": "a directory holding com.amazonaws:DynamoDBLocal:2.6.1 (Maven Central) and its "
-                                    "dependencies with versions stripped (mvn dependency:copy-dependencies "
-                                    "-Dmdep.stripVersion=true), libsqlite4java-linux-amd64.so among them",
 }
 MISSING = [name for name in NEEDS if not os.environ.get(name) or not Path(os.environ[name]).exists()]
 SKIP_REASON = ("Signal JVM boot tests need session-built artifacts (never built in CI): "
@@ -91,7 +89,7 @@ def _image_env(dockerfile: str) -> dict[str, str]:
 
 
 class SignalJvm:
-    """The booted Signal backend: DynamoDB Local, aws-local, registration-service and Signal-Server."""
+    """The booted Signal backend: moto's DynamoDB, aws-local, registration-service and Signal-Server."""
 
     def __init__(self, harness):
         self.harness = harness
@@ -103,9 +101,10 @@ class SignalJvm:
         self.public_url = f"https://chat.{harness_config()['commstack:domain']}"
         self.server_container = _container(self.rendered, "-server")
         self.registration_container = _container(self.rendered, "-registration")
+        self.region = _envs(_inputs(self.rendered, self.server_container))["AWS_REGION"]
         self.hosts_file = self.root / "signal-jvm-hosts"
-        self.hosts_file.write_text(loopback.jvm_hosts_file(aws_hostnames(VERSION, _envs(
-            _inputs(self.rendered, self.server_container))["AWS_REGION"]), AWS_LOCAL_ALIAS, REGISTRATION_ALIAS))
+        self.hosts_file.write_text(loopback.jvm_hosts_file(aws_hostnames(VERSION, self.region), AWS_LOCAL_ALIAS,
+                                                           REGISTRATION_ALIAS))
         self.server = None
         self.boots = 0
 
@@ -131,23 +130,16 @@ class SignalJvm:
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
     def boot_dynamodb(self) -> None:
-        container = _container(self.rendered, "-dynamodb")
-        lib = Path(os.environ["COMMSTACK_DYNAMODB_LOCAL_DIR"])
-        lib = lib / "lib" if (lib / "lib").is_dir() else lib
-        args = loopback.dynamodb_local_args(_inputs(self.rendered, container)["command"], root=self.root,
-                                            container=container, port=self.ports.dynamodb)
-        data = args[args.index("-dbPath") + 1]
-        Path(data).mkdir(parents=True, exist_ok=True)
-        service = self.harness.spawn("dynamodb-local", [
-            f"{JAVA_HOME}/bin/java", f"-Djava.library.path={lib}", "-cp", f"{lib}/*",
-            str(Path(__file__).with_name("DynamoDbLocalOnLoopback.java")), LOOPBACK, *args])
-        wait_until("DynamoDB Local", lambda: tcp_open(self.ports.dynamodb), service.process, service.log,
-                   timeout=JVM_BOOT_SECONDS)
+        """The dynamodb container's place: moto's server (loopback.moto_dynamodb_command), then the tables job."""
+        service = self.harness.spawn("dynamodb-moto", loopback.moto_dynamodb_command(sys.executable,
+                                                                                     port=self.ports.dynamodb))
+        wait_until("moto (DynamoDB)", lambda: tcp_open(self.ports.dynamodb), service.process, service.log)
         self.create_tables()
 
     def dynamodb(self):
+        # moto keeps tables per region (DynamoDB Local's -sharedDb does not): the server's own region.
         return boto3.client("dynamodb", endpoint_url=f"http://{LOOPBACK}:{self.ports.dynamodb}",
-                            region_name="us-east-1", aws_access_key_id="local", aws_secret_access_key="local")
+                            region_name=self.region, aws_access_key_id="local", aws_secret_access_key="local")
 
     def create_tables(self) -> None:
         """What the rendered one-shot tables job does: each CreateTable request, then TTL where its script sets it."""
@@ -268,7 +260,7 @@ def test_the_server_starts_and_its_health_check_answers(signal_jvm):
     assert answer.status_code == 200
     checks = answer.json()
     assert checks and all(check["healthy"] for check in checks.values()), checks
-    # It started on the program's tables, in DynamoDB Local.
+    # It started on the program's tables, in moto's DynamoDB.
     assert sorted(signal_jvm.dynamodb().list_tables(Limit=100)["TableNames"]) == signal_jvm.table_names
     assert len(signal_jvm.table_names) == len(VERSION.tables)
 
@@ -289,12 +281,11 @@ def _push_challenge(jvm: SignalJvm, session_id: str) -> str:
     return json.loads(item["V"]["S"])["pushChallenge"]
 
 
-@pytest.fixture(scope="module")
-def registered(signal_jvm) -> dict:
-    """A new account, registered end to end in the verification mode the stack configures."""
+def _register(signal_jvm: SignalJvm, number: str, password: str) -> dict:
+    """An account, registered end to end in the verification mode the stack configures."""
     url, client = signal_jvm.public_url, signal_jvm.harness.public()  # through the program's Traefik, over TLS
     session = client.post(f"{url}/v1/verification/session", timeout=60, json={
-        "number": NUMBER, "pushToken": "harness-fcm-token-" + secrets.token_hex(8), "pushTokenType": "fcm"})
+        "number": number, "pushToken": "harness-fcm-token-" + secrets.token_hex(8), "pushTokenType": "fcm"})
     assert session.status_code == 200, session.text
     session_id = session.json()["id"]
     assert session.json()["allowedToRequestCode"] is False
@@ -309,19 +300,30 @@ def registered(signal_jvm) -> dict:
     # the code is the number's last six digits.
     assert signal_jvm.registration_environments == "dev"
     verified = client.put(f"{url}/v1/verification/session/{session_id}/code", timeout=60,
-                            json={"code": NUMBER[-6:]})
+                            json={"code": number[-6:]})
     assert verified.status_code == 200 and verified.json()["verified"] is True, verified.text
-    account = client.post(f"{url}/v1/registration", timeout=60, headers=_basic(NUMBER, PASSWORD), json={
+    account = client.post(f"{url}/v1/registration", timeout=60, headers=_basic(number, password), json={
         "sessionId": session_id, "skipDeviceTransfer": True,
         "accountAttributes": {"fetchesMessages": True, "registrationId": 4321, "pniRegistrationId": 8765,
                               "capabilities": {"storage": False}}})
     assert account.status_code == 200, account.text
     # What makes the device enabled (Device.isEnabled): a signed pre-key, signed by its identity key.
     keys = _client_keys()
-    uploaded = client.put(f"{url}/v2/keys", timeout=60, headers=_basic(account.json()["uuid"], PASSWORD), json={
+    uploaded = client.put(f"{url}/v2/keys", timeout=60, headers=_basic(account.json()["uuid"], password), json={
         "identityKey": keys["identityKey"], "signedPreKey": keys["signedPreKey"], "preKeys": []})
     assert uploaded.status_code == 204, uploaded.text
     return account.json()
+
+
+@pytest.fixture(scope="module")
+def registered(signal_jvm) -> dict:
+    """A new account, registered end to end."""
+    return _register(signal_jvm, NUMBER, PASSWORD)
+
+
+def _item(jvm: SignalJvm, suffix: str, key: dict) -> dict:
+    table = next(t for t in jvm.table_names if t.endswith(suffix))
+    return jvm.dynamodb().get_item(TableName=table, Key=key, ConsistentRead=True).get("Item", {})
 
 
 def test_a_new_account_registers_end_to_end(signal_jvm, registered):
@@ -333,6 +335,27 @@ def test_a_new_account_registers_end_to_end(signal_jvm, registered):
     wrong = requests.get(f"{signal_jvm.url}/v1/accounts/whoami", timeout=30,
                          headers=_basic(registered["uuid"], PASSWORD + "x"))
     assert wrong.status_code == 401
+    # The account is in the program's tables (Accounts.create's TransactWriteItems: the account and its two
+    # constraint rows), under the identifiers the server answered with.
+    aci, pni = uuid.UUID(registered["uuid"]).bytes, uuid.UUID(registered["pni"]).bytes
+    account = _item(signal_jvm, "-Accounts", {"U": {"B": aci}})
+    assert account["P"] == {"S": NUMBER} and account["PNI"] == {"B": pni}
+    assert _item(signal_jvm, "-Accounts_PhoneNumbers", {"P": {"S": NUMBER}})["U"] == {"B": aci}
+    assert _item(signal_jvm, "-Accounts_PhoneNumberIdentifiers", {"PNI": {"B": pni}})["U"] == {"B": aci}
+
+
+def test_registering_a_number_again_keeps_its_account(signal_jvm):
+    """What a reinstall does. The server learns the existing account from the failed condition checks of its
+    transaction (TransactionCanceledException's CancellationReasons, with ALL_OLD items)."""
+    number = "+15550100456"
+    first = _register(signal_jvm, number, PASSWORD)
+    again = _register(signal_jvm, number, PASSWORD + "-new")
+    assert again["uuid"] == first["uuid"] and again["pni"] == first["pni"]
+    whoami = requests.get(f"{signal_jvm.url}/v1/accounts/whoami", timeout=30,
+                          headers=_basic(first["uuid"], PASSWORD + "-new"))
+    assert whoami.status_code == 200 and whoami.json()["number"] == number, whoami.text
+    old = requests.get(f"{signal_jvm.url}/v1/accounts/whoami", timeout=30, headers=_basic(first["uuid"], PASSWORD))
+    assert old.status_code == 401
 
 
 def test_a_wrong_code_does_not_verify(signal_jvm):
