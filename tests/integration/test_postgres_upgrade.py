@@ -65,10 +65,14 @@ def stack():
         done = booted.psql_superuser("-c", f"alter role postgres password '{password}'")
         assert done.returncode == 0, done.stderr
         # The postgres OS user runs the new major's programs: a copy where it can reach them (the clone,
-        # and so the venv, may sit under a directory only root can enter). The build is relocatable.
+        # and so the venv, may sit under a directory only root can enter). The build is relocatable; its
+        # programs find their libraries at $ORIGIN/../../../pgserver.libs (the wheel's layout, kept).
         install = booted.root / f"postgres-{NEW_MAJOR}-install"
-        shutil.copytree(new_bin.parent, install, ignore=shutil.ignore_patterns("include"))
-        yield SimpleNamespace(harness=booted, restic=restic, jobs={}, new_bin=install / "bin", upgrading=upgrading)
+        package = new_bin.parent.parent
+        shutil.copytree(new_bin.parent, install / "pgserver" / "pginstall", ignore=shutil.ignore_patterns("include"))
+        shutil.copytree(package.parent / "pgserver.libs", install / "pgserver.libs")
+        yield SimpleNamespace(harness=booted, restic=restic, jobs={}, new_bin=install / "pgserver" / "pginstall" / "bin",
+                              upgrading=upgrading)
     finally:
         booted.stop()
 
