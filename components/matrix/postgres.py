@@ -12,6 +12,12 @@ database on every change.
 Consumers get `DatabaseCredentials` whose password only resolves once the
 provisioner has succeeded, so Synapse and the bridges start after their
 role and database exist.
+
+The data volume belongs to one Postgres major (`PostgresArgs.version`): the
+legacy major's keeps its old name, a later major's is `postgres-data-<major>`.
+A major upgrade (components/matrix/postgres_upgrade.py) adds the new major's
+volume while the server stays on the old one, then switches and keeps the old
+volume declared and protected for a rollback.
 """
 
 from __future__ import annotations
