@@ -273,8 +273,8 @@ def format_messages(messages: dict) -> list[str]:
         row("chain", f"{bases.get('chain', 'https://matrix.<domain>')} on Traefik's 443 with TLS -> nginx -> Synapse",
             chain),
         row("direct", f"Synapse's client listener {bases.get('direct', '')}".rstrip(), direct),
-        f"  chain/direct (medians): {ratio:.2f}, the chain adds {(ratio - 1) * 100:+.0f}%: "
-        f"{verdict} the {(CHAIN_GOAL - 1) * 100:.0f}% goal; paired by iteration (less swayed by other load), "
+        f"  chain/direct (medians): {ratio:.2f} ({round((ratio - 1) * 100):+d}%), {verdict} the goal of at most "
+        f"+{round((CHAIN_GOAL - 1) * 100)}%; paired by iteration (less swayed by other load), "
         f"the median of chain - direct is {paired_difference(messages) * 1000:+.1f} ms",
     ]
 

@@ -239,9 +239,9 @@ class Join:
     candidates: list[Candidate] = field(default_factory=list)
 
 
-def join_and_offer(ws: WebSocket, wait_candidates: float = 2.0, timeout: float = 10) -> Join:
+def join_and_offer(ws: WebSocket, linger: float = 0.5, timeout: float = 10) -> Join:
     """Reads the JoinResponse, sends a publisher offer, and collects LiveKit's answer and the
-    candidates it trickles for it."""
+    candidates it trickles for it (until `linger` seconds pass without a new one, once it has one)."""
     from livekit.protocol import rtc as signal
 
     deadline = time.monotonic() + timeout
@@ -253,30 +253,26 @@ def join_and_offer(ws: WebSocket, wait_candidates: float = 2.0, timeout: float =
     local = IceCredentials(secrets.token_hex(4), secrets.token_hex(16))
     ws.send(signal.SignalRequest(offer=signal.SessionDescription(type="offer", sdp=data_channel_offer(local), id=1))
             .SerializeToString())
-    remote, candidates = None, []
-    answered_at = None
-    while True:
-        now = time.monotonic()
-        limit = (answered_at + wait_candidates) if answered_at is not None else deadline
-        if now >= min(limit, deadline):
+    remote, candidates, last_candidate = None, [], None
+    while time.monotonic() < deadline:
+        until = deadline if last_candidate is None or remote is None else min(deadline, last_candidate + linger)
+        if time.monotonic() >= until:
             break
-        ws.sock.settimeout(max(0.05, min(limit, deadline) - now))
+        ws.sock.settimeout(max(0.05, until - time.monotonic()))
         try:
             message = signal.SignalResponse.FromString(ws.receive())
         except socket.timeout:
-            break
+            continue
         kind = message.WhichOneof("message")
+        found = []
         if kind == "answer":
-            remote, in_sdp = parse_answer(message.answer.sdp)
-            candidates += in_sdp
-            answered_at = time.monotonic()
+            remote, found = parse_answer(message.answer.sdp)
         elif kind == "trickle" and message.trickle.target == signal.SignalTarget.PUBLISHER:
-            init = json.loads(message.trickle.candidateInit or "{}")
-            candidate = parse_candidate(init.get("candidate", ""))
-            if candidate is not None:
-                candidates.append(candidate)
-        if remote is not None and candidates and answered_at is not None and wait_candidates <= 0:
-            break
+            found = [c for c in [parse_candidate(json.loads(message.trickle.candidateInit or "{}").get("candidate", ""))]
+                     if c is not None]
+        if found:
+            candidates += found
+            last_candidate = time.monotonic()
     if remote is None:
         raise SignallingError("LiveKit joined but sent no answer to the offer")
     return Join(joined.room.name, joined.participant.identity, joined.server_version, remote, local,

@@ -202,9 +202,12 @@ def test_message_round_trips_give_both_paths_and_their_ratio_against_the_goal():
                         "p50 32.0 ms, p95 33.8 ms (min 30.0, max 34.0; the send request alone p50 16.0 ms)")
     assert lines[2].startswith("  direct (Synapse's client listener http://127.0.0.1:8008): p50 27.0 ms")
     # 32.0 / 27.0 = 1.185; per iteration +5, +7, +2 ms.
-    assert lines[3] == ("  chain/direct (medians): 1.19, the chain adds +19%: within the 20% goal; paired by iteration "
+    assert lines[3] == ("  chain/direct (medians): 1.19 (+19%), within the goal of at most +20%; paired by iteration "
                         "(less swayed by other load), the median of chain - direct is +5.0 ms")
-    assert "OVER the 20% goal" in bench.format_messages(_messages([0.040], [0.030]))[3]
+    assert "1.33 (+33%), OVER the goal" in bench.format_messages(_messages([0.040], [0.030]))[3]
+    # A hair under direct is +0%, never "-0%".
+    assert "1.00 (+0%), within" in bench.format_messages(_messages([0.0998], [0.1]))[3]
+    assert "0.96 (-4%), within" in bench.format_messages(_messages([0.096], [0.1]))[3]
 
 
 def test_live_figures_follow_the_harness_line_with_the_load_they_were_measured_under():

@@ -166,6 +166,8 @@ def test_homeserver_wires_calls_end_to_end(tls):
             assert '"org.matrix.msc4143.rtc_foci":[{"livekit_service_url":"https://rtc.example.org/livekit/jwt"' in nginx
             envs = dict(e.split("=", 1) for e in container(recorded, "lk-jwt-service").plain_inputs["envs"])
             assert envs["LIVEKIT_URL"] == hs.livekit_url == "wss://rtc.example.org/livekit/sfu"
+            # doctor's media row: the port LiveKit advertises must lie in this (the livekit-rtc entry).
+            assert hs.livekit_media_ports == config["rtc"]["udp_port"] == "49193-49200"
             assert envs["LIVEKIT_FULL_ACCESS_HOMESERVERS"] == "example.org"
             # Self-signed stacks let lk-jwt-service trust the program's certificate; Let's Encrypt needs nothing.
             assert ("SSL_CERT_DIR" in envs) == (tls == "self-signed")

@@ -365,6 +365,7 @@ def test_minimal_homeserver_without_bridges_turn_or_element(recorded):
         assert "turn_uris" not in homeserver and "web_client_location" not in homeserver
         assert set(role_passwords(uploads(recorded, "postgres-init")["/commstack/init.sql"])) == {"synapse"}
         assert hs.turn_uris == [] and hs.element_url is None
+        assert (hs.rtc_transports, hs.livekit_url, hs.livekit_media_ports) == ([], None, None)  # doctor skips calls
         assert [(r.fqdn, r.type, r.http) for r in hs.dns_records] == [
             ("example.org", "A", True), ("matrix.example.org", "A", True)]
 
