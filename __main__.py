@@ -88,7 +88,8 @@ if settings.backup.enabled and settings.backup.target != "local":
 matrix = Homeserver(
     "matrix",
     HomeserverArgs(matrix=settings.matrix, edge=settings.edge, dns_api_token=dns_api_token, extra_routes=extra_routes,
-                   backup=settings.backup, backup_repository=backup_repository),
+                   backup=settings.backup, backup_repository=backup_repository,
+                   postgres=settings.postgres),
     opts=docker_opts,
 )
 dns_records = list(matrix.dns_records)

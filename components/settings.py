@@ -101,6 +101,9 @@ class ConfigKey:
         return f"pulumi config set {flag}{self.full_name} {value or self.example}"
 
 
+# The Postgres major of every stack made before commstack:postgresMajor existed (its default forever).
+LEGACY_POSTGRES_MAJOR = 15
+
 CONFIG_KEYS: dict[str, ConfigKey] = {
     k.full_name: k
     for k in [
@@ -137,6 +140,9 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
         ConfigKey("backupS3Bucket", "", "For backupTarget s3: the bucket, which must exist (create it private and versioned).", "my-matrix-backups"),
         ConfigKey("backupS3AccessKeyId", None, "For backupTarget s3: the access key id (secret).", "<key id>", secret=True),
         ConfigKey("backupS3SecretAccessKey", None, "For backupTarget s3: the secret access key (secret).", "<secret key>", secret=True),
+        # -- Postgres major upgrades ------------------------------------------------
+        ConfigKey("postgresMajor", LEGACY_POSTGRES_MAJOR, "The Postgres major the stack's data is on (a record, not a choice): must equal the major of configs/images.yaml's postgres image unless postgresUpgradeFrom runs the upgrade. Stacks made before this setting existed are on 15.", "16"),
+        ConfigKey("postgresUpgradeFrom", "", "Upgrade Postgres from this major (the data's) to configs/images.yaml's: a one-shot job backs up, dumps every database and restores it into a new protected volume; the old volume is kept. See the README's Postgres major upgrades.", "15"),
         # -- Signal -------------------------------------------------------------
         ConfigKey("signal", False, "Deploy the Signal backend as well.", "true"),
         ConfigKey("signalTarget", "aws", "`aws` (EC2, DynamoDB, S3, SSM) or `docker` (DynamoDB Local and Redis containers on the Docker host).", "docker"),
@@ -284,6 +290,7 @@ class Settings:
     backup: Optional[BackupSettings] = None
     # Container name -> memory limit in MB, overriding the container's default (components.common.Hardening).
     container_memory: dict = field(default_factory=dict)
+    postgres: Optional["PostgresSettings"] = None
 
 
 # Every container the program can create (docker names); commstack:containerMemory may name these.
@@ -294,7 +301,7 @@ SIGNAL_LOCAL_CONTAINERS = tuple(f"signal-local-{part}" for part in (
 
 
 def known_containers() -> tuple[str, ...]:
-    return ("postgres", "postgres-init", "synapse", "backup", "wellknown", "proxy", "turn", "element",
+    return ("postgres", "postgres-init", "postgres-upgrade", "synapse", "backup", "wellknown", "proxy", "turn", "element",
             "livekit", "lk-jwt-service",
             *(f"bridge-{kind}" for kind in KNOWN_BRIDGES), *SIGNAL_LOCAL_CONTAINERS)
 
@@ -709,6 +716,7 @@ def load_settings(stack: Optional[str] = None) -> Settings:
                 "is required when the telegram bridge is on (get it at my.telegram.org)")
 
     backup = _read_backup(r)
+    postgres = _read_postgres(r, backup)
 
     # -- signal
     signal_on = r.boolean("commstack:signal")
@@ -835,6 +843,7 @@ def load_settings(stack: Optional[str] = None) -> Settings:
         warnings=tuple(warnings),
         backup=backup,
         container_memory=container_memory,
+        postgres=postgres,
     )
 
 
@@ -900,3 +909,101 @@ def _read_backup(r: _Reader) -> BackupSettings:
         s3_endpoint=endpoint.rstrip("/"), s3_bucket=bucket,
         s3_access_key_id=key_id if target == "s3" else None,
         s3_secret_access_key=secret_key if target == "s3" else None)
+
+
+# -- Postgres major upgrades -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    """Which Postgres major the data is on, which one configs/images.yaml runs, and the upgrade between.
+
+    steady:    no upgrade; data and image are one major.
+    upgrading: postgresUpgradeFrom F with postgresMajor F: the server stays on F (images.yaml's
+               postgres-F) while the one-shot job backs up, dumps and restores into a new volume for N.
+    upgraded:  postgresUpgradeFrom F with postgresMajor N: the server runs N on the new volume; the
+               old volume is still declared (protected), for a rollback.
+    """
+
+    data_major: int
+    image_major: int
+    upgrade_from: Optional[int] = None
+
+    @property
+    def phase(self) -> str:
+        if self.upgrade_from is None:
+            return "steady"
+        return "upgrading" if self.data_major == self.upgrade_from else "upgraded"
+
+    @property
+    def server_major(self) -> int:
+        """The major the `postgres` container runs in this phase."""
+        return self.data_major
+
+
+def postgres_image_major(reference: str) -> Optional[int]:
+    """15 for postgres:15.14-bookworm; None for a tag that names no major."""
+    matched = re.match(r"^(\d+)(?:[.-]|$)", reference.rpartition(":")[2])
+    return int(matched.group(1)) if matched else None
+
+
+def postgres_upgrade_steps(old: int, new: int) -> str:
+    return (f"take a backup (python -m commstack backup), then `pulumi config set commstack:postgresUpgradeFrom {old}` "
+            f"and `pulumi up`: a one-shot job backs up again, dumps every database from Postgres {old} and restores "
+            f"them into a new volume for Postgres {new}, keeping the old one; then `pulumi config set "
+            f"commstack:postgresMajor {new}` and `pulumi up` to switch (README, Postgres major upgrades)")
+
+
+def _read_postgres(r: _Reader, backup: BackupSettings) -> PostgresSettings:
+    """The refusal of a Postgres major change that no upgrade covers, before any resource exists."""
+    from components.common import images
+
+    pinned = images()
+    reference = pinned.get("postgres", "")
+    image_major = postgres_image_major(reference) or LEGACY_POSTGRES_MAJOR
+
+    def major(key: str, raw: Optional[str]) -> Optional[int]:
+        if raw is None or not raw.strip():
+            return None
+        if not re.fullmatch(r"[0-9]{2}", raw.strip()) or not 9 < int(raw) < 100:
+            r.problem(key, f"must be a Postgres major version number such as {image_major}, not {raw!r}")
+            return None
+        return int(raw)
+
+    data_major = major("commstack:postgresMajor", r.raw("commstack:postgresMajor")) or LEGACY_POSTGRES_MAJOR
+    upgrade_from = major("commstack:postgresUpgradeFrom", r.raw("commstack:postgresUpgradeFrom"))
+    settings = PostgresSettings(data_major=data_major, image_major=image_major, upgrade_from=upgrade_from)
+    if upgrade_from is None:
+        if data_major < image_major:
+            r.problem("commstack:postgresUpgradeFrom",
+                      f"configs/images.yaml runs {reference} (Postgres {image_major}) but this stack's data is on "
+                      f"Postgres {data_major} (commstack:postgresMajor), and a new major cannot open an old major's "
+                      f"data directory. Nothing was changed. To upgrade: {postgres_upgrade_steps(data_major, image_major)}. "
+                      f"(A new stack with no data yet: pulumi config set commstack:postgresMajor {image_major})",
+                      str(data_major))
+        elif data_major > image_major:
+            r.problem("commstack:postgresMajor",
+                      f"this stack's data is on Postgres {data_major}, but configs/images.yaml runs {reference} "
+                      f"(Postgres {image_major}), an older major that cannot read it; pin postgres back to a "
+                      f"{data_major}.x tag in configs/images.yaml (or, after a rollback to the kept volume of "
+                      f"{image_major}, record it)", str(image_major))
+        return settings
+    if upgrade_from >= image_major:
+        r.problem("commstack:postgresUpgradeFrom",
+                  f"upgrades go to a newer major: {upgrade_from} is not older than configs/images.yaml's "
+                  f"Postgres {image_major} ({reference}); remove it with `pulumi config rm "
+                  f"commstack:postgresUpgradeFrom`", str(data_major))
+    elif f"postgres-{upgrade_from}" not in pinned:
+        known = sorted(int(k.split("-", 1)[1]) for k in pinned if re.fullmatch(r"postgres-\d+", k))
+        r.problem("commstack:postgresUpgradeFrom",
+                  f"configs/images.yaml pins no image for Postgres {upgrade_from} (a postgres-{upgrade_from} entry), "
+                  f"which runs the old server during the upgrade; majors it can upgrade from: "
+                  f"{', '.join(map(str, known)) or 'none'}", str(data_major))
+    elif data_major not in (upgrade_from, image_major):
+        r.problem("commstack:postgresMajor",
+                  f"during the upgrade from Postgres {upgrade_from} to {image_major} it is {upgrade_from} (the job "
+                  f"has not switched yet) or {image_major} (switched), not {data_major}", str(upgrade_from))
+    elif backup is None or not backup.enabled:
+        r.problem("commstack:backup", f"the upgrade from Postgres {upgrade_from} takes a backup first; turn backups "
+                                      "on for it", "true")
+    return settings

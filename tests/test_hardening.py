@@ -110,6 +110,8 @@ def test_the_policy_pack_finds_no_segmentation_problem(evaluation):
 EXPECTED_CAPABILITIES = {
     "postgres": {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"},  # entrypoint chown/chmod, gosu
     "postgres-init": set(),
+    # The major upgrade job: root reads the media for its backup, runuser to postgres for initdb and the new server.
+    "postgres-upgrade": {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"},
     "synapse": {"CHOWN", "SETGID", "SETUID"},  # chown of the media volume, gosu
     "wellknown": {"CHOWN", "NET_BIND_SERVICE", "SETGID", "SETUID"},  # nginx master
     "proxy": {"NET_BIND_SERVICE"},  # :80 :443

@@ -178,6 +178,8 @@ class Backup(pulumi.ComponentResource):
             build=docker.DockerBuildArgs(context=context, dockerfile=f"{context}/Dockerfile",
                                          args={"POSTGRES_IMAGE": image("postgres"), "RESTIC_IMAGE": image("restic")}),
             opts=child(self))
+        # For the Postgres major upgrade job, whose first step is this job's backup.sh.
+        self.image_id, self.files, self.volumes = built.repo_digest, files, volumes
         self.container = service_container(
             CONTAINER,
             ContainerSpec(

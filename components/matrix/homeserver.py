@@ -29,7 +29,7 @@ from components.matrix.proxy import ReverseProxy, ReverseProxyArgs, Route
 from components.matrix.synapse import Synapse, SynapseArgs
 from components.matrix.turn import Turn, TurnArgs
 from components.matrix.wellknown import CONTAINER as WELLKNOWN_CONTAINER, WellKnown, WellKnownArgs
-from components.settings import BackupSettings, EdgeSettings, MatrixSettings
+from components.settings import BackupSettings, EdgeSettings, MatrixSettings, PostgresSettings
 
 SYNAPSE_DATABASE = DatabaseSpec("synapse", "synapse", synapse_locale=True)
 # One limit for Synapse's max_upload_size and nginx's client_max_body_size.
@@ -48,6 +48,8 @@ class HomeserverArgs:
     # Scheduled backups (on unless the stack turns them off); the repository when not the local volume.
     backup: Optional[BackupSettings] = None
     backup_repository: Optional[BackupRepository] = None
+    # The data's Postgres major and any major upgrade under way (None: the legacy major).
+    postgres: Optional[PostgresSettings] = None
 
 
 def bridge_network_config(kind: str, matrix: MatrixSettings) -> dict:
@@ -104,6 +106,7 @@ class Homeserver(pulumi.ComponentResource):
         self.postgres = Postgres(f"{name}-postgres", PostgresArgs(
             network=nets.database,
             databases=[SYNAPSE_DATABASE] + [DatabaseSpec(s.database, s.database) for s in bridge_specs.values()],
+            version=args.postgres,
         ), opts=child(self))
 
         self.bridges = {
@@ -228,6 +231,11 @@ class Homeserver(pulumi.ComponentResource):
                 stop_containers=["synapse"] + [spec.container for spec in bridge_specs.values()],
             ), opts=child(self, depends_on=[self.postgres.provisioner]))
 
+        self.postgres_upgrade = None
+        if self.postgres.upgrade_volume is not None:
+            self.postgres_upgrade = postgres_upgrade_job(f"{name}-postgres-upgrade", self.postgres, self.backup,
+                                                          nets.database, self)
+
         self.dns_records = dns_records(m, edge)
         self.homeserver_url = m.public_baseurl
         self.element_url = element_url
@@ -283,3 +291,27 @@ class Homeserver(pulumi.ComponentResource):
             opts=child(self),
         )
         return cert.cert_pem, pulumi.Output.secret(key.private_key_pem)
+
+
+def postgres_upgrade_job(name: str, postgres: Postgres, backup: Optional[Backup], network: pulumi.Input[str],
+                         parent: pulumi.Resource):
+    """The one-shot Postgres major upgrade (components/matrix/postgres_upgrade.py), in the backup job's
+    image and with its files, so its first step is the backup job's own backup."""
+    from components.matrix.backup import STAGING_DIR
+    from components.matrix.postgres_upgrade import PostgresUpgrade, PostgresUpgradeArgs
+
+    if backup is None:  # settings refuse this first (commstack:backup)
+        raise ValueError("the Postgres major upgrade takes a backup first: it needs backups on")
+    version = postgres.version
+    return PostgresUpgrade(name, PostgresUpgradeArgs(
+        network=network,
+        old_major=version.upgrade_from,
+        new_major=version.image_major,
+        new_volume=postgres.upgrade_volume.name,
+        superuser_password=postgres.superuser_password,
+        backup_image=backup.image_id,
+        backup_files=backup.files,
+        backup_volumes=backup.volumes,
+        staging_dir=STAGING_DIR,
+        depends_on=[postgres.provisioner, backup.container],
+    ), opts=child(parent))

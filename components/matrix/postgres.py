@@ -12,6 +12,12 @@ database on every change.
 Consumers get `DatabaseCredentials` whose password only resolves once the
 provisioner has succeeded, so Synapse and the bridges start after their
 role and database exist.
+
+The data volume belongs to one Postgres major (`PostgresArgs.version`): the
+legacy major's keeps its old name, a later major's is `postgres-data-<major>`.
+A major upgrade (components/matrix/postgres_upgrade.py) adds the new major's
+volume while the server stays on the old one, then switches and keeps the old
+volume declared and protected for a rollback.
 """
 
 from __future__ import annotations
@@ -25,12 +31,17 @@ import pulumi_docker as docker
 
 from components.common import (ConfigFile, ContainerSpec, Hardening, checked_job, generated_secret,
                                service_container, stateful_child)
+from components.settings import CONFIGS_DIR, LEGACY_POSTGRES_MAJOR, PostgresSettings
 
 LOGICAL_NAME = "postgres"
 PORT = 5432
 SUPERUSER = "postgres"
 DATA_DIR = "/var/lib/postgresql/data"
 INIT_SQL_PATH = "/commstack/init.sql"
+# Runs before the image's docker-entrypoint.sh: refuses a data directory of another major
+# (configs/postgres/entrypoint.sh; README, Postgres major upgrades).
+ENTRYPOINT_PATH = "/commstack/postgres-entrypoint.sh"
+ENTRYPOINT_SCRIPT = CONFIGS_DIR / "postgres" / "entrypoint.sh"
 # Secrets reach the containers as files, not environment variables (which `docker inspect` shows).
 # The image's docker-entrypoint reads POSTGRES_PASSWORD_FILE as root and again as postgres (uid 999
 # in the Debian images) after gosu, so that user owns it (docker-library/postgres docker-entrypoint.sh).
@@ -76,6 +87,21 @@ class DatabaseCredentials:
 class PostgresArgs:
     network: pulumi.Input[str]
     databases: Sequence[DatabaseSpec]
+    # Which major the data is on and any upgrade under way; None: the legacy major, no upgrade.
+    version: Optional[PostgresSettings] = None
+
+
+def data_volume_names(name: str, major: int) -> tuple[str, str]:
+    """(Pulumi resource name, docker volume name) of the data volume of one major. The legacy
+    major keeps the names it always had, so existing stacks see no change."""
+    if major == LEGACY_POSTGRES_MAJOR:
+        return f"{name}-data", f"{LOGICAL_NAME}-data"
+    return f"{name}-data-{major}", f"{LOGICAL_NAME}-data-{major}"
+
+
+def server_image_key(version: PostgresSettings) -> str:
+    """images.yaml's postgres, or postgres-<old> while the upgrade job moves the data off the old major."""
+    return "postgres" if version.server_major == version.image_major else f"postgres-{version.server_major}"
 
 
 def _sql_literal(value: str) -> str:
@@ -158,15 +184,36 @@ class Postgres(pulumi.ComponentResource):
         self.superuser_password = superuser_password  # for the backup job's pg_dump
         passwords = {spec.name: generated_secret(f"{name}-{spec.name}-password", self) for spec in args.databases}
 
-        data = docker.Volume(f"{name}-data", name=f"{LOGICAL_NAME}-data", opts=stateful_child(self))
+        version = args.version or PostgresSettings(LEGACY_POSTGRES_MAJOR, LEGACY_POSTGRES_MAJOR)
+        self.version = version
+
+        def volume(major: int) -> docker.Volume:
+            resource, docker_name = data_volume_names(name, major)
+            return docker.Volume(resource, name=docker_name, opts=stateful_child(self))
+
+        data = volume(version.server_major)
+        self.data_volume = data
+        # While upgrading: the new major's volume the job fills. Once upgraded: the old major's, kept
+        # (protected, not mounted) for a rollback until the user lets it go.
+        self.upgrade_volume: Optional[docker.Volume] = None
+        self.kept_volume: Optional[docker.Volume] = None
+        envs = {"POSTGRES_USER": SUPERUSER, "POSTGRES_PASSWORD_FILE": PASSWORD_FILE}
+        if version.phase == "upgrading":
+            self.upgrade_volume = volume(version.image_major)
+        elif version.phase == "upgraded":
+            self.kept_volume = volume(version.upgrade_from)
+            envs["COMMSTACK_POSTGRES_UPGRADED_FROM"] = str(version.upgrade_from)
         self.server = service_container(
             LOGICAL_NAME,
             ContainerSpec(
-                image_key="postgres",
+                image_key=server_image_key(version),
                 network=args.network,
                 aliases=[LOGICAL_NAME],
-                envs={"POSTGRES_USER": SUPERUSER, "POSTGRES_PASSWORD_FILE": PASSWORD_FILE},
-                files=[ConfigFile(PASSWORD_FILE, superuser_password, permissions="0400", owner=POSTGRES_UID)],
+                envs=envs,
+                files=[ConfigFile(PASSWORD_FILE, superuser_password, permissions="0400", owner=POSTGRES_UID),
+                       ConfigFile(ENTRYPOINT_PATH, ENTRYPOINT_SCRIPT.read_text(), executable=True)],
+                entrypoint=["/bin/sh", ENTRYPOINT_PATH],
+                command=["postgres"],
                 volumes=[docker.ContainerVolumeArgs(volume_name=data.name, container_path=DATA_DIR)],
                 # TCP, not the socket: during first-boot initdb the image runs a
                 # socket-only server that must not count as ready.

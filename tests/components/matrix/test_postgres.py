@@ -81,7 +81,10 @@ def test_postgres_provisions_by_job_and_hands_out_matching_credentials(recorded)
         # The password is a file owned by the postgres user (the entrypoint re-reads it after gosu),
         # and the environment only names it: `docker inspect` shows envs.
         assert server["envs"] == ["POSTGRES_PASSWORD_FILE=/run/secrets/postgres-password", "POSTGRES_USER=postgres"]
-        (password_file,) = server["uploads"]
+        password_file, entrypoint = server["uploads"]
+        # The entrypoint wrapper refuses a data directory of another major, then runs the image's own.
+        assert server["entrypoints"] == ["/bin/sh", entrypoint["file"]] and server["command"] == ["postgres"]
+        assert "exec docker-entrypoint.sh" in entrypoint["content"] and entrypoint["executable"] is True
         assert (password_file["file"], password_file["permissions"], password_file["owner"], password_file["group"]) == (
             "/run/secrets/postgres-password", "0400", "999", "999")
         superuser_password = password_file["content"]
