@@ -45,17 +45,6 @@ def evaluate(stack: str = "dev", config: Optional[dict] = None, **overrides: str
     return offline.evaluate(stack, config=config, secret_keys=list(TEST_SECRETS))
 
 
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`--dist loadgroup`, as ./scripts/test runs it), one worker runs a whole
-    file, so a module-scoped fixture is built once; and one worker runs every test of the loopback
-    harness, so the session's harness is booted once, not once per worker."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        group = "loopback-harness" if "harness" in item.fixturenames else item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 @pytest.fixture(scope="session")
 def dev_evaluation() -> offline.Evaluation:
     return evaluate("dev")
