@@ -491,6 +491,18 @@ def make_monitor(evaluation: Evaluation, seed: Optional[str] = None):
     return RecordingMonitor(_Mocks())
 
 
+def _ensure_event_loop() -> None:
+    """set_mocks and `@pulumi.runtime.test` use the main thread's current loop. An earlier
+    `asyncio.run()` in the same process (a test worker runs many files) leaves none set, and
+    `get_event_loop()` then raises instead of making one."""
+    import asyncio
+
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 def install_component_mocks(stack: str = "test") -> Evaluation:
     """Installs the offline engine for `@pulumi.runtime.test` tests of single components."""
     import pulumi
@@ -499,6 +511,7 @@ def install_component_mocks(stack: str = "test") -> Evaluation:
     evaluation = Evaluation(stack=stack)
     monitor = make_monitor(evaluation)
     runtime_settings.ROOT.set(None)
+    _ensure_event_loop()
     pulumi.runtime.set_mocks(monitor.mocks, project="commstack", stack=stack, preview=False, monitor=monitor)
     return evaluation
 

@@ -1,5 +1,6 @@
 """The offline engine itself: emulated providers, secrecy and options are faithful."""
 
+import asyncio
 import pulumi
 import pulumi_random as random
 import pulumi_tls as tls
@@ -56,3 +57,12 @@ def test_stack_config_reads_committed_file():
     config = offline.stack_config("dev")
     assert config["commstack:domain"] == "commstack.localhost"
     assert set(offline.committed_stacks()) >= {"dev", "prod"}
+
+
+def test_component_mocks_install_after_an_asyncio_run_left_no_current_loop():
+    # A test worker runs many files in one process; asyncio.run() elsewhere leaves the main thread
+    # without a current loop, and set_mocks used to fail there ("no current event loop").
+    asyncio.run(asyncio.sleep(0))
+    offline.install_component_mocks()
+    loop = asyncio.get_event_loop_policy().get_event_loop()
+    assert not loop.is_closed()

@@ -56,7 +56,9 @@ def test_round_trips_go_through_traefik_and_nginx_on_one_path_and_straight_to_sy
     assert measured["bases"]["chain"].startswith("https://")
     for path in live_bench.PATHS:
         assert len(measured[path]["samples"]) == len(measured[path]["send"]) == 5
-        assert all(0 < send <= whole for send, whole in zip(measured[path]["send"], measured[path]["samples"]))
+        # The receiver's /sync may return the event before the sender's PUT answers, so neither
+        # time bounds the other; both are real, positive durations.
+        assert all(send > 0 and whole > 0 for send, whole in zip(measured[path]["send"], measured[path]["samples"]))
     # Interleaved: every iteration measured both paths, in alternating order.
     assert measured["order"] == ["direct", "chain", "chain", "direct", "direct", "chain", "chain", "direct",
                                  "direct", "chain"]
