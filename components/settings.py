@@ -140,6 +140,11 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
         ConfigKey("backupS3Bucket", "", "For backupTarget s3: the bucket, which must exist (create it private and versioned).", "my-matrix-backups"),
         ConfigKey("backupS3AccessKeyId", None, "For backupTarget s3: the access key id (secret).", "<key id>", secret=True),
         ConfigKey("backupS3SecretAccessKey", None, "For backupTarget s3: the secret access key (secret).", "<secret key>", secret=True),
+        # -- monitoring ---------------------------------------------------------
+        ConfigKey("monitoring", True, "Metrics on private networks, Prometheus with alert rules, and Alertmanager posting alerts into the Matrix room #alerts:<domain> (see docs/monitoring.md).", "false"),
+        ConfigKey("alertRecipients", [], "JSON list of Matrix users invited to the alert room; empty: @admin:<domain>, the user `create-admin` makes by default.", "'[\"@alice:example.org\"]'"),
+        ConfigKey("alertEmails", [], "JSON list of e-mail addresses Alertmanager also sends alerts to; needs smtpHost.", "'[\"ops@example.org\"]'"),
+        ConfigKey("grafana", False, "Run Grafana (off by default) with Synapse's official dashboard, loaded at deploy time from the pinned Synapse tag; needs monitoring true.", "true"),
         # -- Postgres major upgrades ------------------------------------------------
         ConfigKey("postgresMajor", LEGACY_POSTGRES_MAJOR, "The Postgres major the stack's data is on (a record, not a choice): must equal the major of configs/images.yaml's postgres image unless postgresUpgradeFrom runs the upgrade. Stacks made before this setting existed are on 15.", "16"),
         ConfigKey("postgresUpgradeFrom", "", "Upgrade Postgres from this major (the data's) to configs/images.yaml's: a one-shot job backs up, dumps every database and restores it into a new protected volume; the old volume is kept. See the README's Postgres major upgrades.", "15"),
@@ -279,6 +284,14 @@ class SignalSettings:
 
 
 @dataclass(frozen=True)
+class MonitoringSettings:
+    enabled: bool
+    alert_recipients: tuple[str, ...] = ()
+    alert_emails: tuple[str, ...] = ()
+    grafana: bool = False
+
+
+@dataclass(frozen=True)
 class Settings:
     stack: str
     docker_host: str
@@ -291,6 +304,7 @@ class Settings:
     # Container name -> memory limit in MB, overriding the container's default (components.common.Hardening).
     container_memory: dict = field(default_factory=dict)
     postgres: Optional["PostgresSettings"] = None
+    monitoring: MonitoringSettings = field(default_factory=lambda: MonitoringSettings(enabled=False))
 
 
 # Every container the program can create (docker names); commstack:containerMemory may name these.
@@ -302,7 +316,8 @@ SIGNAL_LOCAL_CONTAINERS = tuple(f"signal-local-{part}" for part in (
 
 def known_containers() -> tuple[str, ...]:
     return ("postgres", "postgres-init", "postgres-upgrade", "synapse", "backup", "wellknown", "proxy", "turn", "element",
-            "livekit", "lk-jwt-service",
+            "livekit", "lk-jwt-service", "prometheus", "alertmanager", "alert-relay", "node-exporter",
+            "postgres-exporter", "blackbox-exporter",
             *(f"bridge-{kind}" for kind in KNOWN_BRIDGES), *SIGNAL_LOCAL_CONTAINERS)
 
 
@@ -717,6 +732,7 @@ def load_settings(stack: Optional[str] = None) -> Settings:
 
     backup = _read_backup(r)
     postgres = _read_postgres(r, backup)
+    monitoring = _read_monitoring(r, domain)
 
     # -- signal
     signal_on = r.boolean("commstack:signal")
@@ -844,6 +860,7 @@ def load_settings(stack: Optional[str] = None) -> Settings:
         backup=backup,
         container_memory=container_memory,
         postgres=postgres,
+        monitoring=monitoring,
     )
 
 
@@ -863,6 +880,30 @@ def _signal_restored_tables(r: "_Reader", target: str) -> tuple[str, ...]:
     r.check(len(set(suffixes)) == len(suffixes), key, "lists a suffix twice",
             "'" + json.dumps(list(dict.fromkeys(suffixes))) + "'")
     return tuple(suffixes)
+
+
+# A Matrix user ID of this or another server: @localpart:server (the spec's historical user ID grammar).
+_MXID_RE = re.compile(r"@[a-z0-9._=/+-]{1,255}:(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?", re.ASCII)
+
+
+def _read_monitoring(r: _Reader, domain: str) -> MonitoringSettings:
+    """commstack:monitoring and its alert recipients."""
+    enabled = r.boolean("commstack:monitoring")
+    recipients = r.string_list("commstack:alertRecipients")
+    bad = [u for u in recipients if not _MXID_RE.fullmatch(u)]
+    r.check(not bad, "commstack:alertRecipients",
+            f"not Matrix user IDs (@localpart:server, localpart in lowercase a-z 0-9 . _ = - / +): "
+            f"{', '.join(repr(u) for u in bad)}", f"'[\"@admin:{domain or 'example.org'}\"]'")
+    emails = r.string_list("commstack:alertEmails")
+    bad_emails = [e for e in emails if not _EMAIL_RE.match(e)]
+    r.check(not bad_emails, "commstack:alertEmails",
+            f"not e-mail addresses: {', '.join(repr(e) for e in bad_emails)}", "'[\"ops@example.org\"]'")
+    grafana = r.boolean("commstack:grafana")
+    r.check(not grafana or enabled, "commstack:grafana", "needs commstack:monitoring true (Grafana reads its "
+            "Prometheus)", "false")
+    return MonitoringSettings(enabled=enabled,
+                              alert_recipients=tuple(dict.fromkeys(recipients or [f"@admin:{domain}"])),
+                              alert_emails=tuple(dict.fromkeys(emails)), grafana=grafana)
 
 
 def _read_backup(r: _Reader) -> BackupSettings:

@@ -71,6 +71,7 @@ class CallsArgs:
     turn_tls: bool
     # The program's self-signed certificate (None with Let's Encrypt).
     extra_ca_pem: Optional[pulumi.Input[str]] = None
+    livekit_metrics_network: Optional[pulumi.Input[str]] = None  # metrics-livekit (monitoring on)
 
 
 class Calls(pulumi.ComponentResource):
@@ -83,6 +84,7 @@ class Calls(pulumi.ComponentResource):
         self.livekit = LiveKit(f"{name}-livekit", LiveKitArgs(
             network=args.egress_network, extra_networks=[args.livekit_network], node_ip=args.public_ip, api_key=api_key, api_secret=api_secret,
             turn_servers=turn_servers(args.turn_host, args.turn_tls), turn_shared_secret=args.turn_shared_secret,
+            metrics_network=args.livekit_metrics_network,
         ), opts=child(self))
         self.jwt_service = LkJwtService(f"{name}-jwt", LkJwtServiceArgs(
             network=args.jwt_network, extra_networks=[args.egress_network], livekit_url=livekit_url(args.rtc_host), server_name=args.server_name,

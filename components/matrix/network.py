@@ -8,6 +8,8 @@ that talk over it, so every container reaches only what it needs.
 | `synapse`       | yes      | Synapse, the well-known nginx                      | nginx is Synapse's only HTTP front   |
 | `appservice`    | yes      | Synapse, the bridges                               | appservice transactions, both ways   |
 | `web-<backend>` | yes      | the proxy and that one routed backend              | e.g. `web-element`: Element is reachable only from the proxy |
+| `alerting`      | yes      | Prometheus, Alertmanager, the alert relay          | alerts flow Prometheus -> Alertmanager -> relay (monitoring on) |
+| `metrics-<name>`| yes      | Prometheus (or blackbox_exporter) and that one target | e.g. `metrics-synapse`: only the scraper reaches Synapse's metrics listener |
 
 coturn is on `egress` only (no internal network); Element only on `web-element`; the Signal
 containers of the Docker target have their own network (components/signal/local.py), and only
@@ -52,6 +54,8 @@ NETWORK_ROLES: dict[str, NetworkRole] = {
     "appservice": NetworkRole(internal=True, purpose="Synapse and the bridges"),
 }
 WEB_ROLE = NetworkRole(internal=True, purpose="the proxy and one backend it routes to")
+ALERTING_ROLE = NetworkRole(internal=True, purpose="Prometheus, Alertmanager and the alert relay")
+METRICS_ROLE = NetworkRole(internal=True, purpose="the scraper (Prometheus or blackbox_exporter) and one target")
 
 
 @dataclass
@@ -59,6 +63,9 @@ class NetworkArgs:
     internal_name: str  # prefix of the docker networks' names on the host
     # The container names the proxy routes to; each gets its own `web-<backend>` network.
     web_backends: Sequence[str] = field(default_factory=list)
+    # Monitoring on: the `alerting` network, and a `metrics-<name>` network for each scraped container.
+    alerting: bool = False
+    metrics_targets: Sequence[str] = field(default_factory=list)
 
 
 def network_options(role: NetworkRole) -> dict:
@@ -71,6 +78,8 @@ class Network(pulumi.ComponentResource):
     synapse: pulumi.Output[str]
     appservice: pulumi.Output[str]
     web: dict[str, pulumi.Output[str]]
+    alerting: pulumi.Output[str] | None
+    metrics: dict[str, pulumi.Output[str]]
 
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("commstack:matrix:Network", name, None, opts)
@@ -92,5 +101,8 @@ class Network(pulumi.ComponentResource):
         for key, role in NETWORK_ROLES.items():
             setattr(self, key, make(key, role))
         self.web = {backend: make(f"web-{backend}", WEB_ROLE) for backend in dict.fromkeys(args.web_backends)}
+        self.alerting = make("alerting", ALERTING_ROLE) if args.alerting else None
+        self.metrics = {target: make(f"metrics-{target}", METRICS_ROLE) for target in dict.fromkeys(args.metrics_targets)}
         self.register_outputs({"egress": self.egress, "database": self.database, "synapse": self.synapse,
-                               "appservice": self.appservice, "web": self.web})
+                               "appservice": self.appservice, "web": self.web, "alerting": self.alerting,
+                               "metrics": self.metrics})

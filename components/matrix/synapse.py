@@ -21,6 +21,9 @@ from components.matrix.postgres import DatabaseCredentials
 
 LOGICAL_NAME = "synapse"
 HTTP_PORT = 8008
+# Synapse's metrics listener (type: metrics), on the metrics-synapse network only (docs/metrics-howto.md).
+METRICS_PORT = 9000
+METRICS_PATH = "/_synapse/metrics"
 INTERNAL_URL = f"http://{LOGICAL_NAME}:{HTTP_PORT}"
 DATA_DIR = "/data"
 CONFIG_PATH = f"{DATA_DIR}/homeserver.yaml"
@@ -87,6 +90,7 @@ def render_homeserver_config(
     max_upload_size: str = "50M",
     data_dir: str = DATA_DIR,
     matrix_rtc_transports: Sequence[Mapping[str, Any]] = (),
+    metrics: bool = False,
 ) -> dict:
     """homeserver.yaml as data. `database` holds user, password, database, host, port.
     `matrix_rtc_transports` (lk-jwt-service's URL) turns on what MatrixRTC calls need."""
@@ -124,7 +128,8 @@ def render_homeserver_config(
         },
         **data_paths(data_dir),
         "report_stats": False,
-        "enable_metrics": False,
+        # Its own listener, never routed by the proxy: only Prometheus reaches it (monitoring on).
+        "enable_metrics": metrics,
         "registration_shared_secret": registration_shared_secret,
         "macaroon_secret_key": macaroon_secret_key,
         "form_secret": form_secret,
@@ -141,6 +146,9 @@ def render_homeserver_config(
         "url_preview_enabled": False,
         "app_service_config_files": list(app_service_config_files),
     }
+    if metrics:
+        config["listeners"].append({"port": METRICS_PORT, "type": "metrics", "tls": False,
+                                    "bind_addresses": ["0.0.0.0"]})
     if app_service_config_files:
         # The bridges' encryption (encryption.appservice): to-device events, device lists and
         # one-time key counts pushed to appservices (MSC2409/MSC4203, MSC3202).
@@ -216,6 +224,8 @@ class SynapseArgs:
     extra_networks: Sequence[pulumi.Input[str]] = ()
     # MatrixRTC transports (lk-jwt-service's public URL); empty leaves calls off.
     matrix_rtc_transports: Sequence[Mapping[str, Any]] = ()
+    # Prometheus's network to the metrics listener; None leaves metrics off.
+    metrics_network: Optional[pulumi.Input[str]] = None
 
 
 class Synapse(pulumi.ComponentResource):
@@ -263,6 +273,7 @@ class Synapse(pulumi.ComponentResource):
             element_url=args.element_url,
             max_upload_size=args.max_upload_size,
             matrix_rtc_transports=args.matrix_rtc_transports,
+            metrics=args.metrics_network is not None,
         )))
         signing_key_file = pulumi.Output.all(signing_key.private_key_pem_pkcs8, signing_key.public_key_pem).apply(
             lambda keys: signing_key_line(keys[0], signing_key_id(keys[1]))
@@ -285,7 +296,8 @@ class Synapse(pulumi.ComponentResource):
                 image_key="synapse",
                 network=args.network,
                 aliases=[LOGICAL_NAME],
-                extra_networks=[(network, [LOGICAL_NAME]) for network in args.extra_networks],
+                extra_networks=[(network, [LOGICAL_NAME]) for network in
+                                [*args.extra_networks, *([args.metrics_network] if args.metrics_network is not None else [])]],
                 files=files,
                 envs={"SYNAPSE_CONFIG_PATH": CONFIG_PATH},
                 entrypoint=["/bin/sh", "-c", f"chown {SYNAPSE_UID_GID} {media_path} && exec /start.py"],

@@ -102,6 +102,8 @@ def harness_config() -> dict[str, str]:
         element="true",
         signal="true",
         signalTarget="docker",
+        # A user of the monitoring tests' own (test_synapse.py makes `admin`): the alert room's reader.
+        alertRecipients='["@alerts-reader:commstack.localhost"]',
     )
 
 
@@ -349,6 +351,7 @@ class Harness:
     element_stand_in: Optional[StaticFilesStandIn] = None
     moto: object = None
     calls: object = None  # calls_backend.CallsServices: LiveKit, and lk-jwt-service when built
+    monitoring: object = None  # monitoring_backend.MonitoringServices: Prometheus, Alertmanager, exporters, relay
     cold_boot_seconds: float = 0.0
 
     # -- addresses the tests use
@@ -439,12 +442,14 @@ class Harness:
     def boot(self) -> None:
         started = time.perf_counter()
         synapse = self._spawn_synapse()
-        with ThreadPoolExecutor(max_workers=5 + len(self.bridge_binaries)) as pool:
+        with ThreadPoolExecutor(max_workers=6 + len(self.bridge_binaries)) as pool:
             database_then_synapse = pool.submit(self._boot_postgres_then_synapse, synapse)
             others = [pool.submit(self._boot_turn), pool.submit(self._boot_nginx), pool.submit(self._boot_proxy),
                       pool.submit(self._boot_signal_backends)]
             # Each bridge needs its database (the init SQL) and Synapse: it pings Synapse back at start.
             others += [pool.submit(self._boot_bridge_after, database_then_synapse, kind) for kind in self.bridge_binaries]
+            # Prometheus and its exporters at once; the alert relay once Synapse answers.
+            others.append(pool.submit(self._boot_monitoring, database_then_synapse))
             self._start_element_stand_in()
             for future in [database_then_synapse, *others]:
                 future.result()
@@ -517,7 +522,7 @@ class Harness:
                 content = loopback_yaml(loopback.log_config(yaml.safe_load(content), root=self.root))
             elif path.startswith("/data/appservices/"):
                 content = loopback_yaml(loopback.appservice_registration(
-                    yaml.safe_load(content), bridge_port=self.ports.bridges[Path(path).stem]))
+                    yaml.safe_load(content), bridge_port=self.ports.bridges.get(Path(path).stem)))
             self.write("synapse", path, content, mode=0o600)
         host_path(self.root, "synapse", "/data/media_store").mkdir(parents=True, exist_ok=True)
         return self.spawn("synapse", [
@@ -608,6 +613,12 @@ class Harness:
             services.append(self.spawn(node, [self.binaries["redis-server"], *command[1:]]))
         for service, port in zip(services, self.ports.redis):
             wait_until(service.name, lambda p=port: tcp_open(p), service.process, service.log)
+
+    # Monitoring --------------------------------------------------------------------------
+    def _boot_monitoring(self, synapse_ready) -> None:
+        from tests.integration import monitoring_backend
+
+        self.monitoring = monitoring_backend.boot(self, self.spawn, wait_until, synapse_ready)
 
     # MatrixRTC ---------------------------------------------------------------------------
     def _boot_calls(self) -> None:
@@ -750,6 +761,8 @@ def start(rendered: Optional[Rendered] = None) -> Harness:
         bridges={kind: free_port() for kind in bridges}, redis=tuple(free_cluster_port() for _ in rendered.redis_nodes),
         proxy={name: free_port() for name in entry_points}, element=free_port(), signal_server=free_port(),
         livekit=free_port(), livekit_rtc=free_port(), lk_jwt=free_port(), connect_proxy=free_port(),
+        synapse_metrics=free_port(), livekit_metrics=free_port(), prometheus=free_port(), alertmanager=free_port(),
+        relay=free_port(), node_exporter=free_port(), blackbox=free_port(),
     )
     found, not_booted = bridge_binaries(bridges)
     harness = Harness(rendered=rendered, root=root, ports=ports, binaries=binaries, bridge_binaries=found,

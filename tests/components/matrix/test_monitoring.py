@@ -1,0 +1,194 @@
+"""Monitoring as the program renders it: on by default in dev and prod, every metrics endpoint on a private
+network shared with its scraper only, nothing published, Prometheus's and Alertmanager's configs, the
+alert relay's appservice registration, and the settings' refusals."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import yaml
+
+from commstack import offline
+from components.matrix import monitoring
+from components.matrix.synapse import METRICS_PORT as SYNAPSE_METRICS_PORT
+from components.settings import SettingsError
+from tests.conftest import evaluate
+
+MONITORING_CONTAINERS = {monitoring.PROMETHEUS, monitoring.ALERTMANAGER, monitoring.RELAY, monitoring.NODE_EXPORTER,
+                         monitoring.POSTGRES_EXPORTER, monitoring.BLACKBOX_EXPORTER}
+
+
+def files(evaluation, container: str) -> dict[str, str]:
+    uploads = offline.unwrap(evaluation.container(container).inputs["uploads"])
+    return {u["file"]: offline.unwrap(u["content"]) for u in uploads}
+
+
+def networks(evaluation) -> dict[str, set[str]]:
+    """container -> the docker networks it joins."""
+    return {reg.plain_inputs["name"]: {n["name"] for n in reg.plain_inputs.get("networksAdvanced") or []}
+            for reg in evaluation.of_type("docker:index/container:Container")}
+
+
+def network_props(evaluation) -> dict[str, dict]:
+    return {reg.plain_inputs["name"]: reg.plain_inputs for reg in evaluation.of_type("docker:index/network:Network")}
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_on_by_default_and_every_target_scraped_over_its_own_private_network(stack, dev_evaluation, prod_evaluation):
+    evaluation = dev_evaluation if stack == "dev" else prod_evaluation
+    joined = networks(evaluation)
+    props = network_props(evaluation)
+    assert MONITORING_CONTAINERS - {monitoring.BLACKBOX_EXPORTER} <= set(joined)
+    config = yaml.safe_load(files(evaluation, monitoring.PROMETHEUS)[monitoring.PROMETHEUS_CONFIG])
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert {"synapse", "traefik", "node", "postgres", "prometheus", "alertmanager"} <= set(jobs)
+    assert jobs["synapse"]["metrics_path"] == "/_synapse/metrics"
+    assert jobs["synapse"]["static_configs"] == [{"targets": [f"synapse:{SYNAPSE_METRICS_PORT}"]}]
+    for job in config["scrape_configs"]:
+        if job["job_name"] in ("prometheus", "alertmanager") or "params" in job:
+            continue
+        container = job["static_configs"][0]["targets"][0].split(":")[0]
+        shared = joined[container] & joined[monitoring.PROMETHEUS]
+        # Exactly one network in common: metrics-<container>, internal, and nobody else on it.
+        assert shared == {f"commstack-matrix-metrics-{container}"}, (container, shared)
+        network = shared.pop()
+        assert props[network]["internal"] is True
+        assert {c for c, nets in joined.items() if network in nets} == {container, monitoring.PROMETHEUS}
+    assert config["rule_files"] == [monitoring.RULES_PATH]
+    assert config["alerting"]["alertmanagers"] == [{"static_configs": [{"targets": ["alertmanager:9093"]}]}]
+    # The deployed intervals; only the loopback adaptation shortens them.
+    assert config["global"]["scrape_interval"] == config["global"]["evaluation_interval"] == "30s"
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_no_monitoring_port_is_published_and_the_rest_is_internal(stack, dev_evaluation, prod_evaluation):
+    evaluation = dev_evaluation if stack == "dev" else prod_evaluation
+    props = network_props(evaluation)
+    for reg in evaluation.of_type("docker:index/container:Container"):
+        name = reg.plain_inputs["name"]
+        if name in MONITORING_CONTAINERS:
+            assert not reg.plain_inputs.get("ports"), name
+            nets = {n["name"] for n in reg.plain_inputs.get("networksAdvanced") or []}
+            outside = {n for n in nets if not props[n]["internal"]}
+            assert outside == set(), (name, outside)  # no e-mail set: Alertmanager needs no egress either
+    # Synapse's metrics listener, Traefik's and LiveKit's metrics ports: none is published.
+    for name in ("synapse", "proxy", "livekit", "turn"):
+        published = {p["external"] for p in evaluation.container(name).plain_inputs.get("ports") or []}
+        assert not published & {SYNAPSE_METRICS_PORT, 8083, 6789, 9641}, name
+
+
+def test_metrics_endpoints_are_switched_on_in_each_program(dev_evaluation):
+    homeserver = yaml.safe_load(files(dev_evaluation, "synapse")["/data/homeserver.yaml"])
+    assert homeserver["enable_metrics"] is True
+    metrics = [l for l in homeserver["listeners"] if l["type"] == "metrics"]
+    assert metrics == [{"port": SYNAPSE_METRICS_PORT, "type": "metrics", "tls": False, "bind_addresses": ["0.0.0.0"]}]
+    traefik = yaml.safe_load(files(dev_evaluation, "proxy")["/etc/traefik/traefik.yml"])
+    assert traefik["metrics"]["prometheus"]["entryPoint"] == "metrics"
+    livekit = yaml.safe_load(next(v for k, v in files(dev_evaluation, "livekit").items() if k.endswith(".yaml")))
+    assert livekit["prometheus"] == {"port": 6789}
+    assert "\nprometheus\n" in files(dev_evaluation, "turn")["/etc/coturn/turnserver.conf"]
+    # The backup job writes its status into the volume node_exporter reads.
+    backup_env = files(dev_evaluation, "backup")["/commstack/env.sh"]
+    assert "export METRICS_DIR=/metrics" in backup_env
+    mounts = {v["containerPath"]: v for v in dev_evaluation.container("node-exporter").plain_inputs["volumes"]}
+    assert mounts[monitoring.TEXTFILE_DIR]["readOnly"] is True and mounts[monitoring.HOST_ROOT]["readOnly"] is True
+
+
+def test_monitoring_off_leaves_no_trace():
+    evaluation = evaluate("dev", monitoring="false")
+    names = {reg.plain_inputs["name"] for reg in evaluation.of_type("docker:index/container:Container")}
+    assert not names & MONITORING_CONTAINERS
+    homeserver = yaml.safe_load(files(evaluation, "synapse")["/data/homeserver.yaml"])
+    assert homeserver["enable_metrics"] is False
+    assert [l["type"] for l in homeserver["listeners"]] == ["http"]
+    assert not any("alert-relay" in path for path in homeserver["app_service_config_files"])
+    assert "metrics" not in yaml.safe_load(files(evaluation, "proxy")["/etc/traefik/traefik.yml"])
+    assert not [n for n in network_props(evaluation) if "metrics" in n or "alerting" in n]
+    assert "alertRoom" not in evaluation.stack_outputs
+
+
+def test_alerts_go_to_the_relay_grouped_and_resolved(dev_evaluation):
+    config = yaml.safe_load(files(dev_evaluation, monitoring.ALERTMANAGER)[monitoring.ALERTMANAGER_CONFIG])
+    route = config["route"]
+    assert route["group_by"] == ["alertname", "job"]
+    assert (route["group_wait"], route["group_interval"], route["repeat_interval"]) == ("30s", "5m", "12h")
+    (webhook,) = config["receivers"][0]["webhook_configs"]
+    assert webhook["url"] == "http://alert-relay:8080/alerts" and webhook["send_resolved"] is True
+    assert webhook["http_config"]["authorization"]["credentials_file"] == monitoring.RELAY_TOKEN_PATH
+    assert "email_configs" not in config["receivers"][0] and "global" not in config
+    # The relay and Alertmanager share the webhook token; both files are secret.
+    relay = files(dev_evaluation, monitoring.RELAY)
+    assert relay[monitoring.RELAY_WEBHOOK_TOKEN_PATH] == files(dev_evaluation, monitoring.ALERTMANAGER)[monitoring.RELAY_TOKEN_PATH]
+    assert len(relay[monitoring.RELAY_WEBHOOK_TOKEN_PATH]) >= 32
+    # No gossip port: clustering off.
+    command = dev_evaluation.container(monitoring.ALERTMANAGER).plain_inputs["command"]
+    assert "--cluster.listen-address=" in command
+
+
+def test_the_relay_is_an_appservice_with_only_its_bot_and_room(dev_evaluation):
+    synapse = files(dev_evaluation, "synapse")
+    registration = yaml.safe_load(synapse[monitoring.RELAY_REGISTRATION_PATH])
+    assert registration["url"] is None and registration["sender_localpart"] == "alertbot"
+    assert registration["namespaces"]["users"] == [{"regex": r"^@alertbot:commstack\.localhost$", "exclusive": True}]
+    assert registration["namespaces"]["aliases"] == [{"regex": r"^#alerts:commstack\.localhost$", "exclusive": True}]
+    homeserver = yaml.safe_load(synapse["/data/homeserver.yaml"])
+    assert monitoring.RELAY_REGISTRATION_PATH in homeserver["app_service_config_files"]
+    relay = files(dev_evaluation, monitoring.RELAY)
+    assert relay[monitoring.RELAY_AS_TOKEN_PATH] == registration["as_token"]
+    config = json.loads(relay[monitoring.RELAY_CONFIG])
+    assert config["recipients"] == ["@admin:commstack.localhost"]  # the default: create-admin's user
+    assert config["homeserver"] == "http://synapse:8008"
+    assert dev_evaluation.stack_outputs["alertRoom"] == "#alerts:commstack.localhost"
+
+
+def test_alert_recipients_are_a_setting():
+    evaluation = evaluate("dev", alertRecipients='["@alice:commstack.localhost", "@bob:example.org"]')
+    config = json.loads(files(evaluation, monitoring.RELAY)[monitoring.RELAY_CONFIG])
+    assert config["recipients"] == ["@alice:commstack.localhost", "@bob:example.org"]
+
+
+@pytest.mark.parametrize("overrides, key, fragment", [
+    ({"alertRecipients": '["alice"]'}, "commstack:alertRecipients", "not Matrix user IDs"),
+    ({"alertRecipients": '["@Alice:example.org"]'}, "commstack:alertRecipients", "not Matrix user IDs"),
+    ({"alertRecipients": '"@alice:example.org"'}, "commstack:alertRecipients", "must be a JSON list of strings"),
+    ({"alertEmails": '["not-an-address"]'}, "commstack:alertEmails", "not e-mail addresses"),
+    ({"monitoring": "maybe"}, "commstack:monitoring", "must be true or false"),
+    ({"monitoring": "false", "grafana": "true"}, "commstack:grafana", "needs commstack:monitoring true"),
+])
+def test_bad_monitoring_settings_are_refused_with_a_fix(overrides, key, fragment):
+    with pytest.raises(SettingsError) as raised:
+        evaluate("dev", **overrides)
+    problems = [p for p in raised.value.problems if p.startswith(key)]
+    assert problems and fragment in problems[0], raised.value.problems
+    assert "Fix: pulumi config set " + key in problems[0]
+
+
+def test_rules_follow_the_stack():
+    rules = monitoring.render_alert_rules(jobs=["synapse", "node"], backup=False)
+    names = {rule["alert"] for rule in rules["groups"][0]["rules"]}
+    assert names == {"TargetDown", "DiskAlmostFull", "SynapseFederationSendingFailing", "SynapseEventProcessingLagging"}
+    for rule in rules["groups"][0]["rules"]:
+        assert set(rule["annotations"]) == {"summary", "runbook"} and rule["labels"]["severity"] in ("warning", "critical")
+
+
+def _relay_module():
+    spec = importlib.util.spec_from_file_location("matrix_relay", monitoring.RELAY_SOURCE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_relay_renders_firing_and_resolved_notifications():
+    relay = _relay_module()
+    payload = {"status": "firing", "groupLabels": {"alertname": "BridgeDown"}, "alerts": [
+        {"status": "firing", "labels": {"alertname": "BridgeDown"},
+         "annotations": {"summary": "The bridge-whatsapp bridge does not answer <its> health check",
+                         "runbook": "`docker logs bridge-whatsapp`"}}]}
+    body, formatted = relay.render(payload)
+    assert body.splitlines()[0] == "[FIRING] BridgeDown"
+    assert "what to do: `docker logs bridge-whatsapp`" in body
+    assert "&lt;its&gt;" in formatted and "<its>" not in formatted
+    body, _ = relay.render({**payload, "status": "resolved", "alerts": [{**payload["alerts"][0], "status": "resolved"}]})
+    assert body.splitlines()[0] == "[RESOLVED] BridgeDown" and "what to do" not in body
