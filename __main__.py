@@ -90,7 +90,8 @@ matrix = Homeserver(
     "matrix",
     HomeserverArgs(matrix=settings.matrix, edge=settings.edge, dns_api_token=dns_api_token, extra_routes=extra_routes,
                    backup=settings.backup, backup_repository=backup_repository,
-                   postgres=settings.postgres, monitoring=settings.monitoring, signal_health_url=signal_health_url),
+                   postgres=settings.postgres, monitoring=settings.monitoring, signal_health_url=signal_health_url,
+                   smtp=settings.smtp),
     opts=docker_opts,
 )
 dns_records = list(matrix.dns_records)

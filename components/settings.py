@@ -145,6 +145,13 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
         ConfigKey("alertRecipients", [], "JSON list of Matrix users invited to the alert room; empty: @admin:<domain>, the user `create-admin` makes by default.", "'[\"@alice:example.org\"]'"),
         ConfigKey("alertEmails", [], "JSON list of e-mail addresses Alertmanager also sends alerts to; needs smtpHost.", "'[\"ops@example.org\"]'"),
         ConfigKey("grafana", False, "Run Grafana (off by default) with Synapse's official dashboard, loaded at deploy time from the pinned Synapse tag; needs monitoring true.", "true"),
+        # -- outgoing e-mail ------------------------------------------------------
+        ConfigKey("smtpHost", "", "SMTP server for outgoing e-mail (Synapse's password resets and notifications, Alertmanager's alert e-mails); empty: no e-mail.", "smtp.example.org"),
+        ConfigKey("smtpPort", 587, "SMTP server port: 587 (STARTTLS) or 465 (TLS from the first byte).", "465"),
+        ConfigKey("smtpUser", "", "SMTP login; empty: the server takes mail without one.", "matrix@example.org"),
+        ConfigKey("smtpPassword", None, "SMTP password (secret); required with smtpUser.", "<smtp_password>", secret=True),
+        ConfigKey("smtpFrom", "", "The From address of every e-mail; required with smtpHost.", "matrix@example.org"),
+        ConfigKey("smtpTls", "starttls", "`starttls` (required, never plain text) or `tls` (TLS from the first byte, usually port 465).", "tls"),
         # -- Postgres major upgrades ------------------------------------------------
         ConfigKey("postgresMajor", LEGACY_POSTGRES_MAJOR, "The Postgres major the stack's data is on (a record, not a choice): must equal the major of configs/images.yaml's postgres image unless postgresUpgradeFrom runs the upgrade. Stacks made before this setting existed are on 15.", "16"),
         ConfigKey("postgresUpgradeFrom", "", "Upgrade Postgres from this major (the data's) to configs/images.yaml's: a one-shot job backs up, dumps every database and restores it into a new protected volume; the old volume is kept. See the README's Postgres major upgrades.", "15"),
@@ -283,6 +290,21 @@ class SignalSettings:
         return CONFIGS_DIR / "signal" / f"{self.server_ref}.yaml"
 
 
+SMTP_TLS_MODES = ("starttls", "tls")
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """Outgoing e-mail. TLS is always required: STARTTLS, or TLS from the first byte."""
+
+    host: str
+    port: int
+    from_address: str
+    tls: str
+    user: str = ""
+    password: Optional[pulumi.Output] = field(default=None, repr=False)
+
+
 @dataclass(frozen=True)
 class MonitoringSettings:
     enabled: bool
@@ -305,6 +327,7 @@ class Settings:
     container_memory: dict = field(default_factory=dict)
     postgres: Optional["PostgresSettings"] = None
     monitoring: MonitoringSettings = field(default_factory=lambda: MonitoringSettings(enabled=False))
+    smtp: Optional[SmtpSettings] = None  # None: no outgoing e-mail
 
 
 # Every container the program can create (docker names); commstack:containerMemory may name these.
@@ -733,6 +756,10 @@ def load_settings(stack: Optional[str] = None) -> Settings:
     backup = _read_backup(r)
     postgres = _read_postgres(r, backup)
     monitoring = _read_monitoring(r, domain)
+    smtp = _read_smtp(r)
+    r.check(smtp is not None or not monitoring.alert_emails, "commstack:alertEmails",
+            "needs outgoing e-mail: set commstack:smtpHost (and smtpFrom) first, or send alerts to the Matrix room only",
+            "'[]'")
 
     # -- signal
     signal_on = r.boolean("commstack:signal")
@@ -861,6 +888,7 @@ def load_settings(stack: Optional[str] = None) -> Settings:
         container_memory=container_memory,
         postgres=postgres,
         monitoring=monitoring,
+        smtp=smtp,
     )
 
 
@@ -904,6 +932,36 @@ def _read_monitoring(r: _Reader, domain: str) -> MonitoringSettings:
     return MonitoringSettings(enabled=enabled,
                               alert_recipients=tuple(dict.fromkeys(recipients or [f"@admin:{domain}"])),
                               alert_emails=tuple(dict.fromkeys(emails)), grafana=grafana)
+
+
+def _read_smtp(r: _Reader) -> Optional[SmtpSettings]:
+    """commstack:smtp*: None when smtpHost is empty (then every other smtp key must be too)."""
+    host = r.text("commstack:smtpHost").lower()
+    port_text = r.text("commstack:smtpPort")
+    user = r.text("commstack:smtpUser")
+    password = r.secret("commstack:smtpPassword")
+    from_address = r.text("commstack:smtpFrom")
+    tls = r.choice("commstack:smtpTls", SMTP_TLS_MODES)
+    port = int(port_text) if _POSITIVE_INT_RE.fullmatch(port_text) else 0
+    r.check(0 < port < 65536, "commstack:smtpPort", f"{port_text!r} is not a TCP port (1-65535)", "587")
+    if not host:
+        given = [key for key, value in (("smtpUser", user), ("smtpFrom", from_address),
+                                         ("smtpPassword", password)) if value]
+        r.check(not given, "commstack:smtpHost", f"is empty, so e-mail is off, but {', '.join(given)} "
+                f"{'is' if len(given) == 1 else 'are'} set; name the SMTP server")
+        return None
+    r.check(bool(_DOMAIN_RE.fullmatch(host)) or _valid_ip(host), "commstack:smtpHost",
+            f"{host!r} is not a host name or IP address")
+    r.check(bool(from_address), "commstack:smtpFrom", "is required with smtpHost (the From address of every e-mail)")
+    r.check(not from_address or bool(_EMAIL_RE.match(from_address)), "commstack:smtpFrom",
+            f"{from_address!r} is not an e-mail address")
+    r.check(not user or password is not None, "commstack:smtpPassword", "is required with smtpUser")
+    r.check(bool(user) or password is None, "commstack:smtpUser", "is required with smtpPassword (the login it "
+            "belongs to)")
+    r.check(not (tls == "tls" and port == 587), "commstack:smtpPort", "587 is the STARTTLS port, but smtpTls is "
+            "tls (TLS from the first byte, port 465); use 465, or smtpTls starttls", "465")
+    return SmtpSettings(host=host, port=port, from_address=from_address, tls=tls, user=user,
+                        password=password if user else None)
 
 
 def _read_backup(r: _Reader) -> BackupSettings:

@@ -259,6 +259,7 @@ class Homeserver(pulumi.ComponentResource):
             max_upload_size=MAX_UPLOAD_SIZE,
             matrix_rtc_transports=transports,
             metrics_network=metrics_net(SYNAPSE_CONTAINER),
+            smtp=args.smtp,
         ), opts=child(self))
 
         self.wellknown = WellKnown(f"{name}-wellknown", WellKnownArgs(

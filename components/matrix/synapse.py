@@ -91,6 +91,7 @@ def render_homeserver_config(
     data_dir: str = DATA_DIR,
     matrix_rtc_transports: Sequence[Mapping[str, Any]] = (),
     metrics: bool = False,
+    email: Optional[Mapping[str, Any]] = None,
 ) -> dict:
     """homeserver.yaml as data. `database` holds user, password, database, host, port.
     `matrix_rtc_transports` (lk-jwt-service's URL) turns on what MatrixRTC calls need."""
@@ -146,6 +147,8 @@ def render_homeserver_config(
         "url_preview_enabled": False,
         "app_service_config_files": list(app_service_config_files),
     }
+    if email:
+        config["email"] = dict(email)
     if metrics:
         config["listeners"].append({"port": METRICS_PORT, "type": "metrics", "tls": False,
                                     "bind_addresses": ["0.0.0.0"]})
@@ -173,6 +176,34 @@ def render_homeserver_config(
                        for key, value in MATRIX_RTC_SETTINGS.items()})
         # synapse/config/matrixrtc.py: each entry is {type: livekit, livekit_service_url: ...}.
         config["matrix_rtc"] = {"transports": [dict(t) for t in matrix_rtc_transports]}
+    return config
+
+
+def email_config(*, host: str, port: int, from_address: str, tls: str, user: str = "",
+                 password: Optional[str] = None, client_base_url: Optional[str] = None) -> dict:
+    """homeserver.yaml's `email` section (synapse/config/emailconfig.py): password resets and notifications.
+
+    TLS is never optional: `starttls` requires STARTTLS (require_transport_security), `tls` speaks TLS from
+    the first byte (force_tls)."""
+    if tls not in ("starttls", "tls"):
+        raise ValueError(f"tls must be starttls or tls, not {tls!r}")
+    if user and not password:
+        raise ValueError("an SMTP user needs its password")
+    config: dict[str, Any] = {
+        "smtp_host": host,
+        "smtp_port": int(port),
+        "force_tls": tls == "tls",
+        "require_transport_security": tls == "starttls",
+        "enable_tls": True,
+        "notif_from": f"%(app)s <{from_address}>",
+        "enable_notifs": True,
+        "notif_for_new_users": True,
+        "validation_token_lifetime": "1h",
+    }
+    if user:
+        config.update(smtp_user=user, smtp_pass=password)
+    if client_base_url:
+        config["client_base_url"] = client_base_url  # links in notification e-mails open Element
     return config
 
 
@@ -226,6 +257,8 @@ class SynapseArgs:
     matrix_rtc_transports: Sequence[Mapping[str, Any]] = ()
     # Prometheus's network to the metrics listener; None leaves metrics off.
     metrics_network: Optional[pulumi.Input[str]] = None
+    # Outgoing e-mail (components.settings.SmtpSettings); None: no e-mail.
+    smtp: Optional[Any] = None
 
 
 class Synapse(pulumi.ComponentResource):
@@ -257,6 +290,7 @@ class Synapse(pulumi.ComponentResource):
             macaroon_secret_key=macaroon_secret_key,
             form_secret=form_secret,
             turn_shared_secret=args.turn_shared_secret,
+            smtp_password=args.smtp.password if args.smtp is not None else None,
         ).apply(lambda s: to_yaml(render_homeserver_config(
             server_name=args.server_name,
             public_baseurl=args.public_baseurl,
@@ -274,6 +308,9 @@ class Synapse(pulumi.ComponentResource):
             max_upload_size=args.max_upload_size,
             matrix_rtc_transports=args.matrix_rtc_transports,
             metrics=args.metrics_network is not None,
+            email=email_config(host=args.smtp.host, port=args.smtp.port, from_address=args.smtp.from_address,
+                               tls=args.smtp.tls, user=args.smtp.user, password=s["smtp_password"],
+                               client_base_url=args.element_url) if args.smtp is not None else None,
         )))
         signing_key_file = pulumi.Output.all(signing_key.private_key_pem_pkcs8, signing_key.public_key_pem).apply(
             lambda keys: signing_key_line(keys[0], signing_key_id(keys[1]))

@@ -64,6 +64,7 @@ class LoopbackPorts:
     prometheus: int = 0
     alertmanager: int = 0
     relay: int = 0  # the alert relay (8080)
+    smtp: int = 0  # the test SMTP server (aiosmtpd) that stands in for commstack:smtpHost
     node_exporter: int = 0
     blackbox: int = 0
 
@@ -98,6 +99,11 @@ def homeserver_config(config: dict, *, root: Path, ports: LoopbackPorts, data_di
     # Container hostname `postgres` -> the harness's PostgreSQL on loopback.
     adapted["database"] = {**adapted["database"],
                            "args": {**adapted["database"]["args"], "host": LOOPBACK, "port": ports.postgres}}
+    if "email" in adapted:
+        # commstack:smtpHost -> the harness's SMTP server, which speaks plain SMTP on loopback (no
+        # certificate Synapse would trust): TLS requirements off for the test only.
+        adapted["email"] = {**adapted["email"], "smtp_host": LOOPBACK, "smtp_port": ports.smtp, "force_tls": False,
+                            "require_transport_security": False}
     adapted.update(TEST_RATE_LIMITS)  # tests only: no throttling of bursts
     adapted.update(TEST_PASSWORD_HASHING)  # tests only: cheap password hashes for throwaway users
     return adapted
@@ -506,11 +512,15 @@ def alert_rules(rules: dict) -> dict:
     return adapted
 
 
-def alertmanager_config(config: dict, *, root: Path, addresses: dict[str, str]) -> dict:
+def alertmanager_config(config: dict, *, root: Path, addresses: dict[str, str], ports: LoopbackPorts) -> dict:
     """alertmanager.yml for loopback: the relay at its loopback port, notifications within a second."""
     adapted = yaml.safe_load(_readdress(yaml.safe_dump(config), addresses))
     adapted = _relocate(adapted, "/etc/alertmanager", root, "alertmanager")  # the token file -> temp dir
     adapted["route"] = {**adapted["route"], **TEST_GROUP_TIMING}
+    if "global" in adapted:
+        # commstack:smtpHost -> the harness's plain-SMTP server on loopback (TLS requirement off, test only).
+        adapted["global"] = {**adapted["global"], "smtp_smarthost": f"{LOOPBACK}:{ports.smtp}",
+                             "smtp_require_tls": False, "smtp_force_implicit_tls": False}
     return adapted
 
 

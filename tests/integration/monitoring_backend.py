@@ -71,7 +71,8 @@ def boot(harness, spawn: Callable, wait_until: Callable, synapse_ready=None) -> 
     # Alertmanager
     for path, content in rendered.files[monitoring.ALERTMANAGER].items():
         if path == monitoring.ALERTMANAGER_CONFIG:
-            content = _dump(loopback.alertmanager_config(yaml.safe_load(content), root=root, addresses=addresses))
+            content = _dump(loopback.alertmanager_config(yaml.safe_load(content), root=root, addresses=addresses,
+                                                         ports=ports))
         harness.write(monitoring.ALERTMANAGER, path, content, mode=0o600)
     am_data = host_path(root, monitoring.ALERTMANAGER, monitoring.ALERTMANAGER_DATA)
     am_data.mkdir(parents=True)

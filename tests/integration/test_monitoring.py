@@ -66,10 +66,16 @@ def test_every_scrape_target_the_harness_runs_is_up(harness):
     assert loaded == {rule["alert"] for group in rendered_rules["groups"] for rule in group["rules"]}
 
 
-async def _reader(harness) -> AsyncClient:
+@pytest.fixture(scope="module")
+def reader(harness) -> tuple[str, str]:
+    """The alert room's recipient (harness_config's alertRecipients): (user id, password)."""
     secret = harness.rendered.yaml("synapse", "/data/homeserver.yaml")["registration_shared_secret"]
     password = secrets.token_urlsafe(18)
-    user_id = register_user(harness.synapse_url, secret, READER, password, admin=False)
+    return register_user(harness.synapse_url, secret, READER, password, admin=False), password
+
+
+async def _reader(harness, reader: tuple[str, str]) -> AsyncClient:
+    user_id, password = reader
     client = AsyncClient(harness.synapse_url, user_id)
     assert isinstance(await client.login(password), LoginResponse)
     return client
@@ -92,11 +98,11 @@ async def _wait_for_notice(client: AsyncClient, prefix: str, seen: list[str], de
     raise AssertionError(f"no notice starting {prefix!r} in the alert room; seen: {seen}")
 
 
-def test_a_stopped_bridge_alerts_into_the_room_then_resolves(harness):
+def test_a_stopped_bridge_alerts_into_the_room_then_resolves(harness, reader):
     assert "whatsapp" in harness.bridges, "the whatsapp bridge is booted in CI"
 
     async def scenario() -> tuple[str, str]:
-        client = await _reader(harness)
+        client = await _reader(harness, reader)
         seen: list[str] = []
         try:
             await client.sync(timeout=0)  # the room so far (other alerts, e.g. BackupStatusMissing)
@@ -164,3 +170,36 @@ def test_a_repository_without_a_recent_snapshot_fires_backup_too_old(harness, tm
     done = subprocess.run(["sh", str(scripts / "metrics.sh")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     wait_until("BackupTooOld resolved", lambda: not firing(harness, "BackupTooOld"), timeout=ALERT_TIMEOUT)
+
+
+def test_doctor_monitoring_rows(harness, reader):
+    """doctor's monitoring rows against the harness: Prometheus's targets, and a test alert through the real
+    Alertmanager and relay into the room, read through the public chain with the recipient's token (who
+    joined the room in the test above)."""
+    from commstack import doctor_monitoring
+
+    user_id, password = reader
+    session = harness.public()
+    base_url = "https://matrix.commstack.localhost"
+    login = session.post(f"{base_url}/_matrix/client/v3/login", timeout=10, json={
+        "type": "m.login.password", "identifier": {"type": "m.id.user", "user": user_id}, "password": password})
+    assert login.status_code == 200, login.text
+    token = login.json()["access_token"]
+    target = doctor_monitoring.MonitoringTarget(
+        prometheus_url=monitoring_backend.prometheus_url(harness),
+        alertmanager_url=f"http://127.0.0.1:{harness.ports.alertmanager}",
+        alert_room=f"#{monitoring.ROOM_ALIAS_LOCALPART}:commstack.localhost", delivery_timeout=ALERT_TIMEOUT)
+    rows = {row[0]: row for row in doctor_monitoring.check_monitoring(target, base_url, token, session=harness.public)}
+    assert rows["prometheus targets"][1] == "PASS", rows
+    assert rows["alert delivery"][1] == "PASS", rows
+    assert rows["alert delivery"][2].startswith("a test alert reached #alerts:commstack.localhost")
+    # Without a reader's token the delivery row says what it needs; a dead Alertmanager fails it.
+    assert doctor_monitoring.check_delivery(target, base_url, None, session=harness.public)[1] == "SKIP"
+    from tests.integration.harness import free_port
+
+    dead = doctor_monitoring.MonitoringTarget(prometheus_url=f"http://127.0.0.1:{free_port()}",
+                                              alertmanager_url=f"http://127.0.0.1:{free_port()}",
+                                              alert_room=target.alert_room, delivery_timeout=5)
+    failed = doctor_monitoring.check_monitoring(dead, base_url, token, session=harness.public)
+    assert [row[1] for row in failed] == ["FAIL", "FAIL"], failed
+    assert "cannot post a test alert" in failed[1][2]

@@ -192,3 +192,74 @@ def test_the_relay_renders_firing_and_resolved_notifications():
     assert "&lt;its&gt;" in formatted and "<its>" not in formatted
     body, _ = relay.render({**payload, "status": "resolved", "alerts": [{**payload["alerts"][0], "status": "resolved"}]})
     assert body.splitlines()[0] == "[RESOLVED] BridgeDown" and "what to do" not in body
+
+
+# -- outgoing e-mail (commstack:smtp*) ------------------------------------------------------------------
+
+SMTP = {"smtpHost": "smtp.example.org", "smtpFrom": "matrix@example.org", "smtpUser": "matrix@example.org"}
+
+
+def _with_password(**overrides):
+    from tests.conftest import stack_config
+
+    config = stack_config("dev", **{**SMTP, **overrides})
+    config["commstack:smtpPassword"] = "smtp-secret-0123456789"
+    return evaluate("dev", config=config)
+
+
+def test_smtp_settings_reach_synapse_and_alertmanager():
+    evaluation = _with_password(alertEmails='["ops@example.org"]')
+    homeserver = yaml.safe_load(files(evaluation, "synapse")["/data/homeserver.yaml"])
+    assert homeserver["email"] == {
+        "smtp_host": "smtp.example.org", "smtp_port": 587, "force_tls": False, "require_transport_security": True,
+        "enable_tls": True, "notif_from": "%(app)s <matrix@example.org>", "enable_notifs": True,
+        "notif_for_new_users": True, "validation_token_lifetime": "1h", "smtp_user": "matrix@example.org",
+        "smtp_pass": "smtp-secret-0123456789", "client_base_url": "https://element.commstack.localhost/"}
+    am_files = files(evaluation, monitoring.ALERTMANAGER)
+    config = yaml.safe_load(am_files[monitoring.ALERTMANAGER_CONFIG])
+    assert config["global"] == {"smtp_smarthost": "smtp.example.org:587", "smtp_from": "matrix@example.org",
+                                "smtp_require_tls": True, "smtp_force_implicit_tls": False,
+                                "smtp_auth_username": "matrix@example.org",
+                                "smtp_auth_password_file": monitoring.SMTP_PASSWORD_PATH}
+    assert config["receivers"][0]["email_configs"] == [{"to": "ops@example.org", "send_resolved": True}]
+    assert am_files[monitoring.SMTP_PASSWORD_PATH] == "smtp-secret-0123456789"
+    # The password stays secret: in the files it is a secret output, never in Alertmanager's YAML.
+    assert "smtp-secret" not in am_files[monitoring.ALERTMANAGER_CONFIG]
+    secret_paths = " ".join(offline.secret_paths(evaluation.container(monitoring.ALERTMANAGER).inputs))
+    assert "uploads" in secret_paths
+    # Alertmanager reaches the SMTP server through the egress network, now that it mails.
+    assert "commstack-matrix-egress" in networks(evaluation)[monitoring.ALERTMANAGER]
+
+
+def test_implicit_tls_and_no_login():
+    evaluation = evaluate("dev", smtpHost="mail.example.org", smtpFrom="m@example.org", smtpTls="tls", smtpPort="465")
+    email = yaml.safe_load(files(evaluation, "synapse")["/data/homeserver.yaml"])["email"]
+    assert (email["force_tls"], email["require_transport_security"], email["smtp_port"]) == (True, False, 465)
+    assert "smtp_user" not in email and "smtp_pass" not in email
+
+
+def test_no_smtp_no_email_section(dev_evaluation):
+    assert "email" not in yaml.safe_load(files(dev_evaluation, "synapse")["/data/homeserver.yaml"])
+
+
+@pytest.mark.parametrize("overrides, key, fragment", [
+    ({"smtpHost": "smtp example.org", "smtpFrom": "m@example.org"}, "commstack:smtpHost", "not a host name"),
+    ({"smtpHost": "smtp.example.org"}, "commstack:smtpFrom", "is required with smtpHost"),
+    ({"smtpHost": "smtp.example.org", "smtpFrom": "not-an-address"}, "commstack:smtpFrom", "not an e-mail address"),
+    ({"smtpHost": "smtp.example.org", "smtpFrom": "m@example.org", "smtpPort": "70000"}, "commstack:smtpPort",
+     "not a TCP port"),
+    ({"smtpHost": "smtp.example.org", "smtpFrom": "m@example.org", "smtpTls": "none"}, "commstack:smtpTls",
+     "must be one of starttls, tls"),
+    ({"smtpHost": "smtp.example.org", "smtpFrom": "m@example.org", "smtpTls": "tls"}, "commstack:smtpPort",
+     "587 is the STARTTLS port"),
+    ({"smtpHost": "smtp.example.org", "smtpFrom": "m@example.org", "smtpUser": "u"}, "commstack:smtpPassword",
+     "is required with smtpUser"),
+    ({"smtpFrom": "m@example.org"}, "commstack:smtpHost", "e-mail is off, but smtpFrom is set"),
+    ({"alertEmails": '["ops@example.org"]'}, "commstack:alertEmails", "needs outgoing e-mail"),
+])
+def test_bad_smtp_settings_are_refused_with_a_fix(overrides, key, fragment):
+    with pytest.raises(SettingsError) as raised:
+        evaluate("dev", **overrides)
+    problems = [p for p in raised.value.problems if p.startswith(key)]
+    assert problems and fragment in problems[0], raised.value.problems
+    assert "Fix: pulumi config set " in problems[0]
