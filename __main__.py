@@ -113,6 +113,9 @@ if matrix.proxy.certificate_pem is not None:
     pulumi.export("tlsCertificate", matrix.proxy.certificate_pem)
 if matrix.monitoring is not None:
     pulumi.export("alertRoom", matrix.monitoring.room_alias)  # where alerts arrive; doctor checks a test alert reaches it
+    if matrix.monitoring.grafana_admin_password is not None:
+        pulumi.export("grafanaUrl", f"https://{settings.matrix.matrix_host}/grafana/")
+        pulumi.export("grafanaAdminPassword", matrix.monitoring.grafana_admin_password)  # secret; user `admin`
 if matrix.backup is not None:
     pulumi.export("backupRepository", matrix.backup.repository_url)
     pulumi.export("backupRepositoryPassword", matrix.backup.repository_password)  # secret: keep a copy off the host

@@ -134,7 +134,7 @@ EXPECTED_CAPABILITIES = {
     "signal-local-registration": set(), "signal-local-server": set(),
     # Monitoring: each runs as its image's user (or root reading only its own files), keeping nothing.
     "prometheus": set(), "alertmanager": set(), "alert-relay": set(), "node-exporter": set(),
-    "postgres-exporter": set(), "blackbox-exporter": set(),
+    "postgres-exporter": set(), "blackbox-exporter": set(), "grafana": set(), "grafana-dashboards": set(),
 }
 
 
@@ -173,7 +173,8 @@ SECRET_OWNERS = {"postgres": "999", "postgres-init": "0", "backup": "0", "synaps
                  "bridge-whatsapp": "1337", "bridge-telegram": "1337", "signal-local-aws-local": "0",
                  "signal-local-registration": "10001", "signal-local-server": "0",  # registration: components/signal/registration.py RUN_UID
                  # Monitoring: Alertmanager and postgres_exporter run as nobody, the relay as root of its image.
-                 "alertmanager": "65534", "postgres-exporter": "65534", "alert-relay": "0"}
+                 "alertmanager": "65534", "postgres-exporter": "65534", "alert-relay": "0",
+                 "grafana": "472"}
 
 
 def test_every_secret_file_is_0400_or_0600_and_its_readers(evaluation):

@@ -132,12 +132,18 @@ class Homeserver(pulumi.ComponentResource):
         if m.calls:
             # MatrixRTC on its own host, by path: lk-jwt-service and LiveKit each get a web-<backend> network.
             routes += calls_routes(m.rtc_host)
+        grafana_on = args.monitoring is not None and args.monitoring.enabled and args.monitoring.grafana
+        if grafana_on:
+            # Grafana (commstack:grafana) under https://<matrix host>/grafana/, behind its own login.
+            routes.append(Route(m.matrix_host, f"http://{mon.GRAFANA}:{mon.GRAFANA_PORT}", path_prefix=mon.GRAFANA_PATH))
         bridge_specs = {kind: BRIDGE_SPECS[kind] for kind in m.bridges}
         monitoring_on = args.monitoring is not None and args.monitoring.enabled
         backup_on = args.backup is not None and args.backup.enabled
         targets, probes = monitoring_targets(m, bridge_specs, args.signal_health_url) if monitoring_on else ([], [])
         metrics_containers = [t.container for t in targets if t.container not in (mon.PROMETHEUS, mon.ALERTMANAGER)]
         metrics_containers += [p.container for p in probes]
+        if grafana_on:
+            metrics_containers.append(mon.GRAFANA)  # Grafana reads Prometheus over it (nothing scrapes Grafana)
         # One small network per role (components/matrix/network.py): each container joins only its own.
         self.network = Network(f"{name}-network", NetworkArgs(
             internal_name=f"commstack-{name}", web_backends=[route.backend for route in routes],
@@ -240,6 +246,8 @@ class Homeserver(pulumi.ComponentResource):
                 textfile_volume=self.metrics_volume.name if self.metrics_volume is not None else None,
                 postgres_user=MONITOR_ROLE, postgres_password=self.postgres.monitor_password,
                 database_network=nets.database, egress_network=nets.egress, smtp=args.smtp,
+                grafana_web_network=nets.web.get(mon.GRAFANA),
+                grafana_root_url=f"https://{m.matrix_host}{mon.GRAFANA_PATH}/",
             ), opts=child(self))
             appservice_registrations[self.monitoring.relay_registration_path] = self.monitoring.relay_registration_yaml
 

@@ -45,6 +45,8 @@ RELAY = "alert-relay"
 NODE_EXPORTER = "node-exporter"
 POSTGRES_EXPORTER = "postgres-exporter"
 BLACKBOX_EXPORTER = "blackbox-exporter"
+GRAFANA = "grafana"
+GRAFANA_DASHBOARDS_JOB = "grafana-dashboards"
 
 PROMETHEUS_PORT = 9090
 ALERTMANAGER_PORT = 9093
@@ -52,6 +54,17 @@ RELAY_PORT = 8080
 NODE_EXPORTER_PORT = 9100
 POSTGRES_EXPORTER_PORT = 9187
 BLACKBOX_PORT = 9115
+GRAFANA_PORT = 3000
+GRAFANA_PATH = "/grafana"  # served at https://<matrix host>/grafana/ through Traefik
+GRAFANA_UID = "472"  # the image's grafana user
+GRAFANA_DATA = "/var/lib/grafana"
+GRAFANA_PROVISIONING = "/etc/grafana/provisioning"
+GRAFANA_DASHBOARDS_DIR = "/var/lib/grafana-dashboards"
+GRAFANA_ADMIN_PASSWORD_PATH = "/run/secrets/grafana-admin-password"
+GRAFANA_DATASOURCE_UID = "commstack-prometheus"
+DASHBOARD_SCRIPT = CONFIGS_DIR / "monitoring" / "grafana_dashboards.py"
+# Synapse's official dashboard, at the tag of the Synapse image the stack runs.
+SYNAPSE_DASHBOARD_URL = "https://raw.githubusercontent.com/element-hq/synapse/{tag}/contrib/grafana/synapse.json"
 
 PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
 RULES_PATH = "/etc/prometheus/rules/commstack.yml"
@@ -345,6 +358,42 @@ def render_blackbox_config() -> dict:
                                      "http": {"preferred_ip_protocol": "ip4", "valid_status_codes": []}}}}
 
 
+def synapse_dashboard_url(synapse_image: str) -> str:
+    """The pinned upstream source of Synapse's dashboard: the Synapse image's tag (v1.163.2)."""
+    return SYNAPSE_DASHBOARD_URL.format(tag=synapse_image.rpartition(":")[2])
+
+
+def render_grafana_provisioning() -> dict[str, dict]:
+    """Grafana's provisioning files: the stack's Prometheus as data source, our dashboard directory."""
+    return {
+        f"{GRAFANA_PROVISIONING}/datasources/commstack.yaml": {"apiVersion": 1, "datasources": [{
+            "name": "Prometheus", "uid": GRAFANA_DATASOURCE_UID, "type": "prometheus", "access": "proxy",
+            "url": f"http://{PROMETHEUS}:{PROMETHEUS_PORT}", "isDefault": True, "editable": False}]},
+        f"{GRAFANA_PROVISIONING}/dashboards/commstack.yaml": {"apiVersion": 1, "providers": [{
+            "name": "commstack", "type": "file", "disableDeletion": True, "allowUiUpdates": False,
+            "options": {"path": GRAFANA_DASHBOARDS_DIR}}]},
+    }
+
+
+def grafana_environment(root_url: str) -> dict[str, str]:
+    """Grafana's settings (GF_<SECTION>_<KEY>): behind Traefik under /grafana (prefix stripped), no sign-up,
+    no anonymous access, its own /metrics closed (it would be public through the route), no phoning home."""
+    return {
+        "GF_SERVER_ROOT_URL": root_url,
+        "GF_SERVER_SERVE_FROM_SUB_PATH": "false",
+        "GF_SECURITY_ADMIN_USER": "admin",
+        "GF_SECURITY_ADMIN_PASSWORD__FILE": GRAFANA_ADMIN_PASSWORD_PATH,
+        "GF_SECURITY_COOKIE_SECURE": "true",
+        "GF_USERS_ALLOW_SIGN_UP": "false",
+        "GF_AUTH_ANONYMOUS_ENABLED": "false",
+        "GF_METRICS_ENABLED": "false",
+        "GF_ANALYTICS_REPORTING_ENABLED": "false",
+        "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
+        "GF_ANALYTICS_CHECK_FOR_PLUGIN_UPDATES": "false",
+        "GF_PLUGINS_PREINSTALL_DISABLED": "true",
+    }
+
+
 def prometheus_command(config: str = PROMETHEUS_CONFIG, data: str = PROMETHEUS_DATA,
                        listen: str = f"0.0.0.0:{PROMETHEUS_PORT}") -> list[str]:
     return [f"--config.file={config}", f"--storage.tsdb.path={data}",
@@ -387,6 +436,10 @@ class MonitoringArgs:
     smtp: Optional[Any] = None  # SmtpSettings, when e-mail is set
     homeserver_url: str = "http://synapse:8008"
     depends_on: Sequence[pulumi.Resource] = field(default_factory=list)
+    # Grafana (commstack:grafana): its network with the proxy, the public URL it is served at, egress for the
+    # dashboard job.
+    grafana_web_network: Optional[pulumi.Input[str]] = None
+    grafana_root_url: str = ""
 
 
 class Monitoring(pulumi.ComponentResource):
@@ -486,7 +539,9 @@ class Monitoring(pulumi.ComponentResource):
         rules = render_alert_rules(jobs=[t.job for t in args.targets], probe_jobs=probe_jobs, backup=args.backup)
         # The metrics history, protected like every volume (retention bounds its size).
         prom_data = docker.Volume(f"{name}-prometheus-data", name=f"{PROMETHEUS}-data", opts=stateful_child(self))
-        scraped = sorted({t.container for t in args.targets if t.container in metrics_net})
+        # Its targets' networks, and Grafana's (which reads it there).
+        scraped = sorted({t.container for t in args.targets if t.container in metrics_net}
+                         | ({GRAFANA} & set(metrics_net)))
         self.prometheus = service_container(PROMETHEUS, ContainerSpec(
             image_key="prometheus", network=args.alerting_network, aliases=[PROMETHEUS],
             extra_networks=[(metrics_net[container], []) for container in scraped],
@@ -497,4 +552,38 @@ class Monitoring(pulumi.ComponentResource):
             hardening=PROMETHEUS_HARDENING,
         ), parent=self, resource_name=f"{name}-prometheus")
 
+        self.grafana_admin_password = None
+        if s.grafana:
+            self._grafana(name, args)
+
         self.register_outputs({"room_alias": self.room_alias})
+
+    def _grafana(self, name: str, args: MonitoringArgs) -> None:
+        """Grafana with the stack's Prometheus and Synapse's official dashboard, fetched at deploy time from
+        the pinned Synapse tag by a one-shot job into a volume Grafana reads (never copied into this repo)."""
+        from components.common import image
+
+        dashboards = docker.Volume(f"{name}-grafana-dashboards", name=GRAFANA_DASHBOARDS_JOB, opts=stateful_child(self))
+        data = docker.Volume(f"{name}-grafana-data", name=f"{GRAFANA}-data", opts=stateful_child(self))
+        job = service_container(GRAFANA_DASHBOARDS_JOB, ContainerSpec(
+            image_key="python", network=args.egress_network, aliases=[],
+            files=[ConfigFile("/commstack/grafana_dashboards.py", DASHBOARD_SCRIPT.read_text())],
+            command=["python3", "/commstack/grafana_dashboards.py", synapse_dashboard_url(image("synapse")),
+                     f"{GRAFANA_DASHBOARDS_DIR}/synapse.json", GRAFANA_DATASOURCE_UID],
+            volumes=[docker.ContainerVolumeArgs(volume_name=dashboards.name, container_path=GRAFANA_DASHBOARDS_DIR)],
+            one_shot=True, hardening=Hardening(memory_mb=64),
+        ), parent=self, resource_name=f"{name}-grafana-dashboards")
+        self.grafana_admin_password = generated_secret(f"{name}-grafana-admin-password", self)
+        files = [ConfigFile(path, to_yaml(content)) for path, content in render_grafana_provisioning().items()]
+        files.append(ConfigFile(GRAFANA_ADMIN_PASSWORD_PATH, self.grafana_admin_password, permissions="0400",
+                                owner=GRAFANA_UID))
+        service_container(GRAFANA, ContainerSpec(
+            image_key="grafana", network=args.grafana_web_network, aliases=[GRAFANA],
+            extra_networks=[(args.metrics_networks[GRAFANA], [GRAFANA])],
+            files=files, envs=grafana_environment(args.grafana_root_url),
+            volumes=[docker.ContainerVolumeArgs(volume_name=data.name, container_path=GRAFANA_DATA),
+                     docker.ContainerVolumeArgs(volume_name=dashboards.name, container_path=GRAFANA_DASHBOARDS_DIR,
+                                                read_only=True)],
+            healthcheck=["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{GRAFANA_PORT}/api/health"],
+            hardening=Hardening(memory_mb=256),
+        ), parent=self, resource_name=f"{name}-grafana", depends_on=[job])

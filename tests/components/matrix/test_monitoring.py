@@ -263,3 +263,33 @@ def test_bad_smtp_settings_are_refused_with_a_fix(overrides, key, fragment):
     problems = [p for p in raised.value.problems if p.startswith(key)]
     assert problems and fragment in problems[0], raised.value.problems
     assert "Fix: pulumi config set " in problems[0]
+
+
+def test_grafana_only_when_asked_with_the_pinned_synapse_dashboard(dev_evaluation):
+    from components.common import image
+
+    names = {reg.plain_inputs["name"] for reg in dev_evaluation.of_type("docker:index/container:Container")}
+    assert not names & {monitoring.GRAFANA, monitoring.GRAFANA_DASHBOARDS_JOB}  # off by default
+    evaluation = evaluate("dev", grafana="true")
+    job = evaluation.container(monitoring.GRAFANA_DASHBOARDS_JOB).plain_inputs
+    tag = image("synapse").rpartition(":")[2]
+    assert f"https://raw.githubusercontent.com/element-hq/synapse/{tag}/contrib/grafana/synapse.json" in job["command"]
+    assert job["restart"] == "no"
+    grafana = evaluation.container(monitoring.GRAFANA).plain_inputs
+    assert not grafana.get("ports")
+    envs = dict(e.split("=", 1) for e in offline.unwrap(evaluation.container(monitoring.GRAFANA).inputs["envs"]))
+    assert envs["GF_SERVER_ROOT_URL"] == "https://matrix.commstack.localhost/grafana/"
+    assert envs["GF_METRICS_ENABLED"] == "false" and envs["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    provisioning = files(evaluation, monitoring.GRAFANA)
+    datasource = yaml.safe_load(provisioning[f"{monitoring.GRAFANA_PROVISIONING}/datasources/commstack.yaml"])
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    # Reached through Traefik under /grafana on the matrix host, and Prometheus over its own network.
+    dynamic = yaml.safe_load(files(evaluation, "proxy")["/etc/traefik/dynamic.yml"])
+    rules = [router["rule"] for router in dynamic["http"]["routers"].values()]
+    assert any("PathPrefix(`/grafana`)" in rule and "matrix.commstack.localhost" in rule for rule in rules)
+    joined = networks(evaluation)
+    assert joined[monitoring.GRAFANA] & joined[monitoring.PROMETHEUS] == {"commstack-matrix-metrics-grafana"}
+    assert "grafanaAdminPassword" in evaluation.stack_outputs
+    # Not a scrape target: its own /metrics stays closed.
+    config = yaml.safe_load(files(evaluation, monitoring.PROMETHEUS)[monitoring.PROMETHEUS_CONFIG])
+    assert "grafana" not in {job["job_name"] for job in config["scrape_configs"]}
