@@ -195,26 +195,23 @@ def render_alert_rules(*, jobs: Sequence[str], probe_jobs: Sequence[str] = (), b
         "TargetDown", f'up{{job!~"{"|".join(sorted(own_alerts))}"}} == 0', "5m", "critical",
         "Prometheus cannot scrape {{ $labels.job }} ({{ $labels.instance }})",
         "Is the container running? `docker ps -a --filter name={{ $labels.job }}`, then `docker logs --tail 100 <it>`.")]
-    if "livekit" in jobs:
-        rules.append(_rule(
-            "LiveKitDown", 'up{job="livekit"} == 0', "2m", "critical",
-            "LiveKit is down: MatrixRTC calls (Element X, Element Web group calls) cannot start",
-            "`docker logs --tail 100 livekit`; then `python -m commstack doctor --stack <stack>` checks signalling and media."))
-    if "turn" in jobs:
-        rules.append(_rule(
-            "TurnDown", 'up{job="turn"} == 0', "2m", "critical",
-            "coturn is down: legacy calls and relayed call media fail",
-            "`docker logs --tail 100 turn`; check that 3478, 5349 and 49160-49192/udp are still open on the host."))
-    if "bridges" in probe_jobs:
-        rules.append(_rule(
-            "BridgeDown", 'probe_success{job="bridges"} == 0', "5m", "critical",
-            "The {{ $labels.container }} bridge does not answer its health check",
-            "`docker logs --tail 100 {{ $labels.container }}`; a bridge that lost its login says so to its bot's room."))
-    if "signal" in probe_jobs:
-        rules.append(_rule(
-            "SignalHealthCheckFailing", 'probe_success{job="signal"} == 0', "5m", "critical",
-            "Signal-Server's health check fails: Signal clients cannot connect",
-            "`docker logs --tail 100 signal-local-server`; its Redis cluster and DynamoDB Local must be up too."))
+    # A program that is down, with its own alert: (present in, job, alert, expr, for, summary, runbook).
+    down = [
+        (jobs, "livekit", "LiveKitDown", 'up{job="livekit"} == 0', "2m",
+         "LiveKit is down: MatrixRTC calls (Element X, Element Web group calls) cannot start",
+         "`docker logs --tail 100 livekit`; then `python -m commstack doctor --stack <stack>` checks signalling and media."),
+        (jobs, "turn", "TurnDown", 'up{job="turn"} == 0', "2m",
+         "coturn is down: legacy calls and relayed call media fail",
+         "`docker logs --tail 100 turn`; check that 3478, 5349 and 49160-49192/udp are still open on the host."),
+        (probe_jobs, "bridges", "BridgeDown", 'probe_success{job="bridges"} == 0', "5m",
+         "The {{ $labels.container }} bridge does not answer its health check",
+         "`docker logs --tail 100 {{ $labels.container }}`; a bridge that lost its login says so to its bot's room."),
+        (probe_jobs, "signal", "SignalHealthCheckFailing", 'probe_success{job="signal"} == 0', "5m",
+         "Signal-Server's health check fails: Signal clients cannot connect",
+         "`docker logs --tail 100 signal-local-server`; its Redis cluster and DynamoDB Local must be up too."),
+    ]
+    rules += [_rule(alert, expr, for_, "critical", summary, runbook)
+              for present, job, alert, expr, for_, summary, runbook in down if job in present]
     if backup:
         hours = int(backup_max_age_hours)
         rules += [

@@ -74,14 +74,9 @@ def boot(harness, spawn: Callable, wait_until: Callable, synapse_ready=None) -> 
             content = _dump(loopback.alertmanager_config(yaml.safe_load(content), root=root, addresses=addresses,
                                                          ports=ports))
         harness.write(monitoring.ALERTMANAGER, path, content, mode=0o600)
-    am_data = host_path(root, monitoring.ALERTMANAGER, monitoring.ALERTMANAGER_DATA)
-    am_data.mkdir(parents=True)
-    am_command = [flag.replace(monitoring.ALERTMANAGER_CONFIG, str(host_path(root, monitoring.ALERTMANAGER,
-                                                                             monitoring.ALERTMANAGER_CONFIG)))
-                  .replace(f"={monitoring.ALERTMANAGER_DATA}", f"={am_data}")
-                  for flag in commands[monitoring.ALERTMANAGER]]
-    result.services["alertmanager"] = spawn(monitoring.ALERTMANAGER, [
-        str(gobuild.binary("alertmanager")), *loopback.listen_on_loopback(am_command, ports.alertmanager)])
+    am_command = _command_in_temp_dir(harness, monitoring.ALERTMANAGER, monitoring.ALERTMANAGER_CONFIG,
+                                      monitoring.ALERTMANAGER_DATA, ports.alertmanager)
+    result.services["alertmanager"] = spawn(monitoring.ALERTMANAGER, [str(gobuild.binary("alertmanager")), *am_command])
 
     # Prometheus
     files = rendered.files[monitoring.PROMETHEUS]
@@ -90,14 +85,9 @@ def boot(harness, spawn: Callable, wait_until: Callable, synapse_ready=None) -> 
     harness.write(monitoring.PROMETHEUS, monitoring.PROMETHEUS_CONFIG, _dump(config))
     harness.write(monitoring.PROMETHEUS, monitoring.RULES_PATH,
                   _dump(loopback.alert_rules(yaml.safe_load(files[monitoring.RULES_PATH]))))
-    prom_data = host_path(root, monitoring.PROMETHEUS, monitoring.PROMETHEUS_DATA)
-    prom_data.mkdir(parents=True)
-    prom_command = [flag.replace(monitoring.PROMETHEUS_CONFIG, str(host_path(root, monitoring.PROMETHEUS,
-                                                                            monitoring.PROMETHEUS_CONFIG)))
-                    .replace(f"={monitoring.PROMETHEUS_DATA}", f"={prom_data}")
-                    for flag in commands[monitoring.PROMETHEUS]]
-    prometheus = spawn(monitoring.PROMETHEUS, [str(gobuild.binary("prometheus")),
-                                               *loopback.listen_on_loopback(prom_command, ports.prometheus)])
+    prom_command = _command_in_temp_dir(harness, monitoring.PROMETHEUS, monitoring.PROMETHEUS_CONFIG,
+                                        monitoring.PROMETHEUS_DATA, ports.prometheus)
+    prometheus = spawn(monitoring.PROMETHEUS, [str(gobuild.binary("prometheus")), *prom_command])
     result.services["prometheus"] = prometheus
 
     # The relay: the rendered script and settings, run by this interpreter (the image's is python 3.12).
@@ -121,6 +111,16 @@ def boot(harness, spawn: Callable, wait_until: Callable, synapse_ready=None) -> 
         wait_until(name, lambda u=url: requests.get(u, timeout=1).status_code == 200, service.process, service.log,
                    timeout=BOOT_TIMEOUT)
     return result
+
+
+def _command_in_temp_dir(harness, container: str, config: str, data: str, port: int) -> list[str]:
+    """The container's rendered flags with its config file and data directory in the temp dir (the data
+    directory made), listening on loopback `port`."""
+    data_dir = host_path(harness.root, container, data)
+    data_dir.mkdir(parents=True)
+    command = [flag.replace(config, str(host_path(harness.root, container, config))).replace(f"={data}", f"={data_dir}")
+               for flag in harness.rendered.commands[container]]
+    return loopback.listen_on_loopback(command, port)
 
 
 def prometheus_url(harness) -> str:
