@@ -39,6 +39,8 @@ SYNAPSE_USER = "991:991"
 SYNAPSE_CONFIG = "/data/homeserver.yaml"
 SYNAPSE_LOCAL_URL = "http://localhost:8008"
 EXEC_TIMEOUT = 120
+# The Pulumi project (Pulumi.yaml) whose stacks our commands name, wherever they are run from.
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
 class AdminError(RuntimeError):
@@ -152,7 +154,7 @@ def stack_outputs(stack: str, show_secrets: bool = False) -> dict[str, Any]:
     if show_secrets:
         command.insert(3, "--show-secrets")
     try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False, env=pulumi_env())
+        done = subprocess.run(command, capture_output=True, text=True, check=False, env=pulumi_env(), cwd=PROJECT_DIR)
     except FileNotFoundError as exc:
         raise AdminError("the Pulumi CLI is not installed; see the README's quick start") from exc
     if done.returncode != 0:
