@@ -1,4 +1,4 @@
-"""`python -m commstack COMMAND …`: dispatches to one subcommand module.
+"""`./scripts/commstack COMMAND …` (`python -m commstack` in the project's .venv): dispatches to one subcommand module.
 
 Every subcommand module exposes `add_arguments(parser)` and
 `main(args: argparse.Namespace) -> int`. Only the module of the command
