@@ -199,7 +199,7 @@ def render_alert_rules(*, jobs: Sequence[str], probe_jobs: Sequence[str] = (), b
     down = [
         (jobs, "livekit", "LiveKitDown", 'up{job="livekit"} == 0', "2m",
          "LiveKit is down: MatrixRTC calls (Element X, Element Web group calls) cannot start",
-         "`docker logs --tail 100 livekit`; then `python -m commstack doctor --stack <stack>` checks signalling and media."),
+         "`docker logs --tail 100 livekit`; then `./scripts/commstack doctor --stack <stack>` checks signalling and media."),
         (jobs, "turn", "TurnDown", 'up{job="turn"} == 0', "2m",
          "coturn is down: legacy calls and relayed call media fail",
          "`docker logs --tail 100 turn`; check that 3478, 5349 and 49160-49192/udp are still open on the host."),
@@ -219,7 +219,7 @@ def render_alert_rules(*, jobs: Sequence[str], probe_jobs: Sequence[str] = (), b
                   "15m", "critical",
                   f"The newest backup snapshot is older than {hours} hours (the daily schedule allows 24)",
                   "`docker logs backup` says why the nightly backup failed; take one now: "
-                  "`python -m commstack backup` (with --docker-host for a remote host)."),
+                  "`./scripts/commstack backup` (with --docker-host for a remote host)."),
             _rule("BackupStatusMissing", "absent(commstack_backup_last_snapshot_timestamp_seconds)", "1h", "warning",
                   "No backup status: the backup job has not reported since it started",
                   "Is the `backup` container running (`docker ps -a --filter name=backup`)? It writes its status at start "
@@ -227,7 +227,7 @@ def render_alert_rules(*, jobs: Sequence[str], probe_jobs: Sequence[str] = (), b
             _rule("BackupDrillFailed", "commstack_backup_last_drill_success == 0", "0m", "critical",
                   "The last restore drill failed: the newest backup may not restore",
                   "`docker logs backup` shows what differed; take a backup and drill it by hand: "
-                  "`python -m commstack backup --drill`."),
+                  "`./scripts/commstack backup --drill`."),
         ]
     if "traefik" in jobs:
         rules.append(_rule(

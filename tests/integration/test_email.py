@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import requests
 
-from commstack.admin import register_user
+from commstack.operations.admin import register_user
 from tests.integration.harness import wait_until
 
 PUBLIC = "https://matrix.commstack.localhost"

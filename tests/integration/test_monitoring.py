@@ -19,7 +19,7 @@ import requests
 import yaml
 from nio import AsyncClient, JoinResponse, LoginResponse, RoomMessageNotice, SyncResponse
 
-from commstack.admin import register_user
+from commstack.operations.admin import register_user
 from components.matrix import backup as backup_component
 from components.matrix import monitoring
 from tests.integration import gobuild, loopback, monitoring_backend
@@ -178,7 +178,7 @@ def test_doctor_monitoring_rows(harness, reader):
     """doctor's monitoring rows against the harness: Prometheus's targets, and a test alert through the real
     Alertmanager and relay into the room, read through the public chain with the recipient's token (who
     joined the room in the test above)."""
-    from commstack import doctor_monitoring
+    from commstack.checks import doctor_monitoring
 
     user_id, password = reader
     session = harness.public()

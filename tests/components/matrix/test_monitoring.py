@@ -10,7 +10,7 @@ import json
 import pytest
 import yaml
 
-from commstack import offline
+from commstack.devtools import offline
 from components.matrix import monitoring
 from components.matrix.synapse import METRICS_PORT as SYNAPSE_METRICS_PORT
 from components.settings import SettingsError
