@@ -14,7 +14,8 @@ build caches (GOMODCACHE, GOCACHE) are Go's own, also outside the clone.
     python -m tests.integration.gobuild            # build (or find) every program, print paths
     python -m tests.integration.gobuild NAME ...   # only these
 
-It builds two programs at a time, each with -trimpath and without symbols (BUILD_FLAGS).
+It builds two programs at a time (programs of one module one after the other), each with -trimpath and
+without symbols (BUILD_FLAGS).
 
 `go install module@version` refuses modules whose go.mod has replace directives, and fails when the
 proxy does not serve the module's version list; then the build runs in a throwaway wrapper module
@@ -269,15 +270,31 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown program(s) {', '.join(unknown)}; known: {', '.join(known)}")
     names = args.names or list(known)
+    # Programs of one module (prometheus and promtool) are built one after the other, so the second
+    # finds the first's packages in GOCACHE instead of compiling them again beside it.
+    by_module: dict[str, list[str]] = {}
+    for name in names:
+        by_module.setdefault(known[name].module, []).append(name)
+
+    def build_group(group: list[str]) -> dict[str, object]:
+        results: dict[str, object] = {}
+        for name in group:
+            try:
+                results[name] = build(known[name])
+            except GoBuildError as err:
+                results[name] = err
+        return results
+
     with ThreadPoolExecutor(max_workers=PARALLEL_BUILDS) as pool:
-        futures = [pool.submit(build, known[name]) for name in names]
+        futures = [pool.submit(build_group, group) for group in by_module.values()]
+    results = {name: result for future in futures for name, result in future.result().items()}
     failed = False
-    for name, future in zip(names, futures):
-        try:
-            print(f"{name}\t{future.result()}")
-        except GoBuildError as err:
-            print(f"error: {err}", file=sys.stderr)
+    for name in names:
+        if isinstance(results[name], GoBuildError):
+            print(f"error: {results[name]}", file=sys.stderr)
             failed = True
+        else:
+            print(f"{name}\t{results[name]}")
     return 1 if failed else 0
 
 
