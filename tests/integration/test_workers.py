@@ -80,8 +80,16 @@ def _routed(wh) -> list[dict]:
     return entries
 
 
-def _served(wh, method: str, path: str, since: int = 0) -> list[dict]:
-    return [e for e in _routed(wh)[since:] if e["method"] == method and e["path"] == path]
+def _served(wh, method: str, path: str, since: int = 0, expected: int = 1, prefix: bool = False) -> list[dict]:
+    """The routing log's entries for a request (or, with `prefix`, every path under it); nginx writes
+    the line just after the response went out, so this waits (briefly) for `expected` of them."""
+    deadline = time.monotonic() + 5
+    while True:
+        found = [e for e in _routed(wh)[since:] if e["method"] == method
+                 and (e["path"].startswith(path) if prefix else e["path"] == path)]
+        if len(found) >= expected or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
 
 
 def _synapse_log(wh, process: str) -> str:
@@ -173,7 +181,7 @@ def test_a_message_is_persisted_by_the_event_writer_and_reaches_the_other_user_o
     assert _psql(wh, f"select instance_name from events where event_id = '{sent['event_id']}'") == [writer]
     # The send went to the client worker, the long poll that returned it to the sync worker.
     send_path = f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/"
-    sends = [e for e in _routed(wh)[before:] if e["method"] == "PUT" and e["path"].startswith(send_path)]
+    sends = _served(wh, "PUT", send_path, since=before, prefix=True)
     assert [(e["group"], e["process"], e["status"]) for e in sends] == [("synapse_client", "synapse-client-1", "200")]
     syncs = _served(wh, "GET", "/_matrix/client/v3/sync", since=before)
     assert syncs and {(e["group"], e["process"]) for e in syncs} == {("synapse_sync", "synapse-sync-1")}
