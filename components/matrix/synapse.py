@@ -16,8 +16,8 @@ import pulumi
 import pulumi_docker as docker
 import pulumi_tls as tls
 
-from components.common import (ConfigFile, ContainerSpec, Hardening, generated_secret, service_container,
-                               stateful_child, to_yaml)
+from components.common import (ConfigFile, ContainerSpec, Hardening, generated_secret, merge_config,
+                               service_container, stateful_child, to_yaml)
 from components.matrix.postgres import DatabaseCredentials
 from components.matrix.workers import (MAIN, MAIN_REPLICATION_PORT, WORKER_APP, WORKER_PORT, WorkerPlan,
                                        WorkerProcess)
@@ -62,6 +62,14 @@ MATRIX_RTC_SETTINGS = {
     # runs every 5 s (defaults 0.2/10 and 1/5 would throttle calls).
     "rc_message": {"per_second": 0.5, "burst_count": 30},
     "rc_delayed_event_mgmt": {"per_second": 1, "burst_count": 20},
+}
+
+
+# The bridges' encryption (encryption.appservice): Synapse pushes the bot's to-device events
+# (MSC2409), device list changes and one-time key counts (MSC3202) in appservice transactions,
+# because it refuses an appservice user's own /sync. Without them the bot cannot read encrypted DMs.
+APPSERVICE_ENCRYPTION_SETTINGS = {
+    "experimental_features": {"msc2409_to_device_messages_enabled": True, "msc3202_transaction_extensions": True},
 }
 
 
@@ -154,13 +162,10 @@ def render_homeserver_config(
         "url_preview_enabled": False,
         "app_service_config_files": list(app_service_config_files),
     }
+    # Each feature below adds its own keys; merge_config keeps every one of them (the bridges' and
+    # MatrixRTC's flags share `experimental_features`) and refuses two values for one key.
     if app_service_config_files:
-        # The bridges' encryption (encryption.appservice): to-device events, device lists and
-        # one-time key counts pushed to appservices (MSC2409/MSC4203, MSC3202).
-        config["experimental_features"] = {
-            "msc2409_to_device_messages_enabled": True,
-            "msc3202_transaction_extensions": True,
-        }
+        config = merge_config(config, APPSERVICE_ENCRYPTION_SETTINGS)
     if not federation:
         # An empty whitelist federates with nobody.
         config["federation_domain_whitelist"] = []
@@ -174,14 +179,14 @@ def render_homeserver_config(
     if element_url:
         config["web_client_location"] = element_url
     if matrix_rtc_transports:
-        config.update({key: (dict(value) if isinstance(value, dict) else value)
-                       for key, value in MATRIX_RTC_SETTINGS.items()})
         # synapse/config/matrixrtc.py: each entry is {type: livekit, livekit_service_url: ...}.
-        config["matrix_rtc"] = {"transports": [dict(t) for t in matrix_rtc_transports]}
+        config = merge_config(config, MATRIX_RTC_SETTINGS,
+                              {"matrix_rtc": {"transports": [dict(t) for t in matrix_rtc_transports]}})
     if media_retention:
-        config["media_retention"] = _media_retention(media_retention)
+        config = merge_config(config, {"media_retention": _media_retention(media_retention)})
     if workers.enabled:
-        _add_worker_settings(config, workers, process, redis, replication_secret, data_dir)
+        config = merge_config(config, _shared_worker_settings(workers, process, redis, replication_secret))
+        _set_process_listeners(config, workers, process, data_dir)
     elif process != MAIN:
         raise ValueError(f"there are no workers, so no process {process!r}")
     return config
@@ -195,24 +200,30 @@ def _media_retention(retention: Mapping[str, str]) -> dict:
     return {key: value for key, value in retention.items() if value}
 
 
-def _add_worker_settings(config: dict, plan: WorkerPlan, process: str, redis: Optional[Mapping[str, Any]],
-                         replication_secret: Optional[str], data_dir: str) -> None:
-    """What every process of a worker deployment shares (docs/workers.md, "Shared configuration"),
-    then what is this process's own: the main process's replication listener, or a worker's
-    worker_app, name, listener and pool."""
+def _shared_worker_settings(plan: WorkerPlan, process: str, redis: Optional[Mapping[str, Any]],
+                            replication_secret: Optional[str]) -> dict:
+    """What every process of a worker deployment shares (docs/workers.md, "Shared configuration"):
+    Redis, the replication secret, instance_map, stream_writers and the duties."""
     if not redis or not replication_secret:
         raise ValueError("workers need Redis (host, port, password) and the replication secret")
-    config["redis"] = {"enabled": True, "host": redis["host"], "port": int(redis["port"]),
-                       "password": redis["password"]}
-    config["worker_replication_secret"] = replication_secret
-    config["instance_map"] = plan.instance_map(main_host=LOGICAL_NAME)
-    config["stream_writers"] = plan.stream_writers()
-    config.update(plan.duties())
+    shared = {
+        "redis": {"enabled": True, "host": redis["host"], "port": int(redis["port"]), "password": redis["password"]},
+        "worker_replication_secret": replication_secret,
+        "instance_map": plan.instance_map(main_host=LOGICAL_NAME),
+        "stream_writers": plan.stream_writers(),
+        **plan.duties(),
+    }
     media = plan.with_role("media")
-    # Only the media worker loads the media repository (synapse/config/repository.py
-    # can_load_media_repo); everyone else leaves its endpoints and jobs to it.
     if media:
-        config["enable_media_repo"] = process == media[0].name
+        # Only the media worker loads the media repository (synapse/config/repository.py
+        # can_load_media_repo); everyone else leaves its endpoints and jobs to it.
+        shared["enable_media_repo"] = process == media[0].name
+    return shared
+
+
+def _set_process_listeners(config: dict, plan: WorkerPlan, process: str, data_dir: str) -> None:
+    """This process's own part: the main process's replication listener, or a worker's
+    worker_app, name, listener, log config and pool (its listeners replace the main process's)."""
     if process == MAIN:
         config["listeners"].append({
             "port": MAIN_REPLICATION_PORT, "type": "http", "tls": False, "bind_addresses": ["0.0.0.0"],

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from commstack.admin import register_user  # noqa: E402
+from commstack.operations.admin import register_user  # noqa: E402
 from tests.integration.loopback import LOOPBACK  # noqa: E402
 
 DEFAULT_SENDERS = 20

@@ -20,7 +20,7 @@ import redis
 import requests
 import yaml
 
-from commstack.admin import register_user
+from commstack.operations.admin import register_user
 from components.matrix import workers
 from components.matrix.bridges import BRIDGE_SPECS
 from tests.integration.harness import SYNAPSE_REDIS, SYNAPSE_REDIS_CONF, wait_until

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from commstack import offline
+from commstack.devtools import offline
 from components.matrix import workers
 from components.matrix.postgres import server_command
 from components.matrix.synapse import render_homeserver_config
@@ -121,6 +121,20 @@ def test_every_process_config_is_one_synapse_accepts_and_they_agree(preset, tmp_
             assert config.worker.instance_map["master"].port == workers.MAIN_REPLICATION_PORT
             assert config.redis.redis_enabled and config.redis.redis_password == "redis-pw"
             assert config.worker.worker_replication_secret == "repl"
+
+
+def test_every_process_gets_the_merged_features_of_bridges_and_calls():
+    """The bridges' to-device and device-list pushes (MSC2409, MSC3202) and MatrixRTC's flags reach
+    every process, the appservice sender's above all: worker configs come from the same merge."""
+    plan = workers.worker_plan("balanced")
+    transports = [{"type": "livekit", "livekit_service_url": "https://rtc.example.org/livekit/jwt"}]
+    for name in [workers.MAIN, *(p.name for p in plan.processes)]:
+        config = render(plan, name, app_service_config_files=["/data/appservices/whatsapp.yaml"],
+                        matrix_rtc_transports=transports)
+        assert config["experimental_features"] == {
+            "msc2409_to_device_messages_enabled": True, "msc3202_transaction_extensions": True,
+            "msc4143_enabled": True, "msc4222_enabled": True, "msc4354_enabled": True}, name
+        assert config["max_event_delay_duration"] == "24h", name
 
 
 def test_pool_sizes_come_from_the_preset():
