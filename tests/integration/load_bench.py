@@ -127,6 +127,8 @@ class Phase:
     acked_at: dict[str, float] = field(default_factory=dict)  # message id -> its 200
     seen: list[tuple[str, int, float]] = field(default_factory=list)  # (message id, syncer, when)
     errors: list[str] = field(default_factory=list)
+    prefix: str = ""  # every message body starts with it
+    room_ids: list[str] = field(default_factory=list)
 
 
 def _homeserver(harness) -> dict:
@@ -187,7 +189,8 @@ async def run_phase(harness, name: str, senders: int, syncers: int, rooms: int, 
                                              params={"filter": SYNC_FILTER, "timeout": "0"})
                                        for token in syncer_tokens))
         stop = asyncio.Event()
-        prefix = f"load-{secrets.token_hex(3)}"
+        prefix = phase.prefix = f"load-{secrets.token_hex(3)}"
+        phase.room_ids = room_ids
 
         async def sender(index: int, token: str) -> None:
             room = quote(room_ids[index % rooms])
@@ -250,7 +253,8 @@ def summarise(phase: Phase, senders: int, syncers: int, rooms: int, cpu: dict[st
     return {"deployment": phase.deployment, "senders": senders, "syncers": syncers, "rooms": rooms,
             "seconds": end - start, "persisted": len(persisted), "delivered": len(delivered),
             "send_to_sync": latencies, "cpu_seconds": cpu, "errors": phase.errors[:20],
-            "error_count": len(phase.errors)}
+            "error_count": len(phase.errors), "prefix": phase.prefix, "room_ids": phase.room_ids,
+            "sent": len(phase.acked_at)}
 
 
 # -- the command -------------------------------------------------------------------------------------

@@ -324,6 +324,32 @@ def test_a_matrix_rtc_delayed_event_still_works_through_the_chain(worker_harness
     assert _psql(wh, f"select instance_name from events where event_id = '{event_id}'") == [writer]
 
 
+def test_the_load_bench_loads_the_monolith_and_the_preset_with_real_traffic(harness, worker_harness):
+    """`bench --load`, small: both deployments get real sends and long polls through their chains,
+    and every figure it reports is backed by what Synapse stored and what the processes used."""
+    from tests.integration import load_bench
+
+    report = load_bench.measure(harness, worker_harness, "balanced", senders=3, syncers=2, rooms=2, seconds=2.0,
+                                warmup=1.0, rounds=1)
+    monolith, preset = report["phases"]
+    assert (monolith["deployment"], preset["deployment"]) == ("monolith", "balanced")
+    for phase, deployment in ((monolith, harness), (preset, worker_harness)):
+        assert phase["error_count"] == 0, phase["errors"]
+        assert phase["persisted"] > 0 and 0 < phase["delivered"] <= phase["sent"] * 2
+        assert len(phase["send_to_sync"]) <= phase["delivered"] and all(0 < x < 30 for x in phase["send_to_sync"])
+        rooms = ",".join(f"'{r}'" for r in phase["room_ids"])
+        stored = deployment.psql_superuser("-d", "synapse", "-At", "-c", (
+            "select count(*) from event_json j join events e using (event_id) where e.type = 'm.room.message' "
+            f"and e.room_id in ({rooms}) and j.json::json->'content'->>'body' like '{phase['prefix']}-%'"))
+        assert stored.returncode == 0 and int(stored.stdout) >= phase["persisted"], stored
+        assert phase["cpu_seconds"]["synapse"] > 0 and phase["cpu_seconds"]["postgres"] > 0
+        assert phase["cpu_seconds"]["load generator"] > 0
+    assert set(preset["cpu_seconds"]) >= {*worker_harness.workers, "synapse-redis", "nginx", "proxy"}
+    assert not any(name.startswith("synapse-") for name in monolith["cpu_seconds"])
+    # The work really moved: the preset's sync worker answered the long polls, the writer persisted.
+    assert preset["cpu_seconds"]["synapse-sync-1"] > 0 and preset["cpu_seconds"]["synapse-writer-1"] > 0
+
+
 def test_a_stopped_worker_is_routed_around_or_reported(worker_harness, users):
     """Last in the file: it stops workers (and starts them again)."""
     wh = worker_harness
