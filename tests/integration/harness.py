@@ -597,14 +597,7 @@ class Harness:
 
     def stop_worker(self, name: str) -> int:
         """SIGTERM, as `docker stop` sends; returns the exit status."""
-        service = self.workers.pop(name)
-        service.process.terminate()
-        try:
-            return service.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            service.process.kill()
-            service.process.wait()
-            raise HarnessError(f"{name} did not stop within 30 s of SIGTERM") from None
+        return stop_service(self.workers.pop(name), name, timeout=30)
 
     def _boot_synapse_redis(self) -> None:
         """Synapse's Redis (workers only): the program's redis.conf on Debian's redis-server."""
@@ -737,14 +730,7 @@ class Harness:
 
     def stop_bridge(self, kind: str) -> int:
         """SIGTERM, as `docker stop` sends; returns the exit status."""
-        service = self.bridges.pop(kind)
-        service.process.terminate()
-        try:
-            return service.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            service.process.kill()
-            service.process.wait()
-            raise HarnessError(f"mautrix-{kind} did not stop within 20 s of SIGTERM") from None
+        return stop_service(self.bridges.pop(kind), f"mautrix-{kind}", timeout=20)
 
     def _start_element_stand_in(self) -> None:
         for path, content in self.rendered.files[element.LOGICAL_NAME].items():
@@ -802,6 +788,17 @@ def docker_exec_stand_in(harness: "Harness", directory: Path) -> tuple[Path, Pat
         harness_root=str(harness.root), synapse_url=harness.synapse_url))
     script.chmod(0o700)
     return directory, record
+
+
+def stop_service(service: Service, what: str, timeout: float) -> int:
+    """SIGTERM, as `docker stop` sends; its exit status, or HarnessError (after a kill) if it lingers."""
+    service.process.terminate()
+    try:
+        return service.process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        service.process.kill()
+        service.process.wait()
+        raise HarnessError(f"{what} did not stop within {timeout:.0f} s of SIGTERM") from None
 
 
 def loopback_yaml(data) -> str:
