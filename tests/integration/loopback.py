@@ -3,8 +3,9 @@
 The harness boots real programs on 127.0.0.1 without Docker, so a few
 things that Docker provides must change: listener addresses and ports,
 the container hostnames of upstreams, absolute paths inside containers,
-where Traefik writes its access log and, for tests only, rate limits, bcrypt rounds and
-coturn's loopback-peer guard. Every other
+where Traefik writes its access log and, for tests only, rate limits, bcrypt rounds,
+coturn's loopback-peer guard and one debug logger (which Synapse process sent an appservice
+transaction). Every other
 byte is the program's rendered content, unmodified. Each adaptation below
 says why in one line.
 """

@@ -13,6 +13,7 @@ import re
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from urllib.parse import quote, unquote
 
 import pytest
@@ -23,6 +24,7 @@ import yaml
 from commstack.operations.admin import register_user
 from components.matrix import workers
 from components.matrix.bridges import BRIDGE_SPECS
+from tests.integration import loopback
 from tests.integration.harness import SYNAPSE_REDIS, SYNAPSE_REDIS_CONF, wait_until
 
 HOMESERVER = "/data/homeserver.yaml"
@@ -139,6 +141,58 @@ def _wait_for_event(client: Client, room_id: str, since: str, predicate, timeout
 def users(worker_harness) -> tuple[Client, Client, str]:
     alice, bob = Client(worker_harness, "alice"), Client(worker_harness, "bob")
     return alice, bob, _room(alice, bob)
+
+
+# -- loopback.py changes nothing else in the worker deployment's files ----------------------------------
+
+PORTS = loopback.LoopbackPorts(postgres=1, synapse=2, nginx=3, turn=4, turn_tls=5, synapse_replication=6,
+                               synapse_redis=7, workers={"synapse-writer-1": 8, "synapse-sync-1": 9,
+                                                         "synapse-client-1": 10, "synapse-media-1": 11,
+                                                         "synapse-tasks-1": 12})
+ROOT = Path("/tmp/harness-root")
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    return {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
+
+
+def test_loopback_moves_only_each_process_s_addresses_paths_and_test_limits(worker_harness):
+    untouched = set(loopback.TEST_RATE_LIMITS) | set(loopback.TEST_PASSWORD_HASHING)
+    main = worker_harness.rendered.yaml("synapse", HOMESERVER)
+    adapted = loopback.homeserver_config(main, root=ROOT, ports=PORTS)
+    assert _changed(main, adapted) - untouched == {"listeners", "instance_map", "redis", "database", "signing_key_path",
+                                                   "log_config", "media_store_path", "app_service_config_files"}
+    assert [(l["port"], l["resources"]) for l in adapted["listeners"]] == [
+        (2, main["listeners"][0]["resources"]), (6, [{"names": ["replication"], "compress": False}])]
+    assert adapted["instance_map"] == {"main": {"host": "127.0.0.1", "port": 6},
+                                       "synapse-writer-1": {"host": "127.0.0.1", "port": 8}}
+    assert adapted["redis"] == {**main["redis"], "host": "127.0.0.1", "port": 7}
+    worker = worker_harness.rendered.yaml("synapse-media-1", HOMESERVER)
+    adapted = loopback.homeserver_config(worker, root=ROOT, ports=PORTS, container="synapse-media-1")
+    assert _changed(worker, adapted) - untouched == {"worker_listeners", "instance_map", "redis", "database",
+                                                     "signing_key_path", "log_config", "worker_log_config",
+                                                     "media_store_path", "app_service_config_files"}
+    listener, = adapted["worker_listeners"]
+    assert {k: v for k, v in listener.items() if k not in ("port", "bind_addresses")} == \
+        {k: v for k, v in worker["worker_listeners"][0].items() if k not in ("port", "bind_addresses")}
+    assert listener["port"] == 11
+    # Its own files in its own directory; the media volume is the one it shares with the main process.
+    assert adapted["signing_key_path"] == str(ROOT / "synapse-media-1" / "data" / "signing.key")
+    assert adapted["media_store_path"] == str(ROOT / "synapse" / "data" / "media_store")
+
+
+def test_loopback_changes_only_nginx_s_listen_and_upstream_servers_and_redis_s_address(worker_harness):
+    rendered = worker_harness.rendered.text("wellknown", "/etc/nginx/conf.d/default.conf").splitlines()
+    adapted = loopback.nginx_conf("\n".join(rendered), ports=PORTS).splitlines()
+    assert len(adapted) == len(rendered)
+    differing = [(a.strip(), b.strip()) for a, b in zip(rendered, adapted) if a != b]
+    assert differing and all(a.startswith(("listen ", "server synapse")) for a, _ in differing)
+    assert all(re.fullmatch(r"(listen|server) 127\.0\.0\.1:\d+[^;]*;", b) for _, b in differing)
+    assert all(a.endswith(" resolve;") and not b.endswith(" resolve;") for a, b in differing if a.startswith("server"))
+    conf = worker_harness.rendered.text(SYNAPSE_REDIS, SYNAPSE_REDIS_CONF)
+    adapted = loopback.redis_conf(conf, root=ROOT, ports=PORTS).splitlines()
+    kept = [line for line in conf.splitlines() if not line.startswith(("port ", "bind "))]
+    assert adapted == kept + ["port 7", "bind 127.0.0.1", f"dir {ROOT / SYNAPSE_REDIS / 'data'}"]
 
 
 # -- the processes ---------------------------------------------------------------------------------------
