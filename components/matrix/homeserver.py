@@ -19,7 +19,7 @@ from components.common import child, generated_secret, stateful_child
 from components.edge.dns import cloudflare_proxy_ranges
 from components.edge.records import DnsRecordSpec
 from components.matrix.backup import Backup, BackupArgs, BackupRepository
-from components.matrix.bridges import BRIDGE_SPECS, BridgeArgs, MautrixBridge
+from components.matrix.bridges import BRIDGE_SPECS, MAX_OPEN_CONNS as BRIDGE_POOL, BridgeArgs, MautrixBridge
 from components.matrix.calls import Calls, CallsArgs, calls_routes, rtc_transports
 from components.matrix import monitoring as mon
 from components.matrix.lkjwt import CONTAINER as LK_JWT_CONTAINER
@@ -30,10 +30,13 @@ from components.matrix.network import Network, NetworkArgs
 from components.matrix.postgres import MONITOR_ROLE, DatabaseSpec, Postgres, PostgresArgs
 from components.matrix.proxy import (CONTAINER as PROXY_CONTAINER, METRICS_PORT as PROXY_METRICS_PORT, ReverseProxy,
                                      ReverseProxyArgs, Route)
+from components.matrix.redis import SynapseRedis, SynapseRedisArgs
 from components.matrix.synapse import (LOGICAL_NAME as SYNAPSE_CONTAINER, METRICS_PATH as SYNAPSE_METRICS_PATH,
-                                       METRICS_PORT as SYNAPSE_METRICS_PORT, Synapse, SynapseArgs)
+                                       METRICS_PORT as SYNAPSE_METRICS_PORT, RedisEndpoint, Synapse, SynapseArgs,
+                                       WorkerNetworks)
 from components.matrix.turn import CONTAINER as TURN_CONTAINER, METRICS_PORT as TURN_METRICS_PORT, Turn, TurnArgs
 from components.matrix.wellknown import CONTAINER as WELLKNOWN_CONTAINER, WellKnown, WellKnownArgs
+from components.matrix.workers import ROLE_SLACK, max_connections, synapse_connection_limit, worker_plan
 from components.settings import BackupSettings, EdgeSettings, MatrixSettings, MonitoringSettings, PostgresSettings
 
 SYNAPSE_DATABASE = DatabaseSpec("synapse", "synapse", synapse_locale=True)
@@ -63,13 +66,15 @@ class HomeserverArgs:
     smtp: Optional[object] = None
 
 
-def monitoring_targets(m: MatrixSettings, bridge_specs: dict, signal_health_url: Optional[str] = None
-                       ) -> tuple[list[mon.ScrapeTarget], list[mon.Probe]]:
-    """What Prometheus scrapes on this stack, and the health checks blackbox_exporter probes for it."""
+def monitoring_targets(m: MatrixSettings, bridge_specs: dict, signal_health_url: Optional[str] = None,
+                       workers: Sequence[str] = ()) -> tuple[list[mon.ScrapeTarget], list[mon.Probe]]:
+    """What Prometheus scrapes on this stack, and the health checks blackbox_exporter probes for it.
+    Synapse's worker processes are targets of the `synapse` job beside the main process."""
     targets = [
         mon.ScrapeTarget("prometheus", mon.PROMETHEUS, mon.PROMETHEUS_PORT),
         mon.ScrapeTarget("alertmanager", mon.ALERTMANAGER, mon.ALERTMANAGER_PORT),
         mon.ScrapeTarget("synapse", SYNAPSE_CONTAINER, SYNAPSE_METRICS_PORT, SYNAPSE_METRICS_PATH),
+        *(mon.ScrapeTarget("synapse", worker, SYNAPSE_METRICS_PORT, SYNAPSE_METRICS_PATH) for worker in workers),
         mon.ScrapeTarget("traefik", PROXY_CONTAINER, PROXY_METRICS_PORT),
         mon.ScrapeTarget("node", mon.NODE_EXPORTER, mon.NODE_EXPORTER_PORT),
         mon.ScrapeTarget("postgres", mon.POSTGRES_EXPORTER, mon.POSTGRES_EXPORTER_PORT),
@@ -136,10 +141,14 @@ class Homeserver(pulumi.ComponentResource):
         if grafana_on:
             # Grafana (commstack:grafana) under https://<matrix host>/grafana/, behind its own login.
             routes.append(Route(m.matrix_host, f"http://{mon.GRAFANA}:{mon.GRAFANA_PORT}", path_prefix=mon.GRAFANA_PATH))
+        # Synapse's processes (commstack:synapseWorkers): the main one alone, or with workers.
+        plan = worker_plan(m.synapse_workers, dict(m.synapse_worker_counts))
+        self.workers = plan
         bridge_specs = {kind: BRIDGE_SPECS[kind] for kind in m.bridges}
         monitoring_on = args.monitoring is not None and args.monitoring.enabled
         backup_on = args.backup is not None and args.backup.enabled
-        targets, probes = monitoring_targets(m, bridge_specs, args.signal_health_url) if monitoring_on else ([], [])
+        targets, probes = (monitoring_targets(m, bridge_specs, args.signal_health_url,
+                                              [p.name for p in plan.processes]) if monitoring_on else ([], []))
         metrics_containers = [t.container for t in targets if t.container not in (mon.PROMETHEUS, mon.ALERTMANAGER)]
         metrics_containers += [p.container for p in probes]
         if grafana_on:
@@ -147,14 +156,20 @@ class Homeserver(pulumi.ComponentResource):
         # One small network per role (components/matrix/network.py): each container joins only its own.
         self.network = Network(f"{name}-network", NetworkArgs(
             internal_name=f"commstack-{name}", web_backends=[route.backend for route in routes],
-            alerting=monitoring_on, metrics_targets=metrics_containers), opts=child(self))
+            replication=plan.enabled, alerting=monitoring_on, metrics_targets=metrics_containers), opts=child(self))
         nets = self.network
         metrics_net = nets.metrics.get
 
+        # Every role gets a connection limit that fits its pools, and the server room for all of them.
+        databases = [DatabaseSpec(SYNAPSE_DATABASE.name, SYNAPSE_DATABASE.owner, synapse_locale=True,
+                                  connection_limit=synapse_connection_limit(plan))]
+        databases += [DatabaseSpec(s.database, s.database, connection_limit=BRIDGE_POOL + ROLE_SLACK)
+                      for s in bridge_specs.values()]
         self.postgres = Postgres(f"{name}-postgres", PostgresArgs(
             network=nets.database,
-            databases=[SYNAPSE_DATABASE] + [DatabaseSpec(s.database, s.database) for s in bridge_specs.values()],
+            databases=databases,
             version=args.postgres,
+            max_connections=max_connections([d.connection_limit for d in databases]),
             monitor_role=monitoring_on,
         ), opts=child(self))
 
@@ -165,6 +180,9 @@ class Homeserver(pulumi.ComponentResource):
                 # Synapse both ways, and the bridged network (WhatsApp, Telegram) outside.
                 extra_networks=[nets.appservice, nets.egress],
                 server_name=m.server_name,
+                # With workers the bridges call Synapse through nginx, which sends each request to the
+                # process that serves it (media uploads, for one, only the media worker takes).
+                homeserver_url=WELLKNOWN_UPSTREAM if plan.enabled else Synapse.internal_url,
                 database_uri=self.postgres.credentials[spec.database].uri(),
                 network_config=bridge_network_config(kind, m),
             ), opts=child(self))
@@ -251,6 +269,15 @@ class Homeserver(pulumi.ComponentResource):
             ), opts=child(self))
             appservice_registrations[self.monitoring.relay_registration_path] = self.monitoring.relay_registration_yaml
 
+        self.redis = None
+        redis = None
+        if plan.enabled:
+            self.redis = SynapseRedis(f"{name}-synapse-redis", SynapseRedisArgs(network=nets.replication),
+                                      opts=child(self))
+            redis = RedisEndpoint(host=self.redis.host, port=self.redis.port, password=self.redis.password,
+                                  container=self.redis.container)
+        media_retention = {"local_media_lifetime": m.media_retention_local,
+                           "remote_media_lifetime": m.media_retention_remote}
         self.synapse = Synapse(f"{name}-synapse", SynapseArgs(
             network=nets.database,
             # Its HTTP front, its bridges (if any) and federation outside.
@@ -268,11 +295,21 @@ class Homeserver(pulumi.ComponentResource):
             matrix_rtc_transports=transports,
             metrics_network=metrics_net(SYNAPSE_CONTAINER),
             smtp=args.smtp,
+            media_retention={k: v for k, v in media_retention.items() if v},
+            workers=plan,
+            redis=redis,
+            worker_networks=WorkerNetworks(
+                database=nets.database, replication=nets.replication, front=nets.synapse, egress=nets.egress,
+                appservice=nets.appservice if self.bridges else None,
+                metrics={p.name: nets.metrics[p.name] for p in plan.processes if p.name in nets.metrics},
+            ) if plan.enabled else None,
         ), opts=child(self))
 
         self.wellknown = WellKnown(f"{name}-wellknown", WellKnownArgs(
             network=nets.web[WELLKNOWN_CONTAINER],
-            extra_networks=[nets.synapse],
+            # With workers it is also the bridges' way to Synapse.
+            extra_networks=[nets.synapse, *([nets.appservice] if plan.enabled and self.bridges else [])],
+            workers=plan,
             server_name=m.server_name,
             matrix_host=m.matrix_host,
             public_baseurl=m.public_baseurl,
@@ -301,7 +338,8 @@ class Homeserver(pulumi.ComponentResource):
                 signing_key=self.synapse.signing_key_file,
                 acme_volume=self.proxy.acme_volume.name if self.proxy.acme_volume is not None else None,
                 repository=args.backup_repository,
-                stop_containers=["synapse"] + [spec.container for spec in bridge_specs.values()],
+                stop_containers=["synapse", *(p.name for p in plan.processes)]
+                + [spec.container for spec in bridge_specs.values()],
                 metrics_volume=self.metrics_volume.name if self.metrics_volume is not None else None,
             ), opts=child(self, depends_on=[self.postgres.provisioner]))
 

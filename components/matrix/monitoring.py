@@ -148,12 +148,18 @@ def render_prometheus_config(*, targets: Sequence[ScrapeTarget], probes: Sequenc
                              blackbox: str = f"{BLACKBOX_EXPORTER}:{BLACKBOX_PORT}",
                              scrape_interval: str = SCRAPE_INTERVAL,
                              evaluation_interval: str = EVALUATION_INTERVAL) -> dict:
-    """prometheus.yml: one job per target, the probes through blackbox_exporter, our rule file."""
-    jobs = [t.job for t in targets] + sorted({p.job for p in probes})
-    if len(set(jobs)) != len(jobs):
-        raise ValueError(f"scrape job names must be unique: {jobs}")
+    """prometheus.yml: one job per program (Synapse's processes are all targets of `synapse`), the probes
+    through blackbox_exporter, our rule file."""
+    by_job: dict[str, list[ScrapeTarget]] = {}
+    for target in targets:
+        by_job.setdefault(target.job, []).append(target)
+    if set(by_job) & {p.job for p in probes}:
+        raise ValueError(f"a probe job has a scrape target's name: {sorted(set(by_job) & {p.job for p in probes})}")
+    if any(len({t.path for t in group}) != 1 for group in by_job.values()):
+        raise ValueError("the targets of one job must share their metrics path")
     scrape_configs: list[dict] = [
-        {"job_name": t.job, "metrics_path": t.path, "static_configs": [{"targets": [t.address]}]} for t in targets]
+        {"job_name": job, "metrics_path": group[0].path, "static_configs": [{"targets": [t.address for t in group]}]}
+        for job, group in by_job.items()]
     for job in sorted({p.job for p in probes}):
         scrape_configs.append({
             "job_name": job,
