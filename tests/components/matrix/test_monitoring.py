@@ -293,3 +293,21 @@ def test_grafana_only_when_asked_with_the_pinned_synapse_dashboard(dev_evaluatio
     # Not a scrape target: its own /metrics stays closed.
     config = yaml.safe_load(files(evaluation, monitoring.PROMETHEUS)[monitoring.PROMETHEUS_CONFIG])
     assert "grafana" not in {job["job_name"] for job in config["scrape_configs"]}
+
+
+def test_every_synapse_process_is_scraped_over_its_own_network():
+    evaluation = evaluate("dev", synapseWorkers="balanced")
+    workers = sorted(reg.plain_inputs["name"] for reg in evaluation.of_type("docker:index/container:Container")
+                     if reg.plain_inputs["name"].startswith("synapse-") and reg.plain_inputs["name"] != "synapse-redis")
+    assert workers
+    config = yaml.safe_load(files(evaluation, monitoring.PROMETHEUS)[monitoring.PROMETHEUS_CONFIG])
+    (synapse_job,) = [job for job in config["scrape_configs"] if job["job_name"] == "synapse"]
+    (group,) = synapse_job["static_configs"]
+    assert sorted(group["targets"]) == sorted([f"synapse:{SYNAPSE_METRICS_PORT}",
+                                               *(f"{w}:{SYNAPSE_METRICS_PORT}" for w in workers)])
+    joined = networks(evaluation)
+    for worker in workers:
+        worker_config = yaml.safe_load(files(evaluation, worker)["/data/homeserver.yaml"])
+        assert {"port": SYNAPSE_METRICS_PORT, "type": "metrics", "tls": False,
+                "bind_addresses": ["0.0.0.0"]} in worker_config["worker_listeners"]
+        assert joined[worker] & joined[monitoring.PROMETHEUS] == {f"commstack-matrix-metrics-{worker}"}
