@@ -177,6 +177,7 @@ class Homeserver(pulumi.ComponentResource):
                 jwt_network=nets.web[LK_JWT_CONTAINER], server_name=m.server_name, rtc_host=m.rtc_host,
                 public_ip=edge.public_ip, turn_host=m.turn_host, turn_shared_secret=turn_secret,
                 turn_tls=not letsencrypt, extra_ca_pem=None if letsencrypt else self.proxy.certificate_pem,
+                federation=m.federation,
             ), opts=child(self))
         transports = rtc_transports(m.rtc_host) if m.calls else []
 
@@ -195,6 +196,7 @@ class Homeserver(pulumi.ComponentResource):
             element_url=element_url,
             max_upload_size=MAX_UPLOAD_SIZE,
             matrix_rtc_transports=transports,
+            public_ip=edge.public_ip,
         ), opts=child(self))
 
         self.wellknown = WellKnown(f"{name}-wellknown", WellKnownArgs(

@@ -281,6 +281,12 @@ class Rendered:
     def text(self, container: str, path: str) -> str:
         return self.files[container][path]
 
+    def envs(self, container: str) -> dict[str, str]:
+        """The container's environment (Docker's KEY=VALUE list) as a dict."""
+        reg, = [r for r in self.evaluation.of_type("docker:index/container:Container")
+                if r.plain_inputs["name"] == container]
+        return dict(item.split("=", 1) for item in reg.plain_inputs.get("envs") or [])
+
     def yaml(self, container: str, path: str):
         return yaml.safe_load(self.text(container, path))
 
@@ -520,10 +526,11 @@ class Harness:
                     yaml.safe_load(content), bridge_port=self.ports.bridges[Path(path).stem]))
             self.write("synapse", path, content, mode=0o600)
         host_path(self.root, "synapse", "/data/media_store").mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **loopback.synapse_environment(self.rendered.envs("synapse"), root=self.root)}
         return self.spawn("synapse", [
             sys.executable, "-c", SYNAPSE_AFTER_GATE, str(self.synapse_gate),
             str(host_path(self.root, "synapse", "/data/homeserver.yaml")),
-        ], cwd=str(host_path(self.root, "synapse", "/data")))
+        ], cwd=str(host_path(self.root, "synapse", "/data")), env=env)
 
     # coturn ----------------------------------------------------------------------------
     def _boot_turn(self) -> None:
@@ -666,16 +673,20 @@ class Harness:
 
     # teardown --------------------------------------------------------------------------
     def stop(self) -> None:
-        for service in reversed(self.services):
-            if service.process.poll() is None:
-                service.process.terminate()
-        deadline = time.monotonic() + 10
-        for service in self.services:
-            try:
-                service.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                service.process.kill()
-                service.process.wait()
+        """Stops the programs in dependency order, as Compose would: each tier has exited (or been
+        killed) before the programs it uses get SIGTERM, so no client spends its last seconds
+        retrying a backend that is already gone (Signal-Server logged 727 MB doing that to Redis)."""
+        for tier in stop_tiers(self.services):
+            for service in tier:
+                if service.process.poll() is None:
+                    service.process.terminate()
+            deadline = time.monotonic() + STOP_TIMEOUT
+            for service in tier:
+                try:
+                    service.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    service.process.kill()
+                    service.process.wait()
         if self.element_stand_in is not None:
             self.element_stand_in.stop()
         if self.moto is not None:
@@ -683,6 +694,28 @@ class Harness:
         if self.calls is not None:
             self.calls.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+# Teardown tiers, first stopped first: the programs nothing else here uses, then their backends, the
+# datastores last. A name no tier lists is a client (tests spawn extra ones) and stops first.
+STOP_ORDER = (
+    ("signal-server", "registration-service", "bridge-", "lk-jwt-service", "proxy", "nginx"),
+    ("synapse", "livekit", "turn", "aws-local"),
+    ("dynamodb-moto", "redis-", "postgres"),
+)
+STOP_TIMEOUT = 10.0
+
+
+def stop_rank(name: str) -> int:
+    for rank, prefixes in enumerate(STOP_ORDER):
+        if name.startswith(prefixes):
+            return rank
+    return 0
+
+
+def stop_tiers(services: list["Service"]) -> list[list["Service"]]:
+    """The services grouped by stop_rank, in stop order."""
+    return [[s for s in services if stop_rank(s.name) == rank] for rank in range(len(STOP_ORDER))]
 
 
 # `docker exec` into the Synapse container, for the harness (which runs no Docker): the same argv

@@ -90,6 +90,12 @@ def homeserver_config(config: dict, *, root: Path, ports: LoopbackPorts, data_di
     return adapted
 
 
+def synapse_environment(envs: dict[str, str], *, root: Path) -> dict[str, str]:
+    """The Synapse container's environment for loopback: PYTHONPATH's in-container directory (the log
+    redaction filter's module) -> the temp dir; the config path is given on the command line instead."""
+    return {"PYTHONPATH": os.pathsep.join(str(host_path(root, "synapse", d)) for d in envs["PYTHONPATH"].split(":"))}
+
+
 def log_config(config: dict, *, root: Path, data_dir: str = "/data") -> dict:
     """Synapse's log config: file handlers (if any) write under the temp dir."""
     return _relocate(config, data_dir, root, "synapse")
