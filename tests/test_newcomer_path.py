@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from commstack import doctor, render_diff
-from commstack.admin import MIN_PASSWORD_LENGTH
+from commstack.checks import doctor
+from commstack.devtools import render_diff
+from commstack.operations.admin import MIN_PASSWORD_LENGTH
 from tests.test_readme_commands import readme_commands
 
 ROOT = Path(__file__).resolve().parent.parent

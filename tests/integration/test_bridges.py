@@ -19,7 +19,7 @@ import requests
 import yaml
 from nio import AsyncClient, JoinedMembersResponse, LoginResponse, RoomCreateResponse, RoomSendResponse
 
-from commstack.admin import register_user
+from commstack.operations.admin import register_user
 from components.matrix.bridges import BRIDGE_SPECS, CONFIG_PATH, OWN_REGISTRATION_PATH
 from tests.integration import loopback
 from tests.integration.harness import host_path, listening_pids

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 from livekit import api
 
-from commstack import doctor
+from commstack.checks import doctor
 from components.matrix import proxy
 from tests.integration import calls_backend, rtc_client
 from tests.integration.harness import LOOPBACK, ROOT, free_port

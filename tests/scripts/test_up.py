@@ -123,7 +123,7 @@ def test_a_passphrase_of_your_own_is_used_and_none_is_generated(tmp_path):
 
 
 def test_the_hosts_file_line_appears_exactly_when_localhost_names_do_not_resolve(tmp_path):
-    from commstack import localnames, offline
+    from commstack.devtools import localnames, offline
 
     box, result = sandbox_up(tmp_path)
     names = localnames.stack_hostnames(offline.stack_config("dev"))
@@ -135,7 +135,7 @@ def test_the_hosts_file_line_appears_exactly_when_localhost_names_do_not_resolve
 
 
 def test_hosts_line_lists_every_unresolved_local_name():
-    from commstack import localnames
+    from commstack.devtools import localnames
 
     names = localnames.stack_hostnames({"commstack:domain": "commstack.localhost", "commstack:signal": "true",
                                         "commstack:elementSubdomain": "web"})

@@ -4,7 +4,7 @@ import pulumi
 import pytest
 import yaml
 
-from commstack import offline
+from commstack.devtools import offline
 from components.common import image
 from components.matrix.bridges import (BRIDGE_SPECS, CONFIG_PATH, OWN_REGISTRATION_PATH, BridgeArgs, MautrixBridge,
                                        render_bridge_config, render_registration)

@@ -9,7 +9,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from commstack import offline
+from commstack.devtools import offline
 from components.matrix.postgres import DatabaseCredentials
 from components.matrix.synapse import (
     APPSERVICE_ENCRYPTION_SETTINGS, CONFIG_PATH, MATRIX_RTC_SETTINGS, PRIVATE_RANGES, Synapse, SynapseArgs, data_paths, render_homeserver_config, render_log_config,

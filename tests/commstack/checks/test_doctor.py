@@ -1,4 +1,4 @@
-"""commstack.doctor's pieces that need no deployment: address rewriting, DNS rules, STUN
+"""commstack.checks.doctor's pieces that need no deployment: address rewriting, DNS rules, STUN
 encoding, TURN REST credentials, argument precedence and the table.
 (Doctor against real servers: tests/integration/test_doctor.py.)"""
 
@@ -13,7 +13,8 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 import requests
 
-from commstack import doctor
+from commstack.checks import doctor
+from commstack.checks.target import ConnectTo, reach, resolve
 
 
 @pytest.mark.parametrize("url, via, expected", [
@@ -23,12 +24,12 @@ from commstack import doctor
     ("https://matrix.example.org/x", {"matrix.example.org:8448": "http://127.0.0.1:1"}, "https://matrix.example.org/x"),
 ])
 def test_reach_rewrites_only_the_mapped_origin(url, via, expected):
-    assert doctor.reach(via, url) == expected
+    assert reach(via, url) == expected
 
 
 def _pool(via: dict, url: str, verify="/ca.pem"):
     request = requests.Request("GET", url).prepare()
-    return doctor.ConnectTo(via).build_connection_pool_key_attributes(request, verify)
+    return ConnectTo(via).build_connection_pool_key_attributes(request, verify)
 
 
 def test_connect_to_dials_the_via_address_but_keeps_sni_and_hostname_check():
@@ -58,7 +59,7 @@ def test_connect_to_sends_the_public_host_header(loopback_http):
 
     local = loopback_http(Handler).removeprefix("http://")
     with requests.Session() as session:
-        session.mount("http://", doctor.ConnectTo({"matrix.example.org:80": local}))
+        session.mount("http://", ConnectTo({"matrix.example.org:80": local}))
         assert session.get("http://matrix.example.org/x", timeout=5).status_code == 204
     assert seen == ["matrix.example.org"]
 
@@ -80,7 +81,7 @@ def test_parse_turn_uri(uri, expected):
 
 
 def test_localhost_names_are_loopback_by_rfc_6761():
-    assert doctor.resolve("matrix.commstack.localhost") == ["127.0.0.1"]
+    assert resolve("matrix.commstack.localhost") == ["127.0.0.1"]
 
 
 def test_dns_check_fails_with_a_hint_when_the_address_differs():

@@ -1,4 +1,4 @@
-"""`python -m commstack.localnames STACK`: the hosts-file line for a `.localhost` stack.
+"""`python -m commstack.devtools.localnames STACK`: the hosts-file line for a `.localhost` stack.
 
 Names under `.localhost` are loopback by definition (RFC 6761 §6.3); browsers and
 systems with nss-myhostname resolve them by themselves, but a plain glibc resolver
@@ -50,7 +50,7 @@ def hosts_line(names: Sequence[str], resolve: Callable[[str], bool] = resolves) 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from commstack import offline
+    from commstack.devtools import offline
 
     args = list(sys.argv[1:] if argv is None else argv)
     stack = args[0] if args else "dev"

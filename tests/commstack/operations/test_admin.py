@@ -1,4 +1,4 @@
-"""commstack.admin: the shared-secret MAC, and the CLI's handling of stack outputs and passwords.
+"""commstack.operations.admin: the shared-secret MAC, and the CLI's handling of stack outputs and passwords.
 (The real registration against Synapse is proven in tests/integration/test_synapse.py.)"""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 import pytest
 from synapse._scripts import register_new_matrix_user
 
-from commstack import admin
+from commstack.operations import admin
 
 
 class _Captured:

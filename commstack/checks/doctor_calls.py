@@ -15,7 +15,7 @@ does it, each with a fix hint.
 3. `livekit signalling`: that URL's HTTP root answers LiveKit's "OK" through Traefik, and with the
    token the WebSocket `/rtc` joins the room (LiveKit's JoinResponse).
 4. `livekit media <address>:<port>/udp`: over that join an offer gets LiveKit's answer, and one ICE
-   connectivity check to each UDP candidate it advertises comes back (commstack/rtc_probe.py says
+   connectivity check to each UDP candidate it advertises comes back (commstack/checks/rtc_probe.py says
    why a bare STUN binding request cannot do it).
 """
 
@@ -35,9 +35,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
 
-from commstack import rtc_probe
-from commstack.doctor import (FAIL, PASS, SKIP, Check, Target, TestUser, _errcode, _get, _json_document, _post,
-                              check_dns, check_tls, reach_address)
+from commstack.checks import rtc_probe
+from commstack.checks.target import (FAIL, PASS, SKIP, Check, Target, TestUser, _errcode, _get, _json_document, _post,
+                                     check_dns, check_tls, reach_address)
 
 TRANSPORTS_PATH = "/_matrix/client/unstable/org.matrix.msc4143/rtc/transports"
 FOCI_KEY = "org.matrix.msc4143.rtc_foci"

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from commstack import offline
+from commstack.devtools import offline
 
 PROVIDER_SDKS = ("pulumi_docker", "pulumi_aws", "pulumi_cloudflare", "pulumi_random", "pulumi_tls")
 HARNESS_MODULE = "tests.integration.harness"
@@ -53,7 +53,7 @@ TEST_COMMAND = ["./scripts/test"]
 TEST_COMMAND_TIMEOUT = 90 * 60  # CI's limit
 TEST_COMMAND_GOALS = {"cold": 20 * 60, "warm": 6 * 60}
 
-_MEASURE = "import json, sys; from commstack.bench import measure_stack; print(json.dumps(measure_stack(sys.argv[1])))"
+_MEASURE = "import json, sys; from commstack.devtools.bench import measure_stack; print(json.dumps(measure_stack(sys.argv[1])))"
 
 
 @dataclass
@@ -96,7 +96,7 @@ def longest_chain(evaluation: offline.Evaluation) -> list[offline.Registration]:
 
 def measure_stack(stack: str) -> dict:
     """One evaluation in this process (run in a fresh interpreter by `bench`)."""
-    from commstack.render import offline_config
+    from commstack.devtools.render import offline_config
 
     config, secret_keys, _ = offline_config(stack)
     start = time.perf_counter()

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from commstack import doctor
+from commstack.checks import doctor
 
 
 @pytest.fixture

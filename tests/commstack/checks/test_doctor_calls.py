@@ -17,8 +17,8 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from commstack import doctor, doctor_calls, rtc_probe
-from commstack.rtc_probe import Candidate, IceCredentials
+from commstack.checks import doctor, doctor_calls, rtc_probe
+from commstack.checks.rtc_probe import Candidate, IceCredentials
 
 SERVICE = "https://rtc.example.org/livekit/jwt"
 

@@ -5,7 +5,7 @@ import pulumi
 import pulumi_random as random
 import pulumi_tls as tls
 
-from commstack import offline
+from commstack.devtools import offline
 
 
 @pulumi.runtime.test

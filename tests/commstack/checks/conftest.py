@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 import pytest
 
-from commstack import doctor
+from commstack.checks import doctor
 
 # Environment doctor reads besides its flags; a developer's shell must not leak into the tests.
 DOCTOR_ENV = ("COMMSTACK_SHARED_SECRET", "COMMSTACK_ACCESS_TOKEN", "COMMSTACK_LIVEKIT_TOKEN")

@@ -17,8 +17,8 @@ import pytest
 from moto import mock_aws
 
 from commstack import __main__ as cli
-from commstack import offline
-from commstack import signal_restore
+from commstack.devtools import offline
+from commstack.operations import signal_restore
 from components.settings import stack_tags
 from components.signal.storage import create_table_request, table_name
 from components.signal.version import load_version

@@ -80,7 +80,7 @@ class SignalStack:
 
 
 def stack_from_config(stack: str, config: dict[str, str], region: Optional[str] = None) -> SignalStack:
-    """The Signal half of Pulumi.<stack>.yaml (`config`, as commstack.offline.stack_config reads it)."""
+    """The Signal half of Pulumi.<stack>.yaml (`config`, as commstack.devtools.offline.stack_config reads it)."""
     if config.get("commstack:signal", "false").lower() != "true":
         raise RestoreRefused([f"stack {stack} has no Signal half (commstack:signal is not true)"])
     if config.get("commstack:signalTarget", CONFIG_KEYS["commstack:signalTarget"].default) != "aws":
@@ -496,7 +496,7 @@ def _secrets(args, target: SignalStack) -> int:
 def main(args: Any) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from commstack import offline
+    from commstack.devtools import offline
 
     try:
         try:

@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-from commstack import offline
-from commstack.render import RenderError
+from commstack.devtools import offline
+from commstack.devtools.render import RenderError
 
 
 def _git(repo: Path, *args: str) -> bytes:

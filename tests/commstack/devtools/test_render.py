@@ -14,7 +14,7 @@ import pulumi_docker as docker
 import pytest
 import yaml
 
-from commstack import offline, render
+from commstack.devtools import offline, render
 from commstack.__main__ import main as cli
 from components.common import generated_secret
 from components.settings import SettingsError
@@ -362,7 +362,7 @@ def test_render_diff_shows_only_what_the_change_does(tmp_path, capsys):
     subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-q", "-m", "base"], check=True)
 
-    from commstack import render_diff
+    from commstack.devtools import render_diff
 
     assert render_diff.render_diff("HEAD", ["dev"], repo) == ""
     stack_file = repo / "Pulumi.dev.yaml"

@@ -4,7 +4,7 @@ For stacks with `registration: token`, where a new user needs a token an admin
 issued. Synapse's admin API (docs/usage/administration/admin_api/registration_tokens.md,
 `POST /_synapse/admin/v1/registration_tokens/new`) is not published, so the call runs
 inside the Synapse container against its own local listener, reached with
-`docker exec` over the stack's Docker host connection (commstack.admin.synapse_exec,
+`docker exec` over the stack's Docker host connection (commstack.operations.admin.synapse_exec,
 the way create-admin runs register_new_matrix_user).
 An admin's access token comes from logging in there with the admin's password (read
 from the terminal or stdin, handed over on the exec's stdin, never in argv) and is
@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any, Optional
 
-from commstack.admin import SYNAPSE_CONTAINER, SYNAPSE_LOCAL_URL, AdminError, stack_outputs, synapse_exec
+from commstack.operations.admin import SYNAPSE_CONTAINER, SYNAPSE_LOCAL_URL, AdminError, stack_outputs, synapse_exec
 
 # Synapse's plain-HTTP listener inside its container (components/matrix/synapse.py HTTP_PORT).
 LOCAL_URL = SYNAPSE_LOCAL_URL
@@ -97,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def stack_registration(stack: str) -> str:
-    from commstack import offline
+    from commstack.devtools import offline
 
     try:
         config = offline.stack_config(stack)

@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT_ID = "123456789012"
 OFFLINE_ZONE_ID = "0123456789abcdef0123456789abcdef"
 
@@ -595,7 +595,7 @@ def evaluate(
         mocks.MockSettings(
             monitor=monitor,
             monitor_features=set(monitor.GetDeploymentInfo(None).supportedFeatures),
-            engine=mocks.MockEngine(logging.getLogger("commstack.offline")),
+            engine=mocks.MockEngine(logging.getLogger("commstack.devtools.offline")),
             project="commstack",
             stack=stack,
             dry_run=preview,

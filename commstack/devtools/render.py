@@ -35,7 +35,7 @@ from typing import Iterable, Optional
 
 import yaml
 
-from commstack import offline
+from commstack.devtools import offline
 
 CONTAINER = "docker:index/container:Container"
 INSTANCE = "aws:ec2/instance:Instance"

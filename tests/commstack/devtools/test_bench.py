@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from commstack import bench, offline
+from commstack.devtools import bench, offline
 from commstack.__main__ import main as cli
 
 STACK = "urn:pulumi:dev::commstack::pulumi:pulumi:Stack::commstack-dev"

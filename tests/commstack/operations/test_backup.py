@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from commstack import backup
+from commstack.operations import backup
 from commstack.__main__ import build_parser
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
