@@ -281,11 +281,12 @@ def test_a_user_gets_the_bridge_help_in_a_direct_chat(harness, direct_chats, kin
 MEGOLM = "m.megolm.v1.aes-sha2"
 
 
-async def _encrypted_help(harness, user: tuple[str, str], bot: str, store: str) -> tuple[str, list]:
+async def _encrypted_help(harness, user: tuple[str, str], bot: str, store: str) -> tuple[str, str, list]:
     """An end-to-end encrypted direct chat with the bot, as Element opens one (m.room.encryption in
     the initial state), a `help` sent encrypted, and the bot's replies as this client decrypted them.
     The room key reaches the bot's device only as an olm-encrypted to-device event, which Synapse
-    pushes to the bridge in a transaction (MSC2409): without that, the bot cannot read `help`."""
+    pushes to the bridge in a transaction (MSC2409): without that, the bot cannot read `help`.
+    Returns the room, this client's curve25519 identity key and the bot's messages."""
     from nio import AsyncClientConfig, MegolmEvent, RoomMessageNotice, RoomMessageText
 
     texts = (RoomMessageText, RoomMessageNotice)  # the bot greets with m.text and answers with m.notice
@@ -320,15 +321,17 @@ async def _encrypted_help(harness, user: tuple[str, str], bot: str, store: str) 
             if timeline:
                 replies += [e for e in timeline.timeline.events if e.sender == bot
                             and isinstance(e, (*texts, MegolmEvent))]
-        return room.room_id, replies
+        return room.room_id, client.olm.account.identity_keys["curve25519"], replies
     finally:
         await client.close()
 
 
-def _bot_room_keys(harness, kind: str, room_id: str) -> int:
-    """Megolm sessions for the room in the bridge's crypto store: each came as a to-device event."""
+def _room_keys_from(harness, kind: str, room_id: str, sender_key: str) -> int:
+    """Megolm sessions for the room that the device with `sender_key` shared with the bridge: the only way
+    one gets into its crypto store is an olm-encrypted to-device event (its own sessions have its key)."""
     with _database(harness, BRIDGE_SPECS[kind].database) as connection, connection.cursor() as cursor:
-        cursor.execute("select count(*) from crypto_megolm_inbound_session where room_id = %s", (room_id,))
+        cursor.execute("select count(*) from crypto_megolm_inbound_session where room_id = %s and sender_key = %s",
+                       (room_id, sender_key))
         return cursor.fetchone()[0]
 
 
@@ -343,12 +346,12 @@ def test_the_bot_answers_an_encrypted_direct_chat_with_calls_on(harness, kind, t
     assert {"msc2409_to_device_messages_enabled", "msc3202_transaction_extensions", "msc4143_enabled"} \
         <= {k for k, v in homeserver["experimental_features"].items() if v is True}
     user = _new_user(harness, f"{kind}-e2ee")
-    room_id, replies = _run(_encrypted_help(harness, user, _bot(harness, kind), str(tmp_path)))
-    assert _bot_room_keys(harness, kind, room_id) >= 1, "the bridge never received the room key (to-device)"
-    decrypted = [e for e in replies if type(e).__name__ in ("RoomMessageText", "RoomMessageNotice")]
-    assert decrypted, f"the {kind} bot sent no reply this client could decrypt: {replies}"
-    assert all(e.decrypted for e in decrypted), "the bot answered in plaintext in an encrypted room"
-    _assert_help_lists_login([{"content": {"body": e.body}} for e in decrypted], kind)
+    room_id, identity_key, replies = _run(_encrypted_help(harness, user, _bot(harness, kind), str(tmp_path)))
+    assert _room_keys_from(harness, kind, room_id, identity_key) >= 1, \
+        "the bridge never received this client's room key (a to-device event)"
+    texts = [e for e in replies if type(e).__name__ in ("RoomMessageText", "RoomMessageNotice")]
+    assert [e.body for e in texts if not e.decrypted] == [], "the bot wrote in plaintext in an encrypted room"
+    _assert_help_lists_login([{"content": {"body": e.body}} for e in texts], kind)
 
 
 def _bot_devices(harness, kind: str) -> list[str]:

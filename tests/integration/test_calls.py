@@ -13,8 +13,6 @@ import asyncio
 import base64
 import json
 import secrets
-import socket
-import ssl
 from urllib.parse import urlsplit
 
 import pytest
@@ -132,13 +130,7 @@ def test_traefik_routes_livekit_signalling_websocket_on_443(harness):
     room = f"ws-{secrets.token_hex(4)}"
     asyncio.run(_create_room(harness, room))
     token = rtc_client.mint_token(key, secret, room, "ws-probe")
-    context = ssl.create_default_context(cafile=str(harness.proxy_certificate))
-    with socket.create_connection((LOOPBACK, harness.ports.proxy["websecure"]), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=host) as tls:
-            tls.sendall((f"GET /livekit/sfu/rtc?access_token={token}&protocol=16 HTTP/1.1\r\nHost: {host}\r\n"
-                         "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                         f"Sec-WebSocket-Key: {base64.b64encode(secrets.token_bytes(16)).decode()}\r\n\r\n").encode())
-            status = tls.recv(4096).split(b"\r\n", 1)[0]
+    status = rtc_client.signalling_status(harness.ports.proxy["websecure"], host, str(harness.proxy_certificate), token)
     assert status == b"HTTP/1.1 101 Switching Protocols", status
 
 

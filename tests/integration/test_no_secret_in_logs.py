@@ -8,15 +8,13 @@ import asyncio
 import base64
 import json
 import secrets
-import socket
-import ssl
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
 
-from commstack.admin import register_user
+from commstack.operations.admin import register_user
 from tests.integration import calls_backend, rtc_client
 from tests.integration.loopback import LOOPBACK
 
@@ -60,16 +58,6 @@ async def _create_room(harness, key: str, secret: str, name: str) -> None:
 
     async with api.LiveKitAPI(f"http://{LOOPBACK}:{harness.ports.livekit}", key, secret) as lk:
         await lk.room.create_room(api.CreateRoomRequest(name=name, empty_timeout=60))
-
-
-def _websocket_status(harness, host: str, token: str) -> bytes:
-    context = ssl.create_default_context(cafile=str(harness.proxy_certificate))
-    with socket.create_connection((LOOPBACK, harness.ports.proxy["websecure"]), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=host) as tls:
-            tls.sendall((f"GET /livekit/sfu/rtc?access_token={token}&protocol=16 HTTP/1.1\r\nHost: {host}\r\n"
-                         "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                         f"Sec-WebSocket-Key: {base64.b64encode(secrets.token_bytes(16)).decode()}\r\n\r\n").encode())
-            return tls.recv(4096).split(b"\r\n", 1)[0]
 
 
 def _log_files(root: Path) -> list[Path]:
@@ -117,7 +105,8 @@ def test_no_token_reaches_any_log(harness):
     second = rtc_client.mint_token(key, secret, room, "second")
     secrets_seen.update(livekit_first=first, livekit_second=second)
     # Signalling as clients open it, through Traefik: wss://rtc.<domain>/livekit/sfu/rtc?access_token=…
-    assert _websocket_status(harness, rtc_host, first) == b"HTTP/1.1 101 Switching Protocols"
+    assert rtc_client.signalling_status(harness.ports.proxy["websecure"], rtc_host, str(harness.proxy_certificate),
+                                        first) == b"HTTP/1.1 101 Switching Protocols"
     asyncio.run(rtc_client.join_both(harness.livekit_url, first, second))
     time.sleep(1)  # let every program flush its log
     found = {}
