@@ -37,7 +37,7 @@ def _module(command: str) -> ModuleType:
 
 def build_parser(selected: Optional[str] = None) -> argparse.ArgumentParser:
     """The CLI parser; only `selected`'s options are added (its module is imported)."""
-    parser = argparse.ArgumentParser(prog="python -m commstack",
+    parser = argparse.ArgumentParser(prog="./scripts/commstack",
                                      description="Offline render and bench of the commstack program; checks of a deployed stack.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command, (_, help_text) in COMMANDS.items():

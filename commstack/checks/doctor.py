@@ -560,7 +560,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--access-token", help="a user's access token instead of a throwaway user "
                                                "(or env COMMSTACK_ACCESS_TOKEN, which stays out of `ps`)")
     parser.add_argument("--bridge", action="append", metavar="ID=AS_TOKEN", help="ping this appservice")
-    parser.add_argument("--signal-health-url", help="Signal-Server health URL that must answer 2xx")
+    parser.add_argument("--signal-health-url", help="Signal-Server health URL: it must answer 2xx, or Signal-Server's "
+                                                   "own JSON 401 for an endpoint that needs credentials (the "
+                                                   "stack's signalHealthUrl is one); a proxy's error page fails")
     parser.add_argument("--no-calls", action="store_true", help="skip the MatrixRTC call rows")
     parser.add_argument("--livekit-url", help="the LiveKit URL lk-jwt-service must hand out (wss://rtc.<domain>/"
                                               "livekit/sfu); also where a --livekit-token joins")

@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,9 @@ SYNAPSE_USER = "991:991"
 SYNAPSE_CONFIG = "/data/homeserver.yaml"
 SYNAPSE_LOCAL_URL = "http://localhost:8008"
 EXEC_TIMEOUT = 120
+# The Pulumi project (Pulumi.yaml) whose stacks our commands name, wherever they are run from.
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+PULUMI_INSTALL_URL = "https://www.pulumi.com/docs/iac/download-install/"
 
 
 class AdminError(RuntimeError):
@@ -152,9 +156,9 @@ def stack_outputs(stack: str, show_secrets: bool = False) -> dict[str, Any]:
     if show_secrets:
         command.insert(3, "--show-secrets")
     try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False, env=pulumi_env())
+        done = subprocess.run(command, capture_output=True, text=True, check=False, env=pulumi_env(), cwd=PROJECT_DIR)
     except FileNotFoundError as exc:
-        raise AdminError("the Pulumi CLI is not installed; see the README's quick start") from exc
+        raise AdminError(pulumi_cli_missing(stack)) from exc
     if done.returncode != 0:
         # stderr never holds output values, only the CLI's complaint.
         complaint = done.stderr.strip()[:300]
@@ -170,6 +174,26 @@ def stack_outputs(stack: str, show_secrets: bool = False) -> dict[str, Any]:
     if not isinstance(outputs, dict):
         raise AdminError(f"`pulumi stack output --stack {stack} --json` did not print an object")
     return outputs
+
+
+def doctor_flags_command(stack: str) -> str:
+    """doctor's flags-only command for `stack`, which needs no Pulumi CLI: the server name is the
+    domain in Pulumi.<stack>.yaml (doctor finds the rest from the well-known documents)."""
+    from commstack.devtools import offline
+
+    try:
+        domain = offline.stack_config(stack, PROJECT_DIR).get("commstack:domain", "").strip()
+    except (OSError, ValueError):
+        domain = ""
+    return f"./scripts/commstack doctor --server-name {shlex.quote(domain) if domain else 'DOMAIN'}"
+
+
+def pulumi_cli_missing(stack: str) -> str:
+    """What to do without the Pulumi CLI: install it, or check the stack with doctor's flags alone."""
+    return (f"the Pulumi CLI is not installed, so the outputs of stack {stack!r} cannot be read. Install it "
+            f"({PULUMI_INSTALL_URL}; ./scripts/up does when it can). Without it, doctor checks the deployed stack "
+            f"from flags alone: {doctor_flags_command(stack)} (add --ca-file FILE with the stack's certificate "
+            "if its tls is self-signed; --access-token TOKEN for the TURN and call rows)")
 
 
 def _read_password(from_stdin: bool) -> str:

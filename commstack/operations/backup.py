@@ -178,13 +178,13 @@ def human_age(seconds: float) -> str:
 def format_snapshots(snapshots: Sequence[Snapshot], now: Optional[datetime] = None) -> str:
     now = now or datetime.now(timezone.utc)
     if not snapshots:
-        return "no snapshots yet: take one with `python -m commstack backup`"
+        return "no snapshots yet: take one with `./scripts/commstack backup`"
     lines = [f"{'ID':<8}  {'TIME (UTC)':<19}  {'AGE':>10}  {'SIZE':>10}  {'ADDED':>10}  DRILL"]
     for snap in reversed(snapshots):
         drill = max(snap.drills, key=lambda d: d[1])[0] if snap.drills else ""
         lines.append(f"{snap.short_id:<8}  {snap.time:%Y-%m-%d %H:%M:%S}  {human_age((now - snap.time).total_seconds()):>10}  "
                      f"{human_size(snap.size):>10}  {human_size(snap.added):>10}  {drill}".rstrip())
-    lines.append(f"{len(snapshots)} snapshot(s); restore one with `python -m commstack restore --snapshot ID`")
+    lines.append(f"{len(snapshots)} snapshot(s); restore one with `./scripts/commstack restore --snapshot ID`")
     return "\n".join(lines)
 
 
@@ -298,21 +298,21 @@ def backup_status(snapshots: Sequence[Snapshot], now: Optional[datetime] = None)
     now = now or datetime.now(timezone.utc)
     if not snapshots:
         return [("backup newest", False, "no snapshot in the repository",
-                 "take one: python -m commstack backup (and check `docker logs backup`)")]
+                 "take one: ./scripts/commstack backup (and check `docker logs backup`)")]
     newest = snapshots[-1]
     age = (now - newest.time).total_seconds()
     rows = [("backup newest", age <= MAX_BACKUP_AGE_HOURS * 3600,
              f"{newest.short_id}, {human_age(age)} old, {human_size(newest.size)}",
-             "the daily backup has not run: see `docker logs backup`, then python -m commstack backup")]
+             "the daily backup has not run: see `docker logs backup`, then ./scripts/commstack backup")]
     drill = last_drill(snapshots)
     if drill is None:
         rows.append(("backup drill", False, "no restore drill recorded yet",
-                     "run one: python -m commstack backup --drill"))
+                     "run one: ./scripts/commstack backup --drill"))
     else:
         result, when, snap = drill
         drill_age = (now - when).total_seconds()
         ok = result == "pass" and drill_age <= MAX_DRILL_AGE_DAYS * 86400
         rows.append(("backup drill", ok, f"{result} on {snap.short_id}, {human_age(drill_age)} ago",
-                     "see `docker logs backup`; run python -m commstack backup --drill" if result != "pass"
+                     "see `docker logs backup`; run ./scripts/commstack backup --drill" if result != "pass"
                      else "the weekly drill has not run: see `docker logs backup`"))
     return rows

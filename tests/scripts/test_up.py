@@ -161,6 +161,6 @@ def test_missing_docker_client_stops_with_install_hint(tmp_path):
     assert "docs.docker.com/engine/install" in result.stderr
 
 
-@pytest.mark.parametrize("script", ["up", "test"])
+@pytest.mark.parametrize("script", ["up", "test", "commstack"])
 def test_scripts_are_valid_bash(script):
     assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / script)]).returncode == 0

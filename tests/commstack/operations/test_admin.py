@@ -76,10 +76,39 @@ def _args(**overrides) -> argparse.Namespace:
     return argparse.Namespace(**values)
 
 
-def test_missing_pulumi_cli_is_a_clear_error(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stack, command", [
+    ("dev", "./scripts/commstack doctor --server-name commstack.localhost"),
+    ("prod", "./scripts/commstack doctor --server-name example.org"),
+    ("nosuch", "./scripts/commstack doctor --server-name DOMAIN"),
+])
+def test_missing_pulumi_cli_offers_doctors_flags_only_mode(tmp_path, monkeypatch, stack, command):
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(admin.AdminError, match="Pulumi CLI is not installed"):
-        admin.stack_outputs("dev")
+    with pytest.raises(admin.AdminError) as error:
+        admin.stack_outputs(stack)
+    message = str(error.value)
+    assert message.startswith(f"the Pulumi CLI is not installed, so the outputs of stack '{stack}' cannot be read")
+    assert f"from flags alone: {command} (add --ca-file" in message
+    assert admin.PULUMI_INSTALL_URL in message and "quick start" not in message
+
+
+def test_the_offered_doctor_command_runs_without_the_pulumi_cli(tmp_path):
+    """create-admin without the CLI offers doctor's command; that command runs as printed (nothing is
+    deployed here, so its checks fail, as they would before `pulumi up`)."""
+    import shlex
+    import subprocess
+
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "HOME": str(tmp_path)}  # no pulumi
+    script = str(admin.PROJECT_DIR / "scripts" / "commstack")
+    done = subprocess.run([script, "create-admin", "--stack", "dev", "--password-stdin"], input="x" * 20 + "\n",
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "the Pulumi CLI is not installed" in done.stderr
+    command = done.stderr.split("from flags alone: ", 1)[1].split(" (add --ca-file", 1)[0]
+    assert command == "./scripts/commstack doctor --server-name commstack.localhost"
+    argv = shlex.split(command)
+    doctor = subprocess.run([str(admin.PROJECT_DIR / argv[0]), *argv[1:]], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert doctor.returncode == 1, doctor.stderr
+    assert "dns commstack.localhost" in doctor.stdout and "checks:" in doctor.stdout
 
 
 def test_failing_stack_output_reports_the_cli_error(pulumi_answering):

@@ -352,17 +352,17 @@ def test_secret_refusals(aws, capsys):
     assert ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Version"] == 1
 
 
-# -- the README's own lines ---------------------------------------------------------------------------
+# -- the docs' own lines -----------------------------------------------------------------------------
 
 
 def readme_signal_restore_lines() -> list[list[str]]:
-    """The argv of every `signal-restore` line of the README's "Restore the Signal half", in order."""
+    """The argv of every `signal-restore` line of docs/operations.md's "Restore the Signal half", in order."""
     import re
 
-    readme = (offline.ROOT / "README.md").read_text()
-    section = readme[readme.index("### Restore the Signal half"):]
+    operations = (offline.ROOT / "docs" / "operations.md").read_text()
+    section = operations[operations.index("## Restore the Signal half"):]
     section = section[:section.index("\n## ")]
-    lines = re.findall(r"^\s*\.venv/bin/python -m commstack (signal-restore .*)$", section, flags=re.M)
+    lines = re.findall(r"^\s*\./scripts/commstack (signal-restore .*)$", section, flags=re.M)
     return [re.sub(r"\s+#\s.*$", "", line) for line in lines]
 
 
@@ -396,5 +396,5 @@ def test_each_readme_line_runs_as_shown(line, aws, capsys, monkeypatch):
     out = capsys.readouterr().out
     if argv[1] == "tables":
         assert "pulumi config set --stack prod commstack:signalRestoredTables '[\"restored-20261201-093000\"]'" in out
-        readme = (offline.ROOT / "README.md").read_text()
-        assert "pulumi config set --stack prod commstack:signalRestoredTables '[\"restored-20261201-093000\"]'" in readme
+        operations = (offline.ROOT / "docs" / "operations.md").read_text()
+        assert "pulumi config set --stack prod commstack:signalRestoredTables '[\"restored-20261201-093000\"]'" in operations
