@@ -149,8 +149,11 @@ def test_letsencrypt_token_only_in_a_secret_env_and_acme_volume_protected(record
             assert TOKEN not in repr(offline.strip_secrets(reg.outputs)), reg.name
         volume, = recorded.of_type("docker:index/volume:Volume")
         assert volume.protect is True and volume.retain_on_delete is True
-        mount, = container.plain_inputs["volumes"]
+        mount, *config_dirs = container.plain_inputs["volumes"]
         assert mount == {"volumeName": volume.plain_inputs["name"], "containerPath": "/letsencrypt"}
+        # The uploaded files go into fresh anonymous volumes, so the root is read-only.
+        assert config_dirs == [{"containerPath": "/etc/traefik"}, {"containerPath": "/run/secrets"}]
+        assert container.plain_inputs["readOnly"] is True
         assert _published(container) == {(80, 80, "tcp"), (443, 443, "tcp")}
         uploads = {u["file"]: u["content"] for u in container.plain_inputs["uploads"]}
         assert set(uploads) == {STATIC_PATH, DYNAMIC_PATH, CF_TOKEN_PATH}
