@@ -48,7 +48,7 @@ def lk_jwt_binary() -> Optional[str]:
 
 def container_envs(rendered, container: str) -> dict[str, str]:
     """The rendered container's environment (Docker's KEY=VALUE list) as a dict."""
-    return rendered.envs(container)
+    return rendered.env_of(container)
 
 
 class ConnectTunnel:

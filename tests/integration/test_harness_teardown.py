@@ -22,7 +22,7 @@ def test_clients_stop_before_their_backends(tmp_path):
     root.mkdir()
     # Spawned as a parallel boot might: datastores and clients interleaved.
     names = ["redis-0", "signal-server-1", "postgres", "synapse", "bridge-whatsapp", "redis-1", "proxy",
-             "lk-jwt-service", "livekit", "a-test-client"]
+             "synapse-redis", "synapse-sync-1", "lk-jwt-service", "livekit", "a-test-client"]
     harness = Harness(rendered=None, root=root, ports=None, binaries={})
     harness.services = [_recorder(name, record, tmp_path) for name in names]
     time.sleep(0.3)  # every trap installed
@@ -33,6 +33,7 @@ def test_clients_stop_before_their_backends(tmp_path):
     assert ranks == sorted(ranks), stopped
     assert stopped.index("signal-server-1") < min(stopped.index("redis-0"), stopped.index("redis-1"))
     assert stopped.index("synapse") < stopped.index("postgres")
-    assert stopped.index("bridge-whatsapp") < stopped.index("synapse")
+    assert stopped.index("bridge-whatsapp") < stopped.index("synapse-sync-1") < stopped.index("synapse")
+    assert stopped.index("synapse") < stopped.index("synapse-redis")
     assert all(s.process.poll() is not None for s in harness.services)
     assert not root.exists()
