@@ -246,6 +246,7 @@ class Homeserver(pulumi.ComponentResource):
                 public_ip=edge.public_ip, turn_host=m.turn_host, turn_shared_secret=turn_secret,
                 turn_tls=not letsencrypt, extra_ca_pem=None if letsencrypt else self.proxy.certificate_pem,
                 livekit_metrics_network=metrics_net(LIVEKIT_CONTAINER),
+                federation=m.federation,
             ), opts=child(self))
         transports = rtc_transports(m.rtc_host) if m.calls else []
 
@@ -295,6 +296,7 @@ class Homeserver(pulumi.ComponentResource):
             matrix_rtc_transports=transports,
             metrics_network=metrics_net(SYNAPSE_CONTAINER),
             smtp=args.smtp,
+            public_ip=edge.public_ip,
             media_retention={k: v for k, v in media_retention.items() if v},
             workers=plan,
             redis=redis,
