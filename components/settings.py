@@ -130,6 +130,10 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
         ConfigKey("element", True, "Serve Element Web.", "false"),
         ConfigKey("bridges", [], "JSON list of mautrix bridges to run: whatsapp, telegram.", "'[\"whatsapp\",\"telegram\"]'"),
         ConfigKey("telegramApiId", None, "Telegram api_id from my.telegram.org; required when the telegram bridge is on.", "123456"),
+        ConfigKey("synapseWorkers", "none", "Synapse's processes: `none` (one process, for small stacks), `balanced` (six processes that keep every core busy on a small host) or `specialized` (one process per job). Workers add Redis. See docs/workers.md.", "balanced"),
+        ConfigKey("synapseWorkerCounts", {}, "JSON object: how many processes a worker group of the preset runs, for the groups that may run several (see docs/workers.md), e.g. {\"sync\": 2}.", "'{\"sync\":2}'"),
+        ConfigKey("mediaRetentionRemote", "30d", "How long media cached from other homeservers is kept after it was last accessed (Nd, Nw or Ny); it is fetched again when asked for. Empty keeps it forever.", "14d"),
+        ConfigKey("mediaRetentionLocal", "", "How long media uploaded on this homeserver is kept after it was last accessed (Nd, Nw or Ny); empty (the default) keeps it forever. Avatars and quarantined or protected media are always kept.", "365d"),
         ConfigKey("telegramApiHash", None, "Telegram api_hash (secret) from my.telegram.org; required when the telegram bridge is on.", "<api_hash>", secret=True),
         # -- backups ------------------------------------------------------------
         ConfigKey("backup", True, "Back up the Matrix half (databases, media, signing key, ACME store) with restic, daily, with a weekly restore drill.", "false"),
@@ -220,6 +224,12 @@ class MatrixSettings:
     # MatrixRTC (Element Call): LiveKit and lk-jwt-service on rtc_host.
     calls: bool = False
     rtc_host: str = ""
+    # Synapse's worker preset and per-group counts (components/matrix/workers.py).
+    synapse_workers: str = "none"
+    synapse_worker_counts: tuple[tuple[str, int], ...] = ()
+    # Synapse's media_retention lifetimes ("" keeps that media forever).
+    media_retention_local: str = ""
+    media_retention_remote: str = ""
 
     @property
     def server_name(self) -> str:
@@ -715,6 +725,10 @@ def load_settings(stack: Optional[str] = None) -> Settings:
         r.check(telegram_api_hash is not None, "commstack:telegramApiHash",
                 "is required when the telegram bridge is on (get it at my.telegram.org)")
 
+    synapse_workers, worker_counts = _read_workers(r)
+    media_retention = {key: _read_duration(r, key) for key in ("commstack:mediaRetentionLocal",
+                                                              "commstack:mediaRetentionRemote")}
+
     backup = _read_backup(r)
     postgres = _read_postgres(r, backup)
 
@@ -783,15 +797,16 @@ def load_settings(stack: Optional[str] = None) -> Settings:
         if not isinstance(parsed_memory, dict):
             r.problem("commstack:containerMemory", f"must be a JSON object of container name to size, not {memory_text!r}")
         else:
-            unknown_containers = sorted(set(parsed_memory) - set(known_containers()))
+            known = (*known_containers(), *worker_containers(synapse_workers, worker_counts))
+            unknown_containers = sorted(set(parsed_memory) - set(known))
             r.check(not unknown_containers, "commstack:containerMemory",
-                    f"no container is named {', '.join(unknown_containers)}; containers: {', '.join(known_containers())}")
+                    f"no container is named {', '.join(unknown_containers)}; containers: {', '.join(known)}")
             for container, size in parsed_memory.items():
                 mb = memory_mb(size)
                 if mb is None or mb < MIN_CONTAINER_MEMORY_MB:
                     r.problem("commstack:containerMemory",
                               f"{container}: {size!r} is not a memory size of at least {MIN_CONTAINER_MEMORY_MB}m (e.g. 512m or 4g)")
-                elif container in known_containers():
+                elif container in known:
                     container_memory[container] = mb
 
     if r.problems:
@@ -826,6 +841,10 @@ def load_settings(stack: Optional[str] = None) -> Settings:
             bridges=bridges,
             telegram_api_id=telegram_api_id,
             telegram_api_hash=telegram_api_hash if "telegram" in bridges else None,
+            synapse_workers=synapse_workers,
+            synapse_worker_counts=worker_counts,
+            media_retention_local=media_retention["commstack:mediaRetentionLocal"],
+            media_retention_remote=media_retention["commstack:mediaRetentionRemote"],
         ),
         signal=SignalSettings(
             enabled=signal_on,
@@ -845,6 +864,52 @@ def load_settings(stack: Optional[str] = None) -> Settings:
         container_memory=container_memory,
         postgres=postgres,
     )
+
+
+def worker_containers(preset: str, counts: tuple[tuple[str, int], ...] = ()) -> tuple[str, ...]:
+    """The docker names of a worker preset's containers (its workers and their Redis)."""
+    from components.matrix import workers
+
+    if preset not in workers.PRESETS or workers.count_problems(preset, dict(counts)):
+        return ()
+    plan = workers.worker_plan(preset, dict(counts))
+    return (*(p.name for p in plan.processes), "synapse-redis") if plan.enabled else ()
+
+
+def _read_workers(r: "_Reader") -> tuple[str, tuple[tuple[str, int], ...]]:
+    """commstack:synapseWorkers (a preset) and commstack:synapseWorkerCounts (per-group counts)."""
+    from components.matrix import workers
+
+    preset = r.choice("commstack:synapseWorkers", tuple(workers.PRESETS))
+    key = "commstack:synapseWorkerCounts"
+    text = r.raw(key)
+    if text is None or preset not in workers.PRESETS:
+        return preset, ()
+    try:
+        counts = json.loads(text)
+    except (ValueError, RecursionError):
+        counts = None
+    scalable = workers.scalable_groups(preset)
+    example = f"'{{\"{scalable[0]}\":2}}'" if scalable else "'{}'"
+    if not isinstance(counts, dict):
+        r.problem(key, f"must be a JSON object of worker group to number of processes, not {text!r}", example)
+        return preset, ()
+    problems = workers.count_problems(preset, counts)
+    for problem in problems:
+        r.problem(key, problem, example)
+    return preset, (() if problems else tuple(sorted(counts.items())))
+
+
+# Synapse durations (synapse/config/_base.py parse_duration) in days, weeks or years.
+_RETENTION_RE = re.compile(r"[1-9][0-9]{0,4}[dwy]", re.ASCII)
+
+
+def _read_duration(r: "_Reader", key: str) -> str:
+    value = r.text(key).strip()
+    r.check(not value or bool(_RETENTION_RE.fullmatch(value)), key,
+            f"{value!r} is not a lifetime such as 30d, 8w or 1y (a whole number of days, weeks or years); "
+            "empty keeps the media forever")
+    return value if _RETENTION_RE.fullmatch(value) else ""
 
 
 def _signal_restored_tables(r: "_Reader", target: str) -> tuple[str, ...]:
