@@ -108,6 +108,12 @@ def harness_config() -> dict[str, str]:
         element="true",
         signal="true",
         signalTarget="docker",
+        # A user of the monitoring tests' own (test_synapse.py makes `admin`): the alert room's reader.
+        alertRecipients='["@alerts-reader:commstack.localhost"]',
+        # Outgoing e-mail into the harness's SMTP server (SmtpStandIn): password resets, alert e-mails.
+        smtpHost="smtp.example.org",
+        smtpFrom="matrix@commstack.localhost",
+        alertEmails='["ops@commstack.localhost"]',
     )
 
 
@@ -302,6 +308,10 @@ class Rendered:
         """The Synapse worker containers (synapse-<group>-<n>), in the order the program declares them."""
         return [name for name in self.files if name.startswith("synapse-") and name != SYNAPSE_REDIS]
 
+    def env_of(self, container: str) -> dict[str, str]:
+        """The container's environment as a dict."""
+        return dict(item.split("=", 1) for item in self.envs[container])
+
     def yaml(self, container: str, path: str):
         return yaml.safe_load(self.text(container, path))
 
@@ -346,6 +356,35 @@ class LoopbackHttpServer:
         self.server.server_close()
 
 
+class SmtpServer:
+    """A real SMTP server on loopback (aiosmtpd) where the program's e-mail arrives: each message as
+    email.message.EmailMessage, in order."""
+
+    def __init__(self, port: int):
+        from aiosmtpd.controller import Controller
+
+        self.messages: list = []
+        outer = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):
+                import email
+                from email import policy
+
+                message = email.message_from_bytes(envelope.content, policy=policy.default)
+                outer.messages.append((list(envelope.rcpt_tos), message))
+                return "250 Message accepted for delivery"
+
+        self.controller = Controller(Handler(), hostname=LOOPBACK, port=port)
+        self.controller.start()
+
+    def to(self, address: str) -> list:
+        return [message for recipients, message in self.messages if address in recipients]
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+
 class StaticFilesStandIn(LoopbackHttpServer):
     """Serves a container's rendered files from the temp dir, like Element's nginx serves /app
     (the Element image's web bundle is not needed to prove the routing and config.json)."""
@@ -369,8 +408,10 @@ class Harness:
     bridges_not_booted: dict[str, str] = field(default_factory=dict)  # kind -> why not
     bridges: dict[str, Service] = field(default_factory=dict)  # kind -> its running process
     element_stand_in: Optional[StaticFilesStandIn] = None
+    smtp: Optional[SmtpServer] = None  # where commstack:smtpHost's e-mail arrives
     moto: object = None
     calls: object = None  # calls_backend.CallsServices: LiveKit, and lk-jwt-service when built
+    monitoring: object = None  # monitoring_backend.MonitoringServices: Prometheus, Alertmanager, exporters, relay
     cold_boot_seconds: float = 0.0
     # Only the Matrix core (Postgres, Synapse and its workers, Redis, nginx, Traefik, the Go-built
     # bridges): the second deployment of tests/integration/conftest.py's `worker_harness`.
@@ -472,6 +513,7 @@ class Harness:
 
     def boot(self) -> None:
         started = time.perf_counter()
+        self.smtp = SmtpServer(self.ports.smtp)
         synapse = self._spawn_synapse()
         with ThreadPoolExecutor(max_workers=6 + len(self.bridge_binaries)) as pool:
             database_then_synapse = pool.submit(self._boot_postgres_then_synapse, synapse)
@@ -481,6 +523,8 @@ class Harness:
             # Each bridge needs its database (the init SQL) and Synapse: it pings Synapse back at start.
             others += [pool.submit(self._boot_bridge_after, database_then_synapse, kind) for kind in self.bridge_binaries]
             if not self.core_only:
+                # Prometheus and its exporters at once; the alert relay once Synapse answers.
+                others.append(pool.submit(self._boot_monitoring, database_then_synapse))
                 self._start_element_stand_in()
             for future in [database_then_synapse, *others]:
                 future.result()
@@ -566,7 +610,7 @@ class Harness:
                                                             container=container))
             elif path.startswith("/data/appservices/"):
                 content = loopback_yaml(loopback.appservice_registration(
-                    yaml.safe_load(content), bridge_port=self.ports.bridges[Path(path).stem]))
+                    yaml.safe_load(content), bridge_port=self.ports.bridges.get(Path(path).stem)))
             self.write(container, path, content, mode=0o600)
 
     def _spawn_synapse(self) -> Service:
@@ -578,7 +622,7 @@ class Harness:
         main = self.spawn("synapse", [
             sys.executable, "-c", SYNAPSE_AFTER_GATE, str(self.synapse_gate),
             str(host_path(self.root, "synapse", "/data/homeserver.yaml")),
-        ], cwd=str(host_path(self.root, "synapse", "/data")))
+        ], cwd=str(host_path(self.root, "synapse", "/data")), env=self._synapse_env("synapse"))
         for name in self.rendered.synapse_workers:
             self.workers[name] = self.start_worker(name, gate=self.workers_gate)
         return main
@@ -587,13 +631,18 @@ class Harness:
         """A Synapse worker as its container runs it (docker/start.py with SYNAPSE_WORKER:
         `python -m synapse.app.generic_worker --config-path /data/homeserver.yaml`), from its own files."""
         self._write_synapse_files(name)
-        app = dict(e.split("=", 1) for e in self.rendered.envs[name])["SYNAPSE_WORKER"]
+        app = self.rendered.env_of(name)["SYNAPSE_WORKER"]
         service = self.spawn(name, [
             sys.executable, "-c", SYNAPSE_AFTER_GATE, str(gate or self.workers_gate),
             str(host_path(self.root, name, "/data/homeserver.yaml")), app,
-        ], cwd=str(host_path(self.root, name, "/data")))
+        ], cwd=str(host_path(self.root, name, "/data")), env=self._synapse_env(name))
         self.workers[name] = service
         return service
+
+    def _synapse_env(self, container: str) -> dict[str, str]:
+        """A Synapse process's environment: this one's, plus its container's PYTHONPATH (the log filter)."""
+        return {**os.environ, **loopback.synapse_environment(self.rendered.env_of(container), root=self.root,
+                                                            container=container)}
 
     def stop_worker(self, name: str) -> int:
         """SIGTERM, as `docker stop` sends; returns the exit status."""
@@ -691,6 +740,12 @@ class Harness:
         for service, port in zip(services, self.ports.redis):
             wait_until(service.name, lambda p=port: tcp_open(p), service.process, service.log)
 
+    # Monitoring --------------------------------------------------------------------------
+    def _boot_monitoring(self, synapse_ready) -> None:
+        from tests.integration import monitoring_backend
+
+        self.monitoring = monitoring_backend.boot(self, self.spawn, wait_until, synapse_ready)
+
     # MatrixRTC ---------------------------------------------------------------------------
     def _boot_calls(self) -> None:
         from tests.integration import calls_backend
@@ -741,23 +796,52 @@ class Harness:
 
     # teardown --------------------------------------------------------------------------
     def stop(self) -> None:
-        for service in reversed(self.services):
-            if service.process.poll() is None:
-                service.process.terminate()
-        deadline = time.monotonic() + 10
-        for service in self.services:
-            try:
-                service.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                service.process.kill()
-                service.process.wait()
+        """Stops the programs in dependency order, as Compose would: each tier has exited (or been
+        killed) before the programs it uses get SIGTERM, so no client spends its last seconds
+        retrying a backend that is already gone (Signal-Server logged 727 MB doing that to Redis)."""
+        for tier in stop_tiers(self.services):
+            for service in tier:
+                if service.process.poll() is None:
+                    service.process.terminate()
+            deadline = time.monotonic() + STOP_TIMEOUT
+            for service in tier:
+                try:
+                    service.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    service.process.kill()
+                    service.process.wait()
         if self.element_stand_in is not None:
             self.element_stand_in.stop()
+        if self.smtp is not None:
+            self.smtp.stop()
         if self.moto is not None:
             self.moto.stop()
         if self.calls is not None:
             self.calls.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+# Teardown tiers, first stopped first: the programs nothing else here uses, then their backends, the
+# datastores last. The longest prefix that matches a name decides (synapse-redis is a datastore,
+# synapse-<group>-<n> a worker of synapse); a name no tier lists is a client (tests spawn extra ones).
+STOP_ORDER = (
+    ("signal-server", "registration-service", "bridge-", "lk-jwt-service", "proxy", "nginx"),
+    ("synapse-",),
+    ("synapse", "livekit", "turn", "aws-local"),
+    ("dynamodb-moto", "redis-", SYNAPSE_REDIS, "postgres"),
+)
+STOP_TIMEOUT = 10.0
+
+
+def stop_rank(name: str) -> int:
+    matches = [(len(prefix), rank) for rank, prefixes in enumerate(STOP_ORDER) for prefix in prefixes
+               if name.startswith(prefix)]
+    return max(matches)[1] if matches else 0
+
+
+def stop_tiers(services: list["Service"]) -> list[list["Service"]]:
+    """The services grouped by stop_rank, in stop order."""
+    return [[s for s in services if stop_rank(s.name) == rank] for rank in range(len(STOP_ORDER))]
 
 
 # `docker exec` into the Synapse container, for the harness (which runs no Docker): the same argv
@@ -837,8 +921,10 @@ def start(rendered: Optional[Rendered] = None, core_only: bool = False) -> Harne
         bridges={kind: free_port() for kind in bridges}, redis=tuple(free_cluster_port() for _ in rendered.redis_nodes),
         proxy={name: free_port() for name in entry_points}, element=free_port(), signal_server=free_port(),
         livekit=free_port(), livekit_rtc=free_port(), lk_jwt=free_port(), connect_proxy=free_port(),
+        synapse_metrics=free_port(), livekit_metrics=free_port(), prometheus=free_port(), alertmanager=free_port(),
+        relay=free_port(), node_exporter=free_port(), blackbox=free_port(), smtp=free_port(),
         synapse_replication=free_port(), workers={name: free_port() for name in rendered.synapse_workers},
-        synapse_redis=free_port(),
+        synapse_redis=free_port(), worker_metrics={name: free_port() for name in rendered.synapse_workers},
     )
     found, not_booted = bridge_binaries(bridges)
     harness = Harness(rendered=rendered, root=root, ports=ports, binaries=binaries, bridge_binaries=found,
