@@ -22,6 +22,9 @@ volume declared and protected for a rollback.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -29,8 +32,8 @@ from typing import Optional, Sequence
 import pulumi
 import pulumi_docker as docker
 
-from components.common import (ConfigFile, ContainerSpec, Hardening, checked_job, generated_secret,
-                               service_container, stateful_child)
+from components.common import (ConfigFile, ContainerSpec, Hardening, checked_job, generated_bytes_b64,
+                               generated_secret, service_container, stateful_child)
 from components.settings import CONFIGS_DIR, LEGACY_POSTGRES_MAJOR, PostgresSettings
 
 LOGICAL_NAME = "postgres"
@@ -49,7 +52,11 @@ PASSWORD_FILE = "/run/secrets/postgres-password"
 POSTGRES_UID = "999"
 # The init job runs psql as root; libpq ignores a password file readable by others.
 PGPASS_PATH = "/root/.pgpass"
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}", re.ASCII)
+# Postgres's own defaults for the verifiers it makes (src/common/scram-common.c, scram_iterations).
+SCRAM_ITERATIONS = 4096
+SCRAM_SALT_BYTES = 16
+_SCRAM_VERIFIER = re.compile(r"SCRAM-SHA-256\$[0-9]+:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+", re.ASCII)
 # The image's docker-entrypoint.sh runs as root: it chowns and chmods the data and socket
 # directories (CHOWN, FOWNER; DAC_OVERRIDE to walk a data directory only postgres may read),
 # then drops to postgres with gosu (SETUID, SETGID).
@@ -111,17 +118,37 @@ def _sql_literal(value: str) -> str:
 
 
 def _check_identifier(value: str) -> str:
-    if not _IDENTIFIER.match(value):
+    if not _IDENTIFIER.fullmatch(value):
         raise ValueError(f"{value!r} is not a plain lowercase SQL identifier")
     return value
+
+
+def scram_sha256_verifier(password: str, salt: bytes, iterations: int = SCRAM_ITERATIONS) -> str:
+    """The SCRAM-SHA-256 verifier Postgres stores for `password` (RFC 5802 and 7677, in Postgres's
+    `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` form, src/common/scram-common.c
+    scram_build_secret). Given to ALTER ROLE ... PASSWORD, Postgres stores it as is: the plaintext
+    never reaches the server, its statement log or pg_stat_activity.
+
+    Postgres SASLprep-normalises a password first; for printable ASCII (what generated_secret
+    makes) that is the identity, and anything else is refused rather than hashed differently."""
+    if not password or not all(" " <= c <= "~" for c in password):
+        raise ValueError("a role password must be non-empty printable ASCII (SASLprep is not applied)")
+    if len(salt) < SCRAM_SALT_BYTES or iterations < SCRAM_ITERATIONS:
+        raise ValueError(f"a SCRAM verifier needs a salt of {SCRAM_SALT_BYTES}+ bytes and {SCRAM_ITERATIONS}+ iterations")
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
 def render_init_sql(databases: list[tuple[DatabaseSpec, str]]) -> str:
     """Idempotent provisioning SQL for `psql -v ON_ERROR_STOP=1 -f`.
 
-    `databases` pairs each spec with its role's plaintext password. CREATE
-    DATABASE cannot run inside a DO block, so creation goes through psql's
-    \\gexec guarded by NOT EXISTS; everything else is re-applied every run.
+    `databases` pairs each spec with its role's SCRAM-SHA-256 verifier (scram_sha256_verifier),
+    never a plaintext password. CREATE DATABASE cannot run inside a DO block, so creation goes
+    through psql's \\gexec guarded by NOT EXISTS; everything else is re-applied every run.
     """
     names = [spec.name for spec, _ in databases]
     if len(set(names)) != len(names):
@@ -134,17 +161,17 @@ def render_init_sql(databases: list[tuple[DatabaseSpec, str]]) -> str:
         "REVOKE CONNECT ON DATABASE postgres FROM PUBLIC;",
         "REVOKE CONNECT ON DATABASE template1 FROM PUBLIC;",
     ]
-    for spec, password in databases:
+    for spec, verifier in databases:
         db, owner = _check_identifier(spec.name), _check_identifier(spec.owner)
-        if not password:
-            raise ValueError(f"the role {owner} needs a password")
+        if not _SCRAM_VERIFIER.fullmatch(verifier or ""):
+            raise ValueError(f"the role {owner} needs a SCRAM-SHA-256 verifier for its password, never the password")
         locale = " LC_COLLATE ''C'' LC_CTYPE ''C''" if spec.synapse_locale else ""
         lines += [
             "",
             f"-- {db}, owned by {owner}",
             f"SELECT 'CREATE ROLE {owner}' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{owner}')\\gexec",
             f"ALTER ROLE {owner} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
-            f" PASSWORD {_sql_literal(password)};",
+            f" PASSWORD {_sql_literal(verifier)};",
             f"SELECT 'CREATE DATABASE {db} WITH OWNER {owner} ENCODING ''UTF8''{locale} TEMPLATE template0'"
             f" WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{db}')\\gexec",
             f"ALTER DATABASE {db} OWNER TO {owner};",
@@ -183,6 +210,10 @@ class Postgres(pulumi.ComponentResource):
         superuser_password = generated_secret(f"{name}-superuser-password", self)
         self.superuser_password = superuser_password  # for the backup job's pg_dump
         passwords = {spec.name: generated_secret(f"{name}-{spec.name}-password", self) for spec in args.databases}
+        # One salt per role, made once and kept in state: the verifier (and so the init SQL) stays the same
+        # from one `up` to the next, and the job re-runs only when something really changes.
+        salts = {spec.name: generated_bytes_b64(f"{name}-{spec.name}-scram-salt", self, length=SCRAM_SALT_BYTES)
+                 for spec in args.databases}
 
         version = args.version or PostgresSettings(LEGACY_POSTGRES_MAJOR, LEGACY_POSTGRES_MAJOR)
         self.version = version
@@ -226,9 +257,9 @@ class Postgres(pulumi.ComponentResource):
         )
 
         specs = list(args.databases)
-        init_sql = pulumi.Output.all(*(passwords[s.name] for s in specs)).apply(
-            lambda pws: render_init_sql(list(zip(specs, pws)))
-        )
+        verifiers = [pulumi.Output.all(passwords[s.name], salts[s.name]).apply(
+            lambda pair: scram_sha256_verifier(pair[0], base64.b64decode(pair[1]))) for s in specs]
+        init_sql = pulumi.Output.all(*verifiers).apply(lambda found: render_init_sql(list(zip(specs, found))))
         wait_then_run = (
             f"for i in $(seq 60); do pg_isready -q -h {LOGICAL_NAME} -U {SUPERUSER} && break; sleep 2; done; "
             f"exec psql -v ON_ERROR_STOP=1 -h {LOGICAL_NAME} -U {SUPERUSER} -d postgres -f {INIT_SQL_PATH}"

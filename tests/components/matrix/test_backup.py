@@ -62,7 +62,9 @@ def test_dev_and_prod_render_the_job_its_repository_and_schedule(stack, dev_eval
         volume = evaluation.named("matrix-backup-repository")
         assert volume.protect is True and volume.retain_on_delete is True
         assert mounts[backup.LOCAL_REPOSITORY] == "backup-repository"
-        assert env["ACME_DIR"] == "" and env["S3_CREDENTIALS_FILE"] == ""
+        assert env["ACME_DIR"] == "" and env["CREDENTIALS_FILE"] == ""
+        # The local volume is the host's own: its job applies the retention policy.
+        assert env["HOST_PRUNES"] == "1"
     else:
         bucket = evaluation.named("matrix-backup-bucket-bucket")
         assert env["RESTIC_REPOSITORY"] == f"s3:s3.eu-central-1.amazonaws.com/{bucket.plain_outputs['bucket']}/restic"
@@ -70,19 +72,21 @@ def test_dev_and_prod_render_the_job_its_repository_and_schedule(stack, dev_eval
         assert backup.LOCAL_REPOSITORY not in mounts
         # Let's Encrypt's store is kept.
         assert env["ACME_DIR"] == backup.ACME_DIR and mounts[backup.ACME_DIR] == "matrix-proxy-acme"
-        assert env["S3_CREDENTIALS_FILE"] == backup.S3_CREDENTIALS_FILE and env["AWS_DEFAULT_REGION"] == "eu-central-1"
+        assert env["CREDENTIALS_FILE"] == backup.CREDENTIALS_FILE and env["AWS_DEFAULT_REGION"] == "eu-central-1"
+        # Off the host, the job only adds: the admin prunes (python -m commstack backup-prune).
+        assert env["HOST_PRUNES"] == "0"
 
 
 def test_secret_files_are_secret_and_private(prod_evaluation):
     container = prod_evaluation.container(backup.CONTAINER)
     uploads = {u["file"]: u for u in offline.unwrap(container.inputs["uploads"])}
-    for path in (backup.PASSWORD_FILE, backup.PGPASS_PATH, backup.S3_CREDENTIALS_FILE, backup.SIGNING_KEY_FILE):
+    for path in (backup.PASSWORD_FILE, backup.PGPASS_PATH, backup.CREDENTIALS_FILE, backup.SIGNING_KEY_FILE):
         assert uploads[path]["permissions"] in ("0400", "0600") and uploads[path]["owner"] == "0", path
     assert offline.is_secret(container.inputs["uploads"])
     # Never in the environment or the command line.
     assert not container.plain_inputs.get("envs")
     key_id = prod_evaluation.named("matrix-backup-bucket-job-key")
-    assert key_id.plain_outputs["id"] in offline.unwrap(uploads[backup.S3_CREDENTIALS_FILE]["content"])
+    assert key_id.plain_outputs["id"] in offline.unwrap(uploads[backup.CREDENTIALS_FILE]["content"])
 
 
 def test_the_aws_bucket_is_private_versioned_encrypted_protected_with_a_lifecycle(prod_evaluation):
@@ -98,13 +102,32 @@ def test_the_aws_bucket_is_private_versioned_encrypted_protected_with_a_lifecycl
     rule, = children["BucketLifecycleConfiguration"].plain_inputs["rules"]
     assert rule["status"] == "Enabled" and rule["noncurrentVersionExpiration"]["noncurrentDays"] == 30
     assert children["BucketOwnershipControls"].plain_inputs["rule"]["objectOwnership"] == "BucketOwnerEnforced"
-    # The job's credential reaches this bucket's objects and nothing else.
+    assert rule["expiration"]["expiredObjectDeleteMarker"] is True
+    # The job's credential: this bucket's repository, from the Docker host's address only (prod's publicIp).
     policy = json.loads(children["UserPolicy"].plain_inputs["policy"])
     arn = bucket.plain_outputs["arn"]
-    assert policy == job_policy(arn)
-    resources = {r for s in policy["Statement"] for r in s["Resource"]}
-    assert resources == {arn, f"{arn}/*"}
-    assert all("*" not in a for s in policy["Statement"] for a in s["Action"])
+    assert policy == job_policy(arn, "203.0.113.10")
+    allowed = {a for s in policy["Statement"] if s["Effect"] == "Allow" for a in s["Action"]}
+    assert allowed == {"s3:ListBucket", "s3:GetBucketLocation", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
+    for statement in policy["Statement"]:
+        if statement["Effect"] == "Allow":
+            assert statement["Condition"] == {"IpAddress": {"aws:SourceIp": ["203.0.113.10/32"]}}
+            assert set(statement["Resource"]) <= {arn, f"{arn}/restic/*", f"{arn}/restic/locks/*"}
+    # Deleting is allowed for restic's lock files only; every history-losing action is denied outright.
+    delete, = [s for s in policy["Statement"] if s["Effect"] == "Allow" and "s3:DeleteObject" in s["Action"]]
+    assert delete["Action"] == ["s3:DeleteObject"] and delete["Resource"] == [f"{arn}/restic/locks/*"]
+    denied = {a for s in policy["Statement"] if s["Effect"] == "Deny" for a in s["Action"]}
+    assert {"s3:DeleteObject", "s3:DeleteObjectVersion", "s3:PutLifecycleConfiguration", "s3:PutBucketVersioning",
+            "s3:PutBucketPolicy", "s3:DeleteBucketPolicy"} <= denied
+    # The bucket policy: TLS only for everyone; the same limits on the job's user, whatever it is granted later.
+    bucket_policy = json.loads(children["BucketPolicy"].plain_inputs["policy"])
+    user_arn = prod_evaluation.named("matrix-backup-bucket-job").plain_outputs["arn"]
+    by_sid = {s["Sid"]: s for s in bucket_policy["Statement"]}
+    assert by_sid["TlsOnly"]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert by_sid["TlsOnly"]["Principal"] == "*" and by_sid["TlsOnly"]["Effect"] == "Deny"
+    for sid in ("JobDeletesLocksOnly", "JobKeepsHistory", "JobFromItsHostOnly"):
+        assert by_sid[sid]["Effect"] == "Deny" and by_sid[sid]["Principal"] == {"AWS": user_arn}, sid
+    assert by_sid["JobFromItsHostOnly"]["Condition"] == {"NotIpAddress": {"aws:SourceIp": ["203.0.113.10/32"]}}
 
 
 def test_an_s3_compatible_endpoint_takes_the_named_bucket_and_keys():
@@ -113,7 +136,7 @@ def test_an_s3_compatible_endpoint_takes_the_named_bucket_and_keys():
                           backupS3SecretAccessKey="secret-456")
     env = _env(evaluation)
     assert env["RESTIC_REPOSITORY"] == "s3:https://s3.eu-central-003.backblazeb2.com/my-matrix-backups/restic"
-    credentials = _files(evaluation)[backup.S3_CREDENTIALS_FILE]
+    credentials = _files(evaluation)[backup.CREDENTIALS_FILE]
     assert "export AWS_ACCESS_KEY_ID=key-id-123\n" in credentials
     assert not evaluation.of_type("aws:s3/bucket:Bucket") or all(
         "matrix-backups" not in r.name for r in evaluation.of_type("aws:s3/bucket:Bucket"))
@@ -150,14 +173,14 @@ def test_env_sh_quotes_every_value_for_the_shell(tmp_path):
                               target="s3")
     tricky = "s3:https://example.org/bucket/it's $(touch pwned) `x`"
     text = backup.render_env(repository=tricky, databases=["synapse"], settings=settings, postgres_host="postgres",
-                             postgres_port=5432, superuser="postgres", acme=False, s3_credentials=True)
+                             postgres_port=5432, superuser="postgres", acme=False, credentials=True, host_prunes=False)
     (tmp_path / "env.sh").write_text(text)
     done = subprocess.run(["sh", "-c", '. ./env.sh && printf %s "$RESTIC_REPOSITORY"'], cwd=tmp_path,
                           capture_output=True, text=True, check=True)
     assert done.stdout == tricky and not (tmp_path / "pwned").exists()
     with pytest.raises(ValueError, match="plain lowercase identifier"):
         backup.render_env(repository="/r", databases=["synapse; rm -rf /"], settings=settings, postgres_host="p",
-                          postgres_port=1, superuser="postgres", acme=False, s3_credentials=False)
+                          postgres_port=1, superuser="postgres", acme=False, credentials=False, host_prunes=True)
 
 
 def test_seconds_until_the_next_run_wraps_to_tomorrow(tmp_path):
