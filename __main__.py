@@ -112,6 +112,9 @@ if matrix.proxy.certificate_pem is not None:
 if matrix.backup is not None:
     pulumi.export("backupRepository", matrix.backup.repository_url)
     pulumi.export("backupRepositoryPassword", matrix.backup.repository_password)  # secret: keep a copy off the host
+    # What `python -m commstack backup-prune --stack` keeps (an off-host repository is pruned from the admin's machine).
+    pulumi.export("backupRetention", {"daily": settings.backup.keep_daily, "weekly": settings.backup.keep_weekly,
+                                      "monthly": settings.backup.keep_monthly})
 
 if settings.signal.enabled:
     from components.signal.backend import Backend, BackendArgs

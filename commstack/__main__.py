@@ -26,6 +26,8 @@ COMMANDS = {
     "backup": ("commstack.backup", "take a backup of the Matrix half now (databases, media, signing key, ACME store)"),
     "backups": ("commstack.backups", "list the backup snapshots with their age and size"),
     "restore": ("commstack.restore", "restore a snapshot into the stack; refuses over live data unless told"),
+    "backup-prune": ("commstack.backup_prune",
+                     "apply the retention policy to an off-host backup repository, with the admin's credentials"),
     "signal-restore": ("commstack.signal_restore",
                        "Signal half: DynamoDB tables to a point in time (new tables), S3 object versions, SSM secrets"),
 }

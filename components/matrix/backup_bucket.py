@@ -47,7 +47,8 @@ def source_cidr(public_ip: str) -> str:
 def job_policy(bucket_arn: str, source_ip: Optional[str] = None, prefix: str = REPOSITORY_PREFIX) -> dict:
     """What restic needs to back up to, check and restore from its repository (restic docs, "Amazon S3"), from
     `source_ip` only when given, and nothing more: it may add objects under `prefix`, read them, and delete
-    its own lock files; every action that loses history is denied outright."""
+    its own lock files (no other delete is granted; the bucket policy denies the rest outright, see
+    job_bucket_statements); every other action that loses history is denied outright here too."""
     only_from = {"Condition": {"IpAddress": {"aws:SourceIp": [source_cidr(source_ip)]}}} if source_ip else {}
     repository = f"{bucket_arn}/{prefix}"
     return {
@@ -60,8 +61,6 @@ def job_policy(bucket_arn: str, source_ip: Optional[str] = None, prefix: str = R
             # restic removes its own lock at the end of every command.
             {"Sid": "Locks", "Effect": "Allow", "Action": ["s3:DeleteObject"], "Resource": [f"{repository}/locks/*"],
              **only_from},
-            {"Sid": "NoDeletes", "Effect": "Deny", "Action": ["s3:DeleteObject"],
-             "NotResource": [f"{repository}/locks/*"]},
             {"Sid": "NoHistoryChanges", "Effect": "Deny", "Action": HISTORY_ACTIONS,
              "Resource": [bucket_arn, f"{bucket_arn}/*"]},
         ],

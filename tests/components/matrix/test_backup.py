@@ -113,11 +113,12 @@ def test_the_aws_bucket_is_private_versioned_encrypted_protected_with_a_lifecycl
         if statement["Effect"] == "Allow":
             assert statement["Condition"] == {"IpAddress": {"aws:SourceIp": ["203.0.113.10/32"]}}
             assert set(statement["Resource"]) <= {arn, f"{arn}/restic/*", f"{arn}/restic/locks/*"}
-    # Deleting is allowed for restic's lock files only; every history-losing action is denied outright.
+    # Deleting is granted for restic's lock files only (the bucket policy denies the rest); every other
+    # history-losing action is denied outright.
     delete, = [s for s in policy["Statement"] if s["Effect"] == "Allow" and "s3:DeleteObject" in s["Action"]]
     assert delete["Action"] == ["s3:DeleteObject"] and delete["Resource"] == [f"{arn}/restic/locks/*"]
     denied = {a for s in policy["Statement"] if s["Effect"] == "Deny" for a in s["Action"]}
-    assert {"s3:DeleteObject", "s3:DeleteObjectVersion", "s3:PutLifecycleConfiguration", "s3:PutBucketVersioning",
+    assert {"s3:DeleteObjectVersion", "s3:PutLifecycleConfiguration", "s3:PutBucketVersioning",
             "s3:PutBucketPolicy", "s3:DeleteBucketPolicy"} <= denied
     # The bucket policy: TLS only for everyone; the same limits on the job's user, whatever it is granted later.
     bucket_policy = json.loads(children["BucketPolicy"].plain_inputs["policy"])
@@ -225,7 +226,7 @@ def test_health_is_bad_without_a_recent_backup_or_scheduler_start(tmp_path):
 FAKE_LIB = r'''
 fail() { echo "error: $*" >&2; exit 1; }
 open_repository() { :; }
-restic() { :; }
+restic() { echo "$*" >>"$STAGING_DIR/restic-calls"; [ -z "${RESTIC_FAILS:-}" ]; }
 # Fails the first $FAILURES calls, as a pg_dump that met a dropped _temp_* table does.
 dump_with_counts() {
   n=$(cat "$STAGING_DIR/calls" 2>/dev/null || echo 0); n=$((n + 1)); echo "$n" >"$STAGING_DIR/calls"
@@ -250,3 +251,37 @@ def test_a_failed_dump_is_taken_again_before_the_backup_gives_up(tmp_path, failu
     assert int((tmp_path / "calls").read_text()) == calls
     if not ok:
         assert "pg_dump of synapse failed 3 times; no snapshot was taken" in done.stderr
+    # The dumps (every message in plaintext) are gone, whichever way the run ended.
+    assert not (tmp_path / "postgres").exists()
+
+
+def _run_fake_backup(tmp_path, **env_overrides) -> subprocess.CompletedProcess:
+    scripts = tmp_path / "scripts"
+    scripts.mkdir(exist_ok=True)
+    (scripts / "backup.sh").write_text((offline.ROOT / "configs" / "backup" / "backup.sh").read_text())
+    (scripts / "lib.sh").write_text(FAKE_LIB)
+    env = {"PATH": "/usr/bin:/bin", "STAGING_DIR": str(tmp_path), "DATABASES": "synapse", "FAILURES": "0",
+           "MEDIA_DIR": str(tmp_path / "media"), "SIGNING_KEY_FILE": str(tmp_path / "none"), "BACKUP_HOST": "h",
+           "KEEP_DAILY": "7", "KEEP_WEEKLY": "4", "KEEP_MONTHLY": "6", **env_overrides}
+    return subprocess.run(["sh", str(scripts / "backup.sh")], env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("host_prunes, forgets", [("1", True), ("0", False)])
+def test_only_the_local_volume_is_pruned_by_the_job(tmp_path, host_prunes, forgets):
+    done = _run_fake_backup(tmp_path, HOST_PRUNES=host_prunes)
+    assert done.returncode == 0, done.stderr
+    calls = (tmp_path / "restic-calls").read_text().splitlines()
+    assert calls[0].startswith("backup --host h --tag commstack ")
+    forget = [c for c in calls if c.startswith("forget")]
+    assert bool(forget) is forgets
+    if forgets:
+        # By host only: drill tags of older versions on a snapshot must not put it in a group of its own.
+        assert forget == ["forget --quiet --host h --tag commstack --group-by host --prune --keep-daily 7 "
+                          "--keep-weekly 4 --keep-monthly 6"]
+
+
+def test_a_failed_upload_leaves_no_dump_behind(tmp_path):
+    done = _run_fake_backup(tmp_path, RESTIC_FAILS="1")
+    assert done.returncode != 0
+    assert (tmp_path / "restic-calls").read_text().startswith("backup ")
+    assert not (tmp_path / "postgres").exists() and not (tmp_path / "last-backup").exists()
