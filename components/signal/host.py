@@ -318,6 +318,15 @@ def _mount_script(volume_id: str) -> str:
     )
 
 
+def offered_zone(instance_type: str, zones, offered) -> str:
+    """The first of `zones` (available, in AWS's order) in which `instance_type` is offered."""
+    for zone in zones or ():
+        if zone in set(offered or ()):
+            return zone
+    raise ValueError(f"EC2 offers {instance_type} in none of this region's available zones ({', '.join(zones or ())}); "
+                     "choose another type: pulumi config set commstack:signalInstanceType t3.large")
+
+
 @dataclass
 class SignalHostArgs:
     version: ServerVersion
@@ -353,10 +362,18 @@ class SignalHost(pulumi.ComponentResource):
                                      filters=[aws.ec2.GetAmiFilterArgs(name="name", values=[DEBIAN_12_AMI_PATTERN]),
                                               aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"])],
                                      opts=pulumi.InvokeOptions(parent=self))
-        # One AZ for the instance and its volume.
-        zone = aws.get_availability_zones_output(state="available", opts=pulumi.InvokeOptions(parent=self)).names[0]
+        # One AZ for the instance and its volume: the first available one where the instance type is offered
+        # (not every type is offered in every zone, and names[0] may not have it). The volume keeps the zone it
+        # was made in (ignore_changes: a later choice never moves the data), and the instance follows the volume.
+        zones = aws.get_availability_zones_output(state="available", opts=pulumi.InvokeOptions(parent=self))
+        offered = aws.ec2.get_instance_type_offerings_output(
+            location_type="availability-zone",
+            filters=[aws.ec2.GetInstanceTypeOfferingsFilterArgs(name="instance-type", values=[args.instance_type])],
+            opts=pulumi.InvokeOptions(parent=self))
+        zone = pulumi.Output.all(zones.names, offered.locations).apply(
+            lambda found: offered_zone(args.instance_type, found[0], found[1]))
         volume = aws.ebs.Volume(f"{name}-data", availability_zone=zone, size=args.data_volume_gb, type="gp3",
-                                encrypted=True, opts=stateful_child(self))
+                                encrypted=True, opts=stateful_child(self, ignore_changes=["availabilityZone"]))
         self.user_data = pulumi.Output.all(args.config_yml, args.tls_cert_pem, volume.id).apply(
             lambda a: render_cloud_init(
                 args.version, server_repo=args.server_repo, server_ref=args.server_ref, jar_s3_uri=args.jar_s3_uri,
@@ -365,7 +382,7 @@ class SignalHost(pulumi.ComponentResource):
                 redis_in_containers=args.redis_in_containers, verification=args.verification))
         self.user_data_base64 = self.user_data.apply(encode_user_data)
         self.instance = aws.ec2.Instance(
-            f"{name}-instance", ami=ami.id, instance_type=args.instance_type, availability_zone=zone,
+            f"{name}-instance", ami=ami.id, instance_type=args.instance_type, availability_zone=volume.availability_zone,
             iam_instance_profile=args.instance_profile_name, vpc_security_group_ids=[args.security_group_id],
             user_data_base64=self.user_data_base64, user_data_replace_on_change=True,
             # IMDSv2 only (no simple SSRF), answering the instance itself only (IMDS_HOP_LIMIT).

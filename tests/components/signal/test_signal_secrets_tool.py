@@ -178,3 +178,29 @@ def test_recaptcha_gets_a_well_formed_credential_not_the_samples_empty_object(tm
     for key in ("credentialConfigurationJson", "secondaryCredentialConfigurationJson"):
         credential = json.loads(recaptcha[key])
         assert credential["type"] == "service_account" and "BEGIN PRIVATE KEY" in credential["private_key"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root (as on the instance)")
+def test_assemble_gives_the_server_user_its_two_files_and_nothing_else(tmp_path):
+    """What replaced signal-server.service's `chown -R signal:signal /etc/signal`, which re-owned nginx's TLS key
+    and registration-service's secrets at every start."""
+    import pwd
+
+    from components.signal.host import TWILIO_SECRET_PARAMETER, registration_secret_sources
+    from components.signal.registration import RUN_UID, TwilioVerify, Verification
+
+    server = pwd.getpwnam("nobody")
+    program = {**_program_values(), TWILIO_SECRET_PARAMETER: "twilio-secret-value"}
+    paths, env = _setup(tmp_path, program=program)
+    paths["registration_secrets"] = str(tmp_path / "registration" / "secrets.yml")
+    verification = Verification(twilio=TwilioVerify("AC" + "1" * 32, "SK" + "2" * 32, "VA" + "3" * 32, "AbCdEfGhIjK"))
+    manifest = secrets_manifest(VERSION, store=f"dir:{tmp_path / 'store'}", prefix="", paths=paths,
+                                program_values=str(tmp_path / "program.json"),
+                                registration_secrets=registration_secret_sources(verification), server_user="nobody")
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    _run(tmp_path, env, "first-boot")
+    _run(tmp_path, env, "assemble")
+    owners = {key: (os.stat(paths[key]).st_uid, stat.S_IMODE(os.stat(paths[key]).st_mode))
+              for key in ("bundle", "config_out", "tls_key", "registration_secrets")}
+    assert owners == {"bundle": (server.pw_uid, 0o600), "config_out": (server.pw_uid, 0o600),
+                      "tls_key": (os.geteuid(), 0o600), "registration_secrets": (RUN_UID, 0o600)}
