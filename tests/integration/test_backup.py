@@ -37,8 +37,9 @@ import pytest
 import requests
 from botocore.exceptions import ClientError
 
-from commstack import backup as backup_cli, doctor
-from commstack.admin import register_user
+from commstack.checks import doctor
+from commstack.operations import backup as backup_cli
+from commstack.operations.admin import register_user
 from components.matrix import backup as component
 from components.matrix.backup_bucket import job_policy, lifecycle_rules
 from tests.integration import gobuild, loopback

@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from commstack import offline
+from commstack.devtools import offline
 from tests.policy import iamsim
 
 ACCOUNT = offline.ACCOUNT_ID

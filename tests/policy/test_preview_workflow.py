@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 
-from commstack import offline
+from commstack.devtools import offline
 
 WORKFLOW = offline.ROOT / ".github/workflows/preview.yml"
 # A full commit SHA (tests/integration/test_actionlint.py checks each is its release's commit).
