@@ -66,7 +66,8 @@ def aws_provider():
 
 backup_repository = None
 if settings.backup.enabled and settings.backup.target != "local":
-    from components.matrix.backup import BackupRepository, aws_repository_url, s3_credentials, s3_repository_url
+    from components.matrix.backup import (BackupRepository, aws_repository_url, rest_credentials, rest_repository_url,
+                                          s3_credentials, s3_repository_url)
 
     if settings.backup.target == "aws":
         from components.matrix.backup_bucket import BackupBucket, BackupBucketArgs
@@ -80,6 +81,12 @@ if settings.backup.enabled and settings.backup.target != "local":
         backup_repository = BackupRepository(
             url=bucket.bucket_name.apply(lambda name: aws_repository_url(settings.backup.region, name)),
             credentials=s3_credentials(bucket.access_key_id, bucket.secret_access_key), region=settings.backup.region)
+    elif settings.backup.target == "rest":
+        # restic's rest-server in --append-only mode on another machine: this host adds snapshots, deletes none.
+        backup_repository = BackupRepository(
+            url=rest_repository_url(settings.backup.rest_url),
+            credentials=rest_credentials(settings.backup.rest_username, settings.backup.rest_password),
+            ca_certificate=settings.backup.rest_ca_certificate or None)
     else:
         backup_repository = BackupRepository(
             url=s3_repository_url(settings.backup.s3_endpoint, settings.backup.s3_bucket),

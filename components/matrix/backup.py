@@ -57,6 +57,18 @@ DRILL_WEEKDAY = 7  # Sunday (date +%u)
 SYNAPSE_CONTAINER = "synapse"
 
 
+# Why a warning and not a refusal: a same-host repository still protects against what loses most data (a bad
+# upgrade, a deleted room, a damaged database, an operator's mistake), refusing would stop every existing stack on
+# the default target from deploying (security fixes included) until its owner has a second machine, and the fix is
+# a setting away. So every preview and up says it, with the commands.
+SAME_HOST_WARNING = (
+    "backups: this stack serves the internet, but its backup repository is a volume on the same Docker host "
+    "(commstack:backupTarget local): whoever takes over the host can erase every backup with it. Move them off "
+    "the host, where the host can add snapshots but never delete them: `pulumi config set commstack:backupTarget aws` "
+    "(an S3 bucket whose key cannot delete history) or `pulumi config set commstack:backupTarget rest` (restic's "
+    "rest-server --append-only on another machine); see docs/operations.md, Backups.")
+
+
 @dataclass(frozen=True)
 class BackupRepository:
     """Where the snapshots go, when not the local volume: an S3 bucket (restic's `s3:` URL) or a rest-server
@@ -84,6 +96,9 @@ class BackupArgs:
     repository: Optional[BackupRepository] = None  # None: the protected local volume
     # Containers to stop before a restore (Synapse and the bridges), for the CLI.
     stop_containers: Sequence[str] = ()
+    # The stack serves the internet (a public certificate, public DNS or a public address): a same-host
+    # repository is then worth a loud warning at every preview and up (SAME_HOST_WARNING).
+    faces_internet: bool = False
     extra_networks: Sequence[pulumi.Input[str]] = ()  # egress, for an S3 repository
 
 
@@ -181,6 +196,8 @@ class Backup(pulumi.ComponentResource):
             volumes.append(docker.ContainerVolumeArgs(volume_name=args.acme_volume, container_path=ACME_DIR))
         files = script_files()
         repo = args.repository
+        if repo is None and args.faces_internet:
+            pulumi.log.warn(SAME_HOST_WARNING, self)
         if repo is None:
             local = docker.Volume(f"{name}-repository", name=f"{CONTAINER}-repository", opts=stateful_child(self))
             volumes.append(docker.ContainerVolumeArgs(volume_name=local.name, container_path=LOCAL_REPOSITORY))

@@ -29,7 +29,7 @@ from components.matrix.proxy import ReverseProxy, ReverseProxyArgs, Route
 from components.matrix.synapse import Synapse, SynapseArgs
 from components.matrix.turn import Turn, TurnArgs
 from components.matrix.wellknown import CONTAINER as WELLKNOWN_CONTAINER, WellKnown, WellKnownArgs
-from components.settings import BackupSettings, EdgeSettings, MatrixSettings, PostgresSettings
+from components.settings import BackupSettings, EdgeSettings, MatrixSettings, PostgresSettings, non_routable_ipv4
 
 SYNAPSE_DATABASE = DatabaseSpec("synapse", "synapse", synapse_locale=True)
 # One limit for Synapse's max_upload_size and nginx's client_max_body_size.
@@ -229,6 +229,7 @@ class Homeserver(pulumi.ComponentResource):
                 acme_volume=self.proxy.acme_volume.name if self.proxy.acme_volume is not None else None,
                 repository=args.backup_repository,
                 stop_containers=["synapse"] + [spec.container for spec in bridge_specs.values()],
+                faces_internet=edge.letsencrypt or edge.cloudflare_dns or not non_routable_ipv4(edge.public_ip),
             ), opts=child(self, depends_on=[self.postgres.provisioner]))
 
         self.postgres_upgrade = None

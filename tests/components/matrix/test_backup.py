@@ -154,7 +154,18 @@ def test_backups_can_be_turned_off_and_then_nothing_is_rendered():
     ({"backupRetention": '{"daily": -1}'}, "commstack:backupRetention", "daily, weekly and monthly counts"),
     ({"backupRetention": '{"daily": 0, "weekly": 0, "monthly": 0}'}, "commstack:backupRetention", "keeps no snapshot"),
     ({"backupRetention": '{"yearly": 3}'}, "commstack:backupRetention", "daily, weekly and monthly counts"),
-    ({"backupTarget": "tape"}, "commstack:backupTarget", "must be one of local, aws, s3"),
+    ({"backupTarget": "tape"}, "commstack:backupTarget", "must be one of local, aws, s3, rest"),
+    ({"backupTarget": "rest"}, "commstack:backupRestUrl", "is not an https://host[:port]/path/ URL"),
+    ({"backupTarget": "rest", "backupRestUrl": "http://backup.example.org:8000/commstack/"}, "commstack:backupRestUrl",
+     "plain http is refused"),
+    ({"backupTarget": "rest", "backupRestUrl": "https://backup.example.org:8000/com stack/"},
+     "commstack:backupRestUrl", "is not an https://host[:port]/path/ URL"),
+    ({"backupTarget": "rest"}, "commstack:backupRestUsername", "is not a rest-server user name"),
+    ({"backupTarget": "rest", "backupRestUsername": "com stack"}, "commstack:backupRestUsername",
+     "is not a rest-server user name"),
+    ({"backupTarget": "rest"}, "commstack:backupRestPassword", "is required when backupTarget is rest"),
+    ({"backupTarget": "rest", "backupRestCaCertificate": "not a pem"}, "commstack:backupRestCaCertificate",
+     "is not a PEM certificate"),
     ({"backupTarget": "s3"}, "commstack:backupS3Endpoint", "is not an http(s)://host[:port] URL"),
     ({"backupTarget": "s3"}, "commstack:backupS3AccessKeyId", "is required when backupTarget is s3"),
     ({"backupTarget": "aws", "signal": "false", "aws__region": None}, "aws:region",
@@ -285,3 +296,52 @@ def test_a_failed_upload_leaves_no_dump_behind(tmp_path):
     assert done.returncode != 0
     assert (tmp_path / "restic-calls").read_text().startswith("backup ")
     assert not (tmp_path / "postgres").exists() and not (tmp_path / "last-backup").exists()
+
+
+def _same_host_warnings(caplog, **overrides) -> list[str]:
+    import logging
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        evaluate("dev", **overrides)
+    return [r.getMessage() for r in caplog.records
+            if r.getMessage().startswith("backups: this stack serves the internet")]
+
+
+PUBLIC = dict(tls="letsencrypt", acmeEmail="admin@example.org", publicIp="198.51.100.20", domain="example.org",
+              signal="false")
+
+
+def test_a_stack_that_serves_the_internet_is_warned_about_a_same_host_repository(caplog):
+    # A public certificate and address with the default local volume: warned (a warning, not a refusal: see
+    # components/matrix/backup.py SAME_HOST_WARNING).
+    warned, = _same_host_warnings(caplog, **PUBLIC)
+    assert "pulumi config set commstack:backupTarget aws" in warned and "backupTarget rest" in warned
+    # Off the host, or a stack on loopback only (dev): nothing to say.
+    assert _same_host_warnings(caplog) == []
+    assert _same_host_warnings(caplog, **PUBLIC, backupTarget="s3", backupS3Endpoint="https://s3.example.org",
+                               backupS3Bucket="my-matrix-backups", backupS3AccessKeyId="key-id-123",
+                               backupS3SecretAccessKey="secret-456") == []
+
+
+REST_CA = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQk9HVVM=\n-----END CERTIFICATE-----"
+
+
+def test_a_rest_server_target_is_append_only_to_the_host_and_keeps_its_password_secret():
+    evaluation = evaluate("dev", backupTarget="rest", backupRestUrl="https://backup.example.org:8000/commstack",
+                          backupRestUsername="commstack", backupRestPassword="rest-pass-123",
+                          backupRestCaCertificate=REST_CA)
+    env = _env(evaluation)
+    assert env["RESTIC_REPOSITORY"] == "rest:https://backup.example.org:8000/commstack/"
+    assert env["HOST_PRUNES"] == "0" and env["RESTIC_CACERT"] == backup.REPOSITORY_CA_FILE
+    files = _files(evaluation)
+    # restic reads the user and password from the environment the secret file sets: never in the URL.
+    assert files[backup.CREDENTIALS_FILE] == ("export RESTIC_REST_USERNAME=commstack\n"
+                                              "export RESTIC_REST_PASSWORD=rest-pass-123\n")
+    assert files[backup.REPOSITORY_CA_FILE] == REST_CA + "\n"
+    assert "rest-pass-123" not in env["RESTIC_REPOSITORY"]
+    container = evaluation.container(backup.CONTAINER)
+    uploads = {u["file"]: u for u in offline.unwrap(container.inputs["uploads"])}
+    assert (uploads[backup.CREDENTIALS_FILE]["permissions"], uploads[backup.CREDENTIALS_FILE]["owner"]) == ("0400", "0")
+    assert offline.is_secret(container.inputs["uploads"])
+    assert "backup-repository" not in {v["volumeName"] for v in container.plain_inputs["volumes"]}
