@@ -19,7 +19,6 @@ This module boots a harness of its own: it stops, wipes and restarts Synapse.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 import os
@@ -42,6 +41,7 @@ from commstack.operations import backup as backup_cli
 from commstack.operations.admin import register_user
 from components.matrix import backup as component
 from components.matrix.backup_bucket import job_policy, lifecycle_rules
+from tests.certificates import self_signed
 from tests.integration import gobuild, loopback
 from tests.integration.harness import PG_BIN, SYNAPSE_AFTER_GATE, free_port, start, tcp_open, wait_until
 from tests.integration.loopback import LOOPBACK, host_path
@@ -123,32 +123,6 @@ def restic_as(stack, scripts: Path, *args: str, env: dict[str, str] | None = Non
 # -- off-host repositories -----------------------------------------------------------------------
 
 
-def _self_signed_ip(directory: Path) -> tuple[Path, Path]:
-    """rest-server's throwaway certificate, for the address 127.0.0.1 (test only)."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "commstack backup server (test)")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LOOPBACK))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = directory / "rest-server.pem", directory / "rest-server.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
-    return cert_path, key_path
-
-
 def _start_rest_server(stack) -> SimpleNamespace:
     """The pinned rest-server as docs/operations.md runs it on the backup machine: --append-only,
     --private-repos, TLS, bcrypt htpasswd."""
@@ -158,7 +132,7 @@ def _start_rest_server(stack) -> SimpleNamespace:
     root = harness.root / "rest-server"
     data = root / "data"
     data.mkdir(parents=True)
-    cert, key = _self_signed_ip(root)
+    cert, key = self_signed(root, "commstack backup server (test)", ips=(LOOPBACK,), stem="rest-server")
     password = secrets.token_urlsafe(24)
     htpasswd = root / "htpasswd"
     htpasswd.write_text(f"{REST_USER}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()}\n")
