@@ -101,6 +101,9 @@ class ConfigKey:
         return f"pulumi config set {flag}{self.full_name} {value or self.example}"
 
 
+# commstack:volumeNames: the unscoped names of stacks made before the setting existed stay their default.
+VOLUME_NAMINGS = ("legacy", "stack")
+
 # The Postgres major of every stack made before commstack:postgresMajor existed (its default forever).
 LEGACY_POSTGRES_MAJOR = 15
 
@@ -130,6 +133,10 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
         ConfigKey("element", True, "Serve Element Web.", "false"),
         ConfigKey("bridges", [], "JSON list of mautrix bridges to run: whatsapp, telegram.", "'[\"whatsapp\",\"telegram\"]'"),
         ConfigKey("telegramApiId", None, "Telegram api_id from my.telegram.org; required when the telegram bridge is on.", "123456"),
+        ConfigKey("synapseWorkers", "none", "Synapse's processes: `none` (one process, for small stacks), `balanced` (six processes that keep every core busy on a small host) or `specialized` (one process per job). Workers add Redis. See docs/workers.md.", "balanced"),
+        ConfigKey("synapseWorkerCounts", {}, "JSON object: how many processes a worker group of the preset runs, for the groups that may run several (see docs/workers.md), e.g. {\"sync\": 2}.", "'{\"sync\":2}'"),
+        ConfigKey("mediaRetentionRemote", "30d", "How long media cached from other homeservers is kept after it was last accessed (Nd, Nw or Ny); it is fetched again when asked for. Empty keeps it forever.", "14d"),
+        ConfigKey("mediaRetentionLocal", "", "How long media uploaded on this homeserver is kept after it was last accessed (Nd, Nw or Ny); empty (the default) keeps it forever. Avatars and quarantined or protected media are always kept.", "365d"),
         ConfigKey("telegramApiHash", None, "Telegram api_hash (secret) from my.telegram.org; required when the telegram bridge is on.", "<api_hash>", secret=True),
         # -- backups ------------------------------------------------------------
         ConfigKey("backup", True, "Back up the Matrix half (databases, media, signing key, ACME store) with restic, daily, with a weekly restore drill.", "false"),
@@ -144,6 +151,18 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
         ConfigKey("backupRestUsername", "", "For backupTarget rest: the rest-server user (its .htpasswd entry; with --private-repos also the URL's path).", "commstack"),
         ConfigKey("backupRestPassword", None, "For backupTarget rest: that user's password (secret).", "<password>", secret=True),
         ConfigKey("backupRestCaCertificate", "", "For backupTarget rest: the PEM certificate of the CA that signed the rest-server's TLS certificate, when no public CA did.", "\"$(cat rest-server-ca.pem)\""),
+        # -- monitoring ---------------------------------------------------------
+        ConfigKey("monitoring", True, "Metrics on private networks, Prometheus with alert rules, and Alertmanager posting alerts into the Matrix room #alerts:<domain> (see docs/monitoring.md).", "false"),
+        ConfigKey("alertRecipients", [], "JSON list of Matrix users invited to the alert room; empty: @admin:<domain>, the user `create-admin` makes by default.", "'[\"@alice:example.org\"]'"),
+        ConfigKey("alertEmails", [], "JSON list of e-mail addresses Alertmanager also sends alerts to; needs smtpHost.", "'[\"ops@example.org\"]'"),
+        ConfigKey("grafana", False, "Run Grafana (off by default) with Synapse's official dashboard, loaded at deploy time from the pinned Synapse tag; needs monitoring true.", "true"),
+        # -- outgoing e-mail ------------------------------------------------------
+        ConfigKey("smtpHost", "", "SMTP server for outgoing e-mail (Synapse's password resets and notifications, Alertmanager's alert e-mails); empty: no e-mail.", "smtp.example.org"),
+        ConfigKey("smtpPort", 587, "SMTP server port: 587 (STARTTLS) or 465 (TLS from the first byte).", "465"),
+        ConfigKey("smtpUser", "", "SMTP login; empty: the server takes mail without one.", "matrix@example.org"),
+        ConfigKey("smtpPassword", None, "SMTP password (secret); required with smtpUser.", "<smtp_password>", secret=True),
+        ConfigKey("smtpFrom", "", "The From address of every e-mail; required with smtpHost.", "matrix@example.org"),
+        ConfigKey("smtpTls", "starttls", "`starttls` (required, never plain text) or `tls` (TLS from the first byte, usually port 465).", "tls"),
         # -- Postgres major upgrades ------------------------------------------------
         ConfigKey("postgresMajor", LEGACY_POSTGRES_MAJOR, "The Postgres major the stack's data is on (a record, not a choice): must equal the major of configs/images.yaml's postgres image unless postgresUpgradeFrom runs the upgrade. Stacks made before this setting existed are on 15.", "16"),
         ConfigKey("postgresUpgradeFrom", "", "Upgrade Postgres from this major (the data's) to configs/images.yaml's: a one-shot job backs up, dumps every database and restores it into a new protected volume; the old volume is kept. See the README's Postgres major upgrades.", "15"),
@@ -155,6 +174,7 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
         ConfigKey("signalServerRef", "v9.81.0", "Git tag of Signal-Server; must have a data file configs/signal/<ref>.yaml.", "v9.81.0"),
         ConfigKey("signalJarS3Uri", "", "Optional s3:// URI of a prebuilt TextSecureServer jar, so a replacement instance starts without building.", "s3://my-builds/TextSecureServer-9.81.0.jar"),
         ConfigKey("signalRedis", "containers", "`containers` (six-node Redis cluster on the instance) or `elasticache` (AWS ElastiCache, cluster mode).", "elasticache"),
+        ConfigKey("volumeNames", "legacy", "`stack`: every Docker volume's name starts with the stack's (<stack>-synapse-media), so stacks on one Docker host keep their data apart; ./scripts/up sets it for a new stack. `legacy` (the default, for stacks made before it): the unscoped names. Changing it on a deployed stack is refused (its volumes are protected).", "stack"),
         ConfigKey("containerMemory", {}, "JSON object: memory limit per container (docker name) instead of its default, e.g. {\"synapse\": \"4g\"}; m or g.", "'{\"synapse\":\"4g\"}'"),
         ConfigKey("signalRestoredTables", [], "JSON list of suffixes of Signal table sets restored with `python -m commstack signal-restore tables`, oldest first: each set <table>-<suffix> is adopted (imported, protected) and the server uses the last; the original tables stay untouched. See \"Restore the Signal half\".", "'[\"restored-20261201-0930\"]'"),
         ConfigKey("adminCidrs", [], "JSON list of CIDRs allowed to SSH to the Signal instance; empty keeps SSH closed.", "'[\"198.51.100.7/32\"]'"),
@@ -224,6 +244,12 @@ class MatrixSettings:
     # MatrixRTC (Element Call): LiveKit and lk-jwt-service on rtc_host.
     calls: bool = False
     rtc_host: str = ""
+    # Synapse's worker preset and per-group counts (components/matrix/workers.py).
+    synapse_workers: str = "none"
+    synapse_worker_counts: tuple[tuple[str, int], ...] = ()
+    # Synapse's media_retention lifetimes ("" keeps that media forever).
+    media_retention_local: str = ""
+    media_retention_remote: str = ""
 
     @property
     def server_name(self) -> str:
@@ -291,6 +317,29 @@ class SignalSettings:
         return CONFIGS_DIR / "signal" / f"{self.server_ref}.yaml"
 
 
+SMTP_TLS_MODES = ("starttls", "tls")
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """Outgoing e-mail. TLS is always required: STARTTLS, or TLS from the first byte."""
+
+    host: str
+    port: int
+    from_address: str
+    tls: str
+    user: str = ""
+    password: Optional[pulumi.Output] = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class MonitoringSettings:
+    enabled: bool
+    alert_recipients: tuple[str, ...] = ()
+    alert_emails: tuple[str, ...] = ()
+    grafana: bool = False
+
+
 @dataclass(frozen=True)
 class Settings:
     stack: str
@@ -303,7 +352,11 @@ class Settings:
     backup: Optional[BackupSettings] = None
     # Container name -> memory limit in MB, overriding the container's default (components.common.Hardening).
     container_memory: dict = field(default_factory=dict)
+    # Docker volume names: "legacy" (unscoped, stacks made before commstack:volumeNames) or "stack".
+    volume_names: str = "legacy"
     postgres: Optional["PostgresSettings"] = None
+    monitoring: MonitoringSettings = field(default_factory=lambda: MonitoringSettings(enabled=False))
+    smtp: Optional[SmtpSettings] = None  # None: no outgoing e-mail
 
 
 # Every container the program can create (docker names); commstack:containerMemory may name these.
@@ -315,7 +368,8 @@ SIGNAL_LOCAL_CONTAINERS = tuple(f"signal-local-{part}" for part in (
 
 def known_containers() -> tuple[str, ...]:
     return ("postgres", "postgres-init", "postgres-upgrade", "synapse", "backup", "wellknown", "proxy", "turn", "element",
-            "livekit", "lk-jwt-service",
+            "livekit", "lk-jwt-service", "prometheus", "alertmanager", "alert-relay", "node-exporter",
+            "postgres-exporter", "blackbox-exporter", "grafana", "grafana-dashboards",
             *(f"bridge-{kind}" for kind in KNOWN_BRIDGES), *SIGNAL_LOCAL_CONTAINERS)
 
 
@@ -728,8 +782,17 @@ def load_settings(stack: Optional[str] = None) -> Settings:
         r.check(telegram_api_hash is not None, "commstack:telegramApiHash",
                 "is required when the telegram bridge is on (get it at my.telegram.org)")
 
+    synapse_workers, worker_counts = _read_workers(r)
+    media_retention = {key: _read_duration(r, key) for key in ("commstack:mediaRetentionLocal",
+                                                              "commstack:mediaRetentionRemote")}
+
     backup = _read_backup(r)
     postgres = _read_postgres(r, backup)
+    monitoring = _read_monitoring(r, domain)
+    smtp = _read_smtp(r)
+    r.check(smtp is not None or not monitoring.alert_emails, "commstack:alertEmails",
+            "needs outgoing e-mail: set commstack:smtpHost (and smtpFrom) first, or send alerts to the Matrix room only",
+            "'[]'")
 
     # -- signal
     signal_on = r.boolean("commstack:signal")
@@ -786,6 +849,8 @@ def load_settings(stack: Optional[str] = None) -> Settings:
         verification = {}
         restored_tables = ()
 
+    volume_names = r.choice("commstack:volumeNames", VOLUME_NAMINGS)
+
     container_memory: dict[str, int] = {}
     memory_text = r.raw("commstack:containerMemory")
     if memory_text is not None:
@@ -796,15 +861,16 @@ def load_settings(stack: Optional[str] = None) -> Settings:
         if not isinstance(parsed_memory, dict):
             r.problem("commstack:containerMemory", f"must be a JSON object of container name to size, not {memory_text!r}")
         else:
-            unknown_containers = sorted(set(parsed_memory) - set(known_containers()))
+            known = (*known_containers(), *worker_containers(synapse_workers, worker_counts))
+            unknown_containers = sorted(set(parsed_memory) - set(known))
             r.check(not unknown_containers, "commstack:containerMemory",
-                    f"no container is named {', '.join(unknown_containers)}; containers: {', '.join(known_containers())}")
+                    f"no container is named {', '.join(unknown_containers)}; containers: {', '.join(known)}")
             for container, size in parsed_memory.items():
                 mb = memory_mb(size)
                 if mb is None or mb < MIN_CONTAINER_MEMORY_MB:
                     r.problem("commstack:containerMemory",
                               f"{container}: {size!r} is not a memory size of at least {MIN_CONTAINER_MEMORY_MB}m (e.g. 512m or 4g)")
-                elif container in known_containers():
+                elif container in known:
                     container_memory[container] = mb
 
     if r.problems:
@@ -839,6 +905,10 @@ def load_settings(stack: Optional[str] = None) -> Settings:
             bridges=bridges,
             telegram_api_id=telegram_api_id,
             telegram_api_hash=telegram_api_hash if "telegram" in bridges else None,
+            synapse_workers=synapse_workers,
+            synapse_worker_counts=worker_counts,
+            media_retention_local=media_retention["commstack:mediaRetentionLocal"],
+            media_retention_remote=media_retention["commstack:mediaRetentionRemote"],
         ),
         signal=SignalSettings(
             enabled=signal_on,
@@ -857,7 +927,56 @@ def load_settings(stack: Optional[str] = None) -> Settings:
         backup=backup,
         container_memory=container_memory,
         postgres=postgres,
+        monitoring=monitoring,
+        smtp=smtp,
+        volume_names=volume_names,
     )
+
+
+def worker_containers(preset: str, counts: tuple[tuple[str, int], ...] = ()) -> tuple[str, ...]:
+    """The docker names of a worker preset's containers (its workers and their Redis)."""
+    from components.matrix import workers
+
+    if preset not in workers.PRESETS or workers.count_problems(preset, dict(counts)):
+        return ()
+    plan = workers.worker_plan(preset, dict(counts))
+    return (*(p.name for p in plan.processes), "synapse-redis") if plan.enabled else ()
+
+
+def _read_workers(r: "_Reader") -> tuple[str, tuple[tuple[str, int], ...]]:
+    """commstack:synapseWorkers (a preset) and commstack:synapseWorkerCounts (per-group counts)."""
+    from components.matrix import workers
+
+    preset = r.choice("commstack:synapseWorkers", tuple(workers.PRESETS))
+    key = "commstack:synapseWorkerCounts"
+    text = r.raw(key)
+    if text is None or preset not in workers.PRESETS:
+        return preset, ()
+    try:
+        counts = json.loads(text)
+    except (ValueError, RecursionError):
+        counts = None
+    scalable = workers.scalable_groups(preset)
+    example = f"'{{\"{scalable[0]}\":2}}'" if scalable else "'{}'"
+    if not isinstance(counts, dict):
+        r.problem(key, f"must be a JSON object of worker group to number of processes, not {text!r}", example)
+        return preset, ()
+    problems = workers.count_problems(preset, counts)
+    for problem in problems:
+        r.problem(key, problem, example)
+    return preset, (() if problems else tuple(sorted(counts.items())))
+
+
+# Synapse durations (synapse/config/_base.py parse_duration) in days, weeks or years.
+_RETENTION_RE = re.compile(r"[1-9][0-9]{0,4}[dwy]", re.ASCII)
+
+
+def _read_duration(r: "_Reader", key: str) -> str:
+    value = r.text(key).strip()
+    r.check(not value or bool(_RETENTION_RE.fullmatch(value)), key,
+            f"{value!r} is not a lifetime such as 30d, 8w or 1y (a whole number of days, weeks or years); "
+            "empty keeps the media forever")
+    return value if _RETENTION_RE.fullmatch(value) else ""
 
 
 def _signal_restored_tables(r: "_Reader", target: str) -> tuple[str, ...]:
@@ -876,6 +995,60 @@ def _signal_restored_tables(r: "_Reader", target: str) -> tuple[str, ...]:
     r.check(len(set(suffixes)) == len(suffixes), key, "lists a suffix twice",
             "'" + json.dumps(list(dict.fromkeys(suffixes))) + "'")
     return tuple(suffixes)
+
+
+# A Matrix user ID of this or another server: @localpart:server (the spec's historical user ID grammar).
+_MXID_RE = re.compile(r"@[a-z0-9._=/+-]{1,255}:(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?", re.ASCII)
+
+
+def _read_monitoring(r: _Reader, domain: str) -> MonitoringSettings:
+    """commstack:monitoring and its alert recipients."""
+    enabled = r.boolean("commstack:monitoring")
+    recipients = r.string_list("commstack:alertRecipients")
+    bad = [u for u in recipients if not _MXID_RE.fullmatch(u)]
+    r.check(not bad, "commstack:alertRecipients",
+            f"not Matrix user IDs (@localpart:server, localpart in lowercase a-z 0-9 . _ = - / +): "
+            f"{', '.join(repr(u) for u in bad)}", f"'[\"@admin:{domain or 'example.org'}\"]'")
+    emails = r.string_list("commstack:alertEmails")
+    bad_emails = [e for e in emails if not _EMAIL_RE.match(e)]
+    r.check(not bad_emails, "commstack:alertEmails",
+            f"not e-mail addresses: {', '.join(repr(e) for e in bad_emails)}", "'[\"ops@example.org\"]'")
+    grafana = r.boolean("commstack:grafana")
+    r.check(not grafana or enabled, "commstack:grafana", "needs commstack:monitoring true (Grafana reads its "
+            "Prometheus)", "false")
+    return MonitoringSettings(enabled=enabled,
+                              alert_recipients=tuple(dict.fromkeys(recipients or [f"@admin:{domain}"])),
+                              alert_emails=tuple(dict.fromkeys(emails)), grafana=grafana)
+
+
+def _read_smtp(r: _Reader) -> Optional[SmtpSettings]:
+    """commstack:smtp*: None when smtpHost is empty (then every other smtp key must be too)."""
+    host = r.text("commstack:smtpHost").lower()
+    port_text = r.text("commstack:smtpPort")
+    user = r.text("commstack:smtpUser")
+    password = r.secret("commstack:smtpPassword")
+    from_address = r.text("commstack:smtpFrom")
+    tls = r.choice("commstack:smtpTls", SMTP_TLS_MODES)
+    port = int(port_text) if _POSITIVE_INT_RE.fullmatch(port_text) else 0
+    r.check(0 < port < 65536, "commstack:smtpPort", f"{port_text!r} is not a TCP port (1-65535)", "587")
+    if not host:
+        given = [key for key, value in (("smtpUser", user), ("smtpFrom", from_address),
+                                         ("smtpPassword", password)) if value]
+        r.check(not given, "commstack:smtpHost", f"is empty, so e-mail is off, but {', '.join(given)} "
+                f"{'is' if len(given) == 1 else 'are'} set; name the SMTP server")
+        return None
+    r.check(bool(_DOMAIN_RE.fullmatch(host)) or _valid_ip(host), "commstack:smtpHost",
+            f"{host!r} is not a host name or IP address")
+    r.check(bool(from_address), "commstack:smtpFrom", "is required with smtpHost (the From address of every e-mail)")
+    r.check(not from_address or bool(_EMAIL_RE.match(from_address)), "commstack:smtpFrom",
+            f"{from_address!r} is not an e-mail address")
+    r.check(not user or password is not None, "commstack:smtpPassword", "is required with smtpUser")
+    r.check(bool(user) or password is None, "commstack:smtpUser", "is required with smtpPassword (the login it "
+            "belongs to)")
+    r.check(not (tls == "tls" and port == 587), "commstack:smtpPort", "587 is the STARTTLS port, but smtpTls is "
+            "tls (TLS from the first byte, port 465); use 465, or smtpTls starttls", "465")
+    return SmtpSettings(host=host, port=port, from_address=from_address, tls=tls, user=user,
+                        password=password if user else None)
 
 
 def _read_backup(r: _Reader) -> BackupSettings:

@@ -335,8 +335,10 @@ def container_hardening_problems(props: Mapping[str, Any]) -> list[str]:
     if props.get("logDriver") != "json-file" or not log_opts.get("max-size") or not log_opts.get("max-file"):
         problems.append("has no rotated json-file log (log_opts max-size and max-file)")
     uploads = list(props.get("uploads") or [])
-    if not uploads and not props.get("readOnly"):
-        problems.append("has a writable root filesystem although nothing is uploaded into it (read_only)")
+    volume_paths = [str(v.get("containerPath", "")).rstrip("/") + "/" for v in props.get("volumes") or []]
+    outside_volumes = [u for u in uploads if not any(str(u.get("file", "")).startswith(p) for p in volume_paths)]
+    if not outside_volumes and not props.get("readOnly"):
+        problems.append("has a writable root filesystem although every upload goes into a volume (read_only)")
     if props.get("restart") != "no" and not (props.get("healthcheck") or {}).get("tests"):
         problems.append("is a long-running service without a health check")
     for upload in uploads:
@@ -377,7 +379,8 @@ def segmentation_problems(networks: Mapping[str, Mapping[str, Any]],
                           containers: Mapping[str, tuple[list[str], list[str]]]) -> list[tuple[str, str]]:
     """(container or network, problem) for: datastores on a non-internal network, a non-internal
     network that lets its containers talk, Postgres sharing a network with a non-client, coturn on an
-    internal network, Element sharing a network with anything but the proxy.
+    internal network (other than its metrics network, shared with Prometheus alone), Element sharing a
+    network with anything but the proxy.
     `networks`: docker name -> props; `containers`: name -> (image references, network names)."""
     members: dict[str, list[str]] = {}
     for container, (_, joined) in containers.items():
@@ -400,7 +403,11 @@ def segmentation_problems(networks: Mapping[str, Mapping[str, Any]],
                         strangers.add((peer, network))
         if any(_is_image(ref, "coturn") for ref in images):
             for network in joined:
-                if networks.get(network, {}).get("internal"):
+                # Its metrics network is the exception: Prometheus alone shares it (monitoring on).
+                others = [peer for peer in members.get(network, []) if peer != container]
+                scraper_only = bool(others) and all(any(_is_image(ref, "prometheus") for ref in containers[peer][0])
+                                                    for peer in others)
+                if networks.get(network, {}).get("internal") and not scraper_only:
                     problems.append((container, f"coturn ({container}) is on the internal network {network}"))
         if any(_is_image(ref, "element-web") for ref in images):
             for network in joined:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from commstack.devtools import offline
-from components.settings import SettingsError, known_containers
+from components.settings import SettingsError, known_containers, worker_containers
 from policy import rules
 from tests.conftest import evaluate
 
@@ -14,11 +14,19 @@ CONTAINER = "docker:index/container:Container"
 NETWORK = "docker:index/network:Network"
 
 
-@pytest.fixture(scope="module", params=["dev", "prod", "all"])
+@pytest.fixture(scope="module", params=["dev", "prod", "all", "workers"])
 def evaluation(request) -> offline.Evaluation:
     if request.param == "all":
         return evaluate("dev", bridges='["whatsapp","telegram"]', telegramApiId="123456", federationPort="8448")
+    if request.param == "workers":  # the specialized preset: every kind of Synapse worker
+        return evaluate("dev", bridges='["whatsapp","telegram"]', telegramApiId="123456",
+                        synapseWorkers="specialized")
     return evaluate(request.param)
+
+
+def synapse_workers(ev: offline.Evaluation) -> set[str]:
+    """The stack's Synapse worker containers (components/matrix/workers.py), if any."""
+    return {name for name in containers(ev) if name.startswith("synapse-") and name != "synapse-redis"}
 
 
 def containers(ev: offline.Evaluation) -> dict[str, dict]:
@@ -44,8 +52,10 @@ def test_postgres_shares_networks_only_with_its_clients(evaluation):
     joined = networks_of(evaluation)
     assert joined["postgres"] == {"commstack-matrix-database"}
     bridges = {name for name in joined if name.startswith("bridge-")}
-    # The backup job (pg_dump, pg_restore) is a Postgres client too.
-    assert members(evaluation, "commstack-matrix-database") == {"postgres", "postgres-init", "synapse", "backup", *bridges}
+    # The backup job (pg_dump, pg_restore) is a Postgres client too, and so is postgres_exporter (pg_monitor).
+    assert members(evaluation, "commstack-matrix-database") == {"postgres", "postgres-init", "synapse", "backup",
+                                                                "postgres-exporter", *bridges,
+                                                                *synapse_workers(evaluation)}
 
 
 def test_coturn_is_on_no_internal_network(evaluation):
@@ -53,8 +63,10 @@ def test_coturn_is_on_no_internal_network(evaluation):
     turn = networks_of(evaluation).get("turn")
     if turn is None:
         pytest.skip("turn is off in this stack")
-    assert turn == {"commstack-matrix-egress"}
-    assert not any(nets[n].get("internal") for n in turn)
+    # Its metrics network is shared with Prometheus alone (monitoring on).
+    assert turn == {"commstack-matrix-egress", "commstack-matrix-metrics-turn"}
+    assert members(evaluation, "commstack-matrix-metrics-turn") == {"turn", "prometheus"}
+    assert not nets["commstack-matrix-egress"].get("internal")
 
 
 def test_element_is_reachable_only_from_the_proxy(evaluation):
@@ -67,7 +79,11 @@ def test_synapse_is_reached_over_http_only_through_the_well_known_nginx(evaluati
     joined = networks_of(evaluation)
     reach = {peer for network in joined["synapse"] - {"commstack-matrix-egress"} for peer in members(evaluation, network)}
     bridges = {name for name in joined if name.startswith("bridge-")}
-    assert reach - {"synapse"} == {"postgres", "postgres-init", "backup", "wellknown", *bridges}  # backup: over Postgres
+    # backup and postgres_exporter: over Postgres; Prometheus: the metrics listener; the alert relay: appservice;
+    # its own workers and Redis: over the replication network.
+    processes = synapse_workers(evaluation) | ({"synapse-redis"} if synapse_workers(evaluation) else set())
+    assert reach - {"synapse"} == {"postgres", "postgres-init", "backup", "postgres-exporter", "wellknown",
+                                   "prometheus", "alert-relay", *bridges, *processes}
     assert "proxy" not in reach and "turn" not in reach and "element" not in reach
 
 
@@ -86,9 +102,11 @@ def test_dev_signal_containers_are_on_their_own_network(evaluation):
         pytest.skip("no Signal containers in this stack")
     for name, nets in signal.items():
         matrix_nets = {n for n in nets if n.startswith("commstack-matrix-")}
-        assert matrix_nets <= {"commstack-matrix-web-signal-server"}, name
+        assert matrix_nets <= {"commstack-matrix-web-signal-server", "commstack-matrix-metrics-signal-server"}, name
         assert "signal-local-net" in nets
     assert members(evaluation, "commstack-matrix-web-signal-server") == {"proxy", "signal-local-server"}
+    # blackbox_exporter probes its health check (monitoring on), and nothing else shares that network.
+    assert members(evaluation, "commstack-matrix-metrics-signal-server") == {"blackbox-exporter", "signal-local-server"}
     assert members(evaluation, "signal-local-egress") == {"signal-local-server", "signal-local-registration"}
 
 
@@ -126,30 +144,72 @@ EXPECTED_CAPABILITIES = {
     "signal-local-redis-cluster-create": set(), "signal-local-tables": set(),
     "signal-local-aws-local": {"NET_BIND_SERVICE"},
     "signal-local-registration": set(), "signal-local-server": set(),
+    # Monitoring: each runs as its image's user (or root reading only its own files), keeping nothing.
+    "prometheus": set(), "alertmanager": set(), "alert-relay": set(), "node-exporter": set(),
+    "postgres-exporter": set(), "blackbox-exporter": set(), "grafana": set(), "grafana-dashboards": set(),
 }
 
 
 def test_every_container_the_program_makes_is_a_known_container(evaluation):
-    assert set(containers(evaluation)) <= set(known_containers()) == set(EXPECTED_CAPABILITIES)
+    workers = set(worker_containers("specialized"))
+    assert set(containers(evaluation)) <= set(known_containers()) | workers
+    assert set(known_containers()) == set(EXPECTED_CAPABILITIES)
+    assert synapse_workers(evaluation) | ({"synapse-redis"} if synapse_workers(evaluation) else set()) <= workers
+
+
+def expected_capabilities(name: str) -> set[str]:
+    """A Synapse worker drops to 991 with gosu like the main process; the media worker also chowns its volume;
+    their Redis runs as its own user from the start."""
+    if name == "synapse-redis":
+        return set()
+    if name.startswith("synapse-"):
+        return {"CHOWN", "SETGID", "SETUID"} if name.startswith("synapse-media-") else {"SETGID", "SETUID"}
+    return EXPECTED_CAPABILITIES[name]
 
 
 def test_every_container_is_confined(evaluation):
     for name, props in containers(evaluation).items():
         assert props["securityOpts"] == ["no-new-privileges:true"], name
         assert props["capabilities"]["drops"] == ["ALL"], name
-        assert set(props["capabilities"]["adds"]) == EXPECTED_CAPABILITIES[name], name
+        assert set(props["capabilities"]["adds"]) == expected_capabilities(name), name
         assert not props.get("privileged"), name
         assert props["memory"] > 0 and props["memorySwap"] == props["memory"], name
         assert props["logDriver"] == "json-file" and props["logOpts"] == {"max-size": "10m", "max-file": "3"}, name
         assert rules.container_hardening_problems(props) == [], name
 
 
-def test_root_is_read_only_wherever_nothing_is_uploaded(evaluation):
+def _in_a_volume(props: dict, path: str) -> bool:
+    return any(path.startswith(v["containerPath"].rstrip("/") + "/") for v in props.get("volumes") or [])
+
+
+def test_root_is_read_only_wherever_every_upload_goes_into_a_volume(evaluation):
+    """Docker refuses uploads into a read-only root but not into a volume (moby daemon/archive.go):
+    a container whose uploads all land in volumes (its config dirs) has a read-only root."""
     for name, props in containers(evaluation).items():
-        uploads = props.get("uploads") or []
-        assert bool(props.get("readOnly")) is (not uploads), name
+        uploads = [u["file"] for u in props.get("uploads") or []]
+        assert bool(props.get("readOnly")) is all(_in_a_volume(props, path) for path in uploads), name
         if props.get("readOnly"):
             assert props["tmpfs"] == {"/tmp": "rw,noexec,nosuid,nodev,size=64m"}, name
+
+
+# Matrix containers with a read-only root although files are uploaded (into anonymous config volumes),
+# and those that run as a user of their own; every other keeps its image's choice, for the reason
+# docs/security.md gives.
+READ_ONLY_WITH_CONFIG = {"proxy": {"/etc/traefik", "/run/secrets"}, "livekit": {"/etc/livekit"},
+                         "lk-jwt-service": {"/etc/lk-jwt-service"}}
+NON_ROOT = {"livekit": "65534:65534", "lk-jwt-service": "65534:65534"}
+
+
+def test_config_dirs_are_fresh_anonymous_volumes_and_the_root_is_read_only():
+    ev = evaluate("prod")
+    props = containers(ev)
+    for name, dirs in READ_ONLY_WITH_CONFIG.items():
+        anonymous = {v["containerPath"] for v in props[name].get("volumes") or [] if not v.get("volumeName")}
+        assert anonymous == dirs, name
+        assert props[name]["readOnly"] is True, name
+        assert all(_in_a_volume(props[name], u["file"]) for u in props[name]["uploads"]), name
+    for name, user in NON_ROOT.items():
+        assert props[name]["user"] == user, name
 
 
 def test_every_service_has_a_health_check(evaluation):
@@ -160,9 +220,12 @@ def test_every_service_has_a_health_check(evaluation):
 
 # Who reads each container's secret files (the user its image runs as).
 SECRET_OWNERS = {"postgres": "999", "postgres-init": "0", "backup": "0", "synapse": "991", "proxy": "0", "turn": "65534",
-                 "livekit": "0", "lk-jwt-service": "0",
+                 "livekit": "65534", "lk-jwt-service": "65534",
                  "bridge-whatsapp": "1337", "bridge-telegram": "1337", "signal-local-aws-local": "0",
-                 "signal-local-registration": "10001", "signal-local-server": "0"}  # registration: components/signal/registration.py RUN_UID
+                 "signal-local-registration": "10001", "signal-local-server": "0",  # registration: components/signal/registration.py RUN_UID
+                 # Monitoring: Alertmanager and postgres_exporter run as nobody, the relay as root of its image.
+                 "alertmanager": "65534", "postgres-exporter": "65534", "alert-relay": "0",
+                 "grafana": "472"}
 
 
 def test_every_secret_file_is_0400_or_0600_and_its_readers(evaluation):
@@ -175,7 +238,8 @@ def test_every_secret_file_is_0400_or_0600_and_its_readers(evaluation):
             if secret or rules.is_secret_file(upload["file"]):
                 found += 1
                 assert upload.get("permissions") in ("0400", "0600"), (name, upload["file"])
-                assert upload.get("owner") == upload.get("group") == SECRET_OWNERS[name], (name, upload["file"])
+                owner = "991" if name in synapse_workers(evaluation) else "999" if name == "synapse-redis" else SECRET_OWNERS[name]
+                assert upload.get("owner") == upload.get("group") == owner, (name, upload["file"])
     assert found
 
 
@@ -190,3 +254,16 @@ def test_memory_limits_are_a_setting(tmp_path):
     with pytest.raises(SettingsError) as raised:
         evaluate("dev", containerMemory='{"synapse": "lots"}')
     assert any("is not a memory size" in p for p in raised.value.problems)
+
+
+@pytest.mark.parametrize("stack, public_ip, bound", [("dev", None, "127.0.0.1"), ("prod", None, None),
+                                                     ("dev", "192.168.1.20", None)])
+def test_published_ports_bind_to_loopback_when_the_stack_is_local(stack, public_ip, bound):
+    """dev (publicIp 127.0.0.1) publishes nothing on the LAN, its insecure Signal registration
+    included; a public or LAN address publishes on every interface (what the firewall or router
+    forwards to)."""
+    ev = evaluate(stack, **({"publicIp": public_ip} if public_ip else {}))
+    published = {name: props["ports"] for name, props in containers(ev).items() if props.get("ports")}
+    assert {"proxy", "turn"} <= set(published)
+    for name, ports in published.items():
+        assert {port.get("ip") for port in ports} == {bound}, (name, ports)

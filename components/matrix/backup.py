@@ -34,7 +34,7 @@ from components.settings import CONFIGS_DIR, BackupSettings
 
 CONTAINER = "backup"
 SCRIPTS_DIR = "/commstack"
-SCRIPTS = ("lib.sh", "backup.sh", "restore.sh", "drill.sh", "snapshots.sh", "schedule.sh", "health.sh")
+SCRIPTS = ("lib.sh", "backup.sh", "restore.sh", "drill.sh", "snapshots.sh", "schedule.sh", "health.sh", "metrics.sh")
 BACKUP_CONFIGS = CONFIGS_DIR / "backup"
 ENV_PATH = f"{SCRIPTS_DIR}/env.sh"
 PASSWORD_FILE = "/run/secrets/restic-password"
@@ -48,6 +48,8 @@ MEDIA_DIR = "/data/synapse-media"
 SIGNING_KEY_FILE = "/data/synapse-signing/signing.key"
 ACME_DIR = "/data/traefik-acme"
 STAGING_DIR = "/staging"
+# The job's status for Prometheus (configs/backup/metrics.sh), a volume node_exporter reads (monitoring on).
+METRICS_DIR = "/metrics"
 # Synapse's backup guide: this table's data is not worth keeping.
 EXCLUDE_TABLE_DATA = "e2e_one_time_keys_json"
 # restic's snapshot host: stable, unlike a container's random hostname.
@@ -100,6 +102,7 @@ class BackupArgs:
     # repository is then worth a loud warning at every preview and up (SAME_HOST_WARNING).
     faces_internet: bool = False
     extra_networks: Sequence[pulumi.Input[str]] = ()  # egress, for an S3 repository
+    metrics_volume: Optional[pulumi.Input[str]] = None  # node_exporter's textfile directory (monitoring on)
 
 
 def s3_repository_url(endpoint: str, bucket: str, prefix: str = "restic") -> str:
@@ -127,7 +130,7 @@ def rest_credentials(username: pulumi.Input[str], password: pulumi.Input[str]) -
 
 def render_env(*, repository: str, databases: Sequence[str], settings: BackupSettings, postgres_host: str,
                postgres_port: int, superuser: str, acme: bool, credentials: bool, host_prunes: bool,
-               region: Optional[str] = None, ca_certificate: bool = False) -> str:
+               region: Optional[str] = None, ca_certificate: bool = False, metrics: bool = False) -> str:
     """env.sh, sourced by every script: the only rendered file among them. Every value shell-quoted.
     `host_prunes`: the job applies the retention policy itself (the local volume only)."""
     for db in databases:
@@ -155,6 +158,7 @@ def render_env(*, repository: str, databases: Sequence[str], settings: BackupSet
         "DRILL_WEEKDAY": str(DRILL_WEEKDAY),
         "CREDENTIALS_FILE": CREDENTIALS_FILE if credentials else "",
         "HOST_PRUNES": "1" if host_prunes else "0",
+        "METRICS_DIR": METRICS_DIR if metrics else "",
     }
     if region:
         values["AWS_DEFAULT_REGION"] = region
@@ -194,6 +198,8 @@ class Backup(pulumi.ComponentResource):
         volumes = [docker.ContainerVolumeArgs(volume_name=args.media_volume, container_path=MEDIA_DIR)]
         if args.acme_volume is not None:
             volumes.append(docker.ContainerVolumeArgs(volume_name=args.acme_volume, container_path=ACME_DIR))
+        if args.metrics_volume is not None:
+            volumes.append(docker.ContainerVolumeArgs(volume_name=args.metrics_volume, container_path=METRICS_DIR))
         files = script_files()
         repo = args.repository
         if repo is None and args.faces_internet:
@@ -214,7 +220,8 @@ class Backup(pulumi.ComponentResource):
             repository=url, databases=args.databases, settings=args.settings, postgres_host=args.postgres_host,
             postgres_port=args.postgres_port, superuser=args.superuser, acme=args.acme_volume is not None,
             credentials=bool(repo and repo.credentials), host_prunes=repo is None,
-            region=repo.region if repo else None, ca_certificate=bool(repo and repo.ca_certificate)))
+            region=repo.region if repo else None, ca_certificate=bool(repo and repo.ca_certificate),
+            metrics=args.metrics_volume is not None))
         files += [
             ConfigFile(ENV_PATH, env),
             ConfigFile(PASSWORD_FILE, self.repository_password, permissions="0400", owner="0"),

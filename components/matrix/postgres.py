@@ -52,6 +52,8 @@ PASSWORD_FILE = "/run/secrets/postgres-password"
 POSTGRES_UID = "999"
 # The init job runs psql as root; libpq ignores a password file readable by others.
 PGPASS_PATH = "/root/.pgpass"
+# Postgres's own max_connections default.
+DEFAULT_MAX_CONNECTIONS = 100
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}", re.ASCII)
 # Postgres's own defaults for the verifiers it makes (src/common/scram-common.c, scram_iterations).
 SCRAM_ITERATIONS = 4096
@@ -73,6 +75,9 @@ class DatabaseSpec:
     # Synapse refuses databases not created with C collation and ctype
     # (element-hq/synapse docs/postgres.md, "Set up database").
     synapse_locale: bool = False
+    # The most connections its role may hold (ALTER ROLE … CONNECTION LIMIT), so one leaking client
+    # cannot take the slots the others need; None: unlimited (-1).
+    connection_limit: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,14 @@ class PostgresArgs:
     databases: Sequence[DatabaseSpec]
     # Which major the data is on and any upgrade under way; None: the legacy major, no upgrade.
     version: Optional[PostgresSettings] = None
+    # A login role for postgres_exporter (monitoring on): pg_monitor's read-only statistics, no data.
+    monitor_role: bool = False
+    # The server's max_connections (components/matrix/workers.py max_connections); None or
+    # Postgres's default (100) leaves the server's own setting.
+    max_connections: Optional[int] = None
+
+
+MONITOR_ROLE = "commstack_monitor"
 
 
 def data_volume_names(name: str, major: int) -> tuple[str, str]:
@@ -109,6 +122,16 @@ def data_volume_names(name: str, major: int) -> tuple[str, str]:
 def server_image_key(version: PostgresSettings) -> str:
     """images.yaml's postgres, or postgres-<old> while the upgrade job moves the data off the old major."""
     return "postgres" if version.server_major == version.image_major else f"postgres-{version.server_major}"
+
+
+def server_command(max_connections: Optional[int] = None) -> list[str]:
+    """The server's command: `postgres`, with max_connections when a stack needs more than the
+    default (only then, so a stack that does not keeps its container)."""
+    if max_connections is None or max_connections == DEFAULT_MAX_CONNECTIONS:
+        return ["postgres"]
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 20:
+        raise ValueError(f"max_connections must be a whole number of at least 20, not {max_connections!r}")
+    return ["postgres", "-c", f"max_connections={max_connections}"]
 
 
 def _sql_literal(value: str) -> str:
@@ -143,7 +166,7 @@ def scram_sha256_verifier(password: str, salt: bytes, iterations: int = SCRAM_IT
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
-def render_init_sql(databases: list[tuple[DatabaseSpec, str]]) -> str:
+def render_init_sql(databases: list[tuple[DatabaseSpec, str]], monitor_verifier: Optional[str] = None) -> str:
     """Idempotent provisioning SQL for `psql -v ON_ERROR_STOP=1 -f`.
 
     `databases` pairs each spec with its role's SCRAM-SHA-256 verifier (scram_sha256_verifier),
@@ -165,13 +188,16 @@ def render_init_sql(databases: list[tuple[DatabaseSpec, str]]) -> str:
         db, owner = _check_identifier(spec.name), _check_identifier(spec.owner)
         if not _SCRAM_VERIFIER.fullmatch(verifier or ""):
             raise ValueError(f"the role {owner} needs a SCRAM-SHA-256 verifier for its password, never the password")
+        limit = -1 if spec.connection_limit is None else spec.connection_limit
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < -1 or limit == 0:
+            raise ValueError(f"the connection limit of {owner} must be a positive whole number, not {limit!r}")
         locale = " LC_COLLATE ''C'' LC_CTYPE ''C''" if spec.synapse_locale else ""
         lines += [
             "",
             f"-- {db}, owned by {owner}",
             f"SELECT 'CREATE ROLE {owner}' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{owner}')\\gexec",
             f"ALTER ROLE {owner} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
-            f" PASSWORD {_sql_literal(verifier)};",
+            f" CONNECTION LIMIT {limit} PASSWORD {_sql_literal(verifier)};",
             f"SELECT 'CREATE DATABASE {db} WITH OWNER {owner} ENCODING ''UTF8''{locale} TEMPLATE template0'"
             f" WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{db}')\\gexec",
             f"ALTER DATABASE {db} OWNER TO {owner};",
@@ -187,6 +213,18 @@ def render_init_sql(databases: list[tuple[DatabaseSpec, str]]) -> str:
                 f"'database {db} exists with a non-C locale; Synapse needs LC_COLLATE and LC_CTYPE C'; "
                 "END IF; END $$;"
             )
+    if monitor_verifier is not None:
+        if not _SCRAM_VERIFIER.fullmatch(monitor_verifier):
+            raise ValueError(f"the role {MONITOR_ROLE} needs a SCRAM-SHA-256 verifier for its password, never the password")
+        lines += [
+            "",
+            f"-- {MONITOR_ROLE}: postgres_exporter's login; pg_monitor reads statistics and settings, no table data.",
+            f"SELECT 'CREATE ROLE {MONITOR_ROLE}' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{MONITOR_ROLE}')\\gexec",
+            f"ALTER ROLE {MONITOR_ROLE} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+            f" CONNECTION LIMIT 3 PASSWORD {_sql_literal(monitor_verifier)};",
+            f"GRANT pg_monitor TO {MONITOR_ROLE};",
+            f"GRANT CONNECT ON DATABASE postgres TO {MONITOR_ROLE};",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -244,7 +282,7 @@ class Postgres(pulumi.ComponentResource):
                 files=[ConfigFile(PASSWORD_FILE, superuser_password, permissions="0400", owner=POSTGRES_UID),
                        ConfigFile(ENTRYPOINT_PATH, ENTRYPOINT_SCRIPT.read_text(), executable=True)],
                 entrypoint=["/bin/sh", ENTRYPOINT_PATH],
-                command=["postgres"],
+                command=server_command(args.max_connections),
                 volumes=[docker.ContainerVolumeArgs(volume_name=data.name, container_path=DATA_DIR)],
                 # TCP, not the socket: during first-boot initdb the image runs a
                 # socket-only server that must not count as ready.
@@ -257,9 +295,16 @@ class Postgres(pulumi.ComponentResource):
         )
 
         specs = list(args.databases)
+        self.monitor_password = (generated_secret(f"{name}-{MONITOR_ROLE}-password", self)
+                                 if args.monitor_role else None)
+        monitor_salt = (generated_bytes_b64(f"{name}-{MONITOR_ROLE}-scram-salt", self, length=SCRAM_SALT_BYTES)
+                        if args.monitor_role else None)
         verifiers = [pulumi.Output.all(passwords[s.name], salts[s.name]).apply(
             lambda pair: scram_sha256_verifier(pair[0], base64.b64decode(pair[1]))) for s in specs]
-        init_sql = pulumi.Output.all(*verifiers).apply(lambda found: render_init_sql(list(zip(specs, found))))
+        monitor_verifier = (pulumi.Output.all(self.monitor_password, monitor_salt).apply(
+            lambda pair: scram_sha256_verifier(pair[0], base64.b64decode(pair[1]))) if args.monitor_role else None)
+        init_sql = pulumi.Output.all(*verifiers, monitor_verifier).apply(
+            lambda found: render_init_sql(list(zip(specs, found[:-1])), monitor_verifier=found[-1]))
         wait_then_run = (
             f"for i in $(seq 60); do pg_isready -q -h {LOGICAL_NAME} -U {SUPERUSER} && break; sleep 2; done; "
             f"exec psql -v ON_ERROR_STOP=1 -h {LOGICAL_NAME} -U {SUPERUSER} -d postgres -f {INIT_SQL_PATH}"

@@ -14,7 +14,7 @@ from components.matrix.postgres import (
     INIT_SQL_PATH, DatabaseSpec, Postgres, PostgresArgs, render_init_sql, scram_sha256_verifier,
 )
 
-SYNAPSE_DB = DatabaseSpec("synapse", "synapse", synapse_locale=True)
+SYNAPSE_DB = DatabaseSpec("synapse", "synapse", synapse_locale=True, connection_limit=15)
 BRIDGE_DB = DatabaseSpec("mautrix_whatsapp", "mautrix_whatsapp")
 
 
@@ -63,8 +63,10 @@ def test_init_sql_creates_each_role_and_database_guarded_for_reruns():
         assert len(create_role) == 1 and create_role[0].endswith("\\gexec")
         assert f"WHERE rolname = '{spec.owner}'" in create_role[0]
         alter = [l for l in lines if l.startswith(f"ALTER ROLE {spec.owner} ")]
+        # Re-applied every run, so a changed limit reaches an existing role; no limit is -1.
+        limit = spec.connection_limit or -1
         assert alter == [f"ALTER ROLE {spec.owner} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION"
-                         f" NOBYPASSRLS PASSWORD '{password}';"]
+                         f" NOBYPASSRLS CONNECTION LIMIT {limit} PASSWORD '{password}';"]
         create_db = [l for l in lines if l.startswith(f"SELECT 'CREATE DATABASE {spec.name} ")]
         assert len(create_db) == 1 and f"WITH OWNER {spec.owner} " in create_db[0]
         assert f"WHERE datname = '{spec.name}')\\gexec" in create_db[0]
@@ -93,6 +95,8 @@ V = VERIFIERS["bridge"]
     ([(DatabaseSpec("x", "x"), "pwbridge2")], "verifier"),
     ([(DatabaseSpec("x", "x"), V + "'; drop role x; --")], "verifier"),
     ([(DatabaseSpec("x", "x"), V), (DatabaseSpec("x", "y"), V)], "unique"),
+    ([(DatabaseSpec("x", "x", connection_limit=0), V)], "connection limit"),
+    ([(DatabaseSpec("x", "x", connection_limit="5; DROP ROLE x"), V)], "connection limit"),
 ])
 def test_init_sql_rejects_unsafe_input(databases, message):
     with pytest.raises(ValueError, match=message):
@@ -154,7 +158,7 @@ def test_postgres_provisions_by_job_and_hands_out_matching_credentials(recorded)
         # Postgres gets each role's SCRAM verifier, never the password itself.
         assert synapse_password not in sql and bridge_password not in sql
         alter = re.search(r"^ALTER ROLE synapse WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
-                          r"NOBYPASSRLS PASSWORD '(SCRAM-SHA-256\$4096:[^']+)';$", sql, re.M)
+                          r"NOBYPASSRLS CONNECTION LIMIT 15 PASSWORD '(SCRAM-SHA-256\$4096:[^']+)';$", sql, re.M)
         assert alter and scram_proof_matches(alter.group(1), synapse_password)
         assert not scram_proof_matches(alter.group(1), bridge_password)
         bridge_verifier = re.search(r"^ALTER ROLE mautrix_whatsapp .* PASSWORD '([^']+)';$", sql, re.M).group(1)
