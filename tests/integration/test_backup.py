@@ -288,7 +288,7 @@ def start_synapse(harness, bridges: list[str] = ()) -> None:
     """Synapse again from the files on disk as they are now (the restored signing key included), then the bridges."""
     config = host_path(harness.root, "synapse", "/data/homeserver.yaml")
     service = harness.spawn("synapse", [sys.executable, "-c", SYNAPSE_AFTER_GATE, str(harness.synapse_gate),
-                                        str(config)], cwd=str(config.parent))
+                                        str(config)], cwd=str(config.parent), env=harness._synapse_env("synapse"))
     wait_until("synapse", lambda: requests.get(f"{harness.synapse_url}/_matrix/client/versions", timeout=1).ok,
                service.process, service.log, timeout=120)
     for kind in bridges:
