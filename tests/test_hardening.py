@@ -140,7 +140,8 @@ EXPECTED_CAPABILITIES = {
     "backup": {"CHOWN", "DAC_OVERRIDE", "FOWNER"},  # root reads the media (991) and restores it with its owners
     "bridge-whatsapp": {"CHOWN", "SETGID", "SETUID"}, "bridge-telegram": {"CHOWN", "SETGID", "SETUID"},
     "signal-local-dynamodb": {"DAC_OVERRIDE"},
-    **{f"signal-local-redis-{i}": {"CHOWN", "SETGID", "SETUID"} for i in range(6)},
+    # Run as the redis image's user from the start (components/signal/redis.py REDIS_USER): no chown, no gosu.
+    **{f"signal-local-redis-{i}": set() for i in range(6)},
     "signal-local-redis-cluster-create": set(), "signal-local-tables": set(),
     "signal-local-aws-local": {"NET_BIND_SERVICE"},
     "signal-local-registration": set(), "signal-local-server": set(),

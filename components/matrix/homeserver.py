@@ -37,7 +37,8 @@ from components.matrix.synapse import (LOGICAL_NAME as SYNAPSE_CONTAINER, METRIC
 from components.matrix.turn import CONTAINER as TURN_CONTAINER, METRICS_PORT as TURN_METRICS_PORT, Turn, TurnArgs
 from components.matrix.wellknown import CONTAINER as WELLKNOWN_CONTAINER, WellKnown, WellKnownArgs
 from components.matrix.workers import ROLE_SLACK, max_connections, synapse_connection_limit, worker_plan
-from components.settings import BackupSettings, EdgeSettings, MatrixSettings, MonitoringSettings, PostgresSettings
+from components.settings import (BackupSettings, EdgeSettings, MatrixSettings, MonitoringSettings, PostgresSettings,
+                                 non_routable_ipv4)
 
 SYNAPSE_DATABASE = DatabaseSpec("synapse", "synapse", synapse_locale=True)
 # One limit for Synapse's max_upload_size and nginx's client_max_body_size.
@@ -347,6 +348,7 @@ class Homeserver(pulumi.ComponentResource):
                 stop_containers=["synapse", *(p.name for p in plan.processes)]
                 + [spec.container for spec in bridge_specs.values()],
                 metrics_volume=self.metrics_volume.name if self.metrics_volume is not None else None,
+                faces_internet=edge.letsencrypt or edge.cloudflare_dns or not non_routable_ipv4(edge.public_ip),
             ), opts=child(self, depends_on=[self.postgres.provisioner]))
 
         self.postgres_upgrade = None
