@@ -1032,10 +1032,9 @@ def _read_smtp(r: _Reader) -> Optional[SmtpSettings]:
     port = int(port_text) if _POSITIVE_INT_RE.fullmatch(port_text) else 0
     r.check(0 < port < 65536, "commstack:smtpPort", f"{port_text!r} is not a TCP port (1-65535)", "587")
     if not host:
-        given = [key for key, value in (("smtpUser", user), ("smtpFrom", from_address),
-                                         ("smtpPassword", password)) if value]
-        r.check(not given, "commstack:smtpHost", f"is empty, so e-mail is off, but {', '.join(given)} "
-                f"{'is' if len(given) == 1 else 'are'} set; name the SMTP server")
+        for key, value in (("smtpUser", user), ("smtpFrom", from_address), ("smtpPassword", password)):
+            r.check(not value, f"commstack:{key}", "is set, but commstack:smtpHost is empty, so e-mail is off; "
+                    "name the SMTP server first (or remove this setting)", CONFIG_KEYS[f"commstack:{key}"].example)
         return None
     r.check(bool(_DOMAIN_RE.fullmatch(host)) or _valid_ip(host), "commstack:smtpHost",
             f"{host!r} is not a host name or IP address")

@@ -254,7 +254,7 @@ def test_no_smtp_no_email_section(dev_evaluation):
      "587 is the STARTTLS port"),
     ({"smtpHost": "smtp.example.org", "smtpFrom": "m@example.org", "smtpUser": "u"}, "commstack:smtpPassword",
      "is required with smtpUser"),
-    ({"smtpFrom": "m@example.org"}, "commstack:smtpHost", "e-mail is off, but smtpFrom is set"),
+    ({"smtpFrom": "m@example.org"}, "commstack:smtpFrom", "commstack:smtpHost is empty, so e-mail is off"),
     ({"alertEmails": '["ops@example.org"]'}, "commstack:alertEmails", "needs outgoing e-mail"),
 ])
 def test_bad_smtp_settings_are_refused_with_a_fix(overrides, key, fragment):

@@ -469,12 +469,18 @@ def test_each_worker_is_a_hardened_service_with_its_own_config_health_and_memory
 def test_workers_join_only_the_networks_their_roles_need_and_redis_only_theirs(balanced):
     found = containers(balanced)
     assert networks(found["synapse-redis"]) == {"replication"}
-    assert networks(found["synapse-writer-1"]) == {"database", "replication", "synapse"}
-    assert networks(found["synapse-sync-1"]) == {"database", "replication", "synapse"}
-    assert networks(found["synapse-tasks-1"]) == {"database", "replication", "egress", "appservice"}
-    assert networks(found["synapse-media-1"]) == {"database", "replication", "synapse", "egress"}
+
+    def roles(name: str) -> set:  # each process also has its metrics-<process> network (monitoring on)
+        assert f"metrics-{name}" in networks(found[name])
+        return networks(found[name]) - {f"metrics-{name}"}
+
+    assert roles("synapse-writer-1") == {"database", "replication", "synapse"}
+    assert roles("synapse-sync-1") == {"database", "replication", "synapse"}
+    assert roles("synapse-tasks-1") == {"database", "replication", "egress", "appservice"}
+    assert roles("synapse-media-1") == {"database", "replication", "synapse", "egress"}
     members = {name for name, props in found.items() if "replication" in networks(props)}
-    assert members == {"synapse", "synapse-redis", *(p.name for p in workers.worker_plan("balanced").processes)}
+    # redis_exporter reads Redis there (monitoring on).
+    assert members == {"synapse", "synapse-redis", "redis-exporter", *(p.name for p in workers.worker_plan("balanced").processes)}
     network = next(r for r in balanced.of_type("docker:index/network:Network")
                    if r.plain_inputs["name"] == "commstack-matrix-replication")
     assert network.plain_inputs["internal"] is True
