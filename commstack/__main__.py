@@ -28,6 +28,8 @@ COMMANDS = {
     "restore": ("commstack.restore", "restore a snapshot into the stack; refuses over live data unless told"),
     "signal-restore": ("commstack.signal_restore",
                        "Signal half: DynamoDB tables to a point in time (new tables), S3 object versions, SSM secrets"),
+    "config-reference": ("components.settings.reference",
+                         "print the configuration reference (docs/configuration.md) generated from the settings schema"),
 }
 
 

@@ -1,0 +1,154 @@
+"""The shapes of particular settings: patterns with their sources, and the JSON values with rules
+of their own (CIDR lists, backup retention, container memory). Used by the schema."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+from components.settings import facts
+from components.settings.kinds import Custom, Invalid, JsonList, Kind, Pattern, compact_json, load_json, shown
+
+# An e-mail address: an RFC 5322 dot-atom local part (letters, digits and !#$%&'*+/=?^_`{|}~-, dots
+# between), then a DNS name with a letter-only top-level label. Quoted local parts, comments and
+# address literals are refused. Characters a shell would act on stay legal (o'brien@example.org):
+# every place the address lands quotes it (components/quoting.py).
+_EMAIL_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+EMAIL = (rf"(?=.{{1,64}}@){_EMAIL_ATOM}(?:\.{_EMAIL_ATOM})*@(?=.{{1,253}}\Z)"
+         r"(?:(?!-)[A-Za-z0-9-]{1,63}(?<!-)\.)+[A-Za-z]{2,63}")
+HHMM = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]"
+# s3://bucket/key: S3's bucket naming rules, and a key of S3's "safe" characters
+# (docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html) except `*`, which the key's
+# IAM resource ARN (components/signal/iam.py) would read as a wildcard.
+S3_URI_PATTERN = r"s3://(?!xn--)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/(?!/)[A-Za-z0-9!_.'()/-]{1,1024}"
+S3_BUCKET_PATTERN = r"(?!xn--)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
+E164_PATTERN = r"\+[1-9][0-9]{6,14}"
+# A restored Signal table set's suffix (<stack>-signal-<Table>-<suffix>): lowercase letters, digits and inner
+# hyphens, short enough that every restored name stays far below DynamoDB's 255 characters.
+TABLE_SUFFIX_PATTERN = r"[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?"
+SIGNAL_TABLE_SUFFIX_RE = re.compile(TABLE_SUFFIX_PATTERN, re.ASCII)
+REPO_PATTERN = r"https://[A-Za-z0-9.-]+/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+?(?:\.git)?"
+
+S3_URI = Pattern(S3_URI_PATTERN, "an s3://bucket/key URI (key of letters, digits and ! - _ . ' ( ) /)",
+                 type_name="URL", show_pattern=False)
+S3_BUCKET = Pattern(S3_BUCKET_PATTERN, "an S3 bucket name (3-63 of a-z, 0-9, `.` and `-`)", show_pattern=False)
+E164 = Pattern(E164_PATTERN, "an E.164 phone number (+ and 7 to 15 digits)")
+TABLE_SUFFIX = Pattern(TABLE_SUFFIX_PATTERN, "a table suffix (1-40 lowercase letters, digits and inner hyphens)",
+                       show_pattern=False)
+GIT_REPO = Pattern(REPO_PATTERN, "an https git repository URL (https://host/owner/name)", type_name="URL",
+                   show_pattern=False)
+EMAIL_PATTERN = EMAIL
+
+
+def twilio_sid(prefix: str, what: str) -> Pattern:
+    """Twilio SIDs: a two-letter type prefix and 32 hex digits (twilio.com/docs/glossary/what-is-a-sid)."""
+    return Pattern(rf"{prefix}[0-9a-f]{{32}}", f"{what} ({prefix} + 32 hex digits)")
+
+
+def app_hash() -> Pattern:
+    """SMS Retriever app hash: 11 characters of base64 (developers.google.com/identity/sms-retriever/verify)."""
+    return Pattern(r"[A-Za-z0-9+/]{11}", "an 11-character SMS Retriever app hash")
+
+
+def _git_ref(text: str) -> str:
+    if not facts.valid_git_ref(text):
+        raise Invalid(f"{shown(text)} is not a valid git ref")
+    refs = facts.supported_signal_refs()
+    if text not in refs:
+        raise Invalid(f"{shown(text)} has no data file configs/signal/{text}.yaml; supported: {', '.join(refs)}",
+                      refs[-1] if refs else None)
+    return text
+
+
+GIT_REF = Custom(_git_ref, "a git tag with a data file configs/signal/<ref>.yaml", type_name="git ref")
+
+
+# -- CIDR lists ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cidr(Kind):
+    type_name = "CIDR"
+
+    def parse(self, text: str) -> str:
+        why = facts.cidr_problem(text)
+        if why is None:
+            return str(ipaddress.ip_network(text))
+        address = text.split("/", 1)[0]
+        fix = None
+        if facts.valid_ip(address) and ("host bits" in why or "bare address" in why):
+            fix = f"{address}/{ipaddress.ip_address(address).max_prefixlen}"
+        raise Invalid(why, fix)
+
+    def allowed(self) -> str:
+        return "a network in CIDR notation (10.0.0.0/8, 198.51.100.7/32, 2001:db8::/48)"
+
+
+@dataclass(frozen=True)
+class CidrList(JsonList):
+    """CIDRs for SSH: none twice, and together never every address of a family (0.0.0.0/0, or two /1s)."""
+
+    def parse(self, text: str) -> tuple:
+        networks = super().parse(text)
+        for version, whole in ((4, "0.0.0.0/0"), (6, "::/0")):
+            family = [ipaddress.ip_network(n) for n in networks if ipaddress.ip_network(n).version == version]
+            if any(n.prefixlen == 0 for n in ipaddress.collapse_addresses(family)):
+                raise Invalid(f"must not open SSH to the whole internet: together the entries cover every "
+                              f"IPv{version} address ({whole}); list the addresses you administer from")
+        return networks
+
+    def allowed(self) -> str:
+        return super().allowed() + "; together never a whole address family"
+
+
+CIDR_LIST = CidrList(Cidr(), "CIDRs", normalise=lambda n: str(ipaddress.ip_network(n)))
+
+
+# -- JSON objects ------------------------------------------------------------------------------------
+
+RETENTION_KEYS = ("daily", "weekly", "monthly")
+RETENTION_FIX = '{"daily":7,"weekly":4,"monthly":6}'
+
+
+def _retention(text: str) -> dict[str, int]:
+    parsed = load_json(text)
+    retention = json.loads(RETENTION_FIX)
+    if (not isinstance(parsed, dict) or set(parsed) - set(RETENTION_KEYS)
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 1000 for v in parsed.values())):
+        raise Invalid(f"must be a JSON object with daily, weekly and monthly counts (0-1000), not {shown(text)}",
+                      RETENTION_FIX)
+    retention.update(parsed)
+    if sum(retention.values()) == 0:
+        raise Invalid("keeps no snapshot at all", RETENTION_FIX)
+    return retention
+
+
+RETENTION = Custom(_retention, "a JSON object of `daily`, `weekly` and `monthly` counts, each 0-1000, not all 0",
+                   type_name="JSON object")
+
+# The largest limit a container gets: 1 TiB, well past any host the program runs on.
+MAX_CONTAINER_MEMORY_MB = 1024 * 1024
+
+
+def _container_memory(text: str) -> dict[str, int]:
+    parsed = load_json(text)
+    if not isinstance(parsed, dict):
+        raise Invalid(f"must be a JSON object of container name to size, not {shown(text)}")
+    known = facts.known_containers()
+    unknown = sorted(set(parsed) - set(known))
+    if unknown:
+        raise Invalid(f"no container is named {', '.join(map(shown, unknown))}; containers: {', '.join(known)}",
+                      compact_json({k: v for k, v in parsed.items() if k in known}))
+    sizes = {}
+    for container, size in parsed.items():
+        mb = facts.memory_mb(size) if isinstance(size, (str, int)) else None
+        if mb is None or not facts.MIN_CONTAINER_MEMORY_MB <= mb <= MAX_CONTAINER_MEMORY_MB:
+            raise Invalid(f"{container}: {shown(size)} is not a memory size from {facts.MIN_CONTAINER_MEMORY_MB}m "
+                          f"to 1024g (e.g. 512m or 4g)")
+        sizes[container] = mb
+    return sizes
+
+
+CONTAINER_MEMORY = Custom(_container_memory, "a JSON object of container name (as `docker ps` shows it) to size: "
+                                             "`512m`, `4g` (at least 32m)", type_name="JSON object")
