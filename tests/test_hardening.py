@@ -185,7 +185,7 @@ def test_memory_limits_are_a_setting(tmp_path):
     assert limits["proxy"] == (256, 256)  # its default
     with pytest.raises(SettingsError) as raised:
         evaluate("dev", containerMemory='{"synaps": "4g"}')
-    assert any("commstack:containerMemory: no container is named synaps" in p for p in raised.value.problems)
+    assert any("commstack:containerMemory: no container is named 'synaps'" in p for p in raised.value.problems)
     with pytest.raises(SettingsError) as raised:
         evaluate("dev", containerMemory='{"synapse": "lots"}')
     assert any("is not a memory size" in p for p in raised.value.problems)

@@ -46,9 +46,11 @@ def _namespace_meant(namespace: str) -> Optional[str]:
     lowered = namespace.lower()
     if lowered in candidates:
         return lowered
-    # Only a near miss of a long enough name: "tl" is no misspelling of "tls", "comstack" is of "commstack".
+    # A near miss of a long name ("comstack"), or a short one's letters swapped ("asw"); "tl" is no "tls".
     close = difflib.get_close_matches(lowered, [c for c in candidates if len(c) >= 5], n=1, cutoff=0.75)
-    return close[0] if close else None
+    if close:
+        return close[0]
+    return next((c for c in candidates if len(c) < 5 and sorted(c) == sorted(lowered)), None)
 
 
 def unknown_keys(keys: set[str]) -> list[tuple[str, str, str]]:

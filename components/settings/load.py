@@ -35,7 +35,8 @@ class Problem:
     fix_text: Optional[str] = None
 
     def line(self, fix: str) -> str:
-        return f"{self.key}: {self.what}. Fix: {fix}"
+        stop = "" if self.what.endswith(("?", ".")) else "."
+        return f"{self.key}: {self.what}{stop} Fix: {fix}"
 
 
 def fix_line(key: str, candidate: Any) -> str:

@@ -157,7 +157,7 @@ class Setting:
 def set_line(key: str, value: str, secret: bool = False) -> str:
     flag = "--secret " if secret else ""
     # A placeholder such as <token> is shown as is: the user replaces it.
-    word = value if secret and value.startswith("<") and value.endswith(">") else shlex.quote(value)
+    word = value if value.startswith("<") and value.endswith(">") else shlex.quote(value)
     return f"pulumi config set {flag}{key} {word}"
 
 

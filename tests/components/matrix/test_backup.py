@@ -131,10 +131,12 @@ def test_backups_can_be_turned_off_and_then_nothing_is_rendered():
     ({"backupRetention": '{"daily": 0, "weekly": 0, "monthly": 0}'}, "commstack:backupRetention", "keeps no snapshot"),
     ({"backupRetention": '{"yearly": 3}'}, "commstack:backupRetention", "daily, weekly and monthly counts"),
     ({"backupTarget": "tape"}, "commstack:backupTarget", "must be one of local, aws, s3"),
-    ({"backupTarget": "s3"}, "commstack:backupS3Endpoint", "is not an http(s)://host[:port] URL"),
-    ({"backupTarget": "s3"}, "commstack:backupS3AccessKeyId", "is required when backupTarget is s3"),
+    ({"backupTarget": "s3"}, "commstack:backupS3Endpoint", "is required when backup is true and backupTarget is s3"),
+    ({"backupTarget": "s3", "backupS3Endpoint": "s3.example.org"}, "commstack:backupS3Endpoint",
+     "is not a https/http://host[:port] URL"),
+    ({"backupTarget": "s3"}, "commstack:backupS3AccessKeyId", "is required when backup is true and backupTarget is s3"),
     ({"backupTarget": "aws", "signal": "false", "aws__region": None}, "aws:region",
-     "is required when backupTarget is aws"),
+     "is required when backup is true and backupTarget is aws"),
 ])
 def test_bad_backup_settings_name_the_key_and_the_fix(overrides, key, message):
     with pytest.raises(SettingsError) as raised:

@@ -215,3 +215,20 @@ def test_every_fix_line_validates(stack):
     for key in ("commstack:domian", "aws:regin", "asw:region", "comstack:turn", "commstack:Signal"):
         seen += check_fixes(stack, {**base, key: "x"})
     assert seen > 300
+
+
+@pytest.mark.parametrize("key,meant", [
+    ("aws:regin", "aws:region"), ("aws:Region", "aws:region"), ("asw:region", "aws:region"),
+    ("aws:profle", "aws:profile"), ("cloudflare:apiTokn", "cloudflare:apiToken"),
+    ("commstack:Domain", "commstack:domain"), ("comstack:turn", "commstack:turn"),
+])
+def test_an_unknown_key_is_named_with_the_nearest_known_one(key, meant):
+    found = problems("dev", **{key.replace(":", "__"): "x"})
+    assert len(found) == 1 and found[0].startswith(f"{key}: is not a setting of this program"), found
+    assert f"did you mean {meant}? Fix: pulumi config rm {key} && pulumi config set " in found[0]
+
+
+def test_the_providers_own_and_other_tools_keys_are_left_alone():
+    for key in ("aws:profile", "aws:skipCredentialsValidation", "docker:host", "cloudflare:apiToken", "pulumi:tags",
+                "kubernetes:context"):
+        assert problems("dev", **{key.replace(":", "__"): "x"}) == [], key
