@@ -16,17 +16,17 @@ from types import ModuleType
 from typing import Optional, Sequence
 
 COMMANDS = {
-    "render": ("commstack.render", "write every file the program would deploy, from the offline engine"),
-    "render-diff": ("commstack.render_diff", "diff the redacted renders of a git ref and the working tree"),
-    "bench": ("commstack.bench", "time each committed stack on the offline engine and the harness cold boot"),
-    "doctor": ("commstack.doctor", "check a deployed stack from outside: DNS, TLS, well-known, APIs, TURN, bridges"),
-    "create-admin": ("commstack.admin", "create the first Synapse admin (register_new_matrix_user in its container, over the stack's dockerHost)"),
-    "registration-token": ("commstack.registration_token",
+    "render": ("commstack.devtools.render", "write every file the program would deploy, from the offline engine"),
+    "render-diff": ("commstack.devtools.render_diff", "diff the redacted renders of a git ref and the working tree"),
+    "bench": ("commstack.devtools.bench", "time each committed stack on the offline engine and the harness cold boot"),
+    "doctor": ("commstack.checks.doctor", "check a deployed stack from outside: DNS, TLS, well-known, APIs, TURN, bridges"),
+    "create-admin": ("commstack.operations.admin", "create the first Synapse admin (register_new_matrix_user in its container, over the stack's dockerHost)"),
+    "registration-token": ("commstack.operations.registration_token",
                            "issue a registration token on a stack with registration: token"),
-    "backup": ("commstack.backup", "take a backup of the Matrix half now (databases, media, signing key, ACME store)"),
-    "backups": ("commstack.backups", "list the backup snapshots with their age and size"),
-    "restore": ("commstack.restore", "restore a snapshot into the stack; refuses over live data unless told"),
-    "signal-restore": ("commstack.signal_restore",
+    "backup": ("commstack.operations.backup", "take a backup of the Matrix half now (databases, media, signing key, ACME store)"),
+    "backups": ("commstack.operations.backups", "list the backup snapshots with their age and size"),
+    "restore": ("commstack.operations.restore", "restore a snapshot into the stack; refuses over live data unless told"),
+    "signal-restore": ("commstack.operations.signal_restore",
                        "Signal half: DynamoDB tables to a point in time (new tables), S3 object versions, SSM secrets"),
     "config-reference": ("components.settings.reference",
                          "print the configuration reference (docs/configuration.md) generated from the settings schema"),
@@ -39,7 +39,7 @@ def _module(command: str) -> ModuleType:
 
 def build_parser(selected: Optional[str] = None) -> argparse.ArgumentParser:
     """The CLI parser; only `selected`'s options are added (its module is imported)."""
-    parser = argparse.ArgumentParser(prog="python -m commstack",
+    parser = argparse.ArgumentParser(prog="./scripts/commstack",
                                      description="Offline render and bench of the commstack program; checks of a deployed stack.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command, (_, help_text) in COMMANDS.items():

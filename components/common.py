@@ -57,6 +57,25 @@ def to_yaml(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=1000)
 
 
+def merge_config(*parts: Mapping[str, Any]) -> dict:
+    """Config sections merged key by key, nested mappings included, into a new dict.
+
+    Each feature adds its own keys to a config section (Synapse's `experimental_features` gets
+    the bridges' MSC2409/MSC3202 flags and MatrixRTC's MSC4143/4222/4354): a plain `update`
+    would let the last one silently drop the others' keys. Two parts setting one key to
+    different values is a programming error, so it raises instead of picking a winner."""
+    merged: dict = {}
+    for part in parts:
+        for key, value in part.items():
+            if key not in merged:
+                merged[key] = merge_config(value) if isinstance(value, Mapping) else value
+            elif isinstance(merged[key], dict) and isinstance(value, Mapping):
+                merged[key] = merge_config(merged[key], value)
+            elif merged[key] != value:
+                raise ValueError(f"config key {key!r} is set twice, to {merged[key]!r} and to {value!r}")
+    return merged
+
+
 @dataclass
 class ConfigFile:
     """A file the program places in a container."""

@@ -1,4 +1,4 @@
-"""commstack's policy pack: `pulumi preview --policy-pack policy` (see README, "Policies and pull-request previews").
+"""commstack's policy pack: `pulumi preview --policy-pack policy` (see docs/security.md, "The policy pack").
 
 Every policy is mandatory: a violation stops the preview or update.
 """

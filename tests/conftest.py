@@ -1,6 +1,6 @@
 """Shared fixtures: the offline engine (Pulumi mocks) and stack configs.
 
-Only the engine boundary is mocked (commstack/offline.py); the program,
+Only the engine boundary is mocked (commstack/devtools/offline.py); the program,
 its components and its renderers run for real.
 """
 
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from commstack import offline  # noqa: E402
+from commstack.devtools import offline  # noqa: E402
 
 # Values a test stack needs for the secret-only keys.
 TEST_SECRETS = {

@@ -61,3 +61,62 @@ def test_only_settings_reads_stack_config():
     readers = [p.relative_to(ROOT) for p in COMPONENT_FILES + [ROOT / "__main__.py"]
                if "pulumi.Config(" in p.read_text() and p.name != "settings.py"]
     assert readers == []
+
+
+def _imported_modules(path: Path, package: str) -> set[str]:
+    """Every `package…` module `path` imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from commstack.checks import doctor` imports the module commstack.checks.doctor.
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in found if name == package or name.startswith(package + ".")}
+
+
+def import_graph(package: str) -> dict[str, set[str]]:
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in (ROOT / package).rglob("*.py")}
+    return {name: _imported_modules(path, package) & set(modules) - {name} for name, path in modules.items()}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    cycles, done = [], set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            cycles.append(path[path.index(module):] + [module])
+            return
+        if module in done:
+            return
+        for imported in sorted(graph.get(module, ())):
+            visit(imported, path + [module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+    return cycles
+
+
+@pytest.mark.parametrize("package", ["commstack", "components"])
+def test_no_import_cycles(package):
+    assert import_cycles(import_graph(package)) == []
+
+
+def test_import_cycle_check_finds_a_cycle():
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+
+
+def test_cli_tests_mirror_the_cli_modules():
+    """tests/commstack/<group>/test_<module>[_<aspect>].py tests commstack/<group>/<module>.py."""
+    unmatched = []
+    for test in (ROOT / "tests" / "commstack").rglob("test_*.py"):
+        if test.parent.name == "commstack":
+            continue  # the dispatcher's own tests (commstack/__main__.py)
+        modules = [p.stem for p in (ROOT / "commstack" / test.parent.name).glob("*.py")]
+        tested = test.stem.removeprefix("test_")
+        if not any(tested == m or tested.startswith(m + "_") for m in modules):
+            unmatched.append(str(test.relative_to(ROOT)))
+    assert unmatched == []
+    assert (ROOT / "tests" / "commstack" / "checks" / "test_doctor.py").is_file()

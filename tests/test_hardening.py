@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from commstack import offline
+from commstack.devtools import offline
 from components.settings import SettingsError, known_containers
 from policy import rules
 from tests.conftest import evaluate

@@ -25,9 +25,9 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from commstack import offline
+from commstack.devtools import offline
 from tests.conftest import write_self_signed_pair
-from commstack.render import write_render
+from commstack.devtools.render import write_render
 from components.settings import CONFIG_KEYS, SettingsError
 from tests.conftest import TEST_SECRETS, stack_config
 

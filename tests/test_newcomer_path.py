@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from commstack import doctor, render_diff
-from commstack.admin import MIN_PASSWORD_LENGTH
-from tests.test_readme_commands import readme_commands
+from commstack.checks import doctor
+from commstack.devtools import render_diff
+from commstack.operations.admin import MIN_PASSWORD_LENGTH
+from tests.test_readme_commands import documentation, readme_commands
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
+DOCS = documentation()
 
 
 @pytest.mark.parametrize("stack, logs, certificate", [
@@ -42,19 +43,19 @@ def test_help_and_readme_agree_about_tls_flags():
     helps = {a.dest: a.help for a in parser._actions}
     assert "test harness only" not in helps["insecure_tls"]
     assert "tlsCertificate" in helps["ca_file"]
-    # The README recommends no command with --insecure-tls, and names the certificate one can pass.
-    assert not [c for c in readme_commands(README) if "--insecure-tls" in c]
-    assert "pulumi stack output tlsCertificate > dev.pem" in README
-    assert "the one `render` writes" not in README
+    # The docs recommend no command with --insecure-tls, and name the certificate one can pass.
+    assert not [c for c in readme_commands(DOCS) if "--insecure-tls" in c]
+    assert "pulumi stack output tlsCertificate > dev.pem" in DOCS
+    assert "the one `render` writes" not in DOCS
 
 
 def test_readme_states_the_password_rule():
-    assert f"at least {MIN_PASSWORD_LENGTH} characters" in README
+    assert f"at least {MIN_PASSWORD_LENGTH} characters" in (ROOT / "README.md").read_text()
 
 
 def test_readme_commands_have_no_optional_brackets():
     # `[--set …]` pasted into a shell is a glob, not an optional flag.
-    assert not [c for c in readme_commands(README) if re.search(r"\[--", c)]
+    assert not [c for c in readme_commands(DOCS) if re.search(r"\[--", c)]
 
 
 @pytest.mark.parametrize("diff, summary", [

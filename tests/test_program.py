@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from commstack import offline
+from commstack.devtools import offline
 from components.edge.ports import FEDERATION_PORT, public_ports
 from tests.conftest import evaluate
 
@@ -156,7 +156,7 @@ def test_aws_resources_use_the_tagged_regional_provider():
 def test_doctor_finds_everything_it_checks_in_the_stack_outputs(evaluation):
     import argparse
 
-    from commstack import doctor
+    from commstack.checks import doctor
 
     parser = argparse.ArgumentParser()
     doctor.add_arguments(parser)

@@ -1,5 +1,6 @@
-"""Every command the README shows, pasted in the order shown into one shell on a fresh
-machine: a sandbox copy of the project (tests/sandbox.py) where the Pulumi CLI, Docker,
+"""Every command the README and docs/ show, pasted in the order shown into one shell on a fresh
+machine (the README first, then each docs/ page in the order the README links them, then any other
+page by name): a sandbox copy of the project (tests/sandbox.py) where the Pulumi CLI, Docker,
 curl and package downloads are stand-ins that behave like the real ones at their edges
 (a stack must exist, secrets need the passphrase, `config set` writes the stack file).
 Our own commands run for real on the offline engine. So the README cannot drift: a
@@ -10,7 +11,7 @@ What the test changes, and why:
 * `/tmp/` paths land in the test's temporary directory;
 * `./scripts/test` is a recorder (it is the command running this test; CI runs it for real);
 * `bench` gets `--repeat 1 --skip-harness` (the full run boots the loopback harness;
-  tests/commstack/test_bench.py covers it);
+  tests/commstack/devtools/test_bench.py covers it);
 * each command's stdin is a file holding the test password (what a reader types at a prompt);
 * a `python -m pytest FILE…` line (the session-only tests that need jars built outside the
   clone) only checks that its test files exist: this suite runs them itself, and they skip here.
@@ -22,16 +23,31 @@ import json
 import re
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.sandbox import Sandbox
+from tests.sandbox import ROOT, Sandbox
 
 PASSWORD = "correct horse battery staple"
 PLACEHOLDER = re.compile(r"<([a-z_][a-z_ ]*)>")
 # Commands that may fail because nothing is deployed behind the stand-ins (no homeserver answers
 # on the stack's addresses), and what they must print then.
 MAY_FIND_NOTHING_DEPLOYED = {"commstack doctor": "checks:"}
+
+
+def documents(root: Path = ROOT) -> list[Path]:
+    """README.md, then the docs/ pages it links (in that order), then any other page, by name."""
+    readme = (root / "README.md").read_text()
+    linked = list(dict.fromkeys(re.findall(r"\]\((docs/[\w-]+\.md)(?:#[\w-]*)?\)", readme)))
+    pages = [root / name for name in linked if (root / name).is_file()]
+    pages += [page for page in sorted((root / "docs").glob("*.md")) if page not in pages]
+    return [root / "README.md", *pages]
+
+
+def documentation(root: Path = ROOT) -> str:
+    """The README and every docs/ page, in reading order."""
+    return "\n".join(page.read_text() for page in documents(root))
 
 
 def readme_commands(readme: str) -> list[str]:
@@ -56,9 +72,7 @@ def pasted(command: str, tmp: str) -> str:
     if " -m pytest " in command:
         files = [word for word in command.split() if word.endswith(".py")]
         return " && ".join(f"test -f {f}" for f in files) or "false"
-    if "-m commstack bench" in command:
-        command = command.replace("-m commstack bench", "-m commstack bench --repeat 1 --skip-harness")
-    return command
+    return re.sub(r"((?:-m |scripts/)commstack bench)", r"\1 --repeat 1 --skip-harness", command)
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +87,12 @@ def session(tmp_path_factory):
     box.outputs = {"serverName": "127.0.0.1", "homeserverUrl": "https://127.0.0.1:9/", "publicIp": "127.0.0.1",
                    "dockerHost": "",
                    "turnUris": [], "registrationSharedSecret": "sandbox-shared-secret-0123456789",
-                   "createAdminCommand": ".venv/bin/python -m commstack create-admin --stack dev --user admin"}
+                   "createAdminCommand": ".venv/bin/python -m commstack create-admin --stack dev --user admin",
+                   "tlsCertificate": self_signed_certificate("commstack.localhost")}
     expiry = int((time.time() + 7 * 86400) * 1000)
     answer = json.dumps({"step": "new", "status": 200,
                          "body": {"token": "sandboxTOKEN123", "uses_allowed": 1, "expiry_time": expiry}})
-    readme = (box.root / "README.md").read_text()
-    commands = readme_commands(readme)
+    commands = readme_commands(documentation(box.root))
     (tmp / "typed").write_text(f"{PASSWORD}\n" * 3)
     script = ["set -u"]
     for index, command in enumerate(commands):
@@ -92,12 +106,50 @@ def session(tmp_path_factory):
     return box, commands, codes, done
 
 
-def test_the_readme_shows_the_commands_a_newcomer_needs(session):
-    _, commands, _, _ = session
-    joined = "\n".join(commands)
-    for needed in ("./scripts/up dev", "export PULUMI_CONFIG_PASSPHRASE_FILE=", "create-admin --stack dev",
-                   "registration-token --stack dev", "doctor --stack dev", "render --stack", "render-diff --base"):
-        assert needed in joined, needed
+def self_signed_certificate(name: str) -> str:
+    """A PEM certificate for `name`, as a tls: self-signed stack's tlsCertificate output holds one."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now)
+                   .not_valid_after(now + datetime.timedelta(days=30))
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+                   .sign(key, hashes.SHA256()))
+    return certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_documents_are_the_readme_then_its_links_then_the_rest(tmp_path):
+    (tmp_path / "docs").mkdir()
+    for name in ("a.md", "b.md", "c.md"):
+        (tmp_path / "docs" / name).write_text(name)
+    (tmp_path / "README.md").write_text("[c](docs/c.md#x) and [a](docs/a.md), [c again](docs/c.md), [gone](docs/gone.md)")
+    assert [p.relative_to(tmp_path).as_posix() for p in documents(tmp_path)] == [
+        "README.md", "docs/c.md", "docs/a.md", "docs/b.md"]
+
+
+def test_the_readme_shows_the_commands_a_newcomer_needs():
+    readme = readme_commands((ROOT / "README.md").read_text())
+    for needed in ("./scripts/up dev", "./scripts/test", "export PULUMI_CONFIG_PASSPHRASE_FILE=",
+                   "create-admin --stack dev", "doctor --stack dev"):
+        assert any(needed in command for command in readme), needed
+    everywhere = "\n".join(readme_commands(documentation()))
+    for needed in ("registration-token --stack dev", "render --stack", "render-diff --base", "doctor --server-name"):
+        assert needed in everywhere, needed
+
+
+def test_our_cli_is_run_one_way():
+    """Every command line runs our CLI with ./scripts/commstack (the project's venv), never a bare
+    `python -m commstack` that the system Python would run."""
+    bare = [c for c in readme_commands(documentation()) if re.search(r"(^|\s)(python3?|\.venv/bin/python) -m commstack", c)]
+    assert bare == []
 
 
 def test_every_command_runs_when_pasted_in_order(session):

@@ -134,7 +134,12 @@ def render_bridge_config(spec: BridgeSpec, *, server_name: str, homeserver_url: 
         # answers the bot's own /sync with 500 ("We no longer support AS users using /sync directly",
         # synapse/handlers/sync.py), so its crypto gets to-device events and key counts pushed in
         # transactions instead (MSC2409/MSC3202, which Synapse's experimental_features turn on).
-        "encryption": {"allow": True, "default": False, "require": False, "appservice": True,
+        # `default`: new portals are created encrypted (mautrix-go bridgev2/matrix/intent.go CreateRoom),
+        # so messages that are end-to-end encrypted on WhatsApp or Telegram do not sit in plaintext in
+        # Synapse's database and its backups. `require` stays off: it drops every unencrypted message
+        # from Matrix (bridgev2/matrix/matrix.go), which would silence portals created before this
+        # default and any unencrypted room a user opens with the bot (docs/security.md).
+        "encryption": {"allow": True, "default": True, "require": False, "appservice": True,
                        "pickle_key": pickle_key},
         "logging": {"min_level": "info", "writers": [{"type": "stdout", "format": "pretty"}]},
         "env_config_prefix": None,

@@ -39,7 +39,7 @@ SUPERUSER = "postgres"
 DATA_DIR = "/var/lib/postgresql/data"
 INIT_SQL_PATH = "/commstack/init.sql"
 # Runs before the image's docker-entrypoint.sh: refuses a data directory of another major
-# (configs/postgres/entrypoint.sh; README, Postgres major upgrades).
+# (configs/postgres/entrypoint.sh; docs/operations.md, Postgres major upgrades).
 ENTRYPOINT_PATH = "/commstack/postgres-entrypoint.sh"
 ENTRYPOINT_SCRIPT = CONFIGS_DIR / "postgres" / "entrypoint.sh"
 # Secrets reach the containers as files, not environment variables (which `docker inspect` shows).

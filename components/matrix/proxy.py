@@ -56,7 +56,7 @@ ACCESS_LOG = {
 }
 
 # Synapse's admin API stays private: no router matches it, so Traefik answers 404 itself
-# (commstack create-admin uses `docker exec` instead, commstack/admin.py).
+# (commstack create-admin uses `docker exec` instead, commstack/operations/admin.py).
 ADMIN_PATH_PREFIX = "/_synapse/admin"
 NOT_ADMIN = f"!PathPrefix(`{ADMIN_PATH_PREFIX}`)"
 

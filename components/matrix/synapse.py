@@ -15,8 +15,8 @@ import pulumi
 import pulumi_docker as docker
 import pulumi_tls as tls
 
-from components.common import (ConfigFile, ContainerSpec, Hardening, generated_secret, service_container,
-                               stateful_child, to_yaml)
+from components.common import (ConfigFile, ContainerSpec, Hardening, generated_secret, merge_config,
+                               service_container, stateful_child, to_yaml)
 from components.matrix.postgres import DatabaseCredentials
 
 LOGICAL_NAME = "synapse"
@@ -59,6 +59,14 @@ MATRIX_RTC_SETTINGS = {
     # runs every 5 s (defaults 0.2/10 and 1/5 would throttle calls).
     "rc_message": {"per_second": 0.5, "burst_count": 30},
     "rc_delayed_event_mgmt": {"per_second": 1, "burst_count": 20},
+}
+
+
+# The bridges' encryption (encryption.appservice): Synapse pushes the bot's to-device events
+# (MSC2409), device list changes and one-time key counts (MSC3202) in appservice transactions,
+# because it refuses an appservice user's own /sync. Without them the bot cannot read encrypted DMs.
+APPSERVICE_ENCRYPTION_SETTINGS = {
+    "experimental_features": {"msc2409_to_device_messages_enabled": True, "msc3202_transaction_extensions": True},
 }
 
 
@@ -141,13 +149,10 @@ def render_homeserver_config(
         "url_preview_enabled": False,
         "app_service_config_files": list(app_service_config_files),
     }
+    # Each feature below adds its own keys; merge_config keeps every one of them (the bridges' and
+    # MatrixRTC's flags share `experimental_features`) and refuses two values for one key.
     if app_service_config_files:
-        # The bridges' encryption (encryption.appservice): to-device events, device lists and
-        # one-time key counts pushed to appservices (MSC2409/MSC4203, MSC3202).
-        config["experimental_features"] = {
-            "msc2409_to_device_messages_enabled": True,
-            "msc3202_transaction_extensions": True,
-        }
+        config = merge_config(config, APPSERVICE_ENCRYPTION_SETTINGS)
     if not federation:
         # An empty whitelist federates with nobody.
         config["federation_domain_whitelist"] = []
@@ -161,10 +166,9 @@ def render_homeserver_config(
     if element_url:
         config["web_client_location"] = element_url
     if matrix_rtc_transports:
-        config.update({key: (dict(value) if isinstance(value, dict) else value)
-                       for key, value in MATRIX_RTC_SETTINGS.items()})
         # synapse/config/matrixrtc.py: each entry is {type: livekit, livekit_service_url: ...}.
-        config["matrix_rtc"] = {"transports": [dict(t) for t in matrix_rtc_transports]}
+        config = merge_config(config, MATRIX_RTC_SETTINGS,
+                              {"matrix_rtc": {"transports": [dict(t) for t in matrix_rtc_transports]}})
     return config
 
 

@@ -17,7 +17,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
-from components.settings import facts
+import components.settings.facts as facts
 
 
 class Invalid(ValueError):

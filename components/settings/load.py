@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional
 
-from components.settings import facts
+import components.settings.facts as facts
 from components.settings.keys import unknown_keys
 from components.settings.kinds import Invalid, docker_host_parts, normalise, shown
 from components.settings.model import (BackupSettings, EdgeSettings, MatrixSettings, PostgresSettings, Settings,

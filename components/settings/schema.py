@@ -46,7 +46,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from components.settings import facts
+import components.settings.facts as facts
 from components.settings.kinds import (AwsRegion, Boolean, Choice, Custom, DockerHost, Domain, Ec2InstanceType, IPv4,
                                        Integer, JsonList, Kind, Label, Pattern, Port, Secret, Url)
 from components.settings.shapes import (CIDR_LIST, CONTAINER_MEMORY, E164, EMAIL, GIT_REF, GIT_REPO, HHMM,

@@ -7,7 +7,7 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass
-from components.settings import facts
+import components.settings.facts as facts
 from components.settings.kinds import Custom, Invalid, JsonList, Kind, Pattern, compact_json, load_json, shown
 
 # An e-mail address: an RFC 5322 dot-atom local part (letters, digits and !#$%&'*+/=?^_`{|}~-, dots

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from commstack import __main__ as cli
-from commstack import offline
+from commstack.devtools import offline
 
 
 def test_help_lists_every_subcommand(capsys):
@@ -38,6 +38,6 @@ def test_only_the_selected_module_is_imported():
              "print(json.dumps([m for m in sys.modules if m.startswith(('commstack.', 'pulumi_'))]))")
     proc = subprocess.run([sys.executable, "-c", probe], cwd=offline.ROOT, capture_output=True, text=True, check=True)
     imported = json.loads(proc.stdout)
-    assert "commstack.bench" in imported
-    assert not {"commstack.render", "commstack.doctor", "commstack.admin"} & set(imported)
+    assert "commstack.devtools.bench" in imported
+    assert not {"commstack.devtools.render", "commstack.checks.doctor", "commstack.operations.admin"} & set(imported)
     assert not [m for m in imported if m.startswith("pulumi_")]

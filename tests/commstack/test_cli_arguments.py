@@ -126,7 +126,7 @@ def test_bad_arguments_get_a_clear_error_not_a_traceback(sandbox, monkeypatch, c
 
 
 def test_an_unexpected_failure_is_one_line_unless_asked(monkeypatch, capsys):
-    from commstack import bench
+    from commstack.devtools import bench
 
     def broken(args):
         raise KeyError("a bug")
@@ -142,7 +142,7 @@ def test_an_unexpected_failure_is_one_line_unless_asked(monkeypatch, capsys):
 
 
 def test_pulumi_subprocesses_find_the_passphrase_scripts_up_keeps(tmp_path, monkeypatch):
-    from commstack import admin
+    from commstack.operations import admin
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)

@@ -41,8 +41,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from commstack import doctor, offline  # noqa: E402
-from commstack.render import write_render  # noqa: E402
+from commstack.checks.target import ConnectTo  # noqa: E402
+from commstack.devtools import offline  # noqa: E402
+from commstack.devtools.render import write_render  # noqa: E402
 from components.common import image  # noqa: E402
 from components.matrix import bridges as matrix_bridges  # noqa: E402
 from components.matrix import element, proxy  # noqa: E402
@@ -396,8 +397,8 @@ class Harness:
         """A client of the public URLs (https://matrix.<domain>/…) that reaches them through the
         harness's Traefik, verifying TLS against the program's certificate with the hostname checked."""
         session = requests.Session()
-        session.mount("http://", doctor.ConnectTo(self.connect_to))
-        session.mount("https://", doctor.ConnectTo(self.connect_to))
+        session.mount("http://", ConnectTo(self.connect_to))
+        session.mount("https://", ConnectTo(self.connect_to))
         session.verify = str(self.proxy_certificate)
         session.trust_env = False  # REQUESTS_CA_BUNDLE and proxy variables would override the above
         return session
@@ -686,7 +687,7 @@ class Harness:
 
 
 # `docker exec` into the Synapse container, for the harness (which runs no Docker): the same argv
-# commstack.admin.synapse_exec sends, run here with the container's paths and loopback listener
+# commstack.operations.admin.synapse_exec sends, run here with the container's paths and loopback listener
 # mapped to the harness's Synapse (loopback.synapse_exec_argv). It records DOCKER_HOST and argv.
 DOCKER_EXEC_STAND_IN = """#!{python}
 import json, os, sys

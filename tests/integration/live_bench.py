@@ -3,7 +3,7 @@ loopback harness, with the real programs (Synapse, nginx, Traefik, LiveKit, lk-j
 
     python -m tests.integration.live_bench --joins 20 --messages 50 --json
 
-boots the harness once, measures, prints the raw samples as JSON (commstack/bench.py turns them
+boots the harness once, measures, prints the raw samples as JSON (commstack/devtools/bench.py turns them
 into p50/p95) and shuts everything down.
 
 Call setup, per join: two fresh users each ask Synapse for an OpenID token and lk-jwt-service for

@@ -17,7 +17,7 @@ from typing import Optional
 import requests
 from livekit import api, rtc
 
-from commstack.admin import register_user
+from commstack.operations.admin import register_user
 
 SAMPLE_RATE = 48000
 FRAME_SAMPLES = 480  # 10 ms

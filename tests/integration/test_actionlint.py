@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-from commstack import offline
+from commstack.devtools import offline
 from tests.integration import gobuild
 
 WORKFLOWS = sorted((offline.ROOT / ".github" / "workflows").glob("*.yml"))

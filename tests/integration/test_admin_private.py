@@ -14,7 +14,7 @@ import stat
 import pytest
 import requests
 
-from commstack import admin
+from commstack.operations import admin
 from components.matrix import proxy
 from tests.integration.harness import docker_exec_stand_in
 

@@ -24,8 +24,9 @@ import boto3
 import pytest
 import requests
 
-from commstack import backup as backup_cli, doctor
-from commstack.admin import register_user
+from commstack.checks import doctor
+from commstack.operations import backup as backup_cli
+from commstack.operations.admin import register_user
 from components.matrix import backup as component
 from tests.integration import gobuild, loopback
 from tests.integration.harness import PG_BIN, SYNAPSE_AFTER_GATE, start, wait_until

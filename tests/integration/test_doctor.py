@@ -22,10 +22,11 @@ from urllib.parse import urlsplit
 import pytest
 from livekit import api
 
-from commstack import doctor
+from commstack.checks import doctor
 from components.matrix import proxy
 from tests.integration import calls_backend, rtc_client
 from tests.integration.harness import LOOPBACK, ROOT, free_port
+from tests.values import different
 
 needs_lk_jwt = pytest.mark.skipif(calls_backend.lk_jwt_binary() is None, reason=calls_backend.LK_JWT_SKIP_REASON)
 
@@ -310,7 +311,8 @@ def test_doctor_fails_an_lk_jwt_service_that_refuses_connections(harness, doctor
 def test_doctor_fails_when_lk_jwt_service_holds_another_livekit_key(harness, doctor_argv, tmp_path):
     """A real second lk-jwt-service whose key file differs from LiveKit's: LiveKit refuses its room creation."""
     keys = tmp_path / "other-keys"
-    keys.write_text(f"otherkey{secrets.token_hex(4)}: {secrets.token_hex(24)}\n")
+    key, secret = rtc_client.key_pair(harness.rendered.text("livekit", "/etc/livekit/keys.yaml"))
+    keys.write_text(f"{different(key)}: {different(secret)}\n")
     keys.chmod(0o600)
     with calls_backend.lk_jwt_replaced(harness, {"LIVEKIT_KEY_FILE": str(keys)}):  # behind Traefik's route
         done = _doctor(harness, doctor_argv)

@@ -14,7 +14,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from nio import AsyncClient, JoinResponse, LoginResponse, RoomCreateResponse, RoomMessageText, RoomSendResponse
 
-from commstack.admin import register_user
+from commstack.operations.admin import register_user
 
 
 def _new_user(harness, name: str) -> tuple[str, str]:

@@ -17,9 +17,9 @@ import textwrap
 
 import requests
 
-from commstack import offline
-from commstack.admin import register_user
-from commstack.registration_token import LOCAL_URL
+from commstack.devtools import offline
+from commstack.operations.admin import register_user
+from commstack.operations.registration_token import LOCAL_URL
 
 FAKE_DOCKER = textwrap.dedent("""\
     #!{python}

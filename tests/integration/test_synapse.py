@@ -11,7 +11,7 @@ import stat
 import pytest
 import requests
 
-from commstack import admin
+from commstack.operations import admin
 
 
 def test_synapse_answers_client_versions(harness):

@@ -10,8 +10,8 @@ import time
 import pytest
 import requests
 
-from commstack.admin import register
-from commstack.doctor import turn_allocate, turn_rest_credentials
+from commstack.checks.doctor import turn_allocate, turn_rest_credentials
+from commstack.operations.admin import register
 
 
 def _conf_values(text: str) -> dict[str, str]:

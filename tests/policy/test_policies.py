@@ -29,7 +29,7 @@ from pulumi_policy import (
 )
 from pulumi_policy.proxy import unknown_checking_proxy
 
-from commstack import offline
+from commstack.devtools import offline
 from policy import rules
 
 ROOT = offline.ROOT

@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 
-from commstack import offline
+from commstack.devtools import offline
 
 WORKFLOW = offline.ROOT / ".github/workflows/preview.yml"
 PINNED_ACTION = re.compile(r"^[\w.-]+/[\w.-]+@v\d+(\.\d+){0,2}$")

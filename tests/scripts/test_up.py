@@ -105,7 +105,7 @@ def test_a_passphrase_of_your_own_is_used_and_none_is_generated(tmp_path):
 
 
 def test_the_hosts_file_line_appears_exactly_when_localhost_names_do_not_resolve(tmp_path):
-    from commstack import localnames, offline
+    from commstack.devtools import localnames, offline
 
     box, result = sandbox_up(tmp_path)
     names = localnames.stack_hostnames(offline.stack_config("dev"))
@@ -117,7 +117,7 @@ def test_the_hosts_file_line_appears_exactly_when_localhost_names_do_not_resolve
 
 
 def test_hosts_line_lists_every_unresolved_local_name():
-    from commstack import localnames
+    from commstack.devtools import localnames
 
     names = localnames.stack_hostnames({"commstack:domain": "commstack.localhost", "commstack:signal": "true",
                                         "commstack:elementSubdomain": "web"})
@@ -143,6 +143,6 @@ def test_missing_docker_client_stops_with_install_hint(tmp_path):
     assert "docs.docker.com/engine/install" in result.stderr
 
 
-@pytest.mark.parametrize("script", ["up", "test"])
+@pytest.mark.parametrize("script", ["up", "test", "commstack"])
 def test_scripts_are_valid_bash(script):
     assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / script)]).returncode == 0

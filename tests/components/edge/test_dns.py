@@ -6,7 +6,7 @@ import json
 import pulumi
 import pytest
 
-from commstack import offline
+from commstack.devtools import offline
 from components.edge.dns import (Dns, DnsApiToken, DnsApiTokenArgs, DnsArgs, cloudflare_proxy_ranges,
                                  permission_group_ids, record_label)
 from components.edge.records import DnsRecordSpec

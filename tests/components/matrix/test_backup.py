@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from commstack import offline
+from commstack.devtools import offline
 from components.matrix import backup
 from components.matrix.backup_bucket import job_policy
 from components.settings import SettingsError

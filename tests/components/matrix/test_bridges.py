@@ -4,7 +4,7 @@ import pulumi
 import pytest
 import yaml
 
-from commstack import offline
+from commstack.devtools import offline
 from components.common import image
 from components.matrix.bridges import (BRIDGE_SPECS, CONFIG_PATH, OWN_REGISTRATION_PATH, BridgeArgs, MautrixBridge,
                                        render_bridge_config, render_registration)
@@ -60,10 +60,18 @@ def test_encryption_uses_appservice_transactions_not_the_bots_own_sync(kind):
     which Synapse answers with 500; on, it reads to-device events from transactions (MSC2409/MSC3202),
     and the registration must say so as mautrix-go's own generator does (applyUnstableFlags)."""
     encryption = config_for(kind)["encryption"]
-    assert (encryption["allow"], encryption["appservice"], encryption["default"]) == (True, True, False)
+    assert (encryption["allow"], encryption["appservice"]) == (True, True)
     assert "msc4190" not in encryption  # the bot's device comes from appservice login, which Synapse has
     registration = render_registration(BRIDGE_SPECS[kind], server_name=SERVER, as_token="a", hs_token="h")
     assert registration["org.matrix.msc3202"] is True
+
+
+@pytest.mark.parametrize("kind", sorted(BRIDGE_SPECS))
+def test_portals_are_created_encrypted_and_unencrypted_rooms_still_work(kind):
+    """New portals get m.room.encryption at creation (encryption.default), so bridged messages are not
+    stored in plaintext by Synapse; `require` would drop every unencrypted message (docs/security.md)."""
+    encryption = config_for(kind)["encryption"]
+    assert (encryption["default"], encryption["require"]) == (True, False)
 
 
 def test_telegram_network_section_and_named_admins():

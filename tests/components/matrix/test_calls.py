@@ -8,7 +8,7 @@ import pulumi
 import pytest
 import yaml
 
-from commstack import offline
+from commstack.devtools import offline
 from components.edge.ports import firewall_ranges, ports_for, public_ports
 from components.matrix import livekit, lkjwt
 from components.matrix.livekit import TurnServer, key_file, render_livekit_config

@@ -11,7 +11,7 @@ import pulumi
 import pytest
 import yaml
 
-from commstack import offline
+from commstack.devtools import offline
 from components.matrix.homeserver import Homeserver, HomeserverArgs
 from components.matrix.proxy import CF_TOKEN_PATH
 from components.settings import CONFIGS_DIR, EdgeSettings, MatrixSettings

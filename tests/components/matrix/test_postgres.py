@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 import pulumi
 import pytest
 
-from commstack import offline
+from commstack.devtools import offline
 from components.matrix.postgres import (
     INIT_SQL_PATH, DatabaseSpec, Postgres, PostgresArgs, render_init_sql,
 )

@@ -9,7 +9,7 @@ import shlex
 
 import pytest
 
-from commstack import offline
+from commstack.devtools import offline
 from components import common, pins
 from components.matrix import postgres_upgrade
 from components.matrix.postgres_upgrade import NEW_DATA_DIR, render_upgrade_env

@@ -5,7 +5,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from commstack import offline
+from commstack.devtools import offline
 from components.common import to_yaml
 from components.matrix.proxy import (CERT_PATH, CF_TOKEN_PATH, DYNAMIC_PATH, KEY_PATH, STATIC_PATH, ReverseProxy, ReverseProxyArgs,
                                      Route, render_traefik_dynamic, render_traefik_static)

@@ -9,10 +9,10 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from commstack import offline
+from commstack.devtools import offline
 from components.matrix.postgres import DatabaseCredentials
 from components.matrix.synapse import (
-    CONFIG_PATH, Synapse, SynapseArgs, data_paths, render_homeserver_config, render_log_config,
+    APPSERVICE_ENCRYPTION_SETTINGS, CONFIG_PATH, MATRIX_RTC_SETTINGS, Synapse, SynapseArgs, data_paths, render_homeserver_config, render_log_config,
     signing_key_id, signing_key_line,
 )
 
@@ -122,6 +122,38 @@ def test_appservice_encryption_features_only_with_bridges(tmp_path):
     parsed = load_with_synapse(config, tmp_path)
     assert parsed.experimental.msc2409_to_device_messages_enabled is True
     assert parsed.experimental.msc3202_transaction_extensions is True
+
+
+def test_bridges_keep_their_encryption_flags_when_calls_are_on(tmp_path):
+    """Calls (MatrixRTC) and the bridges both add `experimental_features` keys: with both on, every
+    flag of each reaches Synapse. A replaced block dropped MSC2409/MSC3202, and the bridge bot never
+    received the to-device events that carry its room keys (issue 17)."""
+    registration = tmp_path / "whatsapp.yaml"
+    registration.write_text(yaml.safe_dump({
+        "id": "whatsapp", "url": "http://bridge-whatsapp:29318", "as_token": "a", "hs_token": "h",
+        "sender_localpart": "whatsappbot", "namespaces": {"users": [{"regex": "@whatsapp_.*", "exclusive": True}]},
+        "org.matrix.msc3202": True}))
+    transports = [{"type": "livekit", "livekit_service_url": "https://rtc.example.org/livekit/jwt"}]
+    config = render(app_service_config_files=[str(registration)], matrix_rtc_transports=transports)
+    assert config["experimental_features"] == {
+        "msc2409_to_device_messages_enabled": True, "msc3202_transaction_extensions": True,
+        "msc4143_enabled": True, "msc4222_enabled": True, "msc4354_enabled": True}
+    assert config["matrix_rtc"] == {"transports": transports}
+    parsed = load_with_synapse(config, tmp_path)
+    assert parsed.experimental.msc2409_to_device_messages_enabled is True
+    assert parsed.experimental.msc3202_transaction_extensions is True
+    assert parsed.experimental.msc4143_enabled is True
+
+
+def test_the_rendered_settings_constants_are_never_mutated():
+    transports = [{"type": "livekit", "livekit_service_url": "https://rtc.example.org/livekit/jwt"}]
+    config = render(app_service_config_files=["/data/appservices/whatsapp.yaml"], matrix_rtc_transports=transports)
+    config["experimental_features"]["msc4143_enabled"] = False
+    config["rc_message"]["burst_count"] = 1
+    assert MATRIX_RTC_SETTINGS["experimental_features"]["msc4143_enabled"] is True
+    assert MATRIX_RTC_SETTINGS["rc_message"]["burst_count"] == 30
+    assert APPSERVICE_ENCRYPTION_SETTINGS["experimental_features"] == {
+        "msc2409_to_device_messages_enabled": True, "msc3202_transaction_extensions": True}
 
 
 def test_signing_key_line_is_synapse_format_and_the_same_key():

@@ -5,7 +5,7 @@ import ipaddress
 import pulumi
 import pytest
 
-from commstack import offline
+from commstack.devtools import offline
 from components.edge.ports import ports_for
 from components.matrix.turn import CONF_PATH, CERT_PATH, KEY_PATH, Turn, TurnArgs, render_turnserver_conf, turn_uris
 

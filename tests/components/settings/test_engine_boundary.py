@@ -8,7 +8,7 @@ import logging
 import pytest
 import yaml
 
-from commstack import offline
+from commstack.devtools import offline
 from commstack.__main__ import main as cli
 from tests.conftest import TEST_SECRETS, evaluate, stack_config
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from commstack import offline
+from commstack.devtools import offline
 from components.settings import (CONFIG_KEYS, SettingsError, arm_instance_type, non_public_domain, non_routable_ipv4,
                                  valid_git_ref)
 from tests.conftest import stack_config

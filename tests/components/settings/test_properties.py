@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from commstack import offline
+from commstack.devtools import offline
 from components.settings import CONFIG_KEYS, SettingsError
 from tests.conftest import TEST_SECRETS, stack_config
 

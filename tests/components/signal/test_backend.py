@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from commstack import offline
+from commstack.devtools import offline
 from components.edge.ports import firewall_ranges
 from components.signal.host import PATHS, REGISTRATION_TLS_HOST
 from components.signal.server_config import NO_IDENTITY_TOKEN

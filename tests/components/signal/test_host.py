@@ -12,7 +12,7 @@ import pulumi
 import pytest
 import yaml
 
-from commstack import offline, render
+from commstack.devtools import offline, render
 from components.signal.host import (CERTBOT_RETRY_SECONDS, PATHS, USER_DATA_LIMIT, SignalHost, SignalHostArgs,
                                     encode_user_data, render_nginx_conf)
 from components.signal.registration import TwilioVerify, Verification

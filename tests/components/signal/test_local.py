@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from commstack import offline
+from commstack.devtools import offline
 from tests.conftest import TEST_SECRETS, stack_config
 from components.signal.version import load_version
 

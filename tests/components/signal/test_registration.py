@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from commstack import offline
+from commstack.devtools import offline
 from components.settings import SettingsError
 from components.signal.host import PATHS, TWILIO_SECRET_PARAMETER
 from components.signal.registration import (LAST_DIGITS_SENDER, RUN_UID, SECRETS_PATH, SELFHOSTED_ENVIRONMENT,

@@ -5,7 +5,7 @@ import pulumi
 import pytest
 import yaml
 
-from commstack import offline
+from commstack.devtools import offline
 from components.settings import SettingsError
 from components.signal.host import PATHS
 from components.signal.storage import Tables, TablesArgs, table_name

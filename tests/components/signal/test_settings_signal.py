@@ -2,7 +2,7 @@
 
 import pytest
 
-from commstack import offline
+from commstack.devtools import offline
 from components.settings import SettingsError
 from tests.conftest import TEST_SECRETS, stack_config
 

@@ -1,3 +1,0 @@
-"""`python -m commstack backups`: the stack's snapshots with age and size (see commstack/backup.py)."""
-
-from commstack.backup import backups_arguments as add_arguments, snapshots_main as main  # noqa: F401

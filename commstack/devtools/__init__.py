@@ -1,0 +1,1 @@
+"""Developer tools that need no deployment: the offline engine, render, render-diff, bench and localnames."""
