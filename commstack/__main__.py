@@ -1,4 +1,4 @@
-"""`python -m commstack COMMAND …`: dispatches to one subcommand module.
+"""`./scripts/commstack COMMAND …` (`python -m commstack` in the project's .venv): dispatches to one subcommand module.
 
 Every subcommand module exposes `add_arguments(parser)` and
 `main(args: argparse.Namespace) -> int`. Only the module of the command
@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shlex
 import sys
+from pathlib import Path
 from types import ModuleType
 from typing import Optional, Sequence
 
@@ -51,23 +53,52 @@ def build_parser(selected: Optional[str] = None) -> argparse.ArgumentParser:
 
 # Exit status for a failure no command anticipated (sysexits.h EX_SOFTWARE).
 INTERNAL_ERROR = 70
+# Exit status when a module the command needs is missing: another interpreter than the project's
+# virtualenv, or a virtualenv without its requirements (sysexits.h EX_UNAVAILABLE).
+MISSING_MODULE = 69
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+OWN_PACKAGES = ("commstack", "components", "tests", "policy")
+
+
+def in_project_venv() -> bool:
+    """Whether this interpreter is the project's virtualenv (.venv, the one Pulumi.yaml names)."""
+    venv = PROJECT_DIR / ".venv"
+    return venv.is_dir() and Path(sys.prefix).resolve() == venv.resolve()
+
+
+def missing_module(exc: ModuleNotFoundError, argv: Sequence[str]) -> str:
+    """Why a third-party module is missing, and the exact command that runs with it."""
+    wrapper = PROJECT_DIR / "scripts" / "commstack"
+    runner = "./scripts/commstack" if Path.cwd().resolve() == PROJECT_DIR else shlex.quote(str(wrapper))
+    if in_project_venv():
+        return (f"error: the project's virtualenv has no module {exc.name!r}; install its requirements again: "
+                f"{shlex.quote(sys.executable)} -m pip install -r {shlex.quote(str(PROJECT_DIR / 'requirements.txt'))}")
+    return (f"error: this Python ({sys.executable}) has no module {exc.name!r}: our CLI runs in the project's "
+            f"virtualenv. Run instead: {shlex.join([runner, *argv]) if argv else runner}")
+
+
+def _ours(exc: ModuleNotFoundError) -> bool:
+    return (exc.name or "").split(".")[0] in OWN_PACKAGES
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     selected = argv[0] if argv and argv[0] in COMMANDS else None
-    args = build_parser(selected).parse_args(argv)
     try:
+        args = build_parser(selected).parse_args(argv)
         return int(_module(args.command).main(args) or 0)
     except KeyboardInterrupt:
         print("error: cancelled", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - every command handles the errors it expects
-        # A bug, not bad input: one line instead of a traceback, unless asked for.
         if os.environ.get("COMMSTACK_TRACEBACK"):
             raise
-        print(f"error: {args.command} failed unexpectedly ({type(exc).__name__}); this is a bug in commstack. "
-              "Run it again with COMMSTACK_TRACEBACK=1 to see where.", file=sys.stderr)
+        if isinstance(exc, ModuleNotFoundError) and not _ours(exc):
+            print(missing_module(exc, argv), file=sys.stderr)
+            return MISSING_MODULE
+        # A bug, not bad input: one line instead of a traceback, unless asked for.
+        print(f"error: {selected or 'commstack'} failed unexpectedly ({type(exc).__name__}); this is a bug in "
+              "commstack. Run it again with COMMSTACK_TRACEBACK=1 to see where.", file=sys.stderr)
         return INTERNAL_ERROR
 
 

@@ -11,7 +11,8 @@ Stand-ins (on PATH before the real tools):
   "Success!", else $SANDBOX_DOCKER_EXEC_ANSWER (what it ran is logged).
 * `curl` fails (no installer downloads).
 * `.venv/bin/python` is the real interpreter, but `-m pip` only logs (no network).
-* `python3 -m venv DIR` makes DIR/bin/pip, which checks the requirements file exists and logs.
+* `python3 -m venv DIR` makes DIR/bin/pip, which checks the requirements file exists and logs, and
+  DIR/bin/python, the same stand-in as `.venv/bin/python`.
 Every call of a stand-in is appended, as JSON, to $SANDBOX_LOG.
 """
 
@@ -163,6 +164,9 @@ if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then
 printf '{"cmd": "pip", "args": "%s"}\n' "$*" >> "$SANDBOX_LOG"
 PIP
   chmod +x "$3/bin/pip"
+  cat > "$3/bin/python" <<'PYTHON'
+@VENV_PYTHON@PYTHON
+  chmod +x "$3/bin/python"
   printf '{"cmd": "venv", "args": "%s"}\n' "$3" >> "$SANDBOX_LOG"
   exit 0
 fi
@@ -198,8 +202,9 @@ class Sandbox:
         write_script(self.bin / "pulumi", FAKE_PULUMI.format(python=python))
         write_script(self.bin / "docker", FAKE_DOCKER.format(python=python))
         write_script(self.bin / "curl", "#!/bin/sh\necho 'curl: (6) Could not resolve host' >&2\nexit 6\n")
-        write_script(self.bin / "python3", FAKE_PYTHON3.replace("@PYTHON3@", python3))
-        write_script(self.root / ".venv" / "bin" / "python", FAKE_VENV_PYTHON.replace("@PYTHON@", python))
+        venv_python = FAKE_VENV_PYTHON.replace("@PYTHON@", python)
+        write_script(self.bin / "python3", FAKE_PYTHON3.replace("@PYTHON3@", python3).replace("@VENV_PYTHON@", venv_python))
+        write_script(self.root / ".venv" / "bin" / "python", venv_python)
         self.outputs: dict = {}
 
     def git_init(self, remote_ref: str = "refs/remotes/origin/main") -> None:

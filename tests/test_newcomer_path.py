@@ -34,7 +34,7 @@ def test_outputs_give_doctor_the_stacks_certificate_and_log_command(stack, logs,
 def test_the_create_admin_output_needs_no_tls_flag(dev_evaluation, prod_evaluation):
     for evaluation in (dev_evaluation, prod_evaluation):
         command = evaluation.plain_stack_outputs["createAdminCommand"]
-        assert "--insecure-tls" not in command and command.startswith(".venv/bin/python -m commstack create-admin")
+        assert "--insecure-tls" not in command and command.startswith("./scripts/commstack create-admin")
 
 
 def test_help_and_readme_agree_about_tls_flags():

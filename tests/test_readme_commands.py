@@ -87,7 +87,7 @@ def session(tmp_path_factory):
     box.outputs = {"serverName": "127.0.0.1", "homeserverUrl": "https://127.0.0.1:9/", "publicIp": "127.0.0.1",
                    "dockerHost": "",
                    "turnUris": [], "registrationSharedSecret": "sandbox-shared-secret-0123456789",
-                   "createAdminCommand": ".venv/bin/python -m commstack create-admin --stack dev --user admin",
+                   "createAdminCommand": "./scripts/commstack create-admin --stack dev --user admin",
                    "tlsCertificate": self_signed_certificate("commstack.localhost")}
     expiry = int((time.time() + 7 * 86400) * 1000)
     answer = json.dumps({"step": "new", "status": 200,

@@ -248,7 +248,7 @@ class Homeserver(pulumi.ComponentResource):
         self.livekit_media_ports = "{}-{}".format(*media_ports()) if self.calls else None
         self.registration_shared_secret = self.synapse.registration_shared_secret
         # Over the Docker host connection (`docker exec`): no proxy serves the admin API.
-        self.create_admin_command = f".venv/bin/python -m commstack create-admin --stack {pulumi.get_stack()} --user admin"
+        self.create_admin_command = f"./scripts/commstack create-admin --stack {pulumi.get_stack()} --user admin"
         self.bridge_tokens = pulumi.Output.secret(
             pulumi.Output.all(**{kind: bridge.as_token for kind, bridge in self.bridges.items()})
             if self.bridges else pulumi.Output.from_input({})

@@ -1,25 +1,29 @@
-"""The quick-start script: every missing prerequisite in one run; the Pulumi login, the
-passphrase and the hosts-file line as a newcomer needs them (in a sandbox copy, tests/sandbox.py)."""
+"""The quick-start script: the virtualenv first, then every missing prerequisite in one run; the Pulumi
+login, the passphrase and the hosts-file line as a newcomer needs them (each run in a sandbox copy of
+the project, tests/sandbox.py, so no real virtualenv is made or changed)."""
 
+import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.sandbox import Sandbox
+
 ROOT = Path(__file__).resolve().parents[2]
-TOOLS = ["bash", "sh", "sed", "tr", "dirname", "cat", "mkdir", "env", "head", "python3"]
+TOOLS = ["bash", "sh", "sed", "tr", "dirname", "cat", "mkdir", "env", "head", "chmod"]
 
 
-def fake_bin(tmp_path: Path, scripts: dict[str, str]) -> Path:
-    """A PATH with only basic tools plus the given fake commands."""
+def fake_bin(tmp_path: Path, box: Sandbox, scripts: dict[str, str]) -> Path:
+    """A PATH with only basic tools, the sandbox's python3 (whose `-m venv` makes a stand-in venv),
+    plus the given fake commands."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in TOOLS:
-        # The interpreter itself, not a version manager's shim (which needs its own PATH).
-        os.symlink(os.path.realpath(sys.executable) if tool == "python3" else shutil.which(tool), bin_dir / tool)
+        os.symlink(shutil.which(tool), bin_dir / tool)
+    os.symlink(box.bin / "python3", bin_dir / "python3")
     for name, body in scripts.items():
         path = bin_dir / name
         if path.is_symlink():
@@ -29,17 +33,18 @@ def fake_bin(tmp_path: Path, scripts: dict[str, str]) -> Path:
     return bin_dir
 
 
-def run_up(tmp_path: Path, scripts: dict[str, str]) -> subprocess.CompletedProcess:
-    bin_dir = fake_bin(tmp_path, scripts)
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {"PATH": str(bin_dir), "HOME": str(home)}
-    return subprocess.run(["bash", str(ROOT / "scripts" / "up"), "dev"], env=env, capture_output=True, text=True,
-                          timeout=60)
+def run_up(tmp_path: Path, scripts: dict[str, str]) -> tuple[Sandbox, dict, subprocess.CompletedProcess]:
+    """./scripts/up dev on a fresh clone (no .venv yet) with only the given commands on PATH."""
+    (tmp_path / "box").mkdir()
+    box = Sandbox(tmp_path / "box")
+    shutil.rmtree(box.root / ".venv")
+    env = {"PATH": str(fake_bin(tmp_path, box, scripts)), "HOME": str(box.home), "SANDBOX_LOG": str(box.log)}
+    return box, env, subprocess.run(["bash", "scripts/up", "dev"], cwd=box.root, env=env, capture_output=True,
+                                    text=True, timeout=60)
 
 
 def test_missing_pulumi_cli_that_cannot_be_installed_stops_with_install_hint(tmp_path):
-    result = run_up(tmp_path, {"curl": "exit 6", "docker": "exit 0"})
+    _, _, result = run_up(tmp_path, {"curl": "exit 6", "docker": "exit 0"})
     assert result.returncode == 1
     assert "could not install the Pulumi CLI" in result.stderr
     assert "pulumi.com/docs/iac/download-install" in result.stderr
@@ -47,7 +52,7 @@ def test_missing_pulumi_cli_that_cannot_be_installed_stops_with_install_hint(tmp
 
 
 def test_every_missing_prerequisite_is_reported_in_one_run(tmp_path):
-    result = run_up(tmp_path, {"curl": "exit 6"})  # neither the Pulumi CLI nor Docker
+    _, _, result = run_up(tmp_path, {"curl": "exit 6"})  # neither the Pulumi CLI nor Docker
     assert result.returncode == 1
     assert "error: 2 prerequisite(s) missing" in result.stderr
     assert "could not install the Pulumi CLI" in result.stderr and "no Docker client found" in result.stderr
@@ -55,14 +60,12 @@ def test_every_missing_prerequisite_is_reported_in_one_run(tmp_path):
 
 
 def test_an_old_python_is_reported_with_the_rest(tmp_path):
-    result = run_up(tmp_path, {"curl": "exit 6", "python3": '[ "$1" = -V ] && echo "Python 3.9.2"; exit 1'})
+    _, _, result = run_up(tmp_path, {"curl": "exit 6", "python3": '[ "$1" = -V ] && echo "Python 3.9.2"; exit 1'})
     assert "error: 3 prerequisite(s) missing" in result.stderr
     assert "Python 3.11+ is needed, Python 3.9.2 is installed" in result.stderr
 
 
 def sandbox_up(tmp_path, *args: str, **env: str):
-    from tests.sandbox import Sandbox
-
     box = Sandbox(tmp_path)
     return box, subprocess.run(["bash", "scripts/up", "dev", *args], cwd=box.root, env=box.env(**env),
                                capture_output=True, text=True, timeout=120)
@@ -85,8 +88,6 @@ def test_a_fresh_machine_gets_the_local_backend_and_a_passphrase_every_pulumi_ca
 
 
 def test_an_existing_login_elsewhere_is_kept_and_said_clearly(tmp_path):
-    from tests.sandbox import Sandbox
-
     box = Sandbox(tmp_path)
     box.set_pulumi_state(backend="https://api.pulumi.com")
     result = subprocess.run(["bash", "scripts/up", "dev"], cwd=box.root, env=box.env(), capture_output=True, text=True,
@@ -130,17 +131,43 @@ def test_hosts_line_lists_every_unresolved_local_name():
 
 
 def test_missing_docker_engine_stops_with_install_hint(tmp_path):
-    result = run_up(tmp_path, {"pulumi": "exit 0", "docker": '[ "$1" = info ] && exit 1; exit 0'})
+    _, _, result = run_up(tmp_path, {"pulumi": "exit 0", "docker": '[ "$1" = info ] && exit 1; exit 0'})
     assert result.returncode == 1
     assert "no Docker engine answers" in result.stderr
     assert "Start Docker" in result.stderr
 
 
 def test_missing_docker_client_stops_with_install_hint(tmp_path):
-    result = run_up(tmp_path, {"pulumi": "exit 0"})
+    _, _, result = run_up(tmp_path, {"pulumi": "exit 0"})
     assert result.returncode == 1
     assert "no Docker client found" in result.stderr
     assert "docs.docker.com/engine/install" in result.stderr
+
+
+def test_the_virtualenv_is_made_before_a_missing_prerequisite_stops_it(tmp_path):
+    box, env, result = run_up(tmp_path, {"curl": "exit 6"})  # neither the Pulumi CLI nor Docker
+    assert result.returncode == 1 and "error: 2 prerequisite(s) missing" in result.stderr
+    assert (box.root / ".venv" / "bin" / "python").is_file()
+    pip = [json.loads(line)["args"] for line in box.log.read_text().splitlines() if '"cmd": "pip"' in line]
+    assert pip == ["-m pip install -q --disable-pip-version-check -r requirements.txt"]
+    # What works meanwhile, said with the exact commands, which run as printed.
+    assert "Meanwhile .venv is ready" in result.stderr
+    commands = [line.split("#")[0].strip() for line in result.stderr.splitlines() if line.startswith("  ./scripts/")]
+    assert commands == ["./scripts/commstack render --stack dev --out render",
+                        "./scripts/commstack doctor --server-name commstack.localhost"]
+    doctor = subprocess.run(commands[1].split(), cwd=box.root, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert doctor.returncode == 1 and "checks:" in doctor.stdout, doctor.stderr  # nothing deployed here
+    help_text = subprocess.run(["./scripts/commstack", "render", "--help"], cwd=box.root, env=env,
+                               capture_output=True, text=True, timeout=120)
+    assert help_text.returncode == 0 and "--out" in help_text.stdout, help_text.stderr
+
+
+def test_without_python_no_virtualenv_is_attempted(tmp_path):
+    box, _, result = run_up(tmp_path, {"curl": "exit 6", "python3": '[ "$1" = -V ] && echo "Python 3.9.2"; exit 1'})
+    assert result.returncode == 1
+    assert not (box.root / ".venv").exists()
+    assert "Meanwhile" not in result.stderr
 
 
 @pytest.mark.parametrize("script", ["up", "test", "commstack"])

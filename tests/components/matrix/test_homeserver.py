@@ -210,7 +210,7 @@ def test_stack_level_secret_and_admin_command(recorded):
         homeserver = yaml.safe_load(uploads(recorded, "synapse")["/data/homeserver.yaml"])
         assert homeserver["registration_shared_secret"] == shared_secret
         # self-signed: the program's own certificate is in no trust store
-        assert hs.create_admin_command == ".venv/bin/python -m commstack create-admin --stack test --user admin"
+        assert hs.create_admin_command == "./scripts/commstack create-admin --stack test --user admin"
         assert shared_secret not in hs.create_admin_command
         assert (hs.homeserver_url, hs.element_url, hs.server_name) == (
             "https://matrix.example.org/", "https://element.example.org/", "example.org")
@@ -407,6 +407,6 @@ def test_admin_command_verifies_tls_with_letsencrypt(recorded):
     hs, done = build(matrix_settings(), edge_settings("letsencrypt"))
 
     def check(_):
-        assert hs.create_admin_command == ".venv/bin/python -m commstack create-admin --stack test --user admin"
+        assert hs.create_admin_command == "./scripts/commstack create-admin --stack test --user admin"
 
     return done.apply(check)
