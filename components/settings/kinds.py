@@ -14,7 +14,6 @@ import ipaddress
 import json
 import re
 import unicodedata
-from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import components.settings.facts as facts
@@ -73,11 +72,29 @@ def _ascii_digits(text: str) -> Optional[str]:
 
 class Kind:
     """What one setting's value is. Subclasses set `type_name` (the reference's type column)
-    and implement `parse` and `allowed` (the reference's allowed-values column)."""
+    and implement `parse` and `allowed` (the reference's allowed-values column).
 
+    A kind's parameters are named in `fields` and given positionally or by name; a class attribute
+    of that name is the default. (Plain classes, not dataclasses: the program builds the schema at
+    every evaluation, and dataclass creation costs milliseconds each.)"""
+
+    fields: tuple[str, ...] = ()
     type_name = "string"
     fold_case = False  # DNS names, keywords and other case-blind values are compared in lower case
     secret = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if len(args) > len(self.fields) or set(kwargs) - set(self.fields):
+            raise TypeError(f"{type(self).__name__} takes {', '.join(self.fields) or 'no parameters'}")
+        values = {**dict(zip(self.fields, args)), **kwargs}
+        for name in self.fields:
+            if name in values:
+                setattr(self, name, values[name])
+            elif not hasattr(type(self), name):
+                raise TypeError(f"{type(self).__name__} needs {name}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(repr(getattr(self, f)) for f in self.fields)})"
 
     def parse(self, text: str) -> Any:
         return text
@@ -86,7 +103,6 @@ class Kind:
         return ""
 
 
-@dataclass(frozen=True)
 class Boolean(Kind):
     type_name = "boolean"
     fold_case = True
@@ -101,9 +117,10 @@ class Boolean(Kind):
         return "`true`, `false`"
 
 
-@dataclass(frozen=True)
 class Choice(Kind):
     """One of a few words; matched in any case. A close misspelling is offered as the fix."""
+
+    fields = ('choices',)
 
     choices: tuple[str, ...]
     type_name = "choice"
@@ -119,9 +136,10 @@ class Choice(Kind):
         return ", ".join(f"`{c}`" for c in self.choices)
 
 
-@dataclass(frozen=True)
 class Port(Kind):
     """A TCP port from a fixed list."""
+
+    fields = ('ports',)
 
     ports: tuple[int, ...]
     type_name = "integer"
@@ -135,9 +153,10 @@ class Port(Kind):
         return ", ".join(f"`{p}`" for p in self.ports)
 
 
-@dataclass(frozen=True)
 class Integer(Kind):
     """A whole number in [minimum, maximum], ASCII digits only (no sign, no exponent, no underscores)."""
+
+    fields = ('minimum', 'maximum', 'what', 'digits')
 
     minimum: int
     maximum: int
@@ -160,10 +179,11 @@ class Integer(Kind):
         return f"{self.minimum} to {self.maximum}"
 
 
-@dataclass(frozen=True)
 class Pattern(Kind):
     """Text matched whole (`fullmatch`) against an ASCII pattern; `shape` says in words what it is.
     `check` adds a rule a pattern cannot say (None when fine, else what is wrong)."""
+
+    fields = ('pattern', 'shape', 'fold_case', 'check', 'max_length', 'type_name', 'show_pattern')
 
     pattern: str
     shape: str
@@ -210,7 +230,6 @@ DNS_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 DOMAIN_PATTERN = rf"(?:{DNS_LABEL}\.)+{DNS_LABEL}"
 
 
-@dataclass(frozen=True)
 class Domain(Kind):
     """A DNS name of at least two labels, lowercase ASCII (IDNs in their xn-- form)."""
 
@@ -236,7 +255,6 @@ class Domain(Kind):
         return f"lowercase DNS labels joined by dots, at most {facts.MAX_HOSTNAME_LENGTH} characters; not an IP address"
 
 
-@dataclass(frozen=True)
 class Label(Kind):
     type_name = "DNS label"
     fold_case = True
@@ -250,7 +268,6 @@ class Label(Kind):
         return "one DNS label: 1-63 of a-z, 0-9 and inner `-`"
 
 
-@dataclass(frozen=True)
 class IPv4(Kind):
     type_name = "IPv4 address"
 
@@ -273,9 +290,10 @@ def port_problem(port: Optional[str]) -> Optional[str]:
     return None
 
 
-@dataclass(frozen=True)
 class Url(Kind):
     """A URL of the given schemes: a host, an optional port 1-65535, and (if `path`) a path."""
+
+    fields = ('schemes', 'path')
 
     schemes: tuple[str, ...]
     path: bool = False
@@ -300,7 +318,6 @@ class Url(Kind):
         return f"{' or '.join(s + '://' for s in self.schemes)}host[:port]{'[/path]' if self.path else ''}"
 
 
-@dataclass(frozen=True)
 class DockerHost(Kind):
     """unix:///path, ssh://[user@]host[:port] or npipe:. tcp:// is refused: Docker's TCP socket without TLS
     lets anyone who reaches it run anything as root on the host, and with TLS the client key would have
@@ -343,7 +360,6 @@ def docker_host_parts(url: str) -> tuple[str, str]:
 # -- AWS ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class AwsRegion(Kind):
     type_name = "AWS region"
     fold_case = True
@@ -362,7 +378,6 @@ class AwsRegion(Kind):
         return "a region of AWS's commercial partition (configs/aws/regions.json)"
 
 
-@dataclass(frozen=True)
 class Ec2InstanceType(Kind):
     type_name = "EC2 instance type"
     fold_case = True
@@ -417,9 +432,10 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-@dataclass(frozen=True)
 class JsonList(Kind):
     """A JSON list of strings, each one an `item`; no entry twice. The fix keeps the valid entries, once each."""
+
+    fields = ('item', 'items_name', 'normalise')
 
     item: Kind
     items_name: str = "strings"
@@ -472,7 +488,6 @@ class JsonList(Kind):
         return f"each: {self.item.allowed()}; no entry twice"
 
 
-@dataclass(frozen=True)
 class Secret(Kind):
     """A secret: only whether it is set is looked at; the value stays inside a secret Output."""
 
@@ -483,9 +498,10 @@ class Secret(Kind):
         return "any text (surrounding whitespace is removed)"
 
 
-@dataclass(frozen=True)
 class Custom(Kind):
     """A value with a parser of its own (a JSON object of a particular shape, a git ref, ...)."""
+
+    fields = ('parser', 'description', 'type_name', 'fold_case')
 
     parser: Callable[[str], Any]
     description: str

@@ -11,7 +11,6 @@ checked before it is printed: applied to the config, the key it names must valid
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional
 
 import components.settings.facts as facts
@@ -25,14 +24,18 @@ RM = object()  # a fix candidate: `pulumi config rm <key>` (back to the default)
 EMPTY_DEFAULTS = ("", "[]", "{}")
 
 
-@dataclass
 class Problem:
-    key: str
-    what: str
-    # Values for `key` that could fix it, best first (RM: remove the key); the first that validates is printed.
-    candidates: list = field(default_factory=list)
-    # A fix that is not a value of `key` (an unknown key's removal); printed as is.
-    fix_text: Optional[str] = None
+    """One problem: the key, what is wrong, and the values for the key that could fix it, best first
+    (RM: remove the key); the first that validates is printed. `fix_text`: a fix that is not a value of
+    `key` (an unknown key's removal), printed as is."""
+
+    __slots__ = ("key", "what", "candidates", "fix_text")
+
+    def __init__(self, key: str, what: str, candidates: Optional[list] = None, fix_text: Optional[str] = None):
+        self.key, self.what, self.candidates, self.fix_text = key, what, candidates or [], fix_text
+
+    def __repr__(self) -> str:
+        return f"Problem({self.key!r}, {self.what!r}, {self.candidates!r})"
 
     def line(self, fix: str) -> str:
         stop = "" if self.what.endswith(("?", ".")) else "."
@@ -46,17 +49,17 @@ def fix_line(key: str, candidate: Any) -> str:
     return set_line(key, candidate, bool(setting and setting.secret))
 
 
-@dataclass
 class Checked:
     """The outcome of `check`: each setting's value (parsed, or its default), problems and warnings."""
 
-    config: Mapping[str, Any]
-    values: dict[str, Any] = field(default_factory=dict)
-    given: set[str] = field(default_factory=set)  # keys set (non-empty) with a valid value
-    problems: list[Problem] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    # Results of the rules the settings are built from.
-    derived: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, config: Mapping[str, Any]):
+        self.config = config
+        self.values: dict[str, Any] = {}
+        self.given: set[str] = set()  # keys set (non-empty) with a valid value
+        self.problems: list[Problem] = []
+        self.warnings: list[str] = []
+        # Results of the rules the settings are built from.
+        self.derived: dict[str, Any] = {}
 
     def get(self, key: str) -> Any:
         return self.values.get(key)

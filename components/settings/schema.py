@@ -58,12 +58,20 @@ PROJECT = facts.PROJECT
 # -- when a setting applies ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class When:
     """Conditions on other settings under which a setting has an effect: any one alternative, each
     alternative all of its (key, value) pairs. A list-valued setting matches when it contains the value."""
 
-    alternatives: tuple[tuple[tuple[str, Any], ...], ...]
+    __slots__ = ("alternatives",)
+
+    def __init__(self, alternatives: tuple[tuple[tuple[str, Any], ...], ...]):
+        self.alternatives = alternatives
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, When) and other.alternatives == self.alternatives
+
+    def __hash__(self) -> int:
+        return hash(self.alternatives)
 
     def __or__(self, other: "When") -> "When":
         return When(self.alternatives + other.alternatives)
@@ -174,7 +182,9 @@ SCHEMA: list[Setting] = []
 
 
 def _section(name: str, *settings: Setting) -> None:
-    SCHEMA.extend(Setting(**{**s.__dict__, "section": name}) for s in settings)
+    for setting in settings:
+        object.__setattr__(setting, "section", name)  # frozen: set once, here
+    SCHEMA.extend(settings)
 
 
 _section(

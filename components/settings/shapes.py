@@ -6,7 +6,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from dataclasses import dataclass
 import components.settings.facts as facts
 from components.settings.kinds import Custom, Invalid, JsonList, Kind, Pattern, compact_json, load_json, shown
 
@@ -67,7 +66,6 @@ GIT_REF = Custom(_git_ref, "a git tag with a data file configs/signal/<ref>.yaml
 # -- CIDR lists ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Cidr(Kind):
     type_name = "CIDR"
 
@@ -85,7 +83,6 @@ class Cidr(Kind):
         return "a network in CIDR notation (10.0.0.0/8, 198.51.100.7/32, 2001:db8::/48)"
 
 
-@dataclass(frozen=True)
 class CidrList(JsonList):
     """CIDRs for SSH: none twice, and together never every address of a family (0.0.0.0/0, or two /1s)."""
 
