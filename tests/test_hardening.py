@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from commstack.devtools import offline
-from components.settings import SettingsError, known_containers
+from components.settings import SettingsError, known_containers, worker_containers
 from policy import rules
 from tests.conftest import evaluate
 
@@ -14,11 +14,19 @@ CONTAINER = "docker:index/container:Container"
 NETWORK = "docker:index/network:Network"
 
 
-@pytest.fixture(scope="module", params=["dev", "prod", "all"])
+@pytest.fixture(scope="module", params=["dev", "prod", "all", "workers"])
 def evaluation(request) -> offline.Evaluation:
     if request.param == "all":
         return evaluate("dev", bridges='["whatsapp","telegram"]', telegramApiId="123456", federationPort="8448")
+    if request.param == "workers":  # the specialized preset: every kind of Synapse worker
+        return evaluate("dev", bridges='["whatsapp","telegram"]', telegramApiId="123456",
+                        synapseWorkers="specialized")
     return evaluate(request.param)
+
+
+def synapse_workers(ev: offline.Evaluation) -> set[str]:
+    """The stack's Synapse worker containers (components/matrix/workers.py), if any."""
+    return {name for name in containers(ev) if name.startswith("synapse-") and name != "synapse-redis"}
 
 
 def containers(ev: offline.Evaluation) -> dict[str, dict]:
@@ -45,7 +53,8 @@ def test_postgres_shares_networks_only_with_its_clients(evaluation):
     assert joined["postgres"] == {"commstack-matrix-database"}
     bridges = {name for name in joined if name.startswith("bridge-")}
     # The backup job (pg_dump, pg_restore) is a Postgres client too.
-    assert members(evaluation, "commstack-matrix-database") == {"postgres", "postgres-init", "synapse", "backup", *bridges}
+    assert members(evaluation, "commstack-matrix-database") == {"postgres", "postgres-init", "synapse", "backup", *bridges,
+                                                                *synapse_workers(evaluation)}
 
 
 def test_coturn_is_on_no_internal_network(evaluation):
@@ -67,7 +76,9 @@ def test_synapse_is_reached_over_http_only_through_the_well_known_nginx(evaluati
     joined = networks_of(evaluation)
     reach = {peer for network in joined["synapse"] - {"commstack-matrix-egress"} for peer in members(evaluation, network)}
     bridges = {name for name in joined if name.startswith("bridge-")}
-    assert reach - {"synapse"} == {"postgres", "postgres-init", "backup", "wellknown", *bridges}  # backup: over Postgres
+    # backup: over Postgres; its own workers and Redis: over the replication network.
+    processes = synapse_workers(evaluation) | ({"synapse-redis"} if synapse_workers(evaluation) else set())
+    assert reach - {"synapse"} == {"postgres", "postgres-init", "backup", "wellknown", *bridges, *processes}
     assert "proxy" not in reach and "turn" not in reach and "element" not in reach
 
 
@@ -129,14 +140,27 @@ EXPECTED_CAPABILITIES = {
 
 
 def test_every_container_the_program_makes_is_a_known_container(evaluation):
-    assert set(containers(evaluation)) <= set(known_containers()) == set(EXPECTED_CAPABILITIES)
+    workers = set(worker_containers("specialized"))
+    assert set(containers(evaluation)) <= set(known_containers()) | workers
+    assert set(known_containers()) == set(EXPECTED_CAPABILITIES)
+    assert synapse_workers(evaluation) | ({"synapse-redis"} if synapse_workers(evaluation) else set()) <= workers
+
+
+def expected_capabilities(name: str) -> set[str]:
+    """A Synapse worker drops to 991 with gosu like the main process; the media worker also chowns its volume;
+    their Redis runs as its own user from the start."""
+    if name == "synapse-redis":
+        return set()
+    if name.startswith("synapse-"):
+        return {"CHOWN", "SETGID", "SETUID"} if name.startswith("synapse-media-") else {"SETGID", "SETUID"}
+    return EXPECTED_CAPABILITIES[name]
 
 
 def test_every_container_is_confined(evaluation):
     for name, props in containers(evaluation).items():
         assert props["securityOpts"] == ["no-new-privileges:true"], name
         assert props["capabilities"]["drops"] == ["ALL"], name
-        assert set(props["capabilities"]["adds"]) == EXPECTED_CAPABILITIES[name], name
+        assert set(props["capabilities"]["adds"]) == expected_capabilities(name), name
         assert not props.get("privileged"), name
         assert props["memory"] > 0 and props["memorySwap"] == props["memory"], name
         assert props["logDriver"] == "json-file" and props["logOpts"] == {"max-size": "10m", "max-file": "3"}, name
@@ -174,7 +198,8 @@ def test_every_secret_file_is_0400_or_0600_and_its_readers(evaluation):
             if secret or rules.is_secret_file(upload["file"]):
                 found += 1
                 assert upload.get("permissions") in ("0400", "0600"), (name, upload["file"])
-                assert upload.get("owner") == upload.get("group") == SECRET_OWNERS[name], (name, upload["file"])
+                owner = "991" if name in synapse_workers(evaluation) else "999" if name == "synapse-redis" else SECRET_OWNERS[name]
+                assert upload.get("owner") == upload.get("group") == owner, (name, upload["file"])
     assert found
 
 
@@ -185,7 +210,7 @@ def test_memory_limits_are_a_setting(tmp_path):
     assert limits["proxy"] == (256, 256)  # its default
     with pytest.raises(SettingsError) as raised:
         evaluate("dev", containerMemory='{"synaps": "4g"}')
-    assert any("commstack:containerMemory: no container is named 'synaps'" in p for p in raised.value.problems)
+    assert any("commstack:containerMemory: no container is named synaps" in p for p in raised.value.problems)
     with pytest.raises(SettingsError) as raised:
         evaluate("dev", containerMemory='{"synapse": "lots"}')
     assert any("is not a memory size" in p for p in raised.value.problems)

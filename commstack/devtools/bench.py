@@ -21,6 +21,12 @@ render, in the measuring process) it also times, unless `--joins 0 --messages 0`
   returns it, through the chain (Traefik on 443 with TLS, nginx, Synapse) and direct to Synapse,
   interleaved; the ratio of their medians against the goal of at most 20% added by the chain.
 
+With `--load` it also loads that boot's Matrix core and, booted beside it, the same stack with a
+worker preset (`--load-preset`, balanced by default; tests/integration/load_bench.py): `--senders`
+users sending back to back and `--syncers` users long-polling /sync, through Traefik, nginx and
+Synapse; events persisted and delivered per second, send-to-sync p50/p95, the CPU of each process,
+and the preset's throughput over the monolith's against the goal (1.5x with p95 no worse).
+
 With `--test-command` it also times the test command CI runs (./scripts/test) in this checkout,
 with the caches as they are; with `--cold`, as on a fresh machine instead: in a clean clone of
 HEAD in a temp dir with no venv and empty pip, Go build, Go module and commstack caches
@@ -213,15 +219,22 @@ def spread(values: list[float]) -> dict[str, float]:
             "max": max(values)}
 
 
-def live_harness(joins: int, messages: int, warmup: int) -> tuple[Optional[dict], str]:
-    """(the live bench's JSON report, message): one harness boot, then the call setups and the
-    message round trips on it. lk-jwt-service takes part when COMMSTACK_LK_JWT_SERVICE_BIN is set."""
+def live_harness(joins: int, messages: int, warmup: int,
+                 load: Optional[dict] = None) -> tuple[Optional[dict], str]:
+    """(the live bench's JSON report, message): one harness boot, then the call setups, the
+    message round trips and (with `load`) the load phases on it. lk-jwt-service takes part when
+    COMMSTACK_LK_JWT_SERVICE_BIN is set."""
     harness = offline.ROOT.joinpath(*LIVE_MODULE.split(".")).with_suffix(".py")
     if not harness.exists():
         return None, f"skipped: {LIVE_MODULE} does not exist in this checkout"
+    load_args = []
+    if load:
+        load_args = ["--load", load["preset"], "--senders", str(load["senders"]), "--syncers", str(load["syncers"]),
+                     "--rooms", str(load["rooms"]), "--load-seconds", str(load["seconds"]),
+                     "--load-warmup", str(load["warmup"]), "--load-rounds", str(load["rounds"])]
     try:
         proc = _python("-m", LIVE_MODULE, "--joins", str(joins), "--messages", str(messages), "--warmup", str(warmup),
-                       "--json", timeout=LIVE_TIMEOUT)
+                       *load_args, "--json", timeout=LIVE_TIMEOUT)
     except subprocess.TimeoutExpired:
         return None, f"failed: no answer within {LIVE_TIMEOUT} s"
     if proc.returncode != 0:
@@ -284,6 +297,70 @@ def paired_difference(messages: dict) -> float:
     return statistics.median(c - d for c, d in zip(messages["chain"]["samples"], messages["direct"]["samples"]))
 
 
+# -- load: the monolith against a worker preset (tests/integration/load_bench.py) ------------------------
+
+LOAD_GOAL = 1.5  # the preset persists at least 1.5 times the monolith's events per second, with p95 no worse
+SYNAPSE_PROCESSES = ("synapse",)  # and every synapse-<group>-<n> worker
+
+
+def load_totals(phases: list[dict]) -> dict:
+    """One deployment's phases together: events per second persisted and delivered, send-to-sync
+    p50/p95, and CPU seconds per process per measured second."""
+    seconds = sum(p["seconds"] for p in phases)
+    latencies = [x for p in phases for x in p["send_to_sync"]]
+    cpu: dict[str, float] = {}
+    for phase in phases:
+        for name, used in phase["cpu_seconds"].items():
+            cpu[name] = cpu.get(name, 0.0) + used
+    return {"persisted_per_second": sum(p["persisted"] for p in phases) / seconds,
+            "delivered_per_second": sum(p["delivered"] for p in phases) / seconds,
+            "p50": percentile(latencies, 50) if latencies else None,
+            "p95": percentile(latencies, 95) if latencies else None,
+            "cpu_per_second": {name: used / seconds for name, used in cpu.items()},
+            "errors": sum(p["error_count"] for p in phases), "seconds": seconds}
+
+
+def load_verdict(monolith: dict, preset: dict) -> tuple[float, str]:
+    """(the preset's throughput over the monolith's, whether the goal is met)."""
+    ratio = preset["persisted_per_second"] / monolith["persisted_per_second"]
+    p95_ok = preset["p95"] is not None and monolith["p95"] is not None and preset["p95"] <= monolith["p95"]
+    met = ratio >= LOAD_GOAL and p95_ok
+    return ratio, ("goal met" if met else
+                   f"goal NOT met (needs >= {LOAD_GOAL:.1f}x and p95 no worse than the monolith's)")
+
+
+def format_load(load: dict) -> list[str]:
+    phases = load["phases"]
+    first = phases[0]
+    preset = load["preset"]
+    totals = {name: load_totals([p for p in phases if p["deployment"] == name]) for name in ("monolith", preset)}
+    lines = [f"load: {first['senders']} senders, {first['syncers']} users long-polling /sync, {first['rooms']} rooms, "
+             f"through Traefik (TLS), nginx and Synapse; {len(phases) // 2} round(s) of "
+             f"{first['seconds']:.0f} s per deployment"]
+
+    def ms(value: Optional[float]) -> str:
+        return "-" if value is None else f"{value * 1000:.0f} ms"
+
+    rows = [("deployment", "persisted/s", "delivered/s", "send-to-sync p50", "p95", "errors")]
+    for name, total in totals.items():
+        rows.append((name, f"{total['persisted_per_second']:.1f}", f"{total['delivered_per_second']:.1f}",
+                     ms(total["p50"]), ms(total["p95"]), str(total["errors"])))
+    lines += ["  " + line for line in _table(rows)]
+    lines.append("  CPU (cores busy over the measured seconds):")
+    for name, total in totals.items():
+        cpu = total["cpu_per_second"]
+        synapse = sum(v for k, v in cpu.items() if k.startswith(SYNAPSE_PROCESSES) and k != "synapse-redis")
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]))
+        lines.append(f"    {name}: Synapse {synapse:.2f} in all; {parts}")
+    ratio, verdict = load_verdict(totals["monolith"], totals[preset])
+    lines.append(f"  {preset} / monolith: {ratio:.2f}x events persisted per second; {verdict}")
+    average = load.get("load_average")
+    if average:
+        lines.append(f"  (a shared machine: load average {average[0]:.1f}, {average[1]:.1f}, {average[2]:.1f} "
+                     f"over 1, 5, 15 minutes after the run, {load.get('cpus')} CPUs)")
+    return lines
+
+
 def format_live(report: Optional[dict], message: str) -> list[str]:
     if report is None:
         return [f"call setup and message round trips: {message}"]
@@ -292,6 +369,8 @@ def format_live(report: Optional[dict], message: str) -> list[str]:
         lines += format_calls(report["calls"])
     if "messages" in report:
         lines += format_messages(report["messages"])
+    if "load" in report:
+        lines += format_load(report["load"])
     if "load_average" in report:
         lines.append(f"(measured on a shared machine: load average {report['load_average']:.1f} "
                      f"over the last minute, {report.get('cpus')} CPUs)")
@@ -439,6 +518,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default {DEFAULT_MESSAGES}; 0: none)")
     parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
                         help=f"round trips per path done first and not counted (default {DEFAULT_WARMUP})")
+    parser.add_argument("--load", action="store_true",
+                        help="also load the harness's Matrix core: the monolith and a worker preset, "
+                             "events per second, send-to-sync p50/p95 and CPU per process (docs/workers.md)")
+    parser.add_argument("--load-preset", default="balanced", help="the worker preset --load measures (default balanced)")
+    parser.add_argument("--senders", type=int, default=20, help="--load: users sending back to back (default 20)")
+    parser.add_argument("--syncers", type=int, default=10, help="--load: users long-polling /sync (default 10)")
+    parser.add_argument("--rooms", type=int, default=5, help="--load: rooms the senders share (default 5)")
+    parser.add_argument("--load-seconds", type=float, default=30.0, help="--load: measured seconds per phase (default 30)")
+    parser.add_argument("--load-warmup", type=float, default=5.0, help="--load: seconds before each phase (default 5)")
+    parser.add_argument("--load-rounds", type=int, default=1,
+                        help="--load: monolith and preset phases, alternating (default 1)")
     parser.add_argument("--test-command", action="store_true",
                         help="also time ./scripts/test (what CI runs) here, with the caches as they are (goal 6 min)")
     parser.add_argument("--cold", action="store_true",
@@ -457,8 +547,14 @@ def main(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     negative = [f"--{name}" for name in ("joins", "messages", "warmup") if getattr(args, name) < 0]
+    if args.load:
+        negative += [f"--{name.replace('_', '-')}" for name in ("senders", "syncers", "rooms", "load_rounds")
+                     if getattr(args, name) < 1]
+        negative += [f"--{name.replace('_', '-')}" for name in ("load_seconds",) if getattr(args, name) <= 0]
+        if args.load_preset not in ("balanced", "specialized"):
+            negative.append("--load-preset (balanced or specialized)")
     if negative:
-        print(f"error: {', '.join(negative)} must be 0 or more", file=sys.stderr)
+        print(f"error: {', '.join(negative)} must be 0 or more (the load sizes at least 1)", file=sys.stderr)
         return 2
     stacks = [bench_stack(stack, args.repeat) for stack in args.stack or committed]
     harness, live = harness_and_live(args)
@@ -473,9 +569,13 @@ def harness_and_live(args: argparse.Namespace) -> tuple[tuple[Optional[float], O
     """The harness cold boot and, on that same boot, the call and message figures."""
     if args.skip_harness:
         return (None, None, "skipped (--skip-harness)"), None
-    if not (args.joins or args.messages):
+    load = None
+    if args.load:
+        load = {"preset": args.load_preset, "senders": args.senders, "syncers": args.syncers, "rooms": args.rooms,
+                "seconds": args.load_seconds, "warmup": args.load_warmup, "rounds": args.load_rounds}
+    if not (args.joins or args.messages or load):
         return harness_boot(), None
-    report, message = live_harness(args.joins, args.messages, args.warmup)
+    report, message = live_harness(args.joins, args.messages, args.warmup, **({"load": load} if load else {}))
     if report is None:
         return (None, None, message), (None, message)
     return (report["boot_wall_seconds"], {"cold_boot_seconds": report["cold_boot_seconds"]}, "ok"), (report, message)

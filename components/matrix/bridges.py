@@ -30,6 +30,9 @@ HARDENING = Hardening(capabilities=("CHOWN", "SETGID", "SETUID"), memory_mb=512,
                       why="docker-run.sh chowns /data, then su-exec to the bridge user 1337")
 
 
+# The bridge's own pool: at most this many Postgres connections (its role's limit adds a little).
+MAX_OPEN_CONNS = 5
+
 @dataclass(frozen=True)
 class BridgeSpec:
     kind: str
@@ -109,7 +112,7 @@ def render_bridge_config(spec: BridgeSpec, *, server_name: str, homeserver_url: 
             "permissions": permissions,
             "relay": {"enabled": False},
         },
-        "database": {"type": "postgres", "uri": database_uri, "max_open_conns": 5, "max_idle_conns": 1},
+        "database": {"type": "postgres", "uri": database_uri, "max_open_conns": MAX_OPEN_CONNS, "max_idle_conns": 1},
         "homeserver": {"address": homeserver_url, "domain": server_name, "software": "standard"},
         "appservice": {
             "address": spec.address,

@@ -18,7 +18,7 @@ from components.common import child, generated_secret
 from components.edge.dns import cloudflare_proxy_ranges
 from components.edge.records import DnsRecordSpec
 from components.matrix.backup import Backup, BackupArgs, BackupRepository
-from components.matrix.bridges import BRIDGE_SPECS, BridgeArgs, MautrixBridge
+from components.matrix.bridges import BRIDGE_SPECS, MAX_OPEN_CONNS as BRIDGE_POOL, BridgeArgs, MautrixBridge
 from components.matrix.calls import Calls, CallsArgs, calls_routes, rtc_transports
 from components.matrix.lkjwt import CONTAINER as LK_JWT_CONTAINER
 from components.matrix.livekit import CONTAINER as LIVEKIT_CONTAINER, media_ports
@@ -26,9 +26,11 @@ from components.matrix.element import LOGICAL_NAME as ELEMENT_CONTAINER, Element
 from components.matrix.network import Network, NetworkArgs
 from components.matrix.postgres import DatabaseSpec, Postgres, PostgresArgs
 from components.matrix.proxy import ReverseProxy, ReverseProxyArgs, Route
-from components.matrix.synapse import Synapse, SynapseArgs
+from components.matrix.redis import SynapseRedis, SynapseRedisArgs
+from components.matrix.synapse import RedisEndpoint, Synapse, SynapseArgs, WorkerNetworks
 from components.matrix.turn import Turn, TurnArgs
 from components.matrix.wellknown import CONTAINER as WELLKNOWN_CONTAINER, WellKnown, WellKnownArgs
+from components.matrix.workers import ROLE_SLACK, max_connections, synapse_connection_limit, worker_plan
 from components.settings import BackupSettings, EdgeSettings, MatrixSettings, PostgresSettings
 
 SYNAPSE_DATABASE = DatabaseSpec("synapse", "synapse", synapse_locale=True)
@@ -97,16 +99,26 @@ class Homeserver(pulumi.ComponentResource):
         if m.calls:
             # MatrixRTC on its own host, by path: lk-jwt-service and LiveKit each get a web-<backend> network.
             routes += calls_routes(m.rtc_host)
+        # Synapse's processes (commstack:synapseWorkers): the main one alone, or with workers.
+        plan = worker_plan(m.synapse_workers, dict(m.synapse_worker_counts))
+        self.workers = plan
         # One small network per role (components/matrix/network.py): each container joins only its own.
         self.network = Network(f"{name}-network", NetworkArgs(
-            internal_name=f"commstack-{name}", web_backends=[route.backend for route in routes]), opts=child(self))
+            internal_name=f"commstack-{name}", web_backends=[route.backend for route in routes],
+            replication=plan.enabled), opts=child(self))
         nets = self.network
 
         bridge_specs = {kind: BRIDGE_SPECS[kind] for kind in m.bridges}
+        # Every role gets a connection limit that fits its pools, and the server room for all of them.
+        databases = [DatabaseSpec(SYNAPSE_DATABASE.name, SYNAPSE_DATABASE.owner, synapse_locale=True,
+                                  connection_limit=synapse_connection_limit(plan))]
+        databases += [DatabaseSpec(s.database, s.database, connection_limit=BRIDGE_POOL + ROLE_SLACK)
+                      for s in bridge_specs.values()]
         self.postgres = Postgres(f"{name}-postgres", PostgresArgs(
             network=nets.database,
-            databases=[SYNAPSE_DATABASE] + [DatabaseSpec(s.database, s.database) for s in bridge_specs.values()],
+            databases=databases,
             version=args.postgres,
+            max_connections=max_connections([d.connection_limit for d in databases]),
         ), opts=child(self))
 
         self.bridges = {
@@ -116,6 +128,9 @@ class Homeserver(pulumi.ComponentResource):
                 # Synapse both ways, and the bridged network (WhatsApp, Telegram) outside.
                 extra_networks=[nets.appservice, nets.egress],
                 server_name=m.server_name,
+                # With workers the bridges call Synapse through nginx, which sends each request to the
+                # process that serves it (media uploads, for one, only the media worker takes).
+                homeserver_url=WELLKNOWN_UPSTREAM if plan.enabled else Synapse.internal_url,
                 database_uri=self.postgres.credentials[spec.database].uri(),
                 network_config=bridge_network_config(kind, m),
             ), opts=child(self))
@@ -180,6 +195,15 @@ class Homeserver(pulumi.ComponentResource):
             ), opts=child(self))
         transports = rtc_transports(m.rtc_host) if m.calls else []
 
+        self.redis = None
+        redis = None
+        if plan.enabled:
+            self.redis = SynapseRedis(f"{name}-synapse-redis", SynapseRedisArgs(network=nets.replication),
+                                      opts=child(self))
+            redis = RedisEndpoint(host=self.redis.host, port=self.redis.port, password=self.redis.password,
+                                  container=self.redis.container)
+        media_retention = {"local_media_lifetime": m.media_retention_local,
+                           "remote_media_lifetime": m.media_retention_remote}
         self.synapse = Synapse(f"{name}-synapse", SynapseArgs(
             network=nets.database,
             # Its HTTP front, its bridges (if any) and federation outside.
@@ -195,11 +219,19 @@ class Homeserver(pulumi.ComponentResource):
             element_url=element_url,
             max_upload_size=MAX_UPLOAD_SIZE,
             matrix_rtc_transports=transports,
+            media_retention={k: v for k, v in media_retention.items() if v},
+            workers=plan,
+            redis=redis,
+            worker_networks=WorkerNetworks(
+                database=nets.database, replication=nets.replication, front=nets.synapse, egress=nets.egress,
+                appservice=nets.appservice if self.bridges else None) if plan.enabled else None,
         ), opts=child(self))
 
         self.wellknown = WellKnown(f"{name}-wellknown", WellKnownArgs(
             network=nets.web[WELLKNOWN_CONTAINER],
-            extra_networks=[nets.synapse],
+            # With workers it is also the bridges' way to Synapse.
+            extra_networks=[nets.synapse, *([nets.appservice] if plan.enabled and self.bridges else [])],
+            workers=plan,
             server_name=m.server_name,
             matrix_host=m.matrix_host,
             public_baseurl=m.public_baseurl,
@@ -229,7 +261,8 @@ class Homeserver(pulumi.ComponentResource):
                 signing_key=self.synapse.signing_key_file,
                 acme_volume=self.proxy.acme_volume.name if self.proxy.acme_volume is not None else None,
                 repository=args.backup_repository,
-                stop_containers=["synapse"] + [spec.container for spec in bridge_specs.values()],
+                stop_containers=["synapse", *(p.name for p in plan.processes)]
+                + [spec.container for spec in bridge_specs.values()],
             ), opts=child(self, depends_on=[self.postgres.provisioner]))
 
         self.postgres_upgrade = None

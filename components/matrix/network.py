@@ -6,7 +6,8 @@ that talk over it, so every container reaches only what it needs.
 | `egress`        | no, ICC off | proxy, coturn, Synapse, the bridges             | the internet and published ports; ICC off, so they cannot reach each other through it |
 | `database`      | yes      | Postgres, postgres-init, Synapse, the bridges      | Postgres and its clients only        |
 | `synapse`       | yes      | Synapse, the well-known nginx                      | nginx is Synapse's only HTTP front   |
-| `appservice`    | yes      | Synapse, the bridges                               | appservice transactions, both ways   |
+| `appservice`    | yes      | Synapse, the bridges (and nginx with workers)      | appservice transactions, both ways   |
+| `replication`   | yes      | Synapse's processes, their Redis (workers only)    | Redis pub/sub and HTTP replication between the processes |
 | `web-<backend>` | yes      | the proxy and that one routed backend              | e.g. `web-element`: Element is reachable only from the proxy |
 
 coturn is on `egress` only (no internal network); Element only on `web-element`; the Signal
@@ -26,7 +27,7 @@ policy pack (policy/rules.py, `networks-segmented`) check the result.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Optional, Sequence
 
 import pulumi
 import pulumi_docker as docker
@@ -51,6 +52,8 @@ NETWORK_ROLES: dict[str, NetworkRole] = {
     "synapse": NetworkRole(internal=True, purpose="Synapse and its HTTP front, the well-known nginx"),
     "appservice": NetworkRole(internal=True, purpose="Synapse and the bridges"),
 }
+# Made only when Synapse runs workers (components/matrix/workers.py).
+REPLICATION_ROLE = NetworkRole(internal=True, purpose="Synapse's processes and their Redis")
 WEB_ROLE = NetworkRole(internal=True, purpose="the proxy and one backend it routes to")
 
 
@@ -59,6 +62,8 @@ class NetworkArgs:
     internal_name: str  # prefix of the docker networks' names on the host
     # The container names the proxy routes to; each gets its own `web-<backend>` network.
     web_backends: Sequence[str] = field(default_factory=list)
+    # Synapse runs workers: the `replication` network joins its processes and Redis.
+    replication: bool = False
 
 
 def network_options(role: NetworkRole) -> dict:
@@ -70,6 +75,7 @@ class Network(pulumi.ComponentResource):
     database: pulumi.Output[str]
     synapse: pulumi.Output[str]
     appservice: pulumi.Output[str]
+    replication: Optional[pulumi.Output[str]]
     web: dict[str, pulumi.Output[str]]
 
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None):
@@ -91,6 +97,7 @@ class Network(pulumi.ComponentResource):
 
         for key, role in NETWORK_ROLES.items():
             setattr(self, key, make(key, role))
+        self.replication = make("replication", REPLICATION_ROLE) if args.replication else None
         self.web = {backend: make(f"web-{backend}", WEB_ROLE) for backend in dict.fromkeys(args.web_backends)}
         self.register_outputs({"egress": self.egress, "database": self.database, "synapse": self.synapse,
-                               "appservice": self.appservice, "web": self.web})
+                               "appservice": self.appservice, "replication": self.replication, "web": self.web})

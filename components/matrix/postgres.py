@@ -31,7 +31,10 @@ import pulumi_docker as docker
 
 from components.common import (ConfigFile, ContainerSpec, Hardening, checked_job, generated_secret,
                                service_container, stateful_child)
-from components.settings import CONFIGS_DIR, LEGACY_POSTGRES_MAJOR, PostgresSettings
+# The settings' submodules, not the package: components.settings reads the worker presets, which import this.
+from components.paths import CONFIGS_DIR
+from components.settings.facts import LEGACY_POSTGRES_MAJOR
+from components.settings.model import PostgresSettings
 
 LOGICAL_NAME = "postgres"
 PORT = 5432
@@ -49,6 +52,8 @@ PASSWORD_FILE = "/run/secrets/postgres-password"
 POSTGRES_UID = "999"
 # The init job runs psql as root; libpq ignores a password file readable by others.
 PGPASS_PATH = "/root/.pgpass"
+# Postgres's own max_connections default.
+DEFAULT_MAX_CONNECTIONS = 100
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # The image's docker-entrypoint.sh runs as root: it chowns and chmods the data and socket
 # directories (CHOWN, FOWNER; DAC_OVERRIDE to walk a data directory only postgres may read),
@@ -66,6 +71,9 @@ class DatabaseSpec:
     # Synapse refuses databases not created with C collation and ctype
     # (element-hq/synapse docs/postgres.md, "Set up database").
     synapse_locale: bool = False
+    # The most connections its role may hold (ALTER ROLE … CONNECTION LIMIT), so one leaking client
+    # cannot take the slots the others need; None: unlimited (-1).
+    connection_limit: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,9 @@ class PostgresArgs:
     databases: Sequence[DatabaseSpec]
     # Which major the data is on and any upgrade under way; None: the legacy major, no upgrade.
     version: Optional[PostgresSettings] = None
+    # The server's max_connections (components/matrix/workers.py max_connections); None or
+    # Postgres's default (100) leaves the server's own setting.
+    max_connections: Optional[int] = None
 
 
 def data_volume_names(name: str, major: int) -> tuple[str, str]:
@@ -102,6 +113,16 @@ def data_volume_names(name: str, major: int) -> tuple[str, str]:
 def server_image_key(version: PostgresSettings) -> str:
     """images.yaml's postgres, or postgres-<old> while the upgrade job moves the data off the old major."""
     return "postgres" if version.server_major == version.image_major else f"postgres-{version.server_major}"
+
+
+def server_command(max_connections: Optional[int] = None) -> list[str]:
+    """The server's command: `postgres`, with max_connections when a stack needs more than the
+    default (only then, so a stack that does not keeps its container)."""
+    if max_connections is None or max_connections == DEFAULT_MAX_CONNECTIONS:
+        return ["postgres"]
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 20:
+        raise ValueError(f"max_connections must be a whole number of at least 20, not {max_connections!r}")
+    return ["postgres", "-c", f"max_connections={max_connections}"]
 
 
 def _sql_literal(value: str) -> str:
@@ -138,13 +159,16 @@ def render_init_sql(databases: list[tuple[DatabaseSpec, str]]) -> str:
         db, owner = _check_identifier(spec.name), _check_identifier(spec.owner)
         if not password:
             raise ValueError(f"the role {owner} needs a password")
+        limit = -1 if spec.connection_limit is None else spec.connection_limit
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < -1 or limit == 0:
+            raise ValueError(f"the connection limit of {owner} must be a positive whole number, not {limit!r}")
         locale = " LC_COLLATE ''C'' LC_CTYPE ''C''" if spec.synapse_locale else ""
         lines += [
             "",
             f"-- {db}, owned by {owner}",
             f"SELECT 'CREATE ROLE {owner}' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{owner}')\\gexec",
             f"ALTER ROLE {owner} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
-            f" PASSWORD {_sql_literal(password)};",
+            f" CONNECTION LIMIT {limit} PASSWORD {_sql_literal(password)};",
             f"SELECT 'CREATE DATABASE {db} WITH OWNER {owner} ENCODING ''UTF8''{locale} TEMPLATE template0'"
             f" WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{db}')\\gexec",
             f"ALTER DATABASE {db} OWNER TO {owner};",
@@ -213,7 +237,7 @@ class Postgres(pulumi.ComponentResource):
                 files=[ConfigFile(PASSWORD_FILE, superuser_password, permissions="0400", owner=POSTGRES_UID),
                        ConfigFile(ENTRYPOINT_PATH, ENTRYPOINT_SCRIPT.read_text(), executable=True)],
                 entrypoint=["/bin/sh", ENTRYPOINT_PATH],
-                command=["postgres"],
+                command=server_command(args.max_connections),
                 volumes=[docker.ContainerVolumeArgs(volume_name=data.name, container_path=DATA_DIR)],
                 # TCP, not the socket: during first-boot initdb the image runs a
                 # socket-only server that must not count as ready.

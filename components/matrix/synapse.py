@@ -7,6 +7,7 @@ Keys and their meaning: element-hq/synapse docs/usage/configuration/config_docum
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
@@ -18,6 +19,8 @@ import pulumi_tls as tls
 from components.common import (ConfigFile, ContainerSpec, Hardening, generated_secret, merge_config,
                                service_container, stateful_child, to_yaml)
 from components.matrix.postgres import DatabaseCredentials
+from components.matrix.workers import (MAIN, MAIN_REPLICATION_PORT, WORKER_APP, WORKER_PORT, WorkerPlan,
+                                       WorkerProcess)
 
 LOGICAL_NAME = "synapse"
 HTTP_PORT = 8008
@@ -95,9 +98,19 @@ def render_homeserver_config(
     max_upload_size: str = "50M",
     data_dir: str = DATA_DIR,
     matrix_rtc_transports: Sequence[Mapping[str, Any]] = (),
+    media_retention: Optional[Mapping[str, str]] = None,
+    workers: WorkerPlan = WorkerPlan(),
+    process: str = MAIN,
+    redis: Optional[Mapping[str, Any]] = None,
+    replication_secret: Optional[str] = None,
 ) -> dict:
     """homeserver.yaml as data. `database` holds user, password, database, host, port.
-    `matrix_rtc_transports` (lk-jwt-service's URL) turns on what MatrixRTC calls need."""
+    `matrix_rtc_transports` (lk-jwt-service's URL) turns on what MatrixRTC calls need.
+    `media_retention` holds local_media_lifetime and/or remote_media_lifetime (Synapse durations).
+
+    With workers (`workers`, components/matrix/workers.py) every process gets its own complete
+    file from here: `process` is `main` or a worker's name, `redis` (host, port, password) is the
+    replication bus and `replication_secret` authenticates the processes' HTTP replication."""
     if registration not in ("closed", "token"):
         raise ValueError(f"registration must be closed or token, not {registration!r}")
     if turn_uris and not turn_shared_secret:
@@ -127,7 +140,7 @@ def render_homeserver_config(
                 "host": database["host"],
                 "port": int(database["port"]),
                 "cp_min": 5,
-                "cp_max": 10,
+                "cp_max": workers.main_pool,
             },
         },
         **data_paths(data_dir),
@@ -169,7 +182,67 @@ def render_homeserver_config(
         # synapse/config/matrixrtc.py: each entry is {type: livekit, livekit_service_url: ...}.
         config = merge_config(config, MATRIX_RTC_SETTINGS,
                               {"matrix_rtc": {"transports": [dict(t) for t in matrix_rtc_transports]}})
+    if media_retention:
+        config = merge_config(config, {"media_retention": _media_retention(media_retention)})
+    if workers.enabled:
+        config = merge_config(config, _shared_worker_settings(workers, process, redis, replication_secret))
+        _set_process_listeners(config, workers, process, data_dir)
+    elif process != MAIN:
+        raise ValueError(f"there are no workers, so no process {process!r}")
     return config
+
+
+def _media_retention(retention: Mapping[str, str]) -> dict:
+    """synapse/config/repository.py `media_retention`: media not accessed for a lifetime is deleted."""
+    unknown = set(retention) - {"local_media_lifetime", "remote_media_lifetime"}
+    if unknown:
+        raise ValueError(f"media_retention takes local_media_lifetime and remote_media_lifetime, not {sorted(unknown)}")
+    return {key: value for key, value in retention.items() if value}
+
+
+def _shared_worker_settings(plan: WorkerPlan, process: str, redis: Optional[Mapping[str, Any]],
+                            replication_secret: Optional[str]) -> dict:
+    """What every process of a worker deployment shares (docs/workers.md, "Shared configuration"):
+    Redis, the replication secret, instance_map, stream_writers and the duties."""
+    if not redis or not replication_secret:
+        raise ValueError("workers need Redis (host, port, password) and the replication secret")
+    shared = {
+        "redis": {"enabled": True, "host": redis["host"], "port": int(redis["port"]), "password": redis["password"]},
+        "worker_replication_secret": replication_secret,
+        "instance_map": plan.instance_map(main_host=LOGICAL_NAME),
+        "stream_writers": plan.stream_writers(),
+        **plan.duties(),
+    }
+    media = plan.with_role("media")
+    if media:
+        # Only the media worker loads the media repository (synapse/config/repository.py
+        # can_load_media_repo); everyone else leaves its endpoints and jobs to it.
+        shared["enable_media_repo"] = process == media[0].name
+    return shared
+
+
+def _set_process_listeners(config: dict, plan: WorkerPlan, process: str, data_dir: str) -> None:
+    """This process's own part: the main process's replication listener, or a worker's
+    worker_app, name, listener, log config and pool (its listeners replace the main process's)."""
+    if process == MAIN:
+        config["listeners"].append({
+            "port": MAIN_REPLICATION_PORT, "type": "http", "tls": False, "bind_addresses": ["0.0.0.0"],
+            "resources": [{"names": ["replication"], "compress": False}],
+        })
+        return
+    worker: WorkerProcess = plan.process(process)
+    del config["listeners"]
+    config.update({
+        "worker_app": WORKER_APP,
+        "worker_name": worker.name,
+        "worker_listeners": [{
+            "port": WORKER_PORT, "type": "http", "tls": False, "bind_addresses": ["0.0.0.0"],
+            "x_forwarded": True,
+            "resources": [{"names": list(worker.resources), "compress": False}],
+        }],
+        "worker_log_config": data_paths(data_dir)["log_config"],
+    })
+    config["database"]["args"].update(cp_min=1, cp_max=worker.pool)
 
 
 def render_log_config() -> dict:
@@ -220,6 +293,68 @@ class SynapseArgs:
     extra_networks: Sequence[pulumi.Input[str]] = ()
     # MatrixRTC transports (lk-jwt-service's public URL); empty leaves calls off.
     matrix_rtc_transports: Sequence[Mapping[str, Any]] = ()
+    # Synapse's media_retention (local_media_lifetime, remote_media_lifetime); empty keeps all media.
+    media_retention: Mapping[str, str] = field(default_factory=dict)
+    # The worker processes (commstack:synapseWorkers), their Redis and their networks.
+    workers: WorkerPlan = field(default_factory=WorkerPlan)
+    redis: Optional["RedisEndpoint"] = None
+    worker_networks: Optional["WorkerNetworks"] = None
+
+
+@dataclass
+class RedisEndpoint:
+    """Where the processes reach Redis (components/matrix/redis.py), and its password (secret)."""
+
+    host: str
+    port: int
+    password: pulumi.Output[str]
+    container: pulumi.Resource  # what the main process waits for
+
+
+@dataclass
+class WorkerNetworks:
+    """components/matrix/network.py's networks a worker may join; each joins only those its roles need."""
+
+    database: pulumi.Input[str]
+    replication: pulumi.Input[str]
+    front: pulumi.Input[str]  # the `synapse` network, where nginx reaches the routed workers
+    egress: pulumi.Input[str]
+    appservice: Optional[pulumi.Input[str]] = None  # with bridges
+
+
+# Workers drop to 991:991 with gosu as the main process does (SETUID, SETGID); only the media worker,
+# which mounts the media volume, also chowns it (the main process's HARDENING).
+WORKER_HARDENING = Hardening(capabilities=("SETGID", "SETUID"), memory_mb=512,
+                             why="gosu to 991:991 (docker/start.py)")
+
+
+def worker_container_spec(process: WorkerProcess, files: Sequence[ConfigFile], networks: WorkerNetworks,
+                          media: Optional[docker.ContainerVolumeArgs] = None) -> ContainerSpec:
+    """One worker as a service: the Synapse image started as `generic_worker` by the image's own
+    start.py (SYNAPSE_WORKER), its files, the networks its roles need, a /health probe on its listener,
+    and the main process's hardening with the worker's own memory limit."""
+    joined = [networks.replication]
+    if process.routed:
+        joined.append(networks.front)
+    if process.egress:
+        joined.append(networks.egress)
+    if process.appservice and networks.appservice is not None:
+        joined.append(networks.appservice)
+    hardening = dataclasses.replace(HARDENING if media else WORKER_HARDENING, memory_mb=process.memory_mb)
+    start = f"chown {SYNAPSE_UID_GID} {media.container_path} && exec /start.py" if media else "exec /start.py"
+    return ContainerSpec(
+        image_key="synapse",
+        network=networks.database,
+        aliases=[process.name],
+        extra_networks=[(network, [process.name]) for network in joined],
+        files=files,
+        envs={"SYNAPSE_CONFIG_PATH": CONFIG_PATH, "SYNAPSE_WORKER": WORKER_APP},
+        entrypoint=["/bin/sh", "-c", start],
+        volumes=[media] if media else [],
+        healthcheck=["CMD-SHELL", f"curl -fSs http://localhost:{WORKER_PORT}/health || exit 1"],
+        hardening=hardening,
+        extra={"wait": True, "wait_timeout": 300},
+    )
 
 
 class Synapse(pulumi.ComponentResource):
@@ -245,55 +380,77 @@ class Synapse(pulumi.ComponentResource):
 
         db = args.database
         appservice_paths = sorted(args.appservice_registrations)
-        homeserver_yaml = pulumi.Output.all(
-            db_password=db.password,
-            registration_shared_secret=self.registration_shared_secret,
-            macaroon_secret_key=macaroon_secret_key,
-            form_secret=form_secret,
-            turn_shared_secret=args.turn_shared_secret,
-        ).apply(lambda s: to_yaml(render_homeserver_config(
-            server_name=args.server_name,
-            public_baseurl=args.public_baseurl,
-            database={"user": db.user, "password": s["db_password"], "database": db.database,
-                      "host": db.host, "port": db.port},
-            registration=args.registration,
-            federation=args.federation,
-            registration_shared_secret=s["registration_shared_secret"],
-            macaroon_secret_key=s["macaroon_secret_key"],
-            form_secret=s["form_secret"],
-            turn_uris=args.turn_uris,
-            turn_shared_secret=s["turn_shared_secret"],
-            app_service_config_files=appservice_paths,
-            element_url=args.element_url,
-            max_upload_size=args.max_upload_size,
-            matrix_rtc_transports=args.matrix_rtc_transports,
-        )))
+        plan = args.workers
+        if plan.enabled and (args.redis is None or args.worker_networks is None):
+            raise ValueError("workers need Redis and the worker networks (SynapseArgs.redis, worker_networks)")
+        replication_secret = generated_secret(f"{name}-replication-secret", self) if plan.enabled else None
+        redis = args.redis
+
+        def homeserver_yaml(process: str) -> pulumi.Output[str]:
+            """One process's homeserver.yaml: every process's comes from the same renderer."""
+            return pulumi.Output.all(
+                db_password=db.password,
+                registration_shared_secret=self.registration_shared_secret,
+                macaroon_secret_key=macaroon_secret_key,
+                form_secret=form_secret,
+                turn_shared_secret=args.turn_shared_secret,
+                replication_secret=replication_secret,
+                redis_password=redis.password if redis else None,
+            ).apply(lambda s: to_yaml(render_homeserver_config(
+                server_name=args.server_name,
+                public_baseurl=args.public_baseurl,
+                database={"user": db.user, "password": s["db_password"], "database": db.database,
+                          "host": db.host, "port": db.port},
+                registration=args.registration,
+                federation=args.federation,
+                registration_shared_secret=s["registration_shared_secret"],
+                macaroon_secret_key=s["macaroon_secret_key"],
+                form_secret=s["form_secret"],
+                turn_uris=args.turn_uris,
+                turn_shared_secret=s["turn_shared_secret"],
+                app_service_config_files=appservice_paths,
+                element_url=args.element_url,
+                max_upload_size=args.max_upload_size,
+                matrix_rtc_transports=args.matrix_rtc_transports,
+                media_retention=args.media_retention,
+                workers=plan,
+                process=process,
+                redis={"host": redis.host, "port": redis.port, "password": s["redis_password"]} if redis else None,
+                replication_secret=s["replication_secret"],
+            )))
+
         signing_key_file = pulumi.Output.all(signing_key.private_key_pem_pkcs8, signing_key.public_key_pem).apply(
             lambda keys: signing_key_line(keys[0], signing_key_id(keys[1]))
         )
         self.signing_key_file = pulumi.Output.secret(signing_key_file)  # also kept in every backup
         paths = data_paths()
-        # Secrets readable by the user Synapse runs as, and nobody else.
-        files = [
-            ConfigFile(CONFIG_PATH, pulumi.Output.secret(homeserver_yaml), permissions="0400", owner=SYNAPSE_UID),
-            ConfigFile(paths["log_config"], to_yaml(render_log_config())),
-            ConfigFile(paths["signing_key_path"], pulumi.Output.secret(signing_key_file), permissions="0400",
-                       owner=SYNAPSE_UID),
-        ] + [ConfigFile(path, pulumi.Output.secret(args.appservice_registrations[path]), permissions="0400",
-                        owner=SYNAPSE_UID) for path in appservice_paths]
+
+        def files(process: str) -> list[ConfigFile]:
+            """What every process reads: its own homeserver.yaml, and the shared log config, signing
+            key and appservice registrations. Secrets are readable by the user Synapse runs as alone."""
+            return [
+                ConfigFile(CONFIG_PATH, pulumi.Output.secret(homeserver_yaml(process)), permissions="0400",
+                           owner=SYNAPSE_UID),
+                ConfigFile(paths["log_config"], to_yaml(render_log_config())),
+                ConfigFile(paths["signing_key_path"], pulumi.Output.secret(signing_key_file), permissions="0400",
+                           owner=SYNAPSE_UID),
+            ] + [ConfigFile(path, pulumi.Output.secret(args.appservice_registrations[path]), permissions="0400",
+                            owner=SYNAPSE_UID) for path in appservice_paths]
 
         media_path = paths["media_store_path"]
+        media_mount = docker.ContainerVolumeArgs(volume_name=media.name, container_path=media_path)
+        replication_networks = [(args.worker_networks.replication, [LOGICAL_NAME])] if plan.enabled else []
         self.container = service_container(
             LOGICAL_NAME,
             ContainerSpec(
                 image_key="synapse",
                 network=args.network,
                 aliases=[LOGICAL_NAME],
-                extra_networks=[(network, [LOGICAL_NAME]) for network in args.extra_networks],
-                files=files,
+                extra_networks=[(network, [LOGICAL_NAME]) for network in args.extra_networks] + replication_networks,
+                files=files(MAIN),
                 envs={"SYNAPSE_CONFIG_PATH": CONFIG_PATH},
                 entrypoint=["/bin/sh", "-c", f"chown {SYNAPSE_UID_GID} {media_path} && exec /start.py"],
-                volumes=[docker.ContainerVolumeArgs(volume_name=media.name, container_path=media_path)],
+                volumes=[media_mount],
                 # The same probe as the image's own HEALTHCHECK.
                 healthcheck=["CMD-SHELL", f"curl -fSs http://localhost:{HTTP_PORT}/health || exit 1"],
                 hardening=HARDENING,
@@ -301,6 +458,20 @@ class Synapse(pulumi.ComponentResource):
             ),
             parent=self,
             resource_name=name,
+            depends_on=[args.redis.container] if plan.enabled else (),
         )
+        # Each worker: the same image, files and hardening, its own homeserver.yaml, networks and memory.
+        # They start once the main process is healthy: it alone migrates the database schema.
+        self.workers = {
+            process.name: service_container(
+                process.name,
+                worker_container_spec(process, files(process.name), args.worker_networks,
+                                      media_mount if "media" in process.roles else None),
+                parent=self,
+                resource_name=f"{name}-{process.name.removeprefix(LOGICAL_NAME + '-')}",
+                depends_on=[self.container],
+            )
+            for process in plan.processes
+        }
         self.register_outputs({"internal_url": self.internal_url,
                                "registration_shared_secret": self.registration_shared_secret})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from string import Template
 from typing import Optional, Sequence
@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import pulumi
 
 from components.common import ConfigFile, ContainerSpec, Hardening, service_container
+from components.matrix.workers import WorkerPlan, render_nginx_routing
 from components.settings import CONFIGS_DIR
 
 CONTAINER = "wellknown"
@@ -27,6 +28,8 @@ CONF_PATH = "/etc/nginx/conf.d/default.conf"
 # as the nginx user (SETUID, SETGID).
 HARDENING = Hardening(capabilities=("CHOWN", "NET_BIND_SERVICE", "SETGID", "SETUID"), memory_mb=64,
                       why="the nginx master binds :80, chowns its cache and drops its workers to nginx")
+# Docker's embedded DNS: nginx resolves the containers it proxies to by name, again and again.
+DOCKER_DNS = "127.0.0.11"
 # Synapse's default max_upload_size (synapse/config/repository.py).
 DEFAULT_MAX_BODY_SIZE = "50M"
 
@@ -71,9 +74,12 @@ def _nginx_literal(document: dict) -> str:
 def render_nginx_conf(*, server_name: str, matrix_host: str, server_json: Optional[dict], client_json: dict,
                       synapse_upstream: str, listen: str = "80",
                       max_body_size: str = DEFAULT_MAX_BODY_SIZE,
-                      trusted_proxies: Sequence[str] = PRIVATE_PROXY_RANGES) -> str:
+                      trusted_proxies: Sequence[str] = PRIVATE_PROXY_RANGES,
+                      workers: WorkerPlan = WorkerPlan(), resolver: Optional[str] = DOCKER_DNS) -> str:
     """The server block (for conf.d, inside nginx's http context). `trusted_proxies`
-    are the networks whose X-Forwarded-For entries are believed (see the template)."""
+    are the networks whose X-Forwarded-For entries are believed (see the template).
+    With `workers`, each request goes to the Synapse process that serves it
+    (components/matrix/workers.py), else to `synapse_upstream`."""
     if not trusted_proxies:
         raise ValueError("nginx needs at least the network Traefik connects from as a trusted proxy")
     networks = [str(ipaddress.ip_network(cidr)) for cidr in trusted_proxies]  # raises on anything else
@@ -81,13 +87,30 @@ def render_nginx_conf(*, server_name: str, matrix_host: str, server_json: Option
         raise ValueError(f"synapse_upstream must be scheme://host[:port] without a path, not {synapse_upstream!r}")
     if not _SIZE_RE.match(max_body_size):
         raise ValueError(f"max_body_size must be an nginx size such as 50M, not {max_body_size!r}")
+    if workers.enabled:
+        routing = render_nginx_routing(workers, main_address=synapse_upstream.split("://", 1)[1],
+                                       resolver=resolver) + "\n"
+        synapse_pass = "\n".join([
+            "        # The upstream group of the process that serves this request (the map above).",
+            "        proxy_pass http://$synapse_upstream_group;",
+            "        access_log /dev/stdout synapse_routing;",
+        ])
+    else:
+        routing = ""
+        synapse_pass = "\n".join([
+            "        # A variable upstream is resolved per request and passed on without",
+            "        # re-encoding the URI (which would break federation signatures).",
+            f"        set $synapse_upstream {synapse_upstream};",
+            "        proxy_pass $synapse_upstream;",
+        ])
     return _template().substitute(
+        synapse_routing=routing,
+        synapse_pass=synapse_pass,
         listen=listen,
         server_names=" ".join(dict.fromkeys([server_name, matrix_host])),
         # No federation: no delegation to advertise, so other servers find none (404).
         server_return="404" if server_json is None else f"200 '{_nginx_literal(server_json)}'",
         client_json=_nginx_literal(client_json),
-        synapse_upstream=synapse_upstream,
         max_body_size=max_body_size,
         real_ip_from="\n".join(f"    set_real_ip_from {network};" for network in networks),
     )
@@ -111,6 +134,8 @@ class WellKnownArgs:
     extra_networks: Sequence[pulumi.Input[str]] = ()
     # MatrixRTC foci for /.well-known/matrix/client (the same list as Synapse's matrix_rtc.transports).
     rtc_foci: Sequence[dict] = ()
+    # Synapse's worker processes (components/matrix/workers.py): nginx routes to them.
+    workers: WorkerPlan = field(default_factory=WorkerPlan)
 
 
 class WellKnown(pulumi.ComponentResource):
@@ -124,6 +149,7 @@ class WellKnown(pulumi.ComponentResource):
             synapse_upstream=args.synapse_upstream,
             max_body_size=args.max_body_size,
             trusted_proxies=[*PRIVATE_PROXY_RANGES, *args.upstream_proxies],
+            workers=args.workers,
         )
         self.container = service_container(
             CONTAINER,

@@ -15,10 +15,11 @@ from typing import Any, Iterable, Mapping, Optional
 
 import components.settings.facts as facts
 from components.settings.keys import unknown_keys
-from components.settings.kinds import Invalid, docker_host_parts, normalise, shown
+from components.settings.kinds import Invalid, compact_json, docker_host_parts, normalise, shown
 from components.settings.model import (BackupSettings, EdgeSettings, MatrixSettings, PostgresSettings, Settings,
                                        SettingsError, SignalSettings)
 from components.settings.schema import PROJECT, SCHEMA, SETTINGS, Setting, set_line
+from components.settings.shapes import plain_name
 
 RM = object()  # a fix candidate: `pulumi config rm <key>` (back to the default)
 EMPTY_DEFAULTS = ("", "[]", "{}")
@@ -208,6 +209,7 @@ def internet_facing_reasons(domain: str, cloudflare_dns: bool, signal_target: st
 def _rules(v: Checked, stack: str) -> None:
     _edge_rules(v)
     _matrix_rules(v)
+    _worker_rules(v)
     _required(v)
     _postgres_rules(v)
     _signal_rules(v)
@@ -294,6 +296,39 @@ def _matrix_rules(v: Checked) -> None:
     v.check(not v.get("commstack:calls") or v.get("commstack:turn"), "commstack:calls",
             "needs commstack:turn true (coturn is the TURN relay LiveKit hands clients behind strict NATs); "
             "set turn true, or calls false", "false")
+
+
+def worker_containers(preset: str, counts: tuple[tuple[str, int], ...] = ()) -> tuple[str, ...]:
+    """The docker names of a worker preset's containers (its workers and their Redis)."""
+    from components.matrix import workers
+
+    if preset not in workers.PRESETS or workers.count_problems(preset, dict(counts)):
+        return ()
+    plan = workers.worker_plan(preset, dict(counts))
+    return (*(p.name for p in plan.processes), "synapse-redis") if plan.enabled else ()
+
+
+def _worker_rules(v: Checked) -> None:
+    """commstack:synapseWorkerCounts against the preset's groups, and commstack:containerMemory's names
+    against the containers this stack has (the worker preset's among them)."""
+    preset, counts = v.get("commstack:synapseWorkers"), v.get("commstack:synapseWorkerCounts")
+    v.derived["worker_counts"] = ()
+    if counts and not v.has_problem("commstack:synapseWorkers"):
+        from components.matrix import workers
+
+        scalable = workers.scalable_groups(preset)
+        example = compact_json({scalable[0]: 2}) if scalable else "{}"
+        problems = workers.count_problems(preset, counts)
+        for problem in problems:
+            v.problem("commstack:synapseWorkerCounts", problem, example)
+        v.derived["worker_counts"] = () if problems else tuple(sorted(counts.items()))
+    memory = v.get("commstack:containerMemory")
+    if memory:
+        known = (*facts.known_containers(), *worker_containers(preset, v.derived["worker_counts"]))
+        unknown = [name for name in memory if name not in known]
+        v.check(not unknown, "commstack:containerMemory",
+                f"no container is named {', '.join(map(plain_name, unknown))}; containers: {', '.join(known)}",
+                compact_json({k: f"{m}m" for k, m in memory.items() if k in known}))
 
 
 def _signal_rules(v: Checked) -> None:
@@ -499,6 +534,10 @@ def build(v: Checked, stack: str, secret) -> Settings:
             bridges=tuple(bridges),
             telegram_api_id=v.get("commstack:telegramApiId") if "telegram" in bridges else None,
             telegram_api_hash=secret("commstack:telegramApiHash") if "telegram" in bridges else None,
+            synapse_workers=v.get("commstack:synapseWorkers"),
+            synapse_worker_counts=v.derived["worker_counts"],
+            media_retention_local=forever_as_empty(v.get("commstack:mediaRetentionLocal")),
+            media_retention_remote=forever_as_empty(v.get("commstack:mediaRetentionRemote")),
         ),
         signal=SignalSettings(
             enabled=signal_on,
@@ -530,6 +569,11 @@ def build(v: Checked, stack: str, secret) -> Settings:
         container_memory=dict(v.get("commstack:containerMemory")),
         postgres=v.derived["postgres"],
     )
+
+
+def forever_as_empty(lifetime: str) -> str:
+    """A media lifetime as MatrixSettings holds it: "" keeps the media forever."""
+    return "" if lifetime == "forever" else lifetime
 
 
 # -- the engine's config -------------------------------------------------------------------------------

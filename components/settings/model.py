@@ -59,6 +59,12 @@ class MatrixSettings:
     # MatrixRTC (Element Call): LiveKit and lk-jwt-service on rtc_host.
     calls: bool = False
     rtc_host: str = ""
+    # Synapse's worker preset and per-group counts (components/matrix/workers.py).
+    synapse_workers: str = "none"
+    synapse_worker_counts: tuple[tuple[str, int], ...] = ()
+    # Synapse's media_retention lifetimes ("" keeps that media forever).
+    media_retention_local: str = ""
+    media_retention_remote: str = ""
 
     @property
     def server_name(self) -> str:

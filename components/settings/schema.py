@@ -50,7 +50,8 @@ import components.settings.facts as facts
 from components.settings.kinds import (AwsRegion, Boolean, Choice, Custom, DockerHost, Domain, Ec2InstanceType, IPv4,
                                        Integer, JsonList, Kind, Label, Pattern, Port, Secret, Url)
 from components.settings.shapes import (CIDR_LIST, CONTAINER_MEMORY, E164, EMAIL, GIT_REF, GIT_REPO, HHMM,
-                                        RETENTION, S3_BUCKET, S3_URI, TABLE_SUFFIX, app_hash, twilio_sid)
+                                        MEDIA_LIFETIME, RETENTION, S3_BUCKET, S3_URI, TABLE_SUFFIX, WORKER_COUNTS,
+                                        WORKER_PRESET, app_hash, twilio_sid)
 
 PROJECT = facts.PROJECT
 
@@ -255,6 +256,20 @@ _section(
     Setting("commstack:telegramApiHash", Secret(), required=True, applies=_TELEGRAM,
             required_why="get it at my.telegram.org",
             doc="Telegram api_hash from my.telegram.org.", example="<api_hash>"),
+    Setting("commstack:synapseWorkers", WORKER_PRESET, default="none",
+            doc="Synapse's processes: `none` (one process, for small stacks), `balanced` (six processes that keep "
+                "every core busy on a small host) or `specialized` (one process per job). Workers add Redis. See "
+                "docs/workers.md.", example="balanced"),
+    Setting("commstack:synapseWorkerCounts", WORKER_COUNTS, default="{}",
+            applies=when(synapseWorkers="balanced") | when(synapseWorkers="specialized"),
+            doc="JSON object: how many processes a worker group of the preset runs, for the groups that may run "
+                "several (see docs/workers.md).", example='{"sync":2}'),
+    Setting("commstack:mediaRetentionRemote", MEDIA_LIFETIME, default="30d",
+            doc="How long media cached from other homeservers is kept after it was last accessed; it is fetched "
+                "again when asked for. `forever` keeps it.", example="14d"),
+    Setting("commstack:mediaRetentionLocal", MEDIA_LIFETIME, default="forever",
+            doc="How long media uploaded on this homeserver is kept after it was last accessed; `forever` (the "
+                "default) keeps it. Avatars and quarantined or protected media are always kept.", example="365d"),
 )
 
 _section(

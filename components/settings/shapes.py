@@ -6,6 +6,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from typing import Optional
+
 import components.settings.facts as facts
 from components.settings.kinds import Custom, Invalid, JsonList, Kind, Pattern, compact_json, load_json, shown
 
@@ -104,12 +106,20 @@ CIDR_LIST = CidrList(Cidr(), "CIDRs", normalise=lambda n: str(ipaddress.ip_netwo
 
 # -- JSON objects ------------------------------------------------------------------------------------
 
+
+def json_object(text: str, what: str, fix: Optional[str] = None):
+    """The parsed JSON of `text`, or Invalid saying it must be `what`."""
+    try:
+        return load_json(text)
+    except Invalid as invalid:
+        raise Invalid(f"must be {what}: it {invalid.what}", fix) from None
+
 RETENTION_KEYS = ("daily", "weekly", "monthly")
 RETENTION_FIX = '{"daily":7,"weekly":4,"monthly":6}'
 
 
 def _retention(text: str) -> dict[str, int]:
-    parsed = load_json(text)
+    parsed = json_object(text, "a JSON object with daily, weekly and monthly counts (0-1000)", RETENTION_FIX)
     retention = json.loads(RETENTION_FIX)
     if (not isinstance(parsed, dict) or set(parsed) - set(RETENTION_KEYS)
             or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 1000 for v in parsed.values())):
@@ -129,14 +139,10 @@ MAX_CONTAINER_MEMORY_MB = 1024 * 1024
 
 
 def _container_memory(text: str) -> dict[str, int]:
-    parsed = load_json(text)
+    """Sizes only: which names exist depends on other settings (the worker preset), a rule in load.py."""
+    parsed = json_object(text, "a JSON object of container name to size")
     if not isinstance(parsed, dict):
         raise Invalid(f"must be a JSON object of container name to size, not {shown(text)}")
-    known = facts.known_containers()
-    unknown = sorted(set(parsed) - set(known))
-    if unknown:
-        raise Invalid(f"no container is named {', '.join(map(shown, unknown))}; containers: {', '.join(known)}",
-                      compact_json({k: v for k, v in parsed.items() if k in known}))
     sizes = {}
     for container, size in parsed.items():
         mb = facts.memory_mb(size) if isinstance(size, (str, int)) else None
@@ -147,5 +153,54 @@ def _container_memory(text: str) -> dict[str, int]:
     return sizes
 
 
+def plain_name(name: str) -> str:
+    """A name as a message shows it: as is when plain, else quoted with escapes."""
+    return name if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name, re.ASCII) else shown(name)
+
+
 CONTAINER_MEMORY = Custom(_container_memory, "a JSON object of container name (as `docker ps` shows it) to size: "
                                              "`512m`, `4g` (at least 32m)", type_name="JSON object")
+
+
+# -- Synapse workers and media retention -----------------------------------------------------------------
+
+
+class WorkerPreset(Kind):
+    """One of components/matrix/workers.py's presets (read there, so a new preset needs no change here)."""
+
+    type_name = "choice"
+    fold_case = True
+
+    @staticmethod
+    def presets() -> tuple[str, ...]:
+        from components.matrix import workers
+
+        return tuple(workers.PRESETS)
+
+    def parse(self, text: str) -> str:
+        presets = self.presets()
+        if text in presets:
+            return text
+        raise Invalid(f"must be one of {', '.join(presets)}, not {shown(text)}")
+
+    def allowed(self) -> str:
+        return ", ".join(f"`{p}`" for p in self.presets())
+
+
+WORKER_PRESET = WorkerPreset()
+
+
+def _worker_counts(text: str) -> dict[str, int]:
+    """The shape only; which groups may have several processes depends on the preset (a rule in load.py)."""
+    parsed = json_object(text, "a JSON object of worker group to number of processes")
+    if not isinstance(parsed, dict):
+        raise Invalid(f"must be a JSON object of worker group to number of processes, not {shown(text)}")
+    return parsed
+
+
+WORKER_COUNTS = Custom(_worker_counts, "a JSON object of worker group to number of processes, for the groups of "
+                                       "the preset that may run several", type_name="JSON object")
+# Synapse durations (synapse/config/_base.py parse_duration) in days, weeks or years; or `forever`.
+MEDIA_LIFETIME = Pattern(r"[1-9][0-9]{0,4}[dwy]|forever", "a lifetime such as 30d, 8w or 1y (a whole number of "
+                                                          "days, weeks or years), or forever", fold_case=True,
+                         type_name="duration")

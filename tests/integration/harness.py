@@ -75,16 +75,21 @@ BRIDGE_BOOT_TIMEOUT = 60.0
 POLL = 0.02
 
 
-# `python -m synapse.app.homeserver -c CONFIG`, started before its database exists.
+# `python -m synapse.app.homeserver -c CONFIG` (or the worker app given third), started before its
+# database exists (or, for a worker, before the main process is up): imports first, then the gate.
 SYNAPSE_AFTER_GATE = """
-import os, sys, time
-import synapse.app.homeserver as homeserver
-gate, config = sys.argv[1:3]
+import importlib, os, sys, time
+gate, config, *app = sys.argv[1:]
+app = app[0] if app else "synapse.app.homeserver"
+module = importlib.import_module(app)
 while not os.path.exists(gate):
     time.sleep(0.01)
-sys.argv = ["synapse.app.homeserver", "-c", config]
-homeserver.main()
+sys.argv = [app, "-c", config]
+module.main()
 """
+# A stack with Synapse workers also boots these (components/matrix/workers.py, redis.py).
+SYNAPSE_REDIS = "synapse-redis"
+SYNAPSE_REDIS_CONF = "/usr/local/etc/redis/redis.conf"
 
 
 class HarnessError(RuntimeError):
@@ -104,6 +109,14 @@ def harness_config() -> dict[str, str]:
         signal="true",
         signalTarget="docker",
     )
+
+
+WORKER_PRESET = "balanced"
+
+
+def workers_config(preset: str = WORKER_PRESET) -> dict[str, str]:
+    """The worker deployment's stack: the test stack's Matrix half with Synapse's workers on."""
+    return {**harness_config(), "commstack:synapseWorkers": preset, "commstack:signal": "false"}
 
 
 def which(binary: str) -> Optional[str]:
@@ -273,14 +286,21 @@ class Rendered:
     evaluation: offline.Evaluation
     files: dict[str, dict[str, str]]  # container name -> path inside it -> content
     commands: dict[str, list[str]] = field(default_factory=dict)  # container name -> command
+    envs: dict[str, list[str]] = field(default_factory=dict)  # container name -> KEY=value (no secrets: checked)
 
     @property
     def redis_nodes(self) -> list[str]:
         """The Signal Redis cluster's node containers, in order."""
-        return sorted(name for name, command in self.commands.items() if command[:1] == ["redis-server"])
+        return sorted(name for name, command in self.commands.items()
+                      if command[:1] == ["redis-server"] and name != SYNAPSE_REDIS)
 
     def text(self, container: str, path: str) -> str:
         return self.files[container][path]
+
+    @property
+    def synapse_workers(self) -> list[str]:
+        """The Synapse worker containers (synapse-<group>-<n>), in the order the program declares them."""
+        return [name for name in self.files if name.startswith("synapse-") and name != SYNAPSE_REDIS]
 
     def yaml(self, container: str, path: str):
         return yaml.safe_load(self.text(container, path))
@@ -296,9 +316,10 @@ def render(config: Optional[dict[str, str]] = None) -> Rendered:
         for rendered in write_render(evaluation, out).files:
             container, *inside = rendered.path.parts
             files.setdefault(container, {})["/" + "/".join(inside)] = (out / rendered.path).read_text()
-    commands = {reg.plain_inputs["name"]: list(reg.plain_inputs.get("command") or [])
-                for reg in evaluation.of_type("docker:index/container:Container")}
-    return Rendered(evaluation, files, commands)
+    containers = evaluation.of_type("docker:index/container:Container")
+    commands = {reg.plain_inputs["name"]: list(reg.plain_inputs.get("command") or []) for reg in containers}
+    envs = {reg.plain_inputs["name"]: list(reg.plain_inputs.get("envs") or []) for reg in containers}
+    return Rendered(evaluation, files, commands, envs)
 
 
 # -- processes -------------------------------------------------------------------------
@@ -351,6 +372,10 @@ class Harness:
     moto: object = None
     calls: object = None  # calls_backend.CallsServices: LiveKit, and lk-jwt-service when built
     cold_boot_seconds: float = 0.0
+    # Only the Matrix core (Postgres, Synapse and its workers, Redis, nginx, Traefik, the Go-built
+    # bridges): the second deployment of tests/integration/conftest.py's `worker_harness`.
+    core_only: bool = False
+    workers: dict[str, Service] = field(default_factory=dict)  # Synapse worker name -> its process
 
     # -- addresses the tests use
     @property
@@ -360,6 +385,14 @@ class Harness:
     @property
     def nginx_url(self) -> str:
         return f"http://{LOOPBACK}:{self.ports.nginx}"
+
+    def worker_url(self, name: str) -> str:
+        return f"http://{LOOPBACK}:{self.ports.workers[name]}"
+
+    @property
+    def nginx_log(self) -> Path:
+        """nginx's output: its error log, and with workers its routing access log (to stdout)."""
+        return self.root / "logs" / "nginx.log"
 
     @property
     def proxy_hosts(self) -> list[str]:
@@ -440,16 +473,19 @@ class Harness:
     def boot(self) -> None:
         started = time.perf_counter()
         synapse = self._spawn_synapse()
-        with ThreadPoolExecutor(max_workers=5 + len(self.bridge_binaries)) as pool:
+        with ThreadPoolExecutor(max_workers=6 + len(self.bridge_binaries)) as pool:
             database_then_synapse = pool.submit(self._boot_postgres_then_synapse, synapse)
-            others = [pool.submit(self._boot_turn), pool.submit(self._boot_nginx), pool.submit(self._boot_proxy),
-                      pool.submit(self._boot_signal_backends)]
+            others = [pool.submit(self._boot_nginx), pool.submit(self._boot_proxy)]
+            if not self.core_only:
+                others += [pool.submit(self._boot_turn), pool.submit(self._boot_signal_backends)]
             # Each bridge needs its database (the init SQL) and Synapse: it pings Synapse back at start.
             others += [pool.submit(self._boot_bridge_after, database_then_synapse, kind) for kind in self.bridge_binaries]
-            self._start_element_stand_in()
+            if not self.core_only:
+                self._start_element_stand_in()
             for future in [database_then_synapse, *others]:
                 future.result()
-        self._boot_calls()  # lk-jwt-service checks OpenID tokens through Traefik, nginx and Synapse
+        if not self.core_only:
+            self._boot_calls()  # lk-jwt-service checks OpenID tokens through Traefik, nginx and Synapse
         self.cold_boot_seconds = time.perf_counter() - started
 
     # PostgreSQL ------------------------------------------------------------------------
@@ -481,6 +517,8 @@ class Harness:
             "-k", str(self.pg_socket_dir), "-c", f"listen_addresses={LOOPBACK}",
             # A throwaway test cluster: durability off for a fast boot.
             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+            # The program's own settings (max_connections for a worker preset), as its container runs them.
+            *self.rendered.commands["postgres"][1:],
         ], **as_postgres)
         wait_until("postgres", lambda: self.psql_superuser("-c", "select 1").returncode == 0,
                    service.process, service.log)
@@ -491,10 +529,17 @@ class Harness:
             done = self.psql_superuser("-f", str(init_sql))
             if done.returncode != 0:
                 raise HarnessError(f"the program's init SQL failed on run {attempt}: {done.stderr[-2000:]}")
+        if self.rendered.synapse_workers:
+            self._boot_synapse_redis()
         self.synapse_gate.touch()
         wait_until("synapse", lambda: requests.get(f"{self.synapse_url}/_matrix/client/versions",
                                                    timeout=1).status_code == 200,
                    synapse.process, synapse.log)
+        # Workers start once the main process has migrated the database (they refuse an old schema).
+        self.workers_gate.touch()
+        for name, worker in self.workers.items():
+            wait_until(name, lambda n=name: requests.get(f"{self.worker_url(n)}/health", timeout=1).status_code == 200,
+                       worker.process, worker.log, timeout=BOOT_TIMEOUT * 2)
 
     @property
     def init_sql_path(self) -> str:
@@ -507,24 +552,60 @@ class Harness:
     def synapse_gate(self) -> Path:
         return self.root / "synapse-may-start"
 
-    def _spawn_synapse(self) -> Service:
-        """Starts Synapse's interpreter at once, so its ~2 s of imports overlap initdb;
-        it opens the database only after the init SQL has run (the gate file)."""
-        for path, content in self.rendered.files["synapse"].items():
+    @property
+    def workers_gate(self) -> Path:
+        return self.root / "synapse-workers-may-start"
+
+    def _write_synapse_files(self, container: str) -> None:
+        for path, content in self.rendered.files[container].items():
             if path == "/data/homeserver.yaml":
                 content = loopback_yaml(loopback.homeserver_config(yaml.safe_load(content), root=self.root,
-                                                                  ports=self.ports))
+                                                                  ports=self.ports, container=container))
             elif path == "/data/log.config":
-                content = loopback_yaml(loopback.log_config(yaml.safe_load(content), root=self.root))
+                content = loopback_yaml(loopback.log_config(yaml.safe_load(content), root=self.root,
+                                                            container=container))
             elif path.startswith("/data/appservices/"):
                 content = loopback_yaml(loopback.appservice_registration(
                     yaml.safe_load(content), bridge_port=self.ports.bridges[Path(path).stem]))
-            self.write("synapse", path, content, mode=0o600)
-        host_path(self.root, "synapse", "/data/media_store").mkdir(parents=True, exist_ok=True)
-        return self.spawn("synapse", [
+            self.write(container, path, content, mode=0o600)
+
+    def _spawn_synapse(self) -> Service:
+        """Starts Synapse's interpreters at once, so their ~2 s of imports overlap initdb; the main
+        process opens the database only after the init SQL has run (the gate file), each worker only
+        after the main process is up (its own gate)."""
+        self._write_synapse_files("synapse")
+        host_path(self.root, "synapse", loopback.MEDIA_VOLUME).mkdir(parents=True, exist_ok=True)
+        main = self.spawn("synapse", [
             sys.executable, "-c", SYNAPSE_AFTER_GATE, str(self.synapse_gate),
             str(host_path(self.root, "synapse", "/data/homeserver.yaml")),
         ], cwd=str(host_path(self.root, "synapse", "/data")))
+        for name in self.rendered.synapse_workers:
+            self.workers[name] = self.start_worker(name, gate=self.workers_gate)
+        return main
+
+    def start_worker(self, name: str, gate: Optional[Path] = None) -> Service:
+        """A Synapse worker as its container runs it (docker/start.py with SYNAPSE_WORKER:
+        `python -m synapse.app.generic_worker --config-path /data/homeserver.yaml`), from its own files."""
+        self._write_synapse_files(name)
+        app = dict(e.split("=", 1) for e in self.rendered.envs[name])["SYNAPSE_WORKER"]
+        service = self.spawn(name, [
+            sys.executable, "-c", SYNAPSE_AFTER_GATE, str(gate or self.workers_gate),
+            str(host_path(self.root, name, "/data/homeserver.yaml")), app,
+        ], cwd=str(host_path(self.root, name, "/data")))
+        self.workers[name] = service
+        return service
+
+    def stop_worker(self, name: str) -> int:
+        """SIGTERM, as `docker stop` sends; returns the exit status."""
+        return stop_service(self.workers.pop(name), name, timeout=30)
+
+    def _boot_synapse_redis(self) -> None:
+        """Synapse's Redis (workers only): the program's redis.conf on Debian's redis-server."""
+        conf = self.write(SYNAPSE_REDIS, SYNAPSE_REDIS_CONF, loopback.redis_conf(
+            self.rendered.text(SYNAPSE_REDIS, SYNAPSE_REDIS_CONF), root=self.root, ports=self.ports), mode=0o600)
+        host_path(self.root, SYNAPSE_REDIS, "/data").mkdir(parents=True, exist_ok=True)
+        service = self.spawn(SYNAPSE_REDIS, [self.binaries["redis-server"], str(conf)])
+        wait_until(SYNAPSE_REDIS, lambda: tcp_open(self.ports.synapse_redis), service.process, service.log)
 
     # coturn ----------------------------------------------------------------------------
     def _boot_turn(self) -> None:
@@ -649,14 +730,7 @@ class Harness:
 
     def stop_bridge(self, kind: str) -> int:
         """SIGTERM, as `docker stop` sends; returns the exit status."""
-        service = self.bridges.pop(kind)
-        service.process.terminate()
-        try:
-            return service.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            service.process.kill()
-            service.process.wait()
-            raise HarnessError(f"mautrix-{kind} did not stop within 20 s of SIGTERM") from None
+        return stop_service(self.bridges.pop(kind), f"mautrix-{kind}", timeout=20)
 
     def _start_element_stand_in(self) -> None:
         for path, content in self.rendered.files[element.LOGICAL_NAME].items():
@@ -716,6 +790,17 @@ def docker_exec_stand_in(harness: "Harness", directory: Path) -> tuple[Path, Pat
     return directory, record
 
 
+def stop_service(service: Service, what: str, timeout: float) -> int:
+    """SIGTERM, as `docker stop` sends; its exit status, or HarnessError (after a kill) if it lingers."""
+    service.process.terminate()
+    try:
+        return service.process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        service.process.kill()
+        service.process.wait()
+        raise HarnessError(f"{what} did not stop within {timeout:.0f} s of SIGTERM") from None
+
+
 def loopback_yaml(data) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
@@ -735,8 +820,9 @@ def serves_certificate(port: int, host: str, certificate_pem: str) -> bool:
             return True
 
 
-def start(rendered: Optional[Rendered] = None) -> Harness:
-    """Renders (unless given) and boots everything; the caller must call `stop()`."""
+def start(rendered: Optional[Rendered] = None, core_only: bool = False) -> Harness:
+    """Renders (unless given) and boots everything (with `core_only`, the Matrix core alone: see
+    Harness.core_only); the caller must call `stop()`."""
     binaries = require_binaries()
     rendered = rendered or render()
     # tmpfs when there is one: initdb and CREATE DATABASE are several times faster there.
@@ -751,10 +837,12 @@ def start(rendered: Optional[Rendered] = None) -> Harness:
         bridges={kind: free_port() for kind in bridges}, redis=tuple(free_cluster_port() for _ in rendered.redis_nodes),
         proxy={name: free_port() for name in entry_points}, element=free_port(), signal_server=free_port(),
         livekit=free_port(), livekit_rtc=free_port(), lk_jwt=free_port(), connect_proxy=free_port(),
+        synapse_replication=free_port(), workers={name: free_port() for name in rendered.synapse_workers},
+        synapse_redis=free_port(),
     )
     found, not_booted = bridge_binaries(bridges)
     harness = Harness(rendered=rendered, root=root, ports=ports, binaries=binaries, bridge_binaries=found,
-                      bridges_not_booted=not_booted)
+                      bridges_not_booted=not_booted, core_only=core_only)
     try:
         harness.boot()
     except BaseException:
@@ -767,9 +855,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.integration.harness", description=__doc__.split("\n")[0])
     parser.add_argument("--boot-only", action="store_true", help="boot, report the timing, shut down")
     parser.add_argument("--json", action="store_true", help="print the timing as JSON")
+    parser.add_argument("--workers", metavar="PRESET", help="boot only the Matrix core, with this Synapse worker preset")
     args = parser.parse_args(argv)
-    rendered = render()
-    harness = start(rendered)
+    rendered = render(workers_config(args.workers) if args.workers else None)
+    harness = start(rendered, core_only=bool(args.workers))
     try:
         if args.json:
             print(json.dumps({"cold_boot_seconds": round(harness.cold_boot_seconds, 2)}))

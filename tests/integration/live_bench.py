@@ -253,12 +253,14 @@ def measure_round_trips(harness, messages: int, warmup: int = 5) -> dict:
 # -- the command -----------------------------------------------------------------------------------
 
 
-def measure(harness, joins: int, messages: int, warmup: int) -> dict:
+def measure(harness, joins: int, messages: int, warmup: int, load: Optional[dict] = None) -> dict:
     report: dict = {"cold_boot_seconds": round(harness.cold_boot_seconds, 2)}
     if joins:
         report["calls"] = measure_joins(harness, joins)
     if messages:
         report["messages"] = measure_round_trips(harness, messages, warmup)
+    if load:
+        report["load"] = measure_load(harness, **load)
     # The machine is shared: how busy it was over the last minute of measuring.
     report["load_average"], report["cpus"] = os.getloadavg()[0], os.cpu_count()
     return report
@@ -272,12 +274,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--messages", type=int, default=50, help="round trips per path to time (0: none)")
     parser.add_argument("--warmup", type=int, default=5, help="round trips per path done first and not counted")
     parser.add_argument("--json", action="store_true", help="print the raw samples as one line of JSON")
+    parser.add_argument("--load", metavar="PRESET", help="also load the monolith and this worker preset "
+                                                         "(tests/integration/load_bench.py)")
+    parser.add_argument("--senders", type=int, default=20)
+    parser.add_argument("--syncers", type=int, default=10)
+    parser.add_argument("--rooms", type=int, default=5)
+    parser.add_argument("--load-seconds", type=float, default=30.0, help="measured seconds per load phase")
+    parser.add_argument("--load-warmup", type=float, default=5.0, help="unmeasured seconds before each phase")
+    parser.add_argument("--load-rounds", type=int, default=1, help="monolith and preset phases, alternating")
     args = parser.parse_args(argv)
+    load = None
+    if args.load:
+        load = {"preset": args.load, "senders": args.senders, "syncers": args.syncers, "rooms": args.rooms,
+                "seconds": args.load_seconds, "warmup": args.load_warmup, "rounds": args.load_rounds}
     started = time.perf_counter()
     harness = start(render())
     booted = time.perf_counter() - started
     try:
-        report = {"boot_wall_seconds": round(booted, 2), **measure(harness, args.joins, args.messages, args.warmup)}
+        report = {"boot_wall_seconds": round(booted, 2),
+                  **measure(harness, args.joins, args.messages, args.warmup, load)}
     finally:
         harness.stop()
     print(json.dumps(report) if args.json else json.dumps(report, indent=1))

@@ -3,8 +3,9 @@
 The harness boots real programs on 127.0.0.1 without Docker, so a few
 things that Docker provides must change: listener addresses and ports,
 the container hostnames of upstreams, absolute paths inside containers,
-where Traefik writes its access log and, for tests only, rate limits, bcrypt rounds and
-coturn's loopback-peer guard. Every other
+where Traefik writes its access log and, for tests only, rate limits, bcrypt rounds,
+coturn's loopback-peer guard and one debug logger (which Synapse process sent an appservice
+transaction). Every other
 byte is the program's rendered content, unmodified. Each adaptation below
 says why in one line.
 """
@@ -56,6 +57,11 @@ class LoopbackPorts:
     livekit_rtc: int = 0  # LiveKit's one UDP media port (its share of 49160-49200 when deployed)
     lk_jwt: int = 0  # lk-jwt-service (8080 in the container); only booted in sessions that built it
     connect_proxy: int = 0  # the CONNECT tunnel that takes lk-jwt-service's HTTPS to the public names
+    # Synapse workers (a stack with commstack:synapseWorkers): the main process's replication
+    # listener, each worker's one listener (by its name, synapse-<group>-<n>), and their Redis.
+    synapse_replication: int = 0
+    workers: dict[str, int] = field(default_factory=dict)
+    synapse_redis: int = 0
 
 
 def host_path(root: Path, container: str, path: str) -> Path:
@@ -75,13 +81,36 @@ def _relocate(value: Any, prefix: str, root: Path, container: str) -> Any:
     return value
 
 
-def homeserver_config(config: dict, *, root: Path, ports: LoopbackPorts, data_dir: str = "/data") -> dict:
-    """Synapse's homeserver.yaml for loopback."""
-    adapted = _relocate(config, data_dir, root, "synapse")  # no /data volume outside Docker
-    http_listeners = [listener for listener in adapted["listeners"] if listener.get("type") == "http"]
-    assert len(http_listeners) == 1, "the harness expects one HTTP listener (client + federation)"
-    # Docker's published port -> a free loopback port; no other interface.
-    adapted["listeners"] = [{**http_listeners[0], "port": ports.synapse, "bind_addresses": [LOOPBACK]}]
+MEDIA_VOLUME = "/data/media_store"
+
+
+def homeserver_config(config: dict, *, root: Path, ports: LoopbackPorts, data_dir: str = "/data",
+                      container: str = "synapse") -> dict:
+    """A Synapse process's homeserver.yaml for loopback (the main process's, or a worker's in `container`)."""
+    adapted = _relocate(config, data_dir, root, container)  # no /data volume outside Docker
+    # The media volume the main process and the media worker share -> one directory, the main process's.
+    adapted["media_store_path"] = str(host_path(root, "synapse", MEDIA_VOLUME))
+    if "worker_listeners" in adapted:
+        listener, = adapted["worker_listeners"]
+        # Its container's port -> a free loopback port of its own; no other interface.
+        adapted["worker_listeners"] = [{**listener, "port": ports.workers[container], "bind_addresses": [LOOPBACK]}]
+    else:
+        http_listeners = [listener for listener in adapted["listeners"] if listener.get("type") == "http"]
+        client = [l for l in http_listeners if l["resources"][0]["names"] != ["replication"]]
+        replication = [l for l in http_listeners if l["resources"][0]["names"] == ["replication"]]
+        assert len(client) == 1 and len(replication) <= 1, "the harness expects one client listener (+ replication)"
+        # Docker's published port -> a free loopback port; no other interface.
+        adapted["listeners"] = [{**client[0], "port": ports.synapse, "bind_addresses": [LOOPBACK]}]
+        if replication:
+            adapted["listeners"].append({**replication[0], "port": ports.synapse_replication,
+                                         "bind_addresses": [LOOPBACK]})
+    if "instance_map" in adapted:
+        # Container hostnames -> the processes' loopback ports.
+        adapted["instance_map"] = {name: {"host": LOOPBACK, "port": ports.synapse_replication if name == "main"
+                                          else ports.workers[name]} for name in adapted["instance_map"]}
+    if "redis" in adapted:
+        # Container hostname `synapse-redis` -> the harness's redis-server on loopback.
+        adapted["redis"] = {**adapted["redis"], "host": LOOPBACK, "port": ports.synapse_redis}
     # Container hostname `postgres` -> the harness's PostgreSQL on loopback.
     adapted["database"] = {**adapted["database"],
                            "args": {**adapted["database"]["args"], "host": LOOPBACK, "port": ports.postgres}}
@@ -90,9 +119,16 @@ def homeserver_config(config: dict, *, root: Path, ports: LoopbackPorts, data_di
     return adapted
 
 
-def log_config(config: dict, *, root: Path, data_dir: str = "/data") -> dict:
+# Tests only: each appservice transaction's sender logs the events it pushed ("push_bulk to … succeeded!
+# events=[…]", synapse/appservice/api.py), so a test can tell which Synapse process sent it.
+TEST_LOGGERS = {"synapse.appservice.api": {"level": "DEBUG"}}
+
+
+def log_config(config: dict, *, root: Path, data_dir: str = "/data", container: str = "synapse") -> dict:
     """Synapse's log config: file handlers (if any) write under the temp dir."""
-    return _relocate(config, data_dir, root, "synapse")
+    adapted = _relocate(config, data_dir, root, container)
+    adapted["loggers"] = {**adapted.get("loggers", {}), **TEST_LOGGERS}
+    return adapted
 
 
 def appservice_registration(registration: dict, *, bridge_port: int) -> dict:
@@ -111,8 +147,10 @@ def bridge_config(config: dict, *, ports: LoopbackPorts, kind: str) -> dict:
     """A mautrix bridge's config.yaml for loopback: only addresses and ports change."""
     adapted = copy.deepcopy(config)
     appservice = adapted["appservice"]
-    # Container hostname `synapse` -> the harness's Synapse on loopback.
-    adapted["homeserver"]["address"] = f"http://{LOOPBACK}:{ports.synapse}"
+    # Container hostname `synapse` -> the harness's Synapse on loopback; with workers the bridge
+    # calls nginx (`wellknown`), which routes to the processes -> the harness's nginx.
+    front = adapted["homeserver"]["address"] == "http://wellknown:80"
+    adapted["homeserver"]["address"] = f"http://{LOOPBACK}:{ports.nginx if front else ports.synapse}"
     # Container hostname `postgres` -> the harness's PostgreSQL on loopback (user, password, db, options kept).
     adapted["database"]["uri"] = _postgres_on_loopback(adapted["database"]["uri"], ports)
     # The bridge's container address (what Synapse is told in the registration) -> its loopback port.
@@ -156,8 +194,24 @@ def nginx_conf(text: str, *, ports: LoopbackPorts, synapse_upstream: str = "syna
     """The well-known server's nginx site for loopback."""
     # The container's port 80 -> a free loopback port (other listen flags kept).
     text = re.sub(r"(?m)^(\s*listen\s+)(?:[\d.]+:)?80\b", rf"\g<1>{LOOPBACK}:{ports.nginx}", text)
+    # Worker containers' hostnames (synapse-<group>-<n>:8083) -> each worker's loopback port.
+    for worker, port in ports.workers.items():
+        text = re.sub(rf"\b{re.escape(worker)}:\d+\b", f"{LOOPBACK}:{port}", text)
+    # Upstream servers re-resolved by name (`resolve`, nginx 1.27.3+ as in the image): Debian's nginx
+    # 1.22 lacks the parameter, and loopback addresses need no resolving.
+    text = re.sub(r"(?m)^(\s*server\s+[^;]*?) resolve;", r"\1;", text)
     # Container hostname `synapse` -> the harness's Synapse on loopback.
     return text.replace(synapse_upstream, f"{LOOPBACK}:{ports.synapse}")
+
+
+def redis_conf(text: str, *, root: Path, ports: LoopbackPorts, container: str = "synapse-redis") -> str:
+    """Synapse's Redis's redis.conf for loopback."""
+    lines = _conf_lines_without(text, {"port", "bind"})
+    return "\n".join(lines + [
+        f"port {ports.synapse_redis}",  # the container's 6379 -> a free loopback port
+        f"bind {LOOPBACK}",  # every interface of its container -> loopback only
+        f"dir {host_path(root, container, '/data')}",  # the image's working directory -> temp dir
+    ]) + "\n"
 
 
 def _without_options(command: list[str], options: set[str]) -> list[str]:

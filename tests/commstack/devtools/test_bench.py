@@ -263,3 +263,55 @@ def test_missing_live_bench_is_skipped_with_a_message(monkeypatch):
 def test_negative_counts_fail_clearly(flag, capsys):
     assert cli(["bench", "--skip-harness", flag, "-1"]) == 2
     assert f"{flag} must be 0 or more" in capsys.readouterr().err
+
+
+def _load_phase(deployment: str, persisted: int, delivered: int, latencies: list[float], cpu: dict) -> dict:
+    return {"deployment": deployment, "senders": 20, "syncers": 10, "rooms": 5, "seconds": 10.0,
+            "persisted": persisted, "delivered": delivered, "send_to_sync": latencies, "cpu_seconds": cpu,
+            "errors": [], "error_count": 0}
+
+
+LOAD = {"preset": "balanced", "load_average": [1.5, 1.2, 0.9], "cpus": 2, "phases": [
+    _load_phase("monolith", 600, 6000, [0.1, 0.2, 0.3, 0.4], {"synapse": 8.5, "postgres": 4.0, "nginx": 0.4}),
+    _load_phase("balanced", 960, 9600, [0.05, 0.1, 0.2, 0.25],
+                {"synapse": 1.0, "synapse-sync-1": 5.0, "synapse-writer-1": 4.0, "synapse-redis": 0.5,
+                 "postgres": 5.0}),
+]}
+
+
+def test_load_reports_rates_latencies_cpu_and_the_ratio_against_the_goal():
+    lines = bench.format_load(LOAD)
+    text = "\n".join(lines)
+    assert lines[0].startswith("load: 20 senders, 10 users long-polling /sync, 5 rooms")
+    assert "monolith    60.0         600.0" in text and "balanced    96.0         960.0" in text
+    assert "monolith: Synapse 0.85 in all; synapse 0.85, postgres 0.40, nginx 0.04" in text
+    # Redis is not Synapse; the main process and the workers are.
+    assert "balanced: Synapse 1.00 in all" in text
+    assert "balanced / monolith: 1.60x events persisted per second; goal met" in text
+    assert "load average 1.5, 1.2, 0.9" in text and "2 CPUs" in text
+
+
+def test_the_load_goal_needs_both_the_throughput_and_a_p95_no_worse():
+    monolith = bench.load_totals([LOAD["phases"][0]])
+    slower = bench.load_totals([_load_phase("balanced", 960, 9600, [0.5, 0.6], {})])
+    assert bench.load_verdict(monolith, slower)[1].startswith("goal NOT met")
+    short = bench.load_totals([_load_phase("balanced", 700, 7000, [0.01], {})])
+    ratio, verdict = bench.load_verdict(monolith, short)
+    assert round(ratio, 3) == 1.167 and verdict.startswith("goal NOT met")
+
+
+def test_load_runs_on_the_live_bench_s_one_boot(monkeypatch):
+    calls = []
+    report = {"boot_wall_seconds": 12.0, "cold_boot_seconds": 9.0, "load": LOAD}
+    monkeypatch.setattr(bench, "live_harness", lambda *a, **kw: calls.append((a, kw)) or (report, "ok"))
+    monkeypatch.setattr(bench, "harness_boot", lambda: pytest.fail("the harness was booted a second time"))
+    bench.harness_and_live(_args("--joins", "0", "--messages", "0", "--load", "--senders", "4", "--load-seconds", "2"))
+    assert calls == [((0, 0, 5), {"load": {"preset": "balanced", "senders": 4, "syncers": 10, "rooms": 5,
+                                           "seconds": 2.0, "warmup": 5.0, "rounds": 1}})]
+
+
+@pytest.mark.parametrize("argv", [["--load", "--senders", "0"], ["--load", "--load-seconds", "0"],
+                                  ["--load", "--load-preset", "none"]])
+def test_bad_load_sizes_fail_clearly(argv, capsys):
+    assert cli(["bench", "--skip-harness", *argv]) == 2
+    assert argv[1] in capsys.readouterr().err

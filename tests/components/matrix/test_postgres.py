@@ -11,7 +11,7 @@ from components.matrix.postgres import (
     INIT_SQL_PATH, DatabaseSpec, Postgres, PostgresArgs, render_init_sql,
 )
 
-SYNAPSE_DB = DatabaseSpec("synapse", "synapse", synapse_locale=True)
+SYNAPSE_DB = DatabaseSpec("synapse", "synapse", synapse_locale=True, connection_limit=15)
 BRIDGE_DB = DatabaseSpec("mautrix_whatsapp", "mautrix_whatsapp")
 
 
@@ -28,8 +28,10 @@ def test_init_sql_creates_each_role_and_database_guarded_for_reruns():
         assert len(create_role) == 1 and create_role[0].endswith("\\gexec")
         assert f"WHERE rolname = '{spec.owner}'" in create_role[0]
         alter = [l for l in lines if l.startswith(f"ALTER ROLE {spec.owner} ")]
+        # Re-applied every run, so a changed limit reaches an existing role; no limit is -1.
+        limit = spec.connection_limit or -1
         assert alter == [f"ALTER ROLE {spec.owner} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION"
-                         f" NOBYPASSRLS PASSWORD '{password}';"]
+                         f" NOBYPASSRLS CONNECTION LIMIT {limit} PASSWORD '{password}';"]
         create_db = [l for l in lines if l.startswith(f"SELECT 'CREATE DATABASE {spec.name} ")]
         assert len(create_db) == 1 and f"WITH OWNER {spec.owner} " in create_db[0]
         assert f"WHERE datname = '{spec.name}')\\gexec" in create_db[0]
@@ -56,6 +58,8 @@ def test_password_literal_is_quoted():
     ([(DatabaseSpec("synapse", "drop table;"), "pw")], "identifier"),
     ([(DatabaseSpec("x", "x"), "")], "password"),
     ([(DatabaseSpec("x", "x"), "a"), (DatabaseSpec("x", "y"), "b")], "unique"),
+    ([(DatabaseSpec("x", "x", connection_limit=0), "pw")], "connection limit"),
+    ([(DatabaseSpec("x", "x", connection_limit="5; DROP ROLE x"), "pw")], "connection limit"),
 ])
 def test_init_sql_rejects_unsafe_input(databases, message):
     with pytest.raises(ValueError, match=message):
@@ -114,7 +118,7 @@ def test_postgres_provisions_by_job_and_hands_out_matching_credentials(recorded)
             assert superuser_password not in str(offline.unwrap(reg.inputs.get("envs"))), reg.name
         assert INIT_SQL_PATH in job["command"][0] and "ON_ERROR_STOP=1" in job["command"][0]
         sql = upload["content"]
-        assert f"ALTER ROLE synapse WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '{synapse_password}';" in sql
+        assert f"ALTER ROLE synapse WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 15 PASSWORD '{synapse_password}';" in sql
         assert f"PASSWORD '{bridge_password}';" in sql
         assert synapse_password != bridge_password and len(synapse_password) >= 32
 
