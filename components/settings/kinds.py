@@ -360,38 +360,38 @@ def docker_host_parts(url: str) -> tuple[str, str]:
 # -- AWS ---------------------------------------------------------------------------------------------
 
 
-class AwsRegion(Kind):
-    type_name = "AWS region"
+class Listed(Kind):
+    """One of the entries of a data file, matched in any case; a near miss is offered as the fix."""
+
+    fields = ("type_name", "options", "source")
     fold_case = True
 
     def parse(self, text: str) -> str:
-        regions = facts.aws_regions()
-        if text in regions:
+        options = self.options()
+        if text in options:
             return text
-        if text[:-1] in regions and text[-1:].isalpha():
+        close = difflib.get_close_matches(text, list(options), n=1, cutoff=0.8)
+        raise Invalid(f"{shown(text)} is not an {self.type_name} ({self.source})", close[0] if close else None)
+
+    def allowed(self) -> str:
+        return f"an {self.type_name} ({self.source})"
+
+
+class AwsRegion(Listed):
+    """A region of AWS's commercial partition; an availability zone is named as such."""
+
+    def __init__(self) -> None:
+        super().__init__("AWS region", facts.aws_regions,
+                         "configs/aws/regions.json lists the commercial partition's regions")
+
+    def parse(self, text: str) -> str:
+        if text[:-1] in self.options() and text[-1:].isalpha():
             raise Invalid(f"{shown(text)} is an availability zone; the region is {text[:-1]}", text[:-1])
-        close = difflib.get_close_matches(text, regions, n=1, cutoff=0.8)
-        raise Invalid(f"{shown(text)} is not an AWS region (configs/aws/regions.json lists the commercial "
-                      "partition's regions)", close[0] if close else None)
-
-    def allowed(self) -> str:
-        return "a region of AWS's commercial partition (configs/aws/regions.json)"
+        return super().parse(text)
 
 
-class Ec2InstanceType(Kind):
-    type_name = "EC2 instance type"
-    fold_case = True
-
-    def parse(self, text: str) -> str:
-        types = facts.ec2_instance_types()
-        if text in types:
-            return text
-        close = difflib.get_close_matches(text, list(types), n=1, cutoff=0.8)
-        raise Invalid(f"{shown(text)} is not an EC2 instance type (configs/aws/instance-types.json)",
-                      close[0] if close else None)
-
-    def allowed(self) -> str:
-        return "an EC2 instance type (configs/aws/instance-types.json)"
+def Ec2InstanceType() -> Listed:  # noqa: N802 - a kind, named like the others
+    return Listed("EC2 instance type", facts.ec2_instance_types, "configs/aws/instance-types.json")
 
 
 # -- JSON values -----------------------------------------------------------------------------------
@@ -521,5 +521,5 @@ def nearest(value: str, options: Sequence[str], cutoff: float = 0.6) -> Optional
 
 
 __all__ = ["AwsRegion", "Boolean", "Choice", "Custom", "DockerHost", "Domain", "Ec2InstanceType", "IPv4", "Integer",
-           "Invalid", "JsonList", "Kind", "Label", "Pattern", "Port", "Secret", "Url", "compact_json",
+           "Invalid", "JsonList", "Kind", "Label", "Listed", "Pattern", "Port", "Secret", "Url", "compact_json",
            "docker_host_parts", "load_json", "nearest", "normalise", "shown"]
