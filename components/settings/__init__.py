@@ -20,7 +20,7 @@ from components.settings.facts import (BACKUP_TARGETS, CLOUDFLARE_HTTPS_PORTS, K
 from components.settings.keys import unknown_key_problems
 from components.settings.load import (INSECURE_REGISTRATION_KEY, TWILIO_KEYS, check, given_config_keys,
                                       internet_facing_reasons, load_settings, postgres_image_major,
-                                      postgres_upgrade_steps)
+                                      postgres_upgrade_steps, worker_containers)
 from components.settings.model import (BackupSettings, EdgeSettings, MatrixSettings, PostgresSettings, Settings,
                                        SettingsError, SignalSettings)
 from components.settings.schema import CONFIG_KEYS, SCHEMA, SETTINGS, Setting
@@ -45,5 +45,5 @@ __all__ = [
     "arm_instance_type", "check", "cidr_problem", "given_config_keys", "internet_facing_reasons",
     "known_containers", "load_settings", "memory_mb", "non_public_domain", "non_routable_ipv4",
     "postgres_image_major", "postgres_upgrade_steps", "stack_tags", "supported_signal_refs",
-    "unknown_key_problems", "valid_git_ref",
+    "unknown_key_problems", "valid_git_ref", "worker_containers",
 ]
