@@ -14,7 +14,7 @@ from components.paths import CONFIGS_DIR
 from components.settings.facts import (BACKUP_TARGETS, CLOUDFLARE_HTTPS_PORTS, KNOWN_BRIDGES, LEGACY_POSTGRES_MAJOR,
                                        MAX_HOSTNAME_LENGTH, MIN_CONTAINER_MEMORY_MB, NON_PUBLIC_SUFFIXES,
                                        NON_ROUTABLE_NETWORKS, PROJECT, SIGNAL_LOCAL_CONTAINERS, SIGNAL_SUBDOMAINS,
-                                       TELEGRAM_API_ID_MAX, arm_instance_type, cidr_problem, known_containers,
+                                       TELEGRAM_API_ID_MAX, VOLUME_NAMINGS, arm_instance_type, cidr_problem, known_containers,
                                        memory_mb, non_public_domain, non_routable_ipv4, supported_signal_refs,
                                        valid_git_ref)
 from components.settings.keys import unknown_key_problems
@@ -40,7 +40,7 @@ __all__ = [
     "BACKUP_TARGETS", "CLOUDFLARE_HTTPS_PORTS", "CONFIGS_DIR", "CONFIG_KEYS", "ConfigKey", "INSECURE_REGISTRATION_KEY",
     "KNOWN_BRIDGES", "LEGACY_POSTGRES_MAJOR", "MAX_HOSTNAME_LENGTH", "MIN_CONTAINER_MEMORY_MB", "NON_PUBLIC_SUFFIXES",
     "NON_ROUTABLE_NETWORKS", "PROJECT", "SCHEMA", "SETTINGS", "SIGNAL_LOCAL_CONTAINERS", "SIGNAL_SUBDOMAINS",
-    "SIGNAL_TABLE_SUFFIX_RE", "TELEGRAM_API_ID_MAX", "TWILIO_KEYS", "BackupSettings", "EdgeSettings",
+    "SIGNAL_TABLE_SUFFIX_RE", "TELEGRAM_API_ID_MAX", "TWILIO_KEYS", "VOLUME_NAMINGS", "BackupSettings", "EdgeSettings",
     "MatrixSettings", "PostgresSettings", "Setting", "Settings", "SettingsError", "SignalSettings",
     "arm_instance_type", "check", "cidr_problem", "given_config_keys", "internet_facing_reasons",
     "known_containers", "load_settings", "memory_mb", "non_public_domain", "non_routable_ipv4",

@@ -39,6 +39,8 @@ NON_ROUTABLE_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
 # Cloudflare proxies HTTPS only on 443, 2053, 2083, 2087, 2096 and 8443
 # (developers.cloudflare.com/fundamentals/reference/network-ports/), never on 8448.
 CLOUDFLARE_HTTPS_PORTS = (443, 2053, 2083, 2087, 2096, 8443)
+# commstack:volumeNames: the unscoped names of stacks made before the setting existed stay their default.
+VOLUME_NAMINGS = ("legacy", "stack")
 # The Postgres major of every stack made before commstack:postgresMajor existed (its default forever).
 LEGACY_POSTGRES_MAJOR = 15
 

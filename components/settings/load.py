@@ -567,6 +567,7 @@ def build(v: Checked, stack: str, secret) -> Settings:
             s3_access_key_id=secret("commstack:backupS3AccessKeyId") if backup_target == "s3" else None,
             s3_secret_access_key=secret("commstack:backupS3SecretAccessKey") if backup_target == "s3" else None),
         container_memory=dict(v.get("commstack:containerMemory")),
+        volume_names=v.get("commstack:volumeNames"),
         postgres=v.derived["postgres"],
     )
 

@@ -129,6 +129,8 @@ class Settings:
     backup: Optional[BackupSettings] = None
     # Container name -> memory limit in MB, overriding the container's default (components.common.Hardening).
     container_memory: dict = field(default_factory=dict)
+    # Docker volume names: "legacy" (unscoped, stacks made before commstack:volumeNames) or "stack".
+    volume_names: str = "legacy"
     postgres: Optional["PostgresSettings"] = None
 
 

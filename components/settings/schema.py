@@ -330,6 +330,11 @@ _section(
             applies=when(signal=True),
             doc="`containers` (six-node Redis cluster on the instance) or `elasticache` (AWS ElastiCache, cluster "
                 "mode; signalTarget aws).", example="elasticache"),
+    Setting("commstack:volumeNames", Choice(facts.VOLUME_NAMINGS), default="legacy",
+            doc="`stack`: every Docker volume's name starts with the stack's (<stack>-synapse-media), so stacks on one "
+                "Docker host keep their data apart; ./scripts/up sets it for a new stack. `legacy` (the default, for "
+                "stacks made before it): the unscoped names. Changing it on a deployed stack is refused (its volumes "
+                "are protected).", example="stack"),
     Setting("commstack:containerMemory", CONTAINER_MEMORY, default="{}",
             doc="JSON object: memory limit per container (docker name) instead of its default; m or g.",
             example='{"synapse":"4g"}'),
