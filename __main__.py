@@ -46,11 +46,12 @@ if settings.edge.cloudflare_scoped_dns_token:
     ).value
 
 # On the Docker target the Signal API sits behind the same reverse proxy as Matrix.
-signal_upstream = None
+signal_upstream = signal_health_url = None
 if settings.signal.enabled:
-    from components.signal.backend import local_edge_upstream
+    from components.signal.backend import local_edge_upstream, local_health_url
 
     signal_upstream = local_edge_upstream(settings.signal)
+    signal_health_url = local_health_url(settings.signal) if settings.monitoring.enabled else None
 extra_routes = [Route(f"chat.{settings.matrix.domain}", signal_upstream)] if signal_upstream else []
 
 _aws_provider = None
@@ -73,30 +74,38 @@ def aws_provider():
 
 backup_repository = None
 if settings.backup.enabled and settings.backup.target != "local":
-    from components.matrix.backup import BackupRepository, aws_repository_url, s3_repository_url
+    from components.matrix.backup import (BackupRepository, aws_repository_url, rest_credentials, rest_repository_url,
+                                          s3_credentials, s3_repository_url)
 
     if settings.backup.target == "aws":
         from components.matrix.backup_bucket import BackupBucket, BackupBucketArgs
 
         bucket = BackupBucket(
             "matrix-backup-bucket",
-            BackupBucketArgs(name_prefix=f"commstack-{settings.stack}-matrix-backups"),
+            # The key works only from the Docker host's own address.
+            BackupBucketArgs(name_prefix=f"commstack-{settings.stack}-matrix-backups", source_ip=settings.edge.public_ip),
             opts=pulumi.ResourceOptions(provider=aws_provider()),
         )
         backup_repository = BackupRepository(
             url=bucket.bucket_name.apply(lambda name: aws_repository_url(settings.backup.region, name)),
-            access_key_id=bucket.access_key_id, secret_access_key=bucket.secret_access_key,
-            region=settings.backup.region)
+            credentials=s3_credentials(bucket.access_key_id, bucket.secret_access_key), region=settings.backup.region)
+    elif settings.backup.target == "rest":
+        # restic's rest-server in --append-only mode on another machine: this host adds snapshots, deletes none.
+        backup_repository = BackupRepository(
+            url=rest_repository_url(settings.backup.rest_url),
+            credentials=rest_credentials(settings.backup.rest_username, settings.backup.rest_password),
+            ca_certificate=settings.backup.rest_ca_certificate or None)
     else:
         backup_repository = BackupRepository(
             url=s3_repository_url(settings.backup.s3_endpoint, settings.backup.s3_bucket),
-            access_key_id=settings.backup.s3_access_key_id, secret_access_key=settings.backup.s3_secret_access_key)
+            credentials=s3_credentials(settings.backup.s3_access_key_id, settings.backup.s3_secret_access_key))
 
 matrix = Homeserver(
     "matrix",
     HomeserverArgs(matrix=settings.matrix, edge=settings.edge, dns_api_token=dns_api_token, extra_routes=extra_routes,
                    backup=settings.backup, backup_repository=backup_repository,
-                   postgres=settings.postgres),
+                   postgres=settings.postgres, monitoring=settings.monitoring, signal_health_url=signal_health_url,
+                   smtp=settings.smtp),
     opts=docker_opts,
 )
 dns_records = list(matrix.dns_records)
@@ -116,9 +125,17 @@ pulumi.export("bridgeTokens", matrix.bridge_tokens)  # secret; `commstack doctor
 if matrix.proxy.certificate_pem is not None:
     # The generated certificate (public): what `doctor --stack` trusts, and what a client can pin.
     pulumi.export("tlsCertificate", matrix.proxy.certificate_pem)
+if matrix.monitoring is not None:
+    pulumi.export("alertRoom", matrix.monitoring.room_alias)  # where alerts arrive; doctor checks a test alert reaches it
+    if matrix.monitoring.grafana_admin_password is not None:
+        pulumi.export("grafanaUrl", f"https://{settings.matrix.matrix_host}/grafana/")
+        pulumi.export("grafanaAdminPassword", matrix.monitoring.grafana_admin_password)  # secret; user `admin`
 if matrix.backup is not None:
     pulumi.export("backupRepository", matrix.backup.repository_url)
     pulumi.export("backupRepositoryPassword", matrix.backup.repository_password)  # secret: keep a copy off the host
+    # What `python -m commstack backup-prune --stack` keeps (an off-host repository is pruned from the admin's machine).
+    pulumi.export("backupRetention", {"daily": settings.backup.keep_daily, "weekly": settings.backup.keep_weekly,
+                                      "monthly": settings.backup.keep_monthly})
 
 if settings.signal.enabled:
     from components.signal.backend import Backend, BackendArgs
@@ -131,7 +148,8 @@ if settings.signal.enabled:
         "signal",
         BackendArgs(signal=settings.signal, edge=settings.edge, domain=settings.matrix.domain,
                     # The proxy's own network with Signal-Server (components/matrix/network.py web-<backend>).
-                    edge_network=matrix.network.web[extra_routes[0].backend] if signal_upstream else None),
+                    edge_network=matrix.network.web[extra_routes[0].backend] if signal_upstream else None,
+                    metrics_network=matrix.network.metrics.get("signal-server")),
         opts=signal_opts,
     )
     dns_records += signal.dns_records

@@ -14,15 +14,15 @@ from components.paths import CONFIGS_DIR
 from components.settings.facts import (BACKUP_TARGETS, CLOUDFLARE_HTTPS_PORTS, KNOWN_BRIDGES, LEGACY_POSTGRES_MAJOR,
                                        MAX_HOSTNAME_LENGTH, MIN_CONTAINER_MEMORY_MB, NON_PUBLIC_SUFFIXES,
                                        NON_ROUTABLE_NETWORKS, PROJECT, SIGNAL_LOCAL_CONTAINERS, SIGNAL_SUBDOMAINS,
-                                       TELEGRAM_API_ID_MAX, VOLUME_NAMINGS, arm_instance_type, cidr_problem, known_containers,
+                                       SMTP_TLS_MODES, TELEGRAM_API_ID_MAX, VOLUME_NAMINGS, arm_instance_type, cidr_problem, known_containers,
                                        memory_mb, non_public_domain, non_routable_ipv4, supported_signal_refs,
                                        valid_git_ref)
 from components.settings.keys import unknown_key_problems
 from components.settings.load import (INSECURE_REGISTRATION_KEY, TWILIO_KEYS, check, given_config_keys,
                                       internet_facing_reasons, load_settings, postgres_image_major,
                                       postgres_upgrade_steps, worker_containers)
-from components.settings.model import (BackupSettings, EdgeSettings, MatrixSettings, PostgresSettings, Settings,
-                                       SettingsError, SignalSettings)
+from components.settings.model import (BackupSettings, EdgeSettings, MatrixSettings, MonitoringSettings,
+                                       PostgresSettings, Settings, SettingsError, SignalSettings, SmtpSettings)
 from components.settings.schema import CONFIG_KEYS, SCHEMA, SETTINGS, Setting
 from components.settings.shapes import SIGNAL_TABLE_SUFFIX_RE
 
@@ -40,8 +40,8 @@ __all__ = [
     "BACKUP_TARGETS", "CLOUDFLARE_HTTPS_PORTS", "CONFIGS_DIR", "CONFIG_KEYS", "ConfigKey", "INSECURE_REGISTRATION_KEY",
     "KNOWN_BRIDGES", "LEGACY_POSTGRES_MAJOR", "MAX_HOSTNAME_LENGTH", "MIN_CONTAINER_MEMORY_MB", "NON_PUBLIC_SUFFIXES",
     "NON_ROUTABLE_NETWORKS", "PROJECT", "SCHEMA", "SETTINGS", "SIGNAL_LOCAL_CONTAINERS", "SIGNAL_SUBDOMAINS",
-    "SIGNAL_TABLE_SUFFIX_RE", "TELEGRAM_API_ID_MAX", "TWILIO_KEYS", "VOLUME_NAMINGS", "BackupSettings", "EdgeSettings",
-    "MatrixSettings", "PostgresSettings", "Setting", "Settings", "SettingsError", "SignalSettings",
+    "SIGNAL_TABLE_SUFFIX_RE", "SMTP_TLS_MODES", "TELEGRAM_API_ID_MAX", "TWILIO_KEYS", "VOLUME_NAMINGS", "BackupSettings", "EdgeSettings",
+    "MatrixSettings", "MonitoringSettings", "PostgresSettings", "SmtpSettings", "Setting", "Settings", "SettingsError", "SignalSettings",
     "arm_instance_type", "check", "cidr_problem", "given_config_keys", "internet_facing_reasons",
     "known_containers", "load_settings", "memory_mb", "non_public_domain", "non_routable_ipv4",
     "postgres_image_major", "postgres_upgrade_steps", "stack_tags", "supported_signal_refs",

@@ -18,7 +18,8 @@ KNOWN_BRIDGES = ("whatsapp", "telegram")
 # Hostnames Signal clients call (Signal-Android app/build.gradle.kts); the
 # Matrix subdomains must stay clear of them when the Signal half is on.
 SIGNAL_SUBDOMAINS = ("chat", "storage", "cdn", "cdn2")
-BACKUP_TARGETS = ("local", "aws", "s3")
+BACKUP_TARGETS = ("local", "aws", "s3", "rest")
+SMTP_TLS_MODES = ("starttls", "tls")
 
 # MTProto's initConnection takes api_id as a 32-bit `int` (core.telegram.org/method/initConnection).
 TELEGRAM_API_ID_MAX = 2**31 - 1
@@ -161,7 +162,8 @@ SIGNAL_LOCAL_CONTAINERS = tuple(f"signal-local-{part}" for part in (
 
 def known_containers() -> tuple[str, ...]:
     return ("postgres", "postgres-init", "postgres-upgrade", "synapse", "backup", "wellknown", "proxy", "turn", "element",
-            "livekit", "lk-jwt-service",
+            "livekit", "lk-jwt-service", "prometheus", "alertmanager", "alert-relay", "node-exporter",
+            "postgres-exporter", "blackbox-exporter", "grafana", "grafana-dashboards",
             *(f"bridge-{kind}" for kind in KNOWN_BRIDGES), *SIGNAL_LOCAL_CONTAINERS)
 
 

@@ -42,13 +42,14 @@ def compact_json(value: Any) -> str:
 MAX_LENGTH = 4096
 
 
-def normalise(raw: Any, fold_case: bool) -> str:
+def normalise(raw: Any, fold_case: bool, multiline: bool = False) -> str:
     """The rule every setting follows (schema.py, "Case and whitespace"): surrounding whitespace removed;
-    printable ASCII only; lowercased when the kind is case-blind. Raises Invalid."""
+    printable ASCII only (line breaks too, for a multi-line kind); lowercased when the kind is case-blind.
+    Raises Invalid."""
     text = str(raw).strip()
     if len(text) > MAX_LENGTH:
         raise Invalid(f"is {len(text)} characters long; a setting is at most {MAX_LENGTH}")
-    odd = next((c for c in text if not " " <= c <= "~"), None)
+    odd = next((c for c in text if not (" " <= c <= "~" or (multiline and c in "\r\n"))), None)
     if odd is not None:
         what = "a control character" if unicodedata.category(odd).startswith("C") else "a character that is not ASCII"
         raise Invalid(f"{shown(text)} contains {what} ({odd!r}, U+{ord(odd):04X}); every setting except a secret is "
@@ -80,6 +81,7 @@ class Kind:
 
     fields: tuple[str, ...] = ()
     type_name = "string"
+    multiline = False  # a value of several lines (PEM): line breaks are allowed
     fold_case = False  # DNS names, keywords and other case-blind values are compared in lower case
     secret = False
 

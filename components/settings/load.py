@@ -16,8 +16,8 @@ from typing import Any, Iterable, Mapping, Optional
 import components.settings.facts as facts
 from components.settings.keys import unknown_keys
 from components.settings.kinds import Invalid, compact_json, docker_host_parts, normalise, shown
-from components.settings.model import (BackupSettings, EdgeSettings, MatrixSettings, PostgresSettings, Settings,
-                                       SettingsError, SignalSettings)
+from components.settings.model import (BackupSettings, EdgeSettings, MatrixSettings, MonitoringSettings,
+                                       PostgresSettings, Settings, SettingsError, SignalSettings, SmtpSettings)
 from components.settings.schema import PROJECT, SCHEMA, SETTINGS, Setting, set_line
 from components.settings.shapes import plain_name
 
@@ -138,7 +138,7 @@ def _read(checked: Checked, setting: Setting) -> None:
         checked.given.add(key)
         return
     try:
-        checked.values[key] = kind.parse(normalise(raw, kind.fold_case))
+        checked.values[key] = kind.parse(normalise(raw, kind.fold_case, kind.multiline))
         checked.given.add(key)
     except Invalid as invalid:
         checked.problem(key, invalid.what, invalid.fix)
@@ -210,6 +210,7 @@ def _rules(v: Checked, stack: str) -> None:
     _edge_rules(v)
     _matrix_rules(v)
     _worker_rules(v)
+    _monitoring_rules(v)
     _required(v)
     _postgres_rules(v)
     _signal_rules(v)
@@ -329,6 +330,32 @@ def _worker_rules(v: Checked) -> None:
         v.check(not unknown, "commstack:containerMemory",
                 f"no container is named {', '.join(map(plain_name, unknown))}; containers: {', '.join(known)}",
                 compact_json({k: f"{m}m" for k, m in memory.items() if k in known}))
+
+
+def _monitoring_rules(v: Checked) -> None:
+    """Grafana reads Prometheus; alert e-mails and every smtp* setting need smtpHost; a login needs its password."""
+    v.check(not v.get("commstack:grafana") or v.get("commstack:monitoring"), "commstack:grafana",
+            "needs commstack:monitoring true (Grafana reads its Prometheus)", "false")
+    host = v.get("commstack:smtpHost")
+    v.check(bool(host) or not v.get("commstack:alertEmails"), "commstack:alertEmails",
+            "needs outgoing e-mail: set commstack:smtpHost (and smtpFrom) first, or send alerts to the Matrix room only",
+            "[]")
+    user, has_password = v.get("commstack:smtpUser"), bool(v.get("commstack:smtpPassword"))
+    if not host:
+        given = [key.partition(":")[2] for key, on in (("commstack:smtpUser", user), ("commstack:smtpFrom",
+                                                       v.get("commstack:smtpFrom")), ("commstack:smtpPassword",
+                                                       has_password)) if on]
+        v.check(not given, "commstack:smtpHost", f"is empty, so e-mail is off, but {', '.join(given)} "
+                f"{'is' if len(given) == 1 else 'are'} set; name the SMTP server", "smtp.example.org")
+        return
+    v.check(bool(v.get("commstack:smtpFrom")), "commstack:smtpFrom",
+            "is required with smtpHost (the From address of every e-mail)")
+    v.check(not user or has_password, "commstack:smtpPassword", "is required with smtpUser")
+    v.check(bool(user) or not has_password, "commstack:smtpUser",
+            "is required with smtpPassword (the login it belongs to)")
+    v.check(not (v.get("commstack:smtpTls") == "tls" and v.get("commstack:smtpPort") == 587), "commstack:smtpPort",
+            "587 is the STARTTLS port, but smtpTls is tls (TLS from the first byte, port 465); use 465, or smtpTls "
+            "starttls", "465")
 
 
 def _signal_rules(v: Checked) -> None:
@@ -565,9 +592,23 @@ def build(v: Checked, stack: str, secret) -> Settings:
             region=v.get("aws:region") if backup_target == "aws" else None,
             s3_endpoint=v.get("commstack:backupS3Endpoint").rstrip("/"), s3_bucket=v.get("commstack:backupS3Bucket"),
             s3_access_key_id=secret("commstack:backupS3AccessKeyId") if backup_target == "s3" else None,
-            s3_secret_access_key=secret("commstack:backupS3SecretAccessKey") if backup_target == "s3" else None),
+            s3_secret_access_key=secret("commstack:backupS3SecretAccessKey") if backup_target == "s3" else None,
+            rest_url=v.get("commstack:backupRestUrl") if backup_target == "rest" else "",
+            rest_username=v.get("commstack:backupRestUsername") if backup_target == "rest" else "",
+            rest_password=secret("commstack:backupRestPassword") if backup_target == "rest" else None,
+            rest_ca_certificate=v.get("commstack:backupRestCaCertificate") if backup_target == "rest" else ""),
         container_memory=dict(v.get("commstack:containerMemory")),
         volume_names=v.get("commstack:volumeNames"),
+        monitoring=MonitoringSettings(
+            enabled=v.get("commstack:monitoring"),
+            alert_recipients=tuple(dict.fromkeys(v.get("commstack:alertRecipients") or [f"@admin:{domain}"])),
+            alert_emails=tuple(dict.fromkeys(v.get("commstack:alertEmails"))),
+            grafana=v.get("commstack:grafana")),
+        smtp=SmtpSettings(
+            host=v.get("commstack:smtpHost"), port=v.get("commstack:smtpPort"), from_address=v.get("commstack:smtpFrom"),
+            tls=v.get("commstack:smtpTls"), user=v.get("commstack:smtpUser"),
+            password=secret("commstack:smtpPassword") if v.get("commstack:smtpUser") else None,
+        ) if v.get("commstack:smtpHost") else None,
         postgres=v.derived["postgres"],
     )
 

@@ -88,6 +88,10 @@ class BackupSettings:
     s3_bucket: str = ""
     s3_access_key_id: Optional[pulumi.Output] = field(default=None, repr=False)
     s3_secret_access_key: Optional[pulumi.Output] = field(default=None, repr=False)
+    rest_url: str = ""
+    rest_username: str = ""
+    rest_password: Optional[pulumi.Output] = field(default=None, repr=False)
+    rest_ca_certificate: str = ""
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,26 @@ class SignalSettings:
 
 
 @dataclass(frozen=True)
+class SmtpSettings:
+    """Outgoing e-mail. TLS is always required: STARTTLS, or TLS from the first byte."""
+
+    host: str
+    port: int
+    from_address: str
+    tls: str
+    user: str = ""
+    password: Optional[pulumi.Output] = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class MonitoringSettings:
+    enabled: bool
+    alert_recipients: tuple[str, ...] = ()
+    alert_emails: tuple[str, ...] = ()
+    grafana: bool = False
+
+
+@dataclass(frozen=True)
 class Settings:
     stack: str
     docker_host: str
@@ -131,6 +155,8 @@ class Settings:
     container_memory: dict = field(default_factory=dict)
     # Docker volume names: "legacy" (unscoped, stacks made before commstack:volumeNames) or "stack".
     volume_names: str = "legacy"
+    monitoring: MonitoringSettings = field(default_factory=lambda: MonitoringSettings(enabled=False))
+    smtp: Optional[SmtpSettings] = None  # None: no outgoing e-mail
     postgres: Optional["PostgresSettings"] = None
 
 

@@ -49,9 +49,10 @@ from typing import Any, Optional
 import components.settings.facts as facts
 from components.settings.kinds import (AwsRegion, Boolean, Choice, Custom, DockerHost, Domain, Ec2InstanceType, IPv4,
                                        Integer, JsonList, Kind, Label, Pattern, Port, Secret, Url)
-from components.settings.shapes import (CIDR_LIST, CONTAINER_MEMORY, E164, EMAIL, GIT_REF, GIT_REPO, HHMM,
-                                        MEDIA_LIFETIME, RETENTION, S3_BUCKET, S3_URI, TABLE_SUFFIX, WORKER_COUNTS,
-                                        WORKER_PRESET, app_hash, twilio_sid)
+from components.settings.shapes import (CIDR_LIST, CONTAINER_MEMORY, E164, EMAIL, EMAIL_ADDRESS, GIT_REF, GIT_REPO,
+                                        HHMM, HOST, MEDIA_LIFETIME, MXID, PEM_CERTIFICATES, REST_URL, REST_USER,
+                                        RETENTION, S3_BUCKET, S3_URI, TABLE_SUFFIX, WORKER_COUNTS, WORKER_PRESET,
+                                        app_hash, twilio_sid)
 
 PROJECT = facts.PROJECT
 
@@ -175,6 +176,8 @@ def set_line(key: str, value: str, secret: bool = False) -> str:
 _TWILIO = when(signal=True, signalInsecureUnverifiedRegistration=False)
 _SIGNAL_AWS = when(signal=True, signalTarget="aws")
 _S3_BACKUP = when(backup=True, backupTarget="s3")
+_REST_BACKUP = when(backup=True, backupTarget="rest")
+_MONITORING = when(monitoring=True)
 _TELEGRAM = when(bridges="telegram")
 _TWILIO_WHY = ("the Signal half verifies phone numbers with Twilio Verify, and without a real sender registration-service "
                "could only run its dev environment, where anyone can register any number")
@@ -285,8 +288,9 @@ _section(
             doc="JSON object: how many daily, weekly and monthly snapshots to keep.",
             example='{"daily":14,"weekly":8,"monthly":12}'),
     Setting("commstack:backupTarget", Choice(facts.BACKUP_TARGETS), default="local", applies=when(backup=True),
-            doc="`local` (a protected Docker volume), `aws` (an S3 bucket the program creates; needs aws:region) or "
-                "`s3` (any S3-compatible endpoint).", example="aws"),
+            doc="`local` (a protected Docker volume on the same host), `aws` (an S3 bucket the program creates, whose "
+                "key cannot delete history; needs aws:region), `s3` (any S3-compatible endpoint) or `rest` (restic's "
+                "rest-server --append-only on another machine).", example="aws"),
     Setting("commstack:backupS3Endpoint", Url(("https", "http")), default="", required=True, applies=_S3_BACKUP,
             doc="For backupTarget s3: the endpoint URL.", example="https://s3.eu-central-003.backblazeb2.com"),
     Setting("commstack:backupS3Bucket", S3_BUCKET, default="", required=True, applies=_S3_BACKUP,
@@ -296,6 +300,17 @@ _section(
             doc="For backupTarget s3: the access key id.", example="<key id>"),
     Setting("commstack:backupS3SecretAccessKey", Secret(), required=True, applies=_S3_BACKUP,
             doc="For backupTarget s3: the secret access key.", example="<secret key>"),
+    Setting("commstack:backupRestUrl", REST_URL, default="", required=True, applies=_REST_BACKUP,
+            doc="For backupTarget rest: the rest-server repository's https URL (run with --append-only "
+                "--private-repos; docs/operations.md).", example="https://backup.example.org:8000/commstack/"),
+    Setting("commstack:backupRestUsername", REST_USER, default="", required=True, applies=_REST_BACKUP,
+            doc="For backupTarget rest: the rest-server user (its .htpasswd entry; with --private-repos also the "
+                "URL's path).", example="commstack"),
+    Setting("commstack:backupRestPassword", Secret(), required=True, applies=_REST_BACKUP,
+            doc="For backupTarget rest: that user's password.", example="<password>"),
+    Setting("commstack:backupRestCaCertificate", PEM_CERTIFICATES, default="", applies=_REST_BACKUP,
+            doc="For backupTarget rest: the PEM certificate of the CA that signed the rest-server's TLS certificate, "
+                "when no public CA did.", example="<contents of rest-server-ca.pem>"),
     Setting("commstack:postgresMajor", Integer(10, 99, "a Postgres major version number", digits=2),
             default=str(facts.LEGACY_POSTGRES_MAJOR),
             doc="The Postgres major the stack's data is on (a record, not a choice): must equal the major of "
@@ -305,6 +320,36 @@ _section(
             doc="Upgrade Postgres from this major (the data's) to configs/images.yaml's: a one-shot job backs up, "
                 "dumps every database and restores it into a new protected volume; the old volume is kept. See "
                 "docs on Postgres major upgrades.", example="15"),
+)
+
+_section(
+    "Monitoring and e-mail",
+    Setting("commstack:monitoring", Boolean(), default="true",
+            doc="Metrics on private networks, Prometheus with alert rules, and Alertmanager posting alerts into the "
+                "Matrix room #alerts:<domain> (see docs/monitoring.md).", example="false"),
+    Setting("commstack:alertRecipients", JsonList(MXID, "Matrix user IDs"), default="[]", applies=_MONITORING,
+            doc="JSON list of Matrix users invited to the alert room; empty: @admin:<domain>, the user `create-admin` "
+                "makes by default.", example='["@alice:example.org"]'),
+    Setting("commstack:alertEmails", JsonList(EMAIL_ADDRESS, "e-mail addresses"), default="[]", applies=_MONITORING,
+            doc="JSON list of e-mail addresses Alertmanager also sends alerts to; needs smtpHost.",
+            example='["ops@example.org"]'),
+    Setting("commstack:grafana", Boolean(), default="false",
+            doc="Run Grafana (off by default) with Synapse's official dashboard, loaded at deploy time from the pinned "
+                "Synapse tag; needs monitoring true.", example="true"),
+    Setting("commstack:smtpHost", HOST, default="",
+            doc="SMTP server for outgoing e-mail (Synapse's password resets and notifications, Alertmanager's alert "
+                "e-mails); empty: no e-mail.", example="smtp.example.org"),
+    Setting("commstack:smtpPort", Integer(1, 65535, "a TCP port"), default="587",
+            doc="SMTP server port: 587 (STARTTLS) or 465 (TLS from the first byte).", example="465"),
+    Setting("commstack:smtpUser", Pattern(r"\S{1,256}", "a login (no spaces)", show_pattern=False), default="",
+            doc="SMTP login; empty: the server takes mail without one.", example="matrix@example.org"),
+    Setting("commstack:smtpPassword", Secret(), doc="SMTP password; required with smtpUser.",
+            example="<smtp_password>"),
+    Setting("commstack:smtpFrom", EMAIL_ADDRESS, default="",
+            doc="The From address of every e-mail; required with smtpHost.", example="matrix@example.org"),
+    Setting("commstack:smtpTls", Choice(facts.SMTP_TLS_MODES), default="starttls",
+            doc="`starttls` (required, never plain text) or `tls` (TLS from the first byte, usually port 465).",
+            example="tls"),
 )
 
 _section(

@@ -204,3 +204,59 @@ WORKER_COUNTS = Custom(_worker_counts, "a JSON object of worker group to number 
 MEDIA_LIFETIME = Pattern(r"[1-9][0-9]{0,4}[dwy]|forever", "a lifetime such as 30d, 8w or 1y (a whole number of "
                                                           "days, weeks or years), or forever", fold_case=True,
                          type_name="duration")
+
+
+# -- restic's rest-server, monitoring, e-mail -----------------------------------------------------------
+
+# rest-server: https only (the credentials and the data travel in it); its user names (htpasswd.go validUsername).
+REST_URL_PATTERN = r"https://(?P<host>[A-Za-z0-9.-]+)(?::(?P<port>[0-9]{1,5}))?(?:/[A-Za-z0-9._~-]+)*/?"
+
+
+def _rest_url(text: str) -> str:
+    if text.lower().startswith("http://"):
+        raise Invalid(f"{shown(text)}: plain http is refused, as the credentials and the snapshots travel in it",
+                      "https://" + text[len("http://"):])
+    matched = re.fullmatch(REST_URL_PATTERN, text, re.ASCII)
+    if not matched:
+        raise Invalid(f"{shown(text)} is not an https://host[:port]/path/ URL")
+    port = matched.group("port")
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise Invalid(f"{shown(text)}: port {int(port)} is out of range (1-65535)")
+    return text
+
+
+REST_URL = Custom(_rest_url, "an https://host[:port]/path/ URL (plain http is refused)", type_name="URL")
+REST_USER = Pattern(r"[A-Za-z0-9_.@-]{1,64}", "a rest-server user name (letters, digits, _ - . @)")
+
+
+class PemCertificates(Kind):
+    """One or more PEM certificates: the one kind whose value spans lines (schema.py's rule allows it)."""
+
+    type_name = "PEM"
+    multiline = True
+
+    def parse(self, text: str) -> str:
+        if not re.fullmatch(r"(-----BEGIN CERTIFICATE-----\s+[A-Za-z0-9+/=\s]+-----END CERTIFICATE-----\s*)+", text,
+                            re.ASCII):
+            raise Invalid("is not a PEM certificate (-----BEGIN CERTIFICATE----- ...)")
+        return text.strip() + "\n"
+
+    def allowed(self) -> str:
+        return "PEM certificates (lines allowed)"
+
+
+PEM_CERTIFICATES = PemCertificates()
+# A Matrix user ID of this or another server: @localpart:server (the spec's historical user ID grammar).
+MXID = Pattern(r"@[a-z0-9._=/+-]{1,255}:(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?",
+               "a Matrix user ID (@localpart:server, localpart in lowercase a-z 0-9 . _ = - / +)", show_pattern=False)
+EMAIL_ADDRESS = Pattern(EMAIL, "an e-mail address", show_pattern=False, type_name="e-mail address")
+
+
+def _host(text: str) -> str:
+    if facts.valid_ip(text) or re.fullmatch(r"(?:(?!-)[a-z0-9-]{1,63}(?<!-)\.)*(?!-)[a-z0-9-]{1,63}(?<!-)", text,
+                                             re.ASCII):
+        return text
+    raise Invalid(f"{shown(text)} is not a host name or IP address")
+
+
+HOST = Custom(_host, "a host name or IP address", type_name="host", fold_case=True)

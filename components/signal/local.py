@@ -118,9 +118,10 @@ def aws_local_command(app_config: AppConfigNames) -> list[str]:
 # image's dynamodblocal user: DAC_OVERRIDE.
 DYNAMODB_HARDENING = Hardening(capabilities=("DAC_OVERRIDE",), memory_mb=1024,
                                why="runs as root to write a volume directory owned by the image's user")
-# The redis image's entrypoint chowns /data to redis (CHOWN) and drops to it with gosu (SETUID, SETGID).
-REDIS_HARDENING = Hardening(capabilities=("CHOWN", "SETGID", "SETUID"), memory_mb=256,
-                            why="docker-entrypoint.sh chowns /data, then gosu to redis")
+# Redis runs as the image's own user from the start (redis.REDIS_USER), so it needs no capability: the image's
+# entrypoint chowns /data and drops privileges only when started as root. A new volume takes /data's owner
+# (redis) from the image; an older stack's volume was chowned to redis by that entrypoint already.
+REDIS_HARDENING = Hardening(memory_mb=256)
 JOB_HARDENING = Hardening(memory_mb=256)
 # aws-local answers on ports 80 and 443 as root.
 AWS_LOCAL_HARDENING = Hardening(capabilities=("NET_BIND_SERVICE",), memory_mb=128, why="listens on 80 and 443")
@@ -133,6 +134,11 @@ EDGE_ALIAS = "signal-server"
 
 def edge_upstream(version: ServerVersion) -> str:
     return f"http://{EDGE_ALIAS}:{version.server_ports['app']}"
+
+
+def health_url(version: ServerVersion) -> str:
+    """Dropwizard's admin health check (the container's own health check calls it too)."""
+    return f"http://{EDGE_ALIAS}:{version.server_ports['admin']}/healthcheck"
 
 
 @dataclass
@@ -148,6 +154,8 @@ class LocalBackendArgs:
     region: str = LOCAL_REGION
     # The reverse proxy's network: the server joins it as EDGE_ALIAS so the proxy can route chat.<domain>.
     edge_network: Optional[pulumi.Input[str]] = None
+    # Monitoring on: blackbox_exporter's network, where it probes health_url().
+    metrics_network: Optional[pulumi.Input[str]] = None
     # How registration-service verifies numbers; the insecure dev environment only if the settings allowed it.
     verification: Verification = field(default_factory=lambda: Verification(insecure_unverified=True))
     twilio_api_key_secret: Optional[pulumi.Input[str]] = None  # secret; with Twilio Verify
@@ -211,13 +219,13 @@ class LocalBackend(pulumi.ComponentResource):
                 image_key="redis", network=net, aliases=[redis_alias(i)],
                 command=redis.node_command(REDIS_PORT, announce_hostname=redis_alias(i)),
                 volumes=[docker.ContainerVolumeArgs(volume_name=data.name, container_path="/data")],
-                healthcheck=["CMD", "redis-cli", "ping"], hardening=REDIS_HARDENING), self))
+                healthcheck=["CMD", "redis-cli", "ping"], hardening=REDIS_HARDENING, user=redis.REDIS_USER), self))
         # redis-cli --cluster create wants addresses; the names resolve on the private network.
         resolved = [f"$(getent hosts {redis_alias(i)} | cut -d' ' -f1):{REDIS_PORT}" for i in range(redis.NODES)]
         redis_cluster = service_container(f"{name}-redis-cluster-create", ContainerSpec(
             image_key="redis", network=net, aliases=[], one_shot=True,
             command=["sh", "-c", redis.cluster_create_script(resolved, f"{redis_alias(0)}:{REDIS_PORT}")],
-            hardening=JOB_HARDENING, extra={"logs": True}), self, depends_on=nodes)
+            hardening=JOB_HARDENING, user=redis.REDIS_USER, extra={"logs": True}), self, depends_on=nodes)
 
         rs = version.registration_service
         # Relative to the project (pulumi-docker v4.0.1 resolves `dockerfile` against Pulumi.yaml's directory),
@@ -259,7 +267,8 @@ class LocalBackend(pulumi.ComponentResource):
         self.server = service_container(self.server_container_name, ContainerSpec(
             image_key="signal-runtime", built_image=server_image.repo_digest, network=net, aliases=["signal-server"],
             extra_networks=[(self.egress_network.name, [EDGE_ALIAS]),
-                            *([(args.edge_network, [EDGE_ALIAS])] if args.edge_network is not None else [])],
+                            *([(args.edge_network, [EDGE_ALIAS])] if args.edge_network is not None else []),
+                            *([(args.metrics_network, [EDGE_ALIAS])] if args.metrics_network is not None else [])],
             hardening=SERVER_HARDENING,
             files=secrets_spec_files,
             volumes=[docker.ContainerVolumeArgs(volume_name=secrets_volume.name, container_path="/var/lib/signal/secrets")],
