@@ -342,11 +342,10 @@ def _monitoring_rules(v: Checked) -> None:
             "[]")
     user, has_password = v.get("commstack:smtpUser"), bool(v.get("commstack:smtpPassword"))
     if not host:
-        given = [key.partition(":")[2] for key, on in (("commstack:smtpUser", user), ("commstack:smtpFrom",
-                                                       v.get("commstack:smtpFrom")), ("commstack:smtpPassword",
-                                                       has_password)) if on]
-        v.check(not given, "commstack:smtpHost", f"is empty, so e-mail is off, but {', '.join(given)} "
-                f"{'is' if len(given) == 1 else 'are'} set; name the SMTP server", "smtp.example.org")
+        for key, on in (("commstack:smtpUser", user), ("commstack:smtpFrom", v.get("commstack:smtpFrom")),
+                        ("commstack:smtpPassword", has_password)):
+            v.check(not on, key, "is set, but smtpHost is empty, so e-mail is off; name the SMTP server "
+                                 "(commstack:smtpHost) or remove this", RM)
         return
     v.check(bool(v.get("commstack:smtpFrom")), "commstack:smtpFrom",
             "is required with smtpHost (the From address of every e-mail)")

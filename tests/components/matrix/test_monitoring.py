@@ -254,7 +254,7 @@ def test_no_smtp_no_email_section(dev_evaluation):
      "587 is the STARTTLS port"),
     ({"smtpHost": "smtp.example.org", "smtpFrom": "m@example.org", "smtpUser": "u"}, "commstack:smtpPassword",
      "is required with smtpUser"),
-    ({"smtpFrom": "m@example.org"}, "commstack:smtpHost", "e-mail is off, but smtpFrom is set"),
+    ({"smtpFrom": "m@example.org"}, "commstack:smtpFrom", "is set, but smtpHost is empty, so e-mail is off"),
     ({"alertEmails": '["ops@example.org"]'}, "commstack:alertEmails", "needs outgoing e-mail"),
 ])
 def test_bad_smtp_settings_are_refused_with_a_fix(overrides, key, fragment):
@@ -262,7 +262,7 @@ def test_bad_smtp_settings_are_refused_with_a_fix(overrides, key, fragment):
         evaluate("dev", **overrides)
     problems = [p for p in raised.value.problems if p.startswith(key)]
     assert problems and fragment in problems[0], raised.value.problems
-    assert "Fix: pulumi config set " in problems[0]
+    assert "Fix: pulumi config set " in problems[0] or "Fix: pulumi config rm " in problems[0]
 
 
 def test_grafana_only_when_asked_with_the_pinned_synapse_dashboard(dev_evaluation):
