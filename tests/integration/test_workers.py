@@ -378,14 +378,24 @@ def test_a_matrix_rtc_delayed_event_still_works_through_the_chain(worker_harness
     assert _psql(wh, f"select instance_name from events where event_id = '{event_id}'") == [writer]
 
 
-def test_the_load_bench_loads_the_monolith_and_the_preset_with_real_traffic(harness, worker_harness):
-    """`bench --load`, small: both deployments get real sends and long polls through their chains,
-    and every figure it reports is backed by what Synapse stored and what the processes used."""
-    from tests.integration import load_bench
+def test_the_load_bench_loads_the_monolith_and_the_preset_with_real_traffic(harness, worker_harness, monkeypatch):
+    """`bench --load`, small, as the live bench runs it on its boot (the preset's deployment is this
+    session's, not a third boot): both deployments get real sends and long polls through their
+    chains, and every figure it reports is backed by what Synapse stored and what the processes used."""
+    from tests.integration import live_bench, load_bench
 
-    report = load_bench.measure(harness, worker_harness, "balanced", senders=3, syncers=2, rooms=2, seconds=2.0,
-                                warmup=1.0, rounds=1)
-    monolith, preset = report["phases"]
+    class Borrowed:  # the session's worker deployment, which the bench must not stop
+        def __getattr__(self, name):
+            return getattr(worker_harness, name)
+
+        def stop(self):
+            pass
+
+    monkeypatch.setattr(load_bench, "boot_preset", lambda preset: Borrowed() if preset == "balanced" else None)
+    report = live_bench.measure(harness, joins=0, messages=0, warmup=0, load={
+        "preset": "balanced", "senders": 3, "syncers": 2, "rooms": 2, "seconds": 2.0, "warmup": 1.0, "rounds": 1})
+    assert set(report) == {"cold_boot_seconds", "load", "load_average", "cpus"}
+    monolith, preset = report["load"]["phases"]
     assert (monolith["deployment"], preset["deployment"]) == ("monolith", "balanced")
     for phase, deployment in ((monolith, harness), (preset, worker_harness)):
         assert phase["error_count"] == 0, phase["errors"]
@@ -399,6 +409,10 @@ def test_the_load_bench_loads_the_monolith_and_the_preset_with_real_traffic(harn
         assert phase["cpu_seconds"]["synapse"] > 0 and phase["cpu_seconds"]["postgres"] > 0
         assert phase["cpu_seconds"]["load generator"] > 0
     assert set(preset["cpu_seconds"]) >= {*worker_harness.workers, "synapse-redis", "nginx", "proxy"}
+    # commstack bench turns it into its table and ratio.
+    from commstack.devtools import bench
+
+    assert "balanced / monolith:" in "\n".join(bench.format_load(report["load"]))
     assert not any(name.startswith("synapse-") for name in monolith["cpu_seconds"])
     # The work really moved: the preset's sync worker answered the long polls, the writer persisted.
     assert preset["cpu_seconds"]["synapse-sync-1"] > 0 and preset["cpu_seconds"]["synapse-writer-1"] > 0
