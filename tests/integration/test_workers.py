@@ -233,14 +233,15 @@ def test_a_message_is_persisted_by_the_event_writer_and_reaches_the_other_user_o
     # Persisted by the events stream writer, the process Synapse's own table names.
     writer, = [p.name for p in workers.worker_plan("balanced").with_role("events")]
     assert _psql(wh, f"select instance_name from events where event_id = '{sent['event_id']}'") == [writer]
-    # The send went to the client worker, the long poll that returned it to the sync worker.
+    # The send went to the writer (balanced creates events where it persists them), the long poll that
+    # returned it to the sync worker.
     send_path = f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/"
     sends = _served(wh, "PUT", send_path, since=before, prefix=True)
-    assert [(e["group"], e["process"], e["status"]) for e in sends] == [("synapse_client", "synapse-client-1", "200")]
+    assert [(e["group"], e["process"], e["status"]) for e in sends] == [("synapse_writer", "synapse-writer-1", "200")]
     syncs = _served(wh, "GET", "/_matrix/client/v3/sync", since=before)
     assert syncs and {(e["group"], e["process"]) for e in syncs} == {("synapse_sync", "synapse-sync-1")}
     assert _processed(wh, "synapse-sync-1", "GET", "/_matrix/client/v3/sync")
-    assert _processed(wh, "synapse-client-1", "PUT", send_path)
+    assert _processed(wh, "synapse-writer-1", "PUT", send_path)
     assert not _processed(wh, "synapse", "GET", "/_matrix/client/v3/sync")
 
 
@@ -249,9 +250,9 @@ ROUTED_REQUESTS = [
     ("GET", "/_matrix/client/versions", None, "synapse-client-1"),
     ("GET", "/_matrix/client/v3/joined_rooms", None, "synapse-client-1"),
     ("GET", "/_matrix/client/v3/rooms/{room}/members", None, "synapse-client-1"),
-    ("GET", "/_matrix/client/v3/rooms/{room}/messages", None, "synapse-client-1"),
+    ("GET", "/_matrix/client/v3/rooms/{room}/messages", None, "synapse-writer-1"),
     ("POST", "/_matrix/client/v3/keys/query", {"device_keys": {"{user}": []}}, "synapse-client-1"),
-    ("PUT", "/_matrix/client/v3/rooms/{room}/state/m.room.topic/", {"topic": "routed"}, "synapse-client-1"),
+    ("PUT", "/_matrix/client/v3/rooms/{room}/state/m.room.topic/", {"topic": "routed"}, "synapse-writer-1"),
     ("GET", "/_matrix/federation/v1/version", None, "synapse-client-1"),
     ("PUT", "/_matrix/client/v3/rooms/{room}/typing/{user}", {"typing": True, "timeout": 1000}, "synapse-writer-1"),
     ("PUT", "/_matrix/client/v3/sendToDevice/m.test/{txn}", {"messages": {"{user}": {"*": {"hello": 1}}}},
