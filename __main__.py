@@ -12,11 +12,18 @@ settings = load_settings()  # raises before any resource exists if the config is
 
 import pulumi_docker as docker  # noqa: E402
 
-from components.common import container_memory_transformation  # noqa: E402
+from components.common import (container_memory_transformation, publish_address,  # noqa: E402
+                               published_address_transformation, volume_name_transformation)
 
 # Memory limits named in commstack:containerMemory replace the containers' defaults.
 if settings.container_memory:
     pulumi.runtime.register_stack_transformation(container_memory_transformation(settings.container_memory))
+# New stacks (commstack:volumeNames stack) name their volumes after themselves; older ones keep theirs.
+if settings.volume_names == "stack":
+    pulumi.runtime.register_stack_transformation(volume_name_transformation(pulumi.get_stack()))
+# A loopback publicIp (dev) publishes every port on loopback only.
+if publish_address(settings.edge.public_ip):
+    pulumi.runtime.register_stack_transformation(published_address_transformation(publish_address(settings.edge.public_ip)))
 
 from components.matrix.homeserver import Homeserver, HomeserverArgs  # noqa: E402
 from components.matrix.proxy import Route  # noqa: E402

@@ -106,7 +106,7 @@ class Hardening:
     `capabilities`, a memory limit without swap (`memory_mb`; `commstack:containerMemory` overrides
     it per container), rotated json-file logs, and, with `read_only`, a read-only root filesystem
     whose only writable paths are its volumes and the `tmpfs` mounts listed here (see
-    `read_only_root` for why containers with uploaded files keep a writable root).
+    `read_only_root`: uploaded files must lie in `config_dirs` for the root to be read-only).
     """
 
     capabilities: tuple[str, ...] = ()
@@ -114,6 +114,11 @@ class Hardening:
     tmpfs: tuple[tuple[str, str], ...] = (("/tmp", SCRATCH),)
     memory_mb: int = 256
     why: str = ""
+    # Directories that hold the container's uploaded files, each an anonymous volume: Docker copies
+    # uploads into a volume of a container whose root is read-only (moby daemon/archive.go refuses
+    # only the root itself), and the provider removes anonymous volumes with their container
+    # (remove_volumes), so every replacement starts from exactly the files the program uploads.
+    config_dirs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.capabilities or not self.read_only) and not self.why:
@@ -121,6 +126,13 @@ class Hardening:
         bad = [c for c in self.capabilities if not c.isupper() or c.startswith("CAP_") or c == "ALL"]
         if bad:
             raise ValueError(f"capabilities are named without CAP_ (e.g. CHOWN), never ALL: {bad}")
+        bad_dirs = [d for d in self.config_dirs if not d.startswith("/") or d.rstrip("/") in ("", "/etc", "/usr")]
+        if bad_dirs:
+            raise ValueError(f"config_dirs must be absolute directories of the service's own, not {bad_dirs}")
+
+    def holds(self, path: str) -> bool:
+        """Whether an uploaded file at `path` lands in one of the config dirs."""
+        return any(path.startswith(d.rstrip("/") + "/") for d in self.config_dirs)
 
 
 @dataclass
@@ -198,24 +210,26 @@ def service_container(name: str, spec: ContainerSpec, parent: pulumi.Resource,
         entrypoints=list(spec.entrypoint) if spec.entrypoint else None,
         envs=envs,
         ports=list(spec.ports),
-        volumes=list(spec.volumes),
+        volumes=[*spec.volumes, *(docker.ContainerVolumeArgs(container_path=d) for d in spec.hardening.config_dirs)],
         healthcheck=healthcheck,
         user=spec.user,
-        **hardened(spec.hardening, uploads=bool(spec.files)),
+        **hardened(spec.hardening, uploads=[f.path for f in spec.files]),
         **spec.extra,
         opts=pulumi.ResourceOptions(parent=parent, provider=provider, depends_on=list(depends_on)),
     )
 
 
-def read_only_root(hardening: Hardening, uploads: bool) -> bool:
+def read_only_root(hardening: Hardening, uploads: Sequence[str]) -> bool:
     """A read-only root filesystem wherever the provider allows it. Files are uploaded into the
     created container before it starts (pulumi-docker `uploads`, Docker's archive API), and Docker
-    refuses those into a read-only root (moby daemon/archive.go, ErrRootFSReadOnly), so a container
-    with uploads keeps a writable root; every other one gets a read-only root and tmpfs scratch."""
-    return hardening.read_only and not uploads
+    refuses those into a read-only root (moby daemon/archive.go, ErrRootFSReadOnly) unless they go
+    into a volume. So a container gets a read-only root and tmpfs scratch when every uploaded file
+    lies in one of its config dirs (anonymous volumes); one with a file elsewhere keeps a writable
+    root, and its Hardening says why."""
+    return hardening.read_only and all(hardening.holds(path) for path in uploads)
 
 
-def hardened(hardening: Hardening, uploads: bool = False) -> dict:
+def hardened(hardening: Hardening, uploads: Sequence[str] = ()) -> dict:
     """The docker.Container arguments every container gets from its Hardening."""
     read_only = read_only_root(hardening, uploads)
     return {
@@ -269,3 +283,45 @@ def published_ports(ports: Sequence[Any]) -> list[docker.ContainerPortArgs]:
     (`components.edge.ports.PublicPort`), so Docker publishes exactly that list."""
     return [docker.ContainerPortArgs(internal=number, external=number, protocol=protocol)
             for port in ports for number in port.numbers() for protocol in port.protocols]
+
+
+def publish_address(public_ip: str) -> Optional[str]:
+    """The host address published ports bind to: loopback when the stack's public address is
+    loopback (the dev stack), so nothing it serves, not even dev's insecure Signal registration,
+    is reachable from the LAN; otherwise every interface (None), because a cloud VM's public
+    address is usually not on any of its interfaces (AWS Elastic IPs are NAT) and a LAN address
+    is what a router forwards to."""
+    import ipaddress
+
+    return "127.0.0.1" if ipaddress.ip_address(public_ip).is_loopback else None
+
+
+def published_address_transformation(address: str):
+    """A stack transformation that binds every container's published ports to `address`."""
+    def transform(args: pulumi.ResourceTransformationArgs) -> Optional[pulumi.ResourceTransformationResult]:
+        if args.type_ != "docker:index/container:Container" or not args.props.get("ports"):
+            return None
+        ports = []
+        for port in args.props["ports"]:
+            fields = dict(port) if isinstance(port, Mapping) else {
+                "internal": port.internal, "external": port.external, "protocol": port.protocol}
+            ports.append(docker.ContainerPortArgs(**{**fields, "ip": address}))
+        return pulumi.ResourceTransformationResult(props={**args.props, "ports": ports}, opts=args.opts)
+    return transform
+
+
+def stack_volume_name(stack: str, name: str) -> str:
+    """A volume's Docker name in a stack with commstack:volumeNames `stack`."""
+    return name if name.startswith(f"{stack}-") else f"{stack}-{name}"
+
+
+def volume_name_transformation(stack: str):
+    """A stack transformation that prefixes every Docker volume's name with the stack's. Containers
+    mount volumes by the volume resource's `name` output, so they follow. Only for stacks whose
+    volumes never had the unscoped names: a volume's name cannot change in place."""
+    def transform(args: pulumi.ResourceTransformationArgs) -> Optional[pulumi.ResourceTransformationResult]:
+        if args.type_ != "docker:index/volume:Volume" or not isinstance(args.props.get("name"), str):
+            return None
+        return pulumi.ResourceTransformationResult(
+            props={**args.props, "name": stack_volume_name(stack, args.props["name"])}, opts=args.opts)
+    return transform

@@ -101,6 +101,9 @@ class ConfigKey:
         return f"pulumi config set {flag}{self.full_name} {value or self.example}"
 
 
+# commstack:volumeNames: the unscoped names of stacks made before the setting existed stay their default.
+VOLUME_NAMINGS = ("legacy", "stack")
+
 # The Postgres major of every stack made before commstack:postgresMajor existed (its default forever).
 LEGACY_POSTGRES_MAJOR = 15
 
@@ -155,6 +158,7 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
         ConfigKey("signalServerRef", "v9.81.0", "Git tag of Signal-Server; must have a data file configs/signal/<ref>.yaml.", "v9.81.0"),
         ConfigKey("signalJarS3Uri", "", "Optional s3:// URI of a prebuilt TextSecureServer jar, so a replacement instance starts without building.", "s3://my-builds/TextSecureServer-9.81.0.jar"),
         ConfigKey("signalRedis", "containers", "`containers` (six-node Redis cluster on the instance) or `elasticache` (AWS ElastiCache, cluster mode).", "elasticache"),
+        ConfigKey("volumeNames", "legacy", "`stack`: every Docker volume's name starts with the stack's (<stack>-synapse-media), so stacks on one Docker host keep their data apart; ./scripts/up sets it for a new stack. `legacy` (the default, for stacks made before it): the unscoped names. Changing it on a deployed stack is refused (its volumes are protected).", "stack"),
         ConfigKey("containerMemory", {}, "JSON object: memory limit per container (docker name) instead of its default, e.g. {\"synapse\": \"4g\"}; m or g.", "'{\"synapse\":\"4g\"}'"),
         ConfigKey("signalRestoredTables", [], "JSON list of suffixes of Signal table sets restored with `python -m commstack signal-restore tables`, oldest first: each set <table>-<suffix> is adopted (imported, protected) and the server uses the last; the original tables stay untouched. See \"Restore the Signal half\".", "'[\"restored-20261201-0930\"]'"),
         ConfigKey("adminCidrs", [], "JSON list of CIDRs allowed to SSH to the Signal instance; empty keeps SSH closed.", "'[\"198.51.100.7/32\"]'"),
@@ -300,6 +304,8 @@ class Settings:
     backup: Optional[BackupSettings] = None
     # Container name -> memory limit in MB, overriding the container's default (components.common.Hardening).
     container_memory: dict = field(default_factory=dict)
+    # Docker volume names: "legacy" (unscoped, stacks made before commstack:volumeNames) or "stack".
+    volume_names: str = "legacy"
     postgres: Optional["PostgresSettings"] = None
 
 
@@ -787,6 +793,8 @@ def load_settings(stack: Optional[str] = None) -> Settings:
         verification = {}
         restored_tables = ()
 
+    volume_names = r.choice("commstack:volumeNames", VOLUME_NAMINGS)
+
     container_memory: dict[str, int] = {}
     memory_text = r.raw("commstack:containerMemory")
     if memory_text is not None:
@@ -863,6 +871,7 @@ def load_settings(stack: Optional[str] = None) -> Settings:
         backup=backup,
         container_memory=container_memory,
         postgres=postgres,
+        volume_names=volume_names,
     )
 
 

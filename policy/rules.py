@@ -335,8 +335,10 @@ def container_hardening_problems(props: Mapping[str, Any]) -> list[str]:
     if props.get("logDriver") != "json-file" or not log_opts.get("max-size") or not log_opts.get("max-file"):
         problems.append("has no rotated json-file log (log_opts max-size and max-file)")
     uploads = list(props.get("uploads") or [])
-    if not uploads and not props.get("readOnly"):
-        problems.append("has a writable root filesystem although nothing is uploaded into it (read_only)")
+    volume_paths = [str(v.get("containerPath", "")).rstrip("/") + "/" for v in props.get("volumes") or []]
+    outside_volumes = [u for u in uploads if not any(str(u.get("file", "")).startswith(p) for p in volume_paths)]
+    if not outside_volumes and not props.get("readOnly"):
+        problems.append("has a writable root filesystem although every upload goes into a volume (read_only)")
     if props.get("restart") != "no" and not (props.get("healthcheck") or {}).get("tests"):
         problems.append("is a long-running service without a health check")
     for upload in uploads:

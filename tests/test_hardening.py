@@ -167,12 +167,38 @@ def test_every_container_is_confined(evaluation):
         assert rules.container_hardening_problems(props) == [], name
 
 
-def test_root_is_read_only_wherever_nothing_is_uploaded(evaluation):
+def _in_a_volume(props: dict, path: str) -> bool:
+    return any(path.startswith(v["containerPath"].rstrip("/") + "/") for v in props.get("volumes") or [])
+
+
+def test_root_is_read_only_wherever_every_upload_goes_into_a_volume(evaluation):
+    """Docker refuses uploads into a read-only root but not into a volume (moby daemon/archive.go):
+    a container whose uploads all land in volumes (its config dirs) has a read-only root."""
     for name, props in containers(evaluation).items():
-        uploads = props.get("uploads") or []
-        assert bool(props.get("readOnly")) is (not uploads), name
+        uploads = [u["file"] for u in props.get("uploads") or []]
+        assert bool(props.get("readOnly")) is all(_in_a_volume(props, path) for path in uploads), name
         if props.get("readOnly"):
             assert props["tmpfs"] == {"/tmp": "rw,noexec,nosuid,nodev,size=64m"}, name
+
+
+# Matrix containers with a read-only root although files are uploaded (into anonymous config volumes),
+# and those that run as a user of their own; every other keeps its image's choice, for the reason
+# docs/security.md gives.
+READ_ONLY_WITH_CONFIG = {"proxy": {"/etc/traefik", "/run/secrets"}, "livekit": {"/etc/livekit"},
+                         "lk-jwt-service": {"/etc/lk-jwt-service"}}
+NON_ROOT = {"livekit": "65534:65534", "lk-jwt-service": "65534:65534"}
+
+
+def test_config_dirs_are_fresh_anonymous_volumes_and_the_root_is_read_only():
+    ev = evaluate("prod")
+    props = containers(ev)
+    for name, dirs in READ_ONLY_WITH_CONFIG.items():
+        anonymous = {v["containerPath"] for v in props[name].get("volumes") or [] if not v.get("volumeName")}
+        assert anonymous == dirs, name
+        assert props[name]["readOnly"] is True, name
+        assert all(_in_a_volume(props[name], u["file"]) for u in props[name]["uploads"]), name
+    for name, user in NON_ROOT.items():
+        assert props[name]["user"] == user, name
 
 
 def test_every_service_has_a_health_check(evaluation):
@@ -183,7 +209,7 @@ def test_every_service_has_a_health_check(evaluation):
 
 # Who reads each container's secret files (the user its image runs as).
 SECRET_OWNERS = {"postgres": "999", "postgres-init": "0", "backup": "0", "synapse": "991", "proxy": "0", "turn": "65534",
-                 "livekit": "0", "lk-jwt-service": "0",
+                 "livekit": "65534", "lk-jwt-service": "65534",
                  "bridge-whatsapp": "1337", "bridge-telegram": "1337", "signal-local-aws-local": "0",
                  "signal-local-registration": "10001", "signal-local-server": "0"}  # registration: components/signal/registration.py RUN_UID
 
@@ -214,3 +240,16 @@ def test_memory_limits_are_a_setting(tmp_path):
     with pytest.raises(SettingsError) as raised:
         evaluate("dev", containerMemory='{"synapse": "lots"}')
     assert any("is not a memory size" in p for p in raised.value.problems)
+
+
+@pytest.mark.parametrize("stack, public_ip, bound", [("dev", None, "127.0.0.1"), ("prod", None, None),
+                                                     ("dev", "192.168.1.20", None)])
+def test_published_ports_bind_to_loopback_when_the_stack_is_local(stack, public_ip, bound):
+    """dev (publicIp 127.0.0.1) publishes nothing on the LAN, its insecure Signal registration
+    included; a public or LAN address publishes on every interface (what the firewall or router
+    forwards to)."""
+    ev = evaluate(stack, **({"publicIp": public_ip} if public_ip else {}))
+    published = {name: props["ports"] for name, props in containers(ev).items() if props.get("ports")}
+    assert {"proxy", "turn"} <= set(published)
+    for name, ports in published.items():
+        assert {port.get("ip") for port in ports} == {bound}, (name, ports)

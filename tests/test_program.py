@@ -220,3 +220,43 @@ def test_no_container_takes_a_secret_in_its_environment_or_command(evaluation):
     for reg in evaluation.of_type("docker:index/container:Container"):
         for field in ("envs", "command", "entrypoints"):
             assert not offline.secret_paths({field: reg.inputs.get(field)}), f"{reg.plain_inputs['name']}: secret in {field}"
+
+
+# The Docker names of an existing stack's volumes, as deployed before commstack:volumeNames existed: any
+# change would replace a protected volume, so it must never happen.
+LEGACY_VOLUMES = {
+    "dev": {"synapse-media", "postgres-data", "backup-repository", "signal-local-dynamodb-data", "signal-local-secrets",
+            *{f"signal-local-redis-{i}-data" for i in range(6)}},
+    "prod": {"synapse-media", "postgres-data", "matrix-proxy-acme"},
+}
+
+
+def _volumes(ev) -> dict[str, str]:
+    """Pulumi resource name -> Docker volume name."""
+    return {reg.name: reg.plain_inputs["name"] for reg in ev.of_type("docker:index/volume:Volume")}
+
+
+@pytest.mark.parametrize("stack", sorted(LEGACY_VOLUMES))
+def test_an_existing_stack_keeps_its_volume_names(stack):
+    legacy = _volumes(evaluate(stack))
+    assert set(legacy.values()) == LEGACY_VOLUMES[stack]
+    assert _volumes(evaluate(stack, volumeNames="legacy")) == legacy
+
+
+def test_a_new_stack_names_its_volumes_after_itself():
+    """Same volume resources (nothing else changes), each Docker name prefixed with the stack's, and every
+    container mounts the renamed volume."""
+    legacy, scoped_ev = _volumes(evaluate("dev")), evaluate("dev", volumeNames="stack")
+    scoped = _volumes(scoped_ev)
+    assert scoped == {resource: f"dev-{name}" for resource, name in legacy.items()}
+    mounted = {v["volumeName"] for reg in scoped_ev.of_type("docker:index/container:Container")
+               for v in reg.plain_inputs.get("volumes") or [] if v.get("volumeName")}
+    assert mounted and mounted <= set(scoped.values())
+
+
+def test_volume_names_refuse_other_values():
+    from components.settings import SettingsError
+
+    with pytest.raises(SettingsError) as raised:
+        evaluate("dev", volumeNames="scoped")
+    assert any("commstack:volumeNames: must be one of legacy, stack" in p for p in raised.value.problems)

@@ -46,7 +46,8 @@ def rtc_transports(rtc_host: str) -> list[dict]:
 
 def calls_routes(rtc_host: str) -> list[Route]:
     """What Traefik serves on the rtc host (element-call docs/self-hosting.md endpoint routing)."""
-    return [Route(rtc_host, lkjwt.INTERNAL_URL, path_prefix=lkjwt.PUBLIC_PATH),
+    return [Route(rtc_host, lkjwt.INTERNAL_URL, path_prefix=lkjwt.PUBLIC_PATH, paths=lkjwt.PUBLIC_ENDPOINTS,
+                  rate_limit=lkjwt.RATE_LIMIT),
             Route(rtc_host, livekit.INTERNAL_URL, path_prefix=livekit.PUBLIC_PATH)]
 
 
@@ -71,6 +72,10 @@ class CallsArgs:
     turn_tls: bool
     # The program's self-signed certificate (None with Let's Encrypt).
     extra_ca_pem: Optional[pulumi.Input[str]] = None
+    # Without federation no user of another homeserver has a call here, so lk-jwt-service gets no
+    # egress: it reaches only Traefik (our names are aliases of it on its web network), and a token
+    # naming any other homeserver fails to resolve instead of making it fetch that server.
+    federation: bool = True
 
 
 class Calls(pulumi.ComponentResource):
@@ -85,7 +90,8 @@ class Calls(pulumi.ComponentResource):
             turn_servers=turn_servers(args.turn_host, args.turn_tls), turn_shared_secret=args.turn_shared_secret,
         ), opts=child(self))
         self.jwt_service = LkJwtService(f"{name}-jwt", LkJwtServiceArgs(
-            network=args.jwt_network, extra_networks=[args.egress_network], livekit_url=livekit_url(args.rtc_host), server_name=args.server_name,
+            network=args.jwt_network, extra_networks=[args.egress_network] if args.federation else [],
+            livekit_url=livekit_url(args.rtc_host), server_name=args.server_name,
             api_key=api_key, api_secret=api_secret, extra_ca_pem=args.extra_ca_pem,
         ), opts=child(self))
         self.transports = rtc_transports(args.rtc_host)

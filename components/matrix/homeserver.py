@@ -192,6 +192,7 @@ class Homeserver(pulumi.ComponentResource):
                 jwt_network=nets.web[LK_JWT_CONTAINER], server_name=m.server_name, rtc_host=m.rtc_host,
                 public_ip=edge.public_ip, turn_host=m.turn_host, turn_shared_secret=turn_secret,
                 turn_tls=not letsencrypt, extra_ca_pem=None if letsencrypt else self.proxy.certificate_pem,
+                federation=m.federation,
             ), opts=child(self))
         transports = rtc_transports(m.rtc_host) if m.calls else []
 
@@ -219,6 +220,7 @@ class Homeserver(pulumi.ComponentResource):
             element_url=element_url,
             max_upload_size=MAX_UPLOAD_SIZE,
             matrix_rtc_transports=transports,
+            public_ip=edge.public_ip,
             media_retention={k: v for k, v in media_retention.items() if v},
             workers=plan,
             redis=redis,

@@ -15,7 +15,8 @@ at the pinned tag (configs/images.yaml). What matters for calls that carry media
 - Clients behind strict NATs get our coturn as TURN (`rtc.turn_servers` with the shared secret,
   read from `secret_file`), with time-limited credentials LiveKit derives per participant.
 - `room.auto_create: false`: only lk-jwt-service (for users of full-access homeservers) creates
-  rooms (lk-jwt-service README, "Restricting room creation").
+  rooms (lk-jwt-service README, "Restricting room creation"); every room has a participant cap
+  (ROOM_LIMITS) whatever its creator asked.
 - The API key and secret are a key file (`key_file`, mode 0600; LiveKit refuses files others
   can read), never the environment.
 """
@@ -41,7 +42,22 @@ TURN_SECRET_PATH = "/etc/livekit/turn-secret"
 # stripped before LiveKit (element-call docs/self-hosting.md, "Matrix site endpoint routing").
 PUBLIC_PATH = "/livekit/sfu"
 # No capability: its ports are above 1024. Media buffers for a few calls fit well within 512 MB.
-HARDENING = Hardening(memory_mb=512)
+# Its files live in /etc/livekit (a config dir), so the root is read-only; it runs as nobody (the
+# image would run it as root), which owns the key and TURN secret files.
+HARDENING = Hardening(memory_mb=512, config_dirs=("/etc/livekit",))
+RUN_AS = "65534"
+
+
+# Rooms (pkg/config/config.go RoomConfig; pkg/service/roomallocator.go applies them to every room,
+# including those lk-jwt-service creates with max_participants 0): only lk-jwt-service creates rooms
+# (`auto_create` off); a room holds at most MAX_PARTICIPANTS (one host's SFU, not a conference
+# service), and closes 5 minutes after creation if nobody joins, 20 s after the last one leaves.
+MAX_PARTICIPANTS = 50
+ROOM_LIMITS = {"auto_create": False, "max_participants": MAX_PARTICIPANTS, "empty_timeout": 300,
+               "departure_timeout": 20}
+# LimitConfig: lk-jwt-service's room names are 43-character hashes (v0.5.0 main.go), so a longer name
+# was not made by it (LiveKit's default allows 256); the other limits keep LiveKit's defaults.
+PARTICIPANT_LIMITS = {"max_room_name_length": 64}
 
 
 def media_ports() -> tuple[int, int]:
@@ -96,7 +112,8 @@ def render_livekit_config(*, node_ip: str, udp_ports: tuple[int, int], turn_serv
         "port": port,
         "logging": {"level": "info"},
         "rtc": rtc,
-        "room": {"auto_create": False},
+        "room": dict(ROOM_LIMITS),
+        "limit": dict(PARTICIPANT_LIMITS),
         # Its embedded TURN server stays off: coturn owns 3478 and 5349.
         "turn": {"enabled": False},
         "key_file": key_file_path,
@@ -123,12 +140,12 @@ class LiveKit(pulumi.ComponentResource):
             raise ValueError("turn_servers need turn_shared_secret")
         config = render_livekit_config(node_ip=args.node_ip, udp_ports=media_ports(), turn_servers=args.turn_servers)
         keys = pulumi.Output.all(args.api_key, args.api_secret).apply(lambda kv: key_file(kv[0], kv[1]))
-        # The image runs LiveKit as root; only it reads the secrets.
+        # Only LiveKit's own user reads the secrets.
         files = [ConfigFile(CONFIG_PATH, to_yaml(config)),
-                 ConfigFile(KEY_FILE_PATH, pulumi.Output.secret(keys), permissions="0600", owner="0")]
+                 ConfigFile(KEY_FILE_PATH, pulumi.Output.secret(keys), permissions="0600", owner=RUN_AS)]
         if args.turn_servers:
             files.append(ConfigFile(TURN_SECRET_PATH, pulumi.Output.secret(args.turn_shared_secret),
-                                    permissions="0600", owner="0"))
+                                    permissions="0600", owner=RUN_AS))
         self.container = service_container(
             CONTAINER,
             ContainerSpec(
@@ -138,6 +155,7 @@ class LiveKit(pulumi.ComponentResource):
                 extra_networks=[(network, [CONTAINER]) for network in args.extra_networks],
                 files=files,
                 command=["--config", CONFIG_PATH],
+                user=f"{RUN_AS}:{RUN_AS}",
                 hardening=HARDENING,
                 # Published 1:1: the port in each ICE candidate is the one clients reach.
                 ports=published_ports(ports_for("livekit")),

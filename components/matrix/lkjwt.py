@@ -36,6 +36,7 @@ import pulumi_docker as docker
 from components.common import ConfigFile, ContainerSpec, Hardening, child, image, service_container
 from components.settings import CONFIGS_DIR
 from components.matrix.livekit import key_file
+from components.matrix.proxy import RateLimit
 
 CONTAINER = "lk-jwt-service"
 HTTP_PORT = 8080
@@ -47,8 +48,17 @@ EXTRA_CA_PATH = f"{EXTRA_CA_DIR}/commstack-ca.pem"  # a certificate, not a secre
 # Where Traefik routes it on the rtc host, stripped before the service (element-call
 # docs/self-hosting.md); clients call <base>/get_token (and the legacy <base>/sfu/get).
 PUBLIC_PATH = "/livekit/jwt"
-# No capability (it binds 8080), a small Go service.
-HARDENING = Hardening(memory_mb=64)
+# The only paths Traefik passes to it: the token endpoints clients call (MSC4195 `/get_token`; Element
+# Call's legacy `/sfu/get`) and `/healthz` (commstack doctor). Anything a later version adds (e.g. its
+# LiveKit webhook) stays unreachable from outside until it is listed here.
+PUBLIC_ENDPOINTS = ("/get_token", "/sfu/get", "/healthz")
+# Per client address: a call join asks once per participant, a reconnect once more; a household or an
+# office behind one address joining at once fits in the burst. Everything past it gets 429.
+RATE_LIMIT = RateLimit(average=30, period="1m", burst=20)
+# No capability (it binds 8080), a small Go service. Its files live in /etc/lk-jwt-service (a config
+# dir), so the root is read-only; it runs as nobody (the FROM-scratch image would run it as root).
+HARDENING = Hardening(memory_mb=64, config_dirs=("/etc/lk-jwt-service",))
+RUN_AS = "65534"
 
 
 def service_environment(*, livekit_url: str, full_access_homeservers: Sequence[str],
@@ -102,8 +112,8 @@ class LkJwtService(pulumi.ComponentResource):
                                          args={"SERVICE_IMAGE": image("lk-jwt-service"), "TOOLS_IMAGE": image("busybox")}),
             opts=child(self))
         keys = pulumi.Output.all(args.api_key, args.api_secret).apply(lambda kv: key_file(kv[0], kv[1]))
-        # The image (FROM scratch) runs as root; only the service reads the key file.
-        files = [ConfigFile(KEY_FILE_PATH, pulumi.Output.secret(keys), permissions="0600", owner="0")]
+        # Only the service's own user reads the key file.
+        files = [ConfigFile(KEY_FILE_PATH, pulumi.Output.secret(keys), permissions="0600", owner=RUN_AS)]
         if args.extra_ca_pem is not None:
             files.append(ConfigFile(EXTRA_CA_PATH, args.extra_ca_pem))
         self.container = service_container(
@@ -115,6 +125,7 @@ class LkJwtService(pulumi.ComponentResource):
                 aliases=[CONTAINER],
                 extra_networks=[(network, [CONTAINER]) for network in args.extra_networks],
                 files=files,
+                user=f"{RUN_AS}:{RUN_AS}",
                 hardening=HARDENING,
                 envs=service_environment(livekit_url=args.livekit_url, full_access_homeservers=[args.server_name],
                                          extra_ca=args.extra_ca_pem is not None),

@@ -37,7 +37,10 @@ ACME_DIR = "/letsencrypt"
 CF_TOKEN_PATH = "/run/secrets/cf-dns-api-token"
 RESOLVER = "letsencrypt"
 # Traefik runs as root in its image and binds 80, 443 (and 8448): NET_BIND_SERVICE, nothing else.
-HARDENING = Hardening(capabilities=("NET_BIND_SERVICE",), memory_mb=256, why="binds ports 80 and 443")
+# Its files live in /etc/traefik and /run/secrets (config dirs), so the root is read-only. It stays
+# root: the Let's Encrypt store (a volume stacks already have) is root's, and lego writes it.
+HARDENING = Hardening(capabilities=("NET_BIND_SERVICE",), memory_mb=256, config_dirs=("/etc/traefik", "/run/secrets"),
+                      why="binds ports 80 and 443 and writes the root-owned ACME store")
 TLS_MODES = ("self-signed", "letsencrypt")
 # Not published: only the container's own health check calls it.
 PING_ADDRESS = ":8082"
@@ -73,11 +76,23 @@ _PATH_PREFIX_RE = re.compile(r"^(?:/[a-z0-9._-]+)+$")
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """Traefik's rateLimit middleware: `average` requests per `period` per client, `burst` at once."""
+
+    average: int
+    period: str
+    burst: int
+
+
+@dataclass(frozen=True)
 class Route:
     host: str
     upstream: str  # e.g. http://synapse:8008
     # Only requests under this path, passed on with it stripped (e.g. /livekit/jwt/get_token -> /get_token).
     path_prefix: Optional[str] = None
+    # With a prefix: only these exact paths below it (an allowlist, e.g. ("/get_token",)); others get 404.
+    paths: tuple[str, ...] = ()
+    rate_limit: Optional[RateLimit] = None
 
     def __post_init__(self) -> None:
         if not _HOST_RE.match(self.host):
@@ -85,10 +100,18 @@ class Route:
         _check_upstream(self.upstream)
         if self.path_prefix is not None and not _PATH_PREFIX_RE.match(self.path_prefix):
             raise ValueError(f"route path prefix {self.path_prefix!r} is not /segment[/segment...]")
+        if self.paths and self.path_prefix is None:
+            raise ValueError("a route's paths are below its path prefix: set path_prefix")
+        bad = [path for path in self.paths if not _PATH_PREFIX_RE.match(path)]
+        if bad:
+            raise ValueError(f"route paths {bad} are not /segment[/segment...]")
 
     @property
     def rule(self) -> str:
         host = f"Host(`{self.host}`)"
+        if self.paths:
+            exact = " || ".join(f"Path(`{self.path_prefix}{path}`)" for path in self.paths)
+            return f"{host} && ({exact})"
         return f"{host} && PathPrefix(`{self.path_prefix}`)" if self.path_prefix else host
 
     @property
@@ -150,10 +173,51 @@ def render_traefik_static(*, tls: str, acme_email: str, serve_federation_8448: b
     return static
 
 
+# Mozilla's "intermediate" TLS configuration (ssl-config.mozilla.org, guidelines v5.7): TLS 1.2 with
+# ECDHE and AEAD ciphers only (Go has no DHE), TLS 1.3 as Go sets it. Go's own TLS 1.2 default would
+# also offer the CBC-SHA1 suites. Names: Go's crypto/tls, as Traefik's tls.options take them.
+TLS_OPTIONS = {
+    "minVersion": "VersionTLS12",
+    "cipherSuites": [
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+    ],
+    "curvePreferences": ["X25519", "CurveP256", "CurveP384"],
+}
+SECURITY_HEADERS = "security-headers"
+# One year; no includeSubDomains or preload: the stack does not own every name under the domain.
+HSTS_SECONDS = 31536000
+
+
+def security_headers() -> dict:
+    """Headers on every response the proxy serves: HSTS, and the anti-framing and nosniff headers
+    Element Web's README ("Configuration best practices") asks for; harmless on the APIs."""
+    return {"headers": {
+        "stsSeconds": HSTS_SECONDS,
+        "customFrameOptionsValue": "SAMEORIGIN",
+        "contentSecurityPolicy": "frame-ancestors 'self'",
+        "contentTypeNosniff": True,
+    }}
+
+
+def rate_limit_middleware(limit: RateLimit, *, behind_proxies: bool) -> dict:
+    """Per client address. Behind trusted proxies (Cloudflare) the client is the address the
+    nearest one added to X-Forwarded-For (depth 1), not the proxy's own address."""
+    middleware: dict = {"average": limit.average, "period": limit.period, "burst": limit.burst}
+    if behind_proxies:
+        middleware["sourceCriterion"] = {"ipStrategy": {"depth": 1}}
+    return {"rateLimit": middleware}
+
+
 def render_traefik_dynamic(*, routes: Sequence[Route], tls: str, certificate_hosts: Sequence[str] = (),
                            serve_federation_8448: bool = False,
-                           federation_upstream: str = "http://synapse:8008") -> dict:
-    """dynamic.yml: one TLS router per host, services by upstream, TLS policy."""
+                           federation_upstream: str = "http://synapse:8008",
+                           trusted_ips: Sequence[str] = ()) -> dict:
+    """dynamic.yml: one TLS router per host, services by upstream, TLS policy, security headers."""
     if tls not in TLS_MODES:
         raise ValueError(f"tls must be one of {TLS_MODES}, not {tls!r}")
     hosts = [(r.host, r.path_prefix) for r in routes]
@@ -178,27 +242,31 @@ def render_traefik_dynamic(*, routes: Sequence[Route], tls: str, certificate_hos
         services[name] = {"loadBalancer": {"servers": [{"url": upstream}], "passHostHeader": True}}
         return name
 
+    middlewares[SECURITY_HEADERS] = security_headers()
     for route in routes:
         router = {"rule": f"{route.rule} && {NOT_ADMIN}", "entryPoints": ["websecure"],
-                  "service": service(route.upstream), "tls": copy.deepcopy(router_tls)}
+                  "service": service(route.upstream), "tls": copy.deepcopy(router_tls),
+                  "middlewares": [SECURITY_HEADERS]}
+        if route.rate_limit:
+            limit = f"ratelimit-{route.router_name}"
+            middlewares[limit] = rate_limit_middleware(route.rate_limit, behind_proxies=bool(trusted_ips))
+            router["middlewares"].append(limit)
         if route.path_prefix:
             # Traefik's default priority is the rule's length, so a path router wins over its host's.
             strip = f"strip-{route.router_name}"
             middlewares[strip] = {"stripPrefix": {"prefixes": [route.path_prefix]}}
-            router["middlewares"] = [strip]
+            router["middlewares"].append(strip)
         routers[route.router_name] = router
     if serve_federation_8448:
         _check_upstream(federation_upstream)
         # Port 8448 carries server-server traffic only.
         routers["federation"] = {"rule": "PathPrefix(`/_matrix/federation`) || PathPrefix(`/_matrix/key`)",
                                  "entryPoints": ["federation"], "service": service(federation_upstream),
-                                 "tls": copy.deepcopy(router_tls)}
-    http: dict = {"routers": routers, "services": services}
-    if middlewares:
-        http["middlewares"] = middlewares
+                                 "tls": copy.deepcopy(router_tls), "middlewares": [SECURITY_HEADERS]}
+    http: dict = {"routers": routers, "services": services, "middlewares": middlewares}
     dynamic: dict = {
         "http": http,
-        "tls": {"options": {"default": {"minVersion": "VersionTLS12"}}},
+        "tls": {"options": {"default": copy.deepcopy(TLS_OPTIONS)}},
     }
     if tls == "self-signed":
         dynamic["tls"]["stores"] = {"default": {"defaultCertificate": {"certFile": CERT_PATH, "keyFile": KEY_PATH}}}
@@ -238,7 +306,8 @@ class ReverseProxy(pulumi.ComponentResource):
                                        trusted_ips=args.trusted_ips)
         dynamic = render_traefik_dynamic(routes=args.routes, tls=args.tls, certificate_hosts=args.certificate_hosts,
                                          serve_federation_8448=args.serve_federation_8448,
-                                         federation_upstream=args.federation_upstream)
+                                         federation_upstream=args.federation_upstream,
+                                         trusted_ips=args.trusted_ips)
         files = [ConfigFile(STATIC_PATH, to_yaml(static)), ConfigFile(DYNAMIC_PATH, to_yaml(dynamic))]
         volumes: list[docker.ContainerVolumeArgs] = []
         envs = None

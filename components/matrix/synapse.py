@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
@@ -21,6 +22,7 @@ from components.common import (ConfigFile, ContainerSpec, Hardening, generated_s
 from components.matrix.postgres import DatabaseCredentials
 from components.matrix.workers import (MAIN, MAIN_REPLICATION_PORT, WORKER_APP, WORKER_PORT, WorkerPlan,
                                        WorkerProcess)
+from components.settings import CONFIGS_DIR
 
 LOGICAL_NAME = "synapse"
 HTTP_PORT = 8008
@@ -73,6 +75,18 @@ APPSERVICE_ENCRYPTION_SETTINGS = {
 }
 
 
+def blocked_ranges(public_ip: Optional[str] = None) -> list[str]:
+    """PRIVATE_RANGES plus the host's own public address, unless one of them already covers it: a
+    remote server (or a federation request naming this host) must not make Synapse call services
+    published on the host itself."""
+    ranges = list(PRIVATE_RANGES)
+    if public_ip:
+        address = ipaddress.ip_address(public_ip)
+        if not any(address in ipaddress.ip_network(cidr) for cidr in ranges):
+            ranges.append(str(ipaddress.ip_network(address)))
+    return ranges
+
+
 def data_paths(data_dir: str = DATA_DIR) -> dict[str, str]:
     return {
         "signing_key_path": f"{data_dir}/signing.key",
@@ -98,6 +112,7 @@ def render_homeserver_config(
     max_upload_size: str = "50M",
     data_dir: str = DATA_DIR,
     matrix_rtc_transports: Sequence[Mapping[str, Any]] = (),
+    public_ip: Optional[str] = None,
     media_retention: Optional[Mapping[str, str]] = None,
     workers: WorkerPlan = WorkerPlan(),
     process: str = MAIN,
@@ -106,6 +121,7 @@ def render_homeserver_config(
 ) -> dict:
     """homeserver.yaml as data. `database` holds user, password, database, host, port.
     `matrix_rtc_transports` (lk-jwt-service's URL) turns on what MatrixRTC calls need.
+    `public_ip` (the host's own address) joins the ranges Synapse never contacts.
     `media_retention` holds local_media_lifetime and/or remote_media_lifetime (Synapse durations).
 
     With workers (`workers`, components/matrix/workers.py) every process gets its own complete
@@ -156,7 +172,7 @@ def render_homeserver_config(
         "trusted_key_servers": [{"server_name": "matrix.org"}],
         "suppress_key_server_warning": True,
         # Still the key v1.163.2 reads (synapse/config/server.py); only its attribute became ip_range_blocklist.
-        "ip_range_blacklist": list(PRIVATE_RANGES),
+        "ip_range_blacklist": blocked_ranges(public_ip),
         "federation_client_minimum_tls_version": "1.2",
         "max_upload_size": max_upload_size,
         "url_preview_enabled": False,
@@ -243,14 +259,22 @@ def _set_process_listeners(config: dict, plan: WorkerPlan, process: str, data_di
         "worker_log_config": data_paths(data_dir)["log_config"],
     })
     config["database"]["args"].update(cp_min=1, cp_max=worker.pool)
+# A logging filter (configs/synapse/commstack_log_redaction.py) that redacts every query value in
+# Synapse's log lines: Synapse itself redacts only access_token and client_secret.
+LOG_REDACTION_MODULE = "commstack_log_redaction"
+LOG_REDACTION_SOURCE = CONFIGS_DIR / "synapse" / f"{LOG_REDACTION_MODULE}.py"
+PYTHON_PATH_DIR = "/usr/local/lib/commstack"
 
 
 def render_log_config() -> dict:
-    """Console logging only: Docker keeps the logs and nothing fills the data dir."""
+    """Console logging only: Docker keeps the logs and nothing fills the data dir. Every line goes
+    through the query-string redaction filter (its module is on PYTHONPATH, see Synapse below)."""
     return {
         "version": 1,
         "formatters": {"precise": {"format": "%(asctime)s - %(name)s - %(lineno)d - %(levelname)s - %(request)s - %(message)s"}},
-        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "precise"}},
+        "filters": {"redact_query_strings": {"()": f"{LOG_REDACTION_MODULE}.RedactQueryStrings"}},
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "precise",
+                                 "filters": ["redact_query_strings"]}},
         "loggers": {"synapse.storage.SQL": {"level": "INFO"}},
         "root": {"level": "INFO", "handlers": ["console"]},
         "disable_existing_loggers": False,
@@ -293,6 +317,8 @@ class SynapseArgs:
     extra_networks: Sequence[pulumi.Input[str]] = ()
     # MatrixRTC transports (lk-jwt-service's public URL); empty leaves calls off.
     matrix_rtc_transports: Sequence[Mapping[str, Any]] = ()
+    # The host's public address (commstack:publicIp), never contacted by Synapse.
+    public_ip: Optional[str] = None
     # Synapse's media_retention (local_media_lifetime, remote_media_lifetime); empty keeps all media.
     media_retention: Mapping[str, str] = field(default_factory=dict)
     # The worker processes (commstack:synapseWorkers), their Redis and their networks.
@@ -348,7 +374,7 @@ def worker_container_spec(process: WorkerProcess, files: Sequence[ConfigFile], n
         aliases=[process.name],
         extra_networks=[(network, [process.name]) for network in joined],
         files=files,
-        envs={"SYNAPSE_CONFIG_PATH": CONFIG_PATH, "SYNAPSE_WORKER": WORKER_APP},
+        envs={"SYNAPSE_CONFIG_PATH": CONFIG_PATH, "SYNAPSE_WORKER": WORKER_APP, "PYTHONPATH": PYTHON_PATH_DIR},
         entrypoint=["/bin/sh", "-c", start],
         volumes=[media] if media else [],
         healthcheck=["CMD-SHELL", f"curl -fSs http://localhost:{WORKER_PORT}/health || exit 1"],
@@ -412,6 +438,7 @@ class Synapse(pulumi.ComponentResource):
                 element_url=args.element_url,
                 max_upload_size=args.max_upload_size,
                 matrix_rtc_transports=args.matrix_rtc_transports,
+                public_ip=args.public_ip,
                 media_retention=args.media_retention,
                 workers=plan,
                 process=process,
@@ -432,6 +459,7 @@ class Synapse(pulumi.ComponentResource):
                 ConfigFile(CONFIG_PATH, pulumi.Output.secret(homeserver_yaml(process)), permissions="0400",
                            owner=SYNAPSE_UID),
                 ConfigFile(paths["log_config"], to_yaml(render_log_config())),
+                ConfigFile(f"{PYTHON_PATH_DIR}/{LOG_REDACTION_MODULE}.py", LOG_REDACTION_SOURCE.read_text()),
                 ConfigFile(paths["signing_key_path"], pulumi.Output.secret(signing_key_file), permissions="0400",
                            owner=SYNAPSE_UID),
             ] + [ConfigFile(path, pulumi.Output.secret(args.appservice_registrations[path]), permissions="0400",
@@ -448,7 +476,7 @@ class Synapse(pulumi.ComponentResource):
                 aliases=[LOGICAL_NAME],
                 extra_networks=[(network, [LOGICAL_NAME]) for network in args.extra_networks] + replication_networks,
                 files=files(MAIN),
-                envs={"SYNAPSE_CONFIG_PATH": CONFIG_PATH},
+                envs={"SYNAPSE_CONFIG_PATH": CONFIG_PATH, "PYTHONPATH": PYTHON_PATH_DIR},
                 entrypoint=["/bin/sh", "-c", f"chown {SYNAPSE_UID_GID} {media_path} && exec /start.py"],
                 volumes=[media_mount],
                 # The same probe as the image's own HEALTHCHECK.

@@ -48,9 +48,7 @@ def lk_jwt_binary() -> Optional[str]:
 
 def container_envs(rendered, container: str) -> dict[str, str]:
     """The rendered container's environment (Docker's KEY=VALUE list) as a dict."""
-    reg, = [r for r in rendered.evaluation.of_type("docker:index/container:Container")
-            if r.plain_inputs["name"] == container]
-    return dict(item.split("=", 1) for item in reg.plain_inputs.get("envs") or [])
+    return rendered.env_of(container)
 
 
 class ConnectTunnel:

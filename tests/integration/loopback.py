@@ -119,6 +119,12 @@ def homeserver_config(config: dict, *, root: Path, ports: LoopbackPorts, data_di
     return adapted
 
 
+def synapse_environment(envs: dict[str, str], *, root: Path, container: str = "synapse") -> dict[str, str]:
+    """The Synapse container's environment for loopback: PYTHONPATH's in-container directory (the log
+    redaction filter's module) -> the temp dir; the config path is given on the command line instead."""
+    return {"PYTHONPATH": os.pathsep.join(str(host_path(root, container, d)) for d in envs["PYTHONPATH"].split(":"))}
+
+
 # Tests only: each appservice transaction's sender logs the events it pushed ("push_bulk to … succeeded!
 # events=[…]", synapse/appservice/api.py), so a test can tell which Synapse process sent it.
 TEST_LOGGERS = {"synapse.appservice.api": {"level": "DEBUG"}}

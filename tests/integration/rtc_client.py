@@ -161,3 +161,20 @@ async def join_both(url: str, token_a: str, token_b: str, timeout: float = 20.0)
         return time.perf_counter() - started
     finally:
         await asyncio.gather(a.disconnect(), b.disconnect(), return_exceptions=True)
+
+
+def signalling_status(port: int, host: str, cafile: str, token: str) -> bytes:
+    """The status line of LiveKit's signalling WebSocket upgrade (`/livekit/sfu/rtc?access_token=…`)
+    through Traefik on loopback `port`, TLS verified for `host` against `cafile`."""
+    import base64
+    import socket
+    import ssl
+
+    context = ssl.create_default_context(cafile=cafile)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=host) as tls:
+            tls.sendall((f"GET /livekit/sfu/rtc?access_token={token}&protocol=16 HTTP/1.1\r\nHost: {host}\r\n"
+                         "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                         f"Sec-WebSocket-Key: {base64.b64encode(secrets.token_bytes(16)).decode()}\r\n\r\n").encode())
+            return tls.recv(4096).split(b"\r\n", 1)[0]
+

@@ -278,6 +278,82 @@ def test_a_user_gets_the_bridge_help_in_a_direct_chat(harness, direct_chats, kin
     _assert_help_lists_login(replies, kind)
 
 
+MEGOLM = "m.megolm.v1.aes-sha2"
+
+
+async def _encrypted_help(harness, user: tuple[str, str], bot: str, store: str) -> tuple[str, str, list]:
+    """An end-to-end encrypted direct chat with the bot, as Element opens one (m.room.encryption in
+    the initial state), a `help` sent encrypted, and the bot's replies as this client decrypted them.
+    The room key reaches the bot's device only as an olm-encrypted to-device event, which Synapse
+    pushes to the bridge in a transaction (MSC2409): without that, the bot cannot read `help`.
+    Returns the room, this client's curve25519 identity key and the bot's messages."""
+    from nio import AsyncClientConfig, MegolmEvent, RoomMessageNotice, RoomMessageText
+
+    texts = (RoomMessageText, RoomMessageNotice)  # the bot greets with m.text and answers with m.notice
+
+    client = AsyncClient(harness.nginx_url, user[0], store_path=store,
+                         config=AsyncClientConfig(encryption_enabled=True, store_sync_tokens=False))
+    try:
+        assert isinstance(await client.login(user[1]), LoginResponse)
+        if client.should_upload_keys:
+            await client.keys_upload()
+        room = await client.room_create(is_direct=True, invite=[bot], initial_state=[
+            {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": MEGOLM}}])
+        assert isinstance(room, RoomCreateResponse), room
+        deadline = time.monotonic() + REPLY_TIMEOUT
+        while room.room_id not in client.rooms or bot not in client.rooms[room.room_id].users:
+            assert time.monotonic() < deadline, f"{bot} did not join the encrypted direct chat"
+            await client.sync(timeout=1000, full_state=True)
+        if client.should_query_keys:
+            await client.keys_query()
+        sent = await client.room_send(room.room_id, "m.room.message", {"msgtype": "m.text", "body": "help"},
+                                      ignore_unverified_devices=True)
+        assert isinstance(sent, RoomSendResponse), sent
+        replies: list = []
+
+        def answered() -> bool:  # the bot greets the room on join; wait for its answer to `help`
+            return any(isinstance(e, texts) and "**login**" in e.body for e in replies)
+
+        deadline = time.monotonic() + REPLY_TIMEOUT
+        while time.monotonic() < deadline and not answered():
+            response = await client.sync(timeout=1000)
+            timeline = getattr(response, "rooms", None) and response.rooms.join.get(room.room_id)
+            if timeline:
+                replies += [e for e in timeline.timeline.events if e.sender == bot
+                            and isinstance(e, (*texts, MegolmEvent))]
+        return room.room_id, client.olm.account.identity_keys["curve25519"], replies
+    finally:
+        await client.close()
+
+
+def _room_keys_from(harness, kind: str, room_id: str, sender_key: str) -> int:
+    """Megolm sessions for the room that the device with `sender_key` shared with the bridge: the only way
+    one gets into its crypto store is an olm-encrypted to-device event (its own sessions have its key)."""
+    with _database(harness, BRIDGE_SPECS[kind].database) as connection, connection.cursor() as cursor:
+        cursor.execute("select count(*) from crypto_megolm_inbound_session where room_id = %s and sender_key = %s",
+                       (room_id, sender_key))
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.parametrize("kind", BRIDGES)
+def test_the_bot_answers_an_encrypted_direct_chat_with_calls_on(harness, kind, tmp_path):
+    """With calls on (MatrixRTC's experimental flags) and the bridges' MSC2409/MSC3202 flags merged,
+    Synapse pushes the bot's to-device events to the real bridge: it gets the room key, reads an
+    encrypted `help` and answers it encrypted, and this client decrypts the answer."""
+    _booted(harness, kind)
+    homeserver = harness.rendered.yaml("synapse", "/data/homeserver.yaml")
+    assert homeserver["matrix_rtc"]["transports"], "the harness stack must have calls on"
+    assert {"msc2409_to_device_messages_enabled", "msc3202_transaction_extensions", "msc4143_enabled"} \
+        <= {k for k, v in homeserver["experimental_features"].items() if v is True}
+    user = _new_user(harness, f"{kind}-e2ee")
+    room_id, identity_key, replies = _run(_encrypted_help(harness, user, _bot(harness, kind), str(tmp_path)))
+    assert _room_keys_from(harness, kind, room_id, identity_key) >= 1, \
+        "the bridge never received this client's room key (a to-device event)"
+    texts = [e for e in replies if type(e).__name__ in ("RoomMessageText", "RoomMessageNotice")]
+    assert [e.body for e in texts if not e.decrypted] == [], "the bot wrote in plaintext in an encrypted room"
+    _assert_help_lists_login([{"content": {"body": e.body}} for e in texts], kind)
+
+
 def _bot_devices(harness, kind: str) -> list[str]:
     as_token = _registration(harness, kind)["as_token"]
     response = requests.get(f"{harness.synapse_url}/_matrix/client/v3/devices", timeout=10,

@@ -13,8 +13,6 @@ import asyncio
 import base64
 import json
 import secrets
-import socket
-import ssl
 from urllib.parse import urlsplit
 
 import pytest
@@ -132,13 +130,7 @@ def test_traefik_routes_livekit_signalling_websocket_on_443(harness):
     room = f"ws-{secrets.token_hex(4)}"
     asyncio.run(_create_room(harness, room))
     token = rtc_client.mint_token(key, secret, room, "ws-probe")
-    context = ssl.create_default_context(cafile=str(harness.proxy_certificate))
-    with socket.create_connection((LOOPBACK, harness.ports.proxy["websecure"]), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=host) as tls:
-            tls.sendall((f"GET /livekit/sfu/rtc?access_token={token}&protocol=16 HTTP/1.1\r\nHost: {host}\r\n"
-                         "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                         f"Sec-WebSocket-Key: {base64.b64encode(secrets.token_bytes(16)).decode()}\r\n\r\n").encode())
-            status = tls.recv(4096).split(b"\r\n", 1)[0]
+    status = rtc_client.signalling_status(harness.ports.proxy["websecure"], host, str(harness.proxy_certificate), token)
     assert status == b"HTTP/1.1 101 Switching Protocols", status
 
 
@@ -222,3 +214,54 @@ def test_a_user_of_another_homeserver_gets_no_full_access(harness):
         asyncio.run(rtc_client.join_both(harness.livekit_url, response.json()["jwt"],
                                          rtc_client.mint_token(key, secret, room, "witness"), timeout=10))
     assert f"{foreign.server_name}:443" in harness.calls.tunnel.tunnelled
+
+
+@needs_lk_jwt
+def test_without_egress_a_foreign_user_is_refused_and_ours_still_joins(harness):
+    """A stack without federation gives lk-jwt-service no egress network: it reaches only Traefik, which
+    answers to our own names on its network (unit-tested in tests/components/matrix/test_calls.py). The
+    real service in that shape, through a CONNECT map of our names only: a user another homeserver
+    vouches for is refused (its server cannot be reached, nor fetched on anyone's behalf), and our own
+    user still gets a token for a room the service creates, legacy endpoint included."""
+    from tests.integration.harness import free_port
+
+    our_names = {f"{host}:443": harness.ports.proxy["websecure"] for host in harness.proxy_hosts}
+    tunnel = calls_backend.ConnectTunnel(free_port(), our_names)
+    try:
+        env = {"HTTPS_PROXY": f"http://{LOOPBACK}:{tunnel.server.getsockname()[1]}"}
+        with calls_backend.lk_jwt_replaced(harness, env):
+            foreign = harness.calls.foreign
+            openid = {"access_token": secrets.token_urlsafe(16), "token_type": "Bearer",
+                      "matrix_server_name": foreign.server_name, "expires_in": 3600}
+            refused = rtc_client.get_token(_service_url(harness), rtc_client.sfu_request(
+                openid, f"!r-{secrets.token_hex(4)}:{foreign.server_name}", foreign.user_id))
+            assert refused.status_code == 401 and refused.json()["errcode"] == "M_UNAUTHORIZED", refused.text
+            legacy = requests.post(f"{_service_url(harness)}/sfu/get", timeout=20, json={
+                "room": f"!r-{secrets.token_hex(4)}:{foreign.server_name}", "openid_token": openid, "device_id": "D"})
+            assert legacy.status_code >= 400 and "jwt" not in legacy.text, legacy.text
+            assert f"{foreign.server_name}:443" not in tunnel.tunnelled
+            user_id, access_token = rtc_client.new_user(harness, "local")
+            server_name = user_id.split(":", 1)[1]
+            ours = rtc_client.get_token(_service_url(harness), rtc_client.sfu_request(
+                rtc_client.openid_token(harness.synapse_url, user_id, access_token),
+                f"!call-{secrets.token_hex(4)}:{server_name}", user_id))
+            assert ours.status_code == 200, ours.text
+            assert _jwt_claims(ours.json()["jwt"])["video"]["room"] in asyncio.run(_room_names(harness))
+    finally:
+        tunnel.stop()
+
+
+def test_livekit_caps_every_room_at_the_configured_participants(harness):
+    """room.max_participants applies to rooms created without a cap of their own (as lk-jwt-service
+    creates them), so one call cannot take the whole SFU."""
+    room = f"capped-{secrets.token_hex(4)}"
+    asyncio.run(_create_room(harness, room))
+    key, secret = _keys(harness)
+
+    async def cap() -> int:
+        async with api.LiveKitAPI(f"http://{LOOPBACK}:{harness.ports.livekit}", key, secret) as lk:
+            rooms = (await lk.room.list_rooms(api.ListRoomsRequest(names=[room]))).rooms
+            return rooms[0].max_participants
+
+    expected = harness.rendered.yaml("livekit", "/etc/livekit/livekit.yaml")["room"]["max_participants"]
+    assert expected > 0 and asyncio.run(cap()) == expected

@@ -5,6 +5,7 @@ an access log without credentials and the container's own health check."""
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import socket
 import ssl
@@ -19,7 +20,7 @@ from cryptography import x509
 
 from components.matrix import element, proxy
 from components.matrix.wellknown import well_known_client, well_known_server
-from tests.integration.harness import LOOPBACK, host_path
+from tests.integration.harness import LOOPBACK, host_path, proxy_host
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +184,89 @@ def test_the_container_health_check_command_answers(harness, tmp_path):
                                    text=True, timeout=30, check=False)
     assert unhealthy.returncode != 0
 
+
+
+def _cipher_error(harness, host: str, cipher: str):
+    """The handshake error for a TLS 1.2 client offering only `cipher` (OpenSSL's name), or None."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile=str(harness.proxy_certificate))
+    context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(cipher)
+    try:
+        with _tls_client(harness, host, context) as tls:
+            assert tls.cipher()[0] == cipher
+    except ssl.SSLError as exc:
+        return exc.reason
+    return None
+
+
+def test_tls_1_2_offers_only_aead_ciphers(harness, matrix_host):
+    """Mozilla intermediate: Traefik refuses a client that offers only a CBC suite (Go's own default
+    list accepts it), and accepts the GCM one for the same ECDSA certificate."""
+    assert _cipher_error(harness, matrix_host, "ECDHE-ECDSA-AES128-SHA") == "SSLV3_ALERT_HANDSHAKE_FAILURE"
+    assert _cipher_error(harness, matrix_host, "ECDHE-ECDSA-AES128-SHA256") == "SSLV3_ALERT_HANDSHAKE_FAILURE"
+    assert _cipher_error(harness, matrix_host, "ECDHE-ECDSA-AES128-GCM-SHA256") is None
+
+
+def _a_routed_path(rule: str) -> str:
+    """A path the router's rule matches: its first exact Path, else its PathPrefix, else /."""
+    rule = rule.replace(proxy.NOT_ADMIN, "")
+    matched = re.search(r"Path\(`([^`]+)`\)", rule) or re.search(r"PathPrefix\(`([^`]+)`\)", rule)
+    return matched.group(1) if matched else "/"
+
+
+def test_every_router_sends_hsts_anti_framing_and_nosniff(harness, public):
+    for router in harness.proxy_dynamic["http"]["routers"].values():
+        if router["entryPoints"] != ["websecure"]:
+            continue
+        host = proxy_host(router["rule"])
+        response = public.get(f"https://{host}{_a_routed_path(router['rule'])}")
+        assert response.headers.get("Strict-Transport-Security") == "max-age=31536000", host
+        assert response.headers.get("X-Frame-Options") == "SAMEORIGIN", host
+        assert response.headers.get("Content-Security-Policy") == "frame-ancestors 'self'", host
+        assert response.headers.get("X-Content-Type-Options") == "nosniff", host
+
+
+def _slug_of(host: str) -> str:
+    return f"{host}/livekit/jwt".replace(".", "-").replace("/", "-").strip("-")
+
+
+def _rtc_host(harness) -> str:
+    url = harness.rendered.yaml("synapse", "/data/homeserver.yaml")["matrix_rtc"]["transports"][0]["livekit_service_url"]
+    return urlsplit(url).hostname
+
+
+def test_lk_jwt_service_is_reachable_only_at_the_endpoints_clients_call(harness, public):
+    """Traefik passes /livekit/jwt/{get_token,sfu/get,healthz} on (lk-jwt-service answers, or 502 when
+    this run has no binary) and answers anything else under /livekit/jwt with its own 404."""
+    host = _rtc_host(harness)
+    for path in ("get_token", "sfu/get", "healthz"):
+        status = public.post(f"https://{host}/livekit/jwt/{path}", json={}).status_code
+        assert status != 404, path
+    for path in ("sfu_webhook", "get_token/x", "", "metrics"):
+        response = public.post(f"https://{host}/livekit/jwt/{path}", json={})
+        assert (response.status_code, response.text.strip()) == (404, "404 page not found"), path
+
+
+def test_lk_jwt_service_is_rate_limited_per_client(harness):
+    """Past its burst, one client address gets 429 from Traefik; another address is not affected.
+    (From 127.0.0.2 and 127.0.0.3, so the other tests' budget on 127.0.0.1 stays whole.)"""
+    host = _rtc_host(harness)
+    context = ssl.create_default_context(cafile=str(harness.proxy_certificate))
+
+    def post(source: str) -> int:
+        raw = socket.create_connection((LOOPBACK, harness.ports.proxy["websecure"]), timeout=5,
+                                       source_address=(source, 0))
+        with context.wrap_socket(raw, server_hostname=host) as tls:
+            tls.sendall(f"POST /livekit/jwt/get_token HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2\r\n"
+                        "Connection: close\r\n\r\n{}".encode())
+            return int(tls.recv(4096).split(b" ", 2)[1])
+
+    limit = harness.proxy_dynamic["http"]["middlewares"]["ratelimit-" + _slug_of(host)]["rateLimit"]
+    assert (limit["average"], limit["period"], limit["burst"]) == (30, "1m", 20)
+    started = time.monotonic()
+    statuses = [post("127.0.0.2") for _ in range(40)]
+    refilled = int(0.5 * (time.monotonic() - started)) + 1  # 30 a minute come back while we send
+    assert 429 not in statuses[:20], statuses
+    assert statuses.count(429) >= 40 - 20 - refilled, statuses
+    assert post("127.0.0.3") != 429

@@ -240,7 +240,10 @@ def signal_jvm(harness):
     jvm.boot_aws_local()
     jvm.boot_registration()
     jvm.boot_server()
-    return jvm
+    yield jvm
+    # Now, while Redis and DynamoDB still run: the harness stops them only at the session's end.
+    if jvm.server is not None and jvm.server.process.poll() is None:
+        jvm.stop_server()
 
 
 def _client_keys() -> dict:

@@ -102,3 +102,54 @@ def test_the_container_health_check_command_answers(harness):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as unused:
         unused.bind(("127.0.0.1", 0))
         assert run(unused.getsockname()[1]) != 0
+
+
+def _stun_binding(port: int, magic_cookie: bool = True) -> dict[int, bytes] | None:
+    """One STUN Binding request over UDP; the response's attributes by type, or None if unanswered."""
+    transaction = secrets.token_bytes(12)
+    request = b"\x00\x01\x00\x00" + (b"\x21\x12\xa4\x42" if magic_cookie else secrets.token_bytes(4)) + transaction
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.settimeout(2)
+        udp.sendto(request, ("127.0.0.1", port))
+        try:
+            response = udp.recv(2048)
+        except socket.timeout:
+            return None
+    assert response[:2] == b"\x01\x01" and response[8:20] == transaction, response.hex()
+    attributes, offset = {}, 20
+    while offset < len(response):
+        kind, length = int.from_bytes(response[offset:offset + 2], "big"), int.from_bytes(response[offset + 2:offset + 4], "big")
+        attributes[kind] = response[offset + 4:offset + 4 + length]
+        offset += 4 + length + (-length % 4)
+    return attributes
+
+
+XOR_MAPPED_ADDRESS, MAPPED_ADDRESS, RESPONSE_ORIGIN, OTHER_ADDRESS = 0x0020, 0x0001, 0x802B, 0x802C
+
+
+def test_stun_answers_are_small_and_old_stun_gets_none(harness):
+    """The real coturn with the rendered hardening: a Binding answer carries XOR-MAPPED-ADDRESS only
+    (no MAPPED-ADDRESS, no RESPONSE-ORIGIN), and an RFC 3489 request (no magic cookie) is not answered."""
+    attributes = _stun_binding(harness.ports.turn)
+    assert attributes is not None and XOR_MAPPED_ADDRESS in attributes
+    assert not {MAPPED_ADDRESS, RESPONSE_ORIGIN, OTHER_ADDRESS} & set(attributes), sorted(map(hex, attributes))
+    assert _stun_binding(harness.ports.turn, magic_cookie=False) is None
+
+
+def test_turns_offers_only_aead_ciphers_on_tls_1_2(harness):
+    import ssl
+
+    def handshake(cipher: str):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(cipher)
+        try:
+            with socket.create_connection(("127.0.0.1", harness.ports.turn_tls), timeout=5) as raw:
+                with context.wrap_socket(raw) as tls:
+                    return tls.cipher()[0]
+        except ssl.SSLError as exc:
+            return exc.reason
+
+    assert handshake("ECDHE-ECDSA-AES128-SHA") == "SSLV3_ALERT_HANDSHAKE_FAILURE"
+    assert handshake("ECDHE-ECDSA-AES128-GCM-SHA256") == "ECDHE-ECDSA-AES128-GCM-SHA256"

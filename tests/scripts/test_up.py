@@ -76,7 +76,10 @@ def test_a_fresh_machine_gets_the_local_backend_and_a_passphrase_every_pulumi_ca
     assert result.returncode == 0, result.stderr
     pulumi = box.calls("pulumi")
     assert ["login", "--local"] in pulumi
-    assert ["stack", "select", "--create", "dev"] in pulumi and ["up", "--stack", "dev"] in pulumi
+    assert ["stack", "init", "dev"] in pulumi and ["up", "--stack", "dev"] in pulumi
+    # A stack this creates names its volumes after itself (commstack:volumeNames).
+    assert ["config", "set", "--stack", "dev", "commstack:volumeNames", "stack"] in pulumi
+    assert "commstack:volumeNames: stack" in (box.root / "Pulumi.dev.yaml").read_text()
     passfile = box.home / ".config" / "commstack" / "passphrase"
     assert passfile.stat().st_mode & 0o777 == 0o600 and len(passfile.read_text().strip()) >= 32
     assert passfile.read_text().strip() not in result.stdout + result.stderr
@@ -85,6 +88,21 @@ def test_a_fresh_machine_gets_the_local_backend_and_a_passphrase_every_pulumi_ca
     # What a plain pulumi command in another shell needs, said once at the end.
     assert result.stdout.strip().splitlines()[-1] == f"For plain pulumi commands in another shell: export PULUMI_CONFIG_PASSPHRASE_FILE={passfile}"
     assert "warning: you are logged in" not in result.stdout
+
+
+def test_an_existing_stack_keeps_its_volume_names(tmp_path):
+    """A stack deployed before commstack:volumeNames existed keeps the unscoped names its volumes have."""
+    from tests.sandbox import Sandbox
+
+    box = Sandbox(tmp_path)
+    box.set_pulumi_state(backend="file://~", stacks=["dev"], current="dev")
+    result = subprocess.run(["bash", "scripts/up", "dev"], cwd=box.root, env=box.env(), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    pulumi = box.calls("pulumi")
+    assert ["stack", "select", "dev"] in pulumi and ["up", "--stack", "dev"] in pulumi
+    assert not [c for c in pulumi if c[:2] in (["stack", "init"], ["config", "set"])], pulumi
+    assert "volumeNames" not in (box.root / "Pulumi.dev.yaml").read_text()
 
 
 def test_an_existing_login_elsewhere_is_kept_and_said_clearly(tmp_path):

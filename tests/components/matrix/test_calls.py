@@ -48,7 +48,9 @@ def test_livekit_advertises_only_the_public_address_and_asks_no_stun_server():
     assert (rtc["node_ip"], rtc["use_external_ip"], rtc["advertise_internal_ip"]) == ("203.0.113.10", False, False)
     assert rtc["stun_servers"] == [] and rtc["enable_loopback_candidate"] is False and rtc["use_mdns"] is False
     assert (rtc["udp_port"], rtc["tcp_port"]) == ("49193-49200", 0)
-    assert config["room"] == {"auto_create": False} and config["turn"] == {"enabled": False}
+    assert config["room"] == {"auto_create": False, "max_participants": 50, "empty_timeout": 300,
+                              "departure_timeout": 20} and config["turn"] == {"enabled": False}
+    assert config["limit"] == {"max_room_name_length": 64}
     assert rtc["turn_servers"] == [{"host": "turn.example.org", "port": 3478, "protocol": "udp",
                                     "secret_file": livekit.TURN_SECRET_PATH, "ttl": 3600}]
     assert "keys" not in config and config["key_file"] == livekit.KEY_FILE_PATH
@@ -172,9 +174,17 @@ def test_homeserver_wires_calls_end_to_end(tls):
             # Self-signed stacks let lk-jwt-service trust the program's certificate; Let's Encrypt needs nothing.
             assert ("SSL_CERT_DIR" in envs) == (tls == "self-signed")
             dynamic = yaml.safe_load(uploads(recorded, "proxy")["/etc/traefik/dynamic.yml"])
-            assert dynamic["http"]["middlewares"] == {
-                "strip-rtc-example-org-livekit-jwt": {"stripPrefix": {"prefixes": ["/livekit/jwt"]}},
-                "strip-rtc-example-org-livekit-sfu": {"stripPrefix": {"prefixes": ["/livekit/sfu"]}}}
+            middlewares = dynamic["http"]["middlewares"]
+            assert middlewares["strip-rtc-example-org-livekit-jwt"] == {"stripPrefix": {"prefixes": ["/livekit/jwt"]}}
+            assert middlewares["strip-rtc-example-org-livekit-sfu"] == {"stripPrefix": {"prefixes": ["/livekit/sfu"]}}
+            # lk-jwt-service: its three endpoints only, rate-limited per client, the limit before the strip.
+            jwt_router = dynamic["http"]["routers"]["rtc-example-org-livekit-jwt"]
+            assert jwt_router["rule"].startswith("Host(`rtc.example.org`) && (Path(`/livekit/jwt/get_token`) || "
+                                                 "Path(`/livekit/jwt/sfu/get`) || Path(`/livekit/jwt/healthz`))")
+            assert jwt_router["middlewares"] == ["security-headers", "ratelimit-rtc-example-org-livekit-jwt",
+                                                 "strip-rtc-example-org-livekit-jwt"]
+            assert middlewares["ratelimit-rtc-example-org-livekit-jwt"] == {
+                "rateLimit": {"average": 30, "period": "1m", "burst": 20}}
             # Each on its own web network with Traefik only, plus egress (inter-container traffic off);
             # on lk-jwt-service's the public names are Traefik's aliases.
             def joined(name):
@@ -190,6 +200,29 @@ def test_homeserver_wires_calls_end_to_end(tls):
                       if r.plain_inputs["name"] not in ("proxy", "livekit", "lk-jwt-service")]
             for other in others:
                 assert not {"commstack-matrix-web-livekit", "commstack-matrix-web-lk-jwt-service"} & set(joined(other))
+
+        return done.apply(check)
+
+    run()
+
+
+@pytest.mark.parametrize("federation", [True, False])
+def test_lk_jwt_service_leaves_the_host_only_when_the_stack_federates(federation):
+    """Without federation no user of another homeserver can be in a call here: lk-jwt-service then
+    reaches only Traefik (our names are its aliases), so a token naming any other server goes
+    nowhere instead of making the service fetch it (the blind SSRF of GHSA-rq24-fh66-rq7x)."""
+    recorded = offline.install_component_mocks()
+
+    @pulumi.runtime.test
+    def run():
+        _, done = build(matrix_settings(federation=federation), edge_settings())
+
+        def check(_):
+            networks = {n["name"] for n in container(recorded, "lk-jwt-service").plain_inputs["networksAdvanced"]}
+            assert ("commstack-matrix-egress" in networks) is federation
+            assert "commstack-matrix-web-lk-jwt-service" in networks
+            envs = dict(e.split("=", 1) for e in container(recorded, "lk-jwt-service").plain_inputs["envs"])
+            assert envs["LIVEKIT_FULL_ACCESS_HOMESERVERS"] == "example.org"
 
         return done.apply(check)
 

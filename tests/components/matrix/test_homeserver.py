@@ -168,7 +168,8 @@ def test_shared_values_are_equal_on_both_sides(recorded, tmp_path):
                          "Host(`matrix.example.org`)" + na: "http://wellknown:80",
                          "Host(`element.example.org`)" + na: "http://element:80",
                          # MatrixRTC on its own host, by path (element-call docs/self-hosting.md).
-                         "Host(`rtc.example.org`) && PathPrefix(`/livekit/jwt`)" + na: "http://lk-jwt-service:8080",
+                         ("Host(`rtc.example.org`) && (Path(`/livekit/jwt/get_token`) || Path(`/livekit/jwt/sfu/get`) || "
+                          "Path(`/livekit/jwt/healthz`))") + na: "http://lk-jwt-service:8080",
                          "Host(`rtc.example.org`) && PathPrefix(`/livekit/sfu`)" + na: "http://livekit:7880"}
         assert homeserver["max_upload_size"] == "50M"
         assert "client_max_body_size 50M;" in uploads(recorded, "wellknown")["/etc/nginx/conf.d/default.conf"]

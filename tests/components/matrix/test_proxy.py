@@ -149,8 +149,11 @@ def test_letsencrypt_token_only_in_a_secret_env_and_acme_volume_protected(record
             assert TOKEN not in repr(offline.strip_secrets(reg.outputs)), reg.name
         volume, = recorded.of_type("docker:index/volume:Volume")
         assert volume.protect is True and volume.retain_on_delete is True
-        mount, = container.plain_inputs["volumes"]
+        mount, *config_dirs = container.plain_inputs["volumes"]
         assert mount == {"volumeName": volume.plain_inputs["name"], "containerPath": "/letsencrypt"}
+        # The uploaded files go into fresh anonymous volumes, so the root is read-only.
+        assert config_dirs == [{"containerPath": "/etc/traefik"}, {"containerPath": "/run/secrets"}]
+        assert container.plain_inputs["readOnly"] is True
         assert _published(container) == {(80, 80, "tcp"), (443, 443, "tcp")}
         uploads = {u["file"]: u["content"] for u in container.plain_inputs["uploads"]}
         assert set(uploads) == {STATIC_PATH, DYNAMIC_PATH, CF_TOKEN_PATH}
@@ -208,3 +211,39 @@ def test_private_key_attribute_is_secret(recorded):
     proxy = _proxy("self-signed")
 
     return offline.expect_secret(proxy.private_key_pem)
+
+
+def test_tls_is_mozilla_intermediate_without_cbc_suites():
+    options = render_traefik_dynamic(routes=ROUTES, tls="self-signed")["tls"]["options"]["default"]
+    assert options["minVersion"] == "VersionTLS12"
+    assert options["cipherSuites"] and all("_GCM_" in c or "CHACHA20_POLY1305" in c for c in options["cipherSuites"])
+    assert all(c.startswith("TLS_ECDHE_") for c in options["cipherSuites"])
+    assert options["curvePreferences"] == ["X25519", "CurveP256", "CurveP384"]
+
+
+@pytest.mark.parametrize("federation_8448", [False, True])
+def test_every_router_sends_hsts_anti_framing_and_nosniff(federation_8448):
+    dynamic = render_traefik_dynamic(routes=ROUTES, tls="self-signed", serve_federation_8448=federation_8448)
+    headers = dynamic["http"]["middlewares"]["security-headers"]["headers"]
+    assert headers == {"stsSeconds": 31536000, "customFrameOptionsValue": "SAMEORIGIN",
+                       "contentSecurityPolicy": "frame-ancestors 'self'", "contentTypeNosniff": True}
+    assert all(router["middlewares"][0] == "security-headers" for router in dynamic["http"]["routers"].values())
+
+
+@pytest.mark.parametrize("trusted, criterion", [((), None), (("173.245.48.0/20",), {"ipStrategy": {"depth": 1}})])
+def test_a_rate_limited_route_with_an_allowlist_of_paths(trusted, criterion):
+    from components.matrix.proxy import RateLimit
+
+    route = Route("rtc.example.org", "http://lk-jwt-service:8080", path_prefix="/livekit/jwt",
+                  paths=("/get_token", "/sfu/get"), rate_limit=RateLimit(average=30, period="1m", burst=20))
+    dynamic = render_traefik_dynamic(routes=[route], tls="self-signed", trusted_ips=trusted)
+    router = dynamic["http"]["routers"]["rtc-example-org-livekit-jwt"]
+    assert router["rule"] == ("Host(`rtc.example.org`) && (Path(`/livekit/jwt/get_token`) || "
+                              "Path(`/livekit/jwt/sfu/get`)) && !PathPrefix(`/_synapse/admin`)")
+    limit = dynamic["http"]["middlewares"]["ratelimit-rtc-example-org-livekit-jwt"]["rateLimit"]
+    assert (limit["average"], limit["period"], limit["burst"]) == (30, "1m", 20)
+    assert limit.get("sourceCriterion") == criterion
+    with pytest.raises(ValueError, match="below its path prefix"):
+        Route("rtc.example.org", "http://lk-jwt-service:8080", paths=("/get_token",))
+    with pytest.raises(ValueError, match="not /segment"):
+        Route("rtc.example.org", "http://lk-jwt-service:8080", path_prefix="/livekit/jwt", paths=("get_token`)",))

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from commstack.devtools import offline
 from components.matrix.postgres import DatabaseCredentials
 from components.matrix.synapse import (
-    APPSERVICE_ENCRYPTION_SETTINGS, CONFIG_PATH, MATRIX_RTC_SETTINGS, Synapse, SynapseArgs, data_paths, render_homeserver_config, render_log_config,
+    APPSERVICE_ENCRYPTION_SETTINGS, CONFIG_PATH, MATRIX_RTC_SETTINGS, PRIVATE_RANGES, Synapse, SynapseArgs, data_paths, render_homeserver_config, render_log_config,
     signing_key_id, signing_key_line,
 )
 
@@ -198,7 +198,13 @@ def test_synapse_component_wires_files_secrets_and_protection(recorded, tmp_path
         shared_secret, _ = args
         container = container_named(recorded, "synapse")
         files = uploads_of(container)
-        assert set(files) == {CONFIG_PATH, "/data/log.config", "/data/signing.key", "/data/appservices/whatsapp.yaml"}
+        assert set(files) == {CONFIG_PATH, "/data/log.config", "/data/signing.key", "/data/appservices/whatsapp.yaml",
+                              "/usr/local/lib/commstack/commstack_log_redaction.py"}
+        # The log filter's module is importable where the log config names it.
+        envs = dict(e.split("=", 1) for e in container.plain_inputs["envs"])
+        assert envs["PYTHONPATH"] == "/usr/local/lib/commstack"
+        assert yaml.safe_load(files["/data/log.config"])["filters"]["redact_query_strings"]["()"] == \
+            "commstack_log_redaction.RedactQueryStrings"
         assert "uploads" in offline.secret_paths(container.inputs)
         assert not container.plain_inputs.get("ports"), "Synapse is reached only through the proxy"
         assert container.plain_inputs["restart"] == "unless-stopped"
@@ -270,3 +276,17 @@ def test_ip_range_blacklist_is_the_key_the_pinned_synapse_reads(tmp_path):
     (tmp_path / "renamed").mkdir()
     ignored = load_with_synapse({**renamed, "ip_range_blocklist": ["10.0.0.0/8"]}, tmp_path / "renamed")
     assert netaddr.IPAddress("192.168.1.1") in ignored.server.ip_range_blocklist  # the default, key ignored
+
+
+@pytest.mark.parametrize("public_ip, added", [("203.0.113.77", None), ("198.18.0.1", None), ("8.8.4.4", "8.8.4.4/32"),
+                                             ("2606:4700::1111", "2606:4700::1111/128"), (None, None)])
+def test_the_host_s_own_address_is_never_contacted(tmp_path, public_ip, added):
+    """publicIp joins ip_range_blacklist (unless a private range already covers it), and Synapse's
+    own parser reads it as blocked."""
+    config = render(public_ip=public_ip)
+    blocked = config["ip_range_blacklist"]
+    assert blocked[:len(PRIVATE_RANGES)] == list(PRIVATE_RANGES)
+    assert blocked[len(PRIVATE_RANGES):] == ([added] if added else [])
+    if public_ip:
+        parsed = load_with_synapse(config, tmp_path)
+        assert public_ip in parsed.server.ip_range_blocklist

@@ -68,6 +68,17 @@ def test_conf_holds_auth_ports_and_tls_settings():
     assert not {"allow-loopback-peers", "lt-cred-mech", "no-auth", "cli-password"} & set(single)
 
 
+def test_stun_amplification_nonce_and_tls_cipher_hardening():
+    """matrix-docker-ansible-deploy #2592: no RFC 3489 answers, RESPONSE-ORIGIN only with RFC 5780;
+    nonces that expire; TLS 1.2 on 5349 with ECDHE + AEAD suites only (Mozilla intermediate)."""
+    single = {k: v for k, v in render()}
+    assert single["no-stun-backward-compatibility"] is None
+    assert single["response-origin-only-with-rfc5780"] is None
+    assert single["stale-nonce"] == "600"
+    ciphers = single["cipher-list"].strip('"').split(":")
+    assert ciphers and all(c.startswith("ECDHE-") and ("GCM" in c or "CHACHA20" in c) for c in ciphers)
+
+
 def test_every_option_appears_once_except_peer_lists():
     keys = [k for k, _ in render()]
     repeated = {k for k in keys if keys.count(k) > 1}

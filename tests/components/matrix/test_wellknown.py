@@ -2,6 +2,7 @@
 
 import http.server
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -227,6 +228,47 @@ def test_real_nginx_hands_synapse_the_client_address_not_a_spoofed_one(tmp_path:
         nginx.terminate()
         nginx.wait(timeout=10)
         upstream.shutdown()
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx not installed")
+def test_real_nginx_logs_no_query_string_or_token(tmp_path: Path):
+    """What every call join sends (lk-jwt-service's OpenID check), an access token in the query and a
+    registration token check, through the real nginx: its access log names each path and status, and
+    neither log holds a token, not even the error entry of an upstream that is down."""
+    port, closed = free_port(), free_port()
+    conf = rendered(listen=f"127.0.0.1:{port}", synapse_upstream=f"http://127.0.0.1:{closed}",
+                    trusted_proxies=["127.0.0.1/32"])
+    (tmp_path / "matrix.conf").write_text(conf.replace("resolver 127.0.0.11 valid=30s ipv6=off;", ""))
+    temp = " ".join(f"{k}_temp_path {tmp_path / k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    (tmp_path / "nginx.conf").write_text(
+        f"daemon off;\npid {tmp_path / 'nginx.pid'};\nerror_log stderr info;\nevents {{}}\n"
+        f"http {{ {temp} include {tmp_path / 'matrix.conf'}; }}\n")
+    tokens = [f"secret{n}{os.urandom(8).hex()}" for n in range(3)]
+    paths = [f"/_matrix/federation/v1/openid/userinfo?access_token={tokens[0]}",
+             f"/_matrix/client/v3/sync?since=s1&access_token={tokens[1]}",
+             f"/_matrix/client/v1/register/m.login.registration_token/validity?token={tokens[2]}"]
+    with open(tmp_path / "out.log", "wb") as out, open(tmp_path / "err.log", "wb") as err:
+        nginx = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-e", "stderr"],
+                                 stdout=out, stderr=err)
+    try:
+        statuses = []
+        for path in paths:
+            for _ in range(50):
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2)
+                except urllib.error.HTTPError as error:  # Synapse is down: 502 from nginx
+                    statuses.append(error.code)
+                    break
+                except (ConnectionError, urllib.error.URLError):
+                    time.sleep(0.1)
+        assert statuses == [502, 502, 502]
+    finally:
+        nginx.terminate()
+        nginx.wait(timeout=10)
+    logs = (tmp_path / "out.log").read_text() + (tmp_path / "err.log").read_text()
+    assert "GET /_matrix/federation/v1/openid/userinfo HTTP/1.1\" 502" in logs, logs
+    assert "/_matrix/client/v1/register/m.login.registration_token/validity HTTP/1.1\" 502" in logs
+    assert not [token for token in tokens if token in logs], logs
 
 
 @pulumi.runtime.test
