@@ -347,13 +347,19 @@ def test_real_nginx_routes_sticks_and_falls_back_as_planned(tmp_path: Path):
         assert served("POST", "/_matrix/media/v3/upload") == "502"
         # The access log names the group and the worker that failed (nginx's error log keeps only
         # critical entries: its error entries quote the request line, query string and all).
+        def logged(pattern: str) -> str:
+            """The access log once it has the line (nginx writes it just after the response)."""
+            for _ in range(100):
+                log = (tmp_path / "stdout.log").read_text()
+                if re.search(pattern, log):
+                    return log
+                time.sleep(0.05)
+            raise AssertionError(f"no {pattern!r} in nginx's access log:\n{log}")
+
         media_port = stand_ins["synapse-media-1"].port
-        assert re.search(rf'"POST /_matrix/media/v3/upload" 502 synapse_media 127\.0\.0\.1:{media_port} 502',
-                         (tmp_path / "stdout.log").read_text())
+        logged(rf'"POST /_matrix/media/v3/upload" 502 synapse_media 127\.0\.0\.1:{media_port} 502')
         # The access log names the group and the process (address) that served each request, without queries.
-        log = (tmp_path / "stdout.log").read_text()
-        assert re.search(rf'"GET /_matrix/client/v3/sync" 200 synapse_sync 127\.0\.0\.1:{stand_ins["synapse-sync-2"].port}',
-                         log)
+        log = logged(rf'"GET /_matrix/client/v3/sync" 200 synapse_sync 127\.0\.0\.1:{stand_ins["synapse-sync-2"].port}')
         assert "access_token" not in log
     finally:
         nginx.terminate()
