@@ -46,11 +46,12 @@ if settings.edge.cloudflare_scoped_dns_token:
     ).value
 
 # On the Docker target the Signal API sits behind the same reverse proxy as Matrix.
-signal_upstream = None
+signal_upstream = signal_health_url = None
 if settings.signal.enabled:
-    from components.signal.backend import local_edge_upstream
+    from components.signal.backend import local_edge_upstream, local_health_url
 
     signal_upstream = local_edge_upstream(settings.signal)
+    signal_health_url = local_health_url(settings.signal) if settings.monitoring.enabled else None
 extra_routes = [Route(f"chat.{settings.matrix.domain}", signal_upstream)] if signal_upstream else []
 
 _aws_provider = None
@@ -96,7 +97,8 @@ matrix = Homeserver(
     "matrix",
     HomeserverArgs(matrix=settings.matrix, edge=settings.edge, dns_api_token=dns_api_token, extra_routes=extra_routes,
                    backup=settings.backup, backup_repository=backup_repository,
-                   postgres=settings.postgres),
+                   postgres=settings.postgres, monitoring=settings.monitoring, signal_health_url=signal_health_url,
+                   smtp=settings.smtp),
     opts=docker_opts,
 )
 dns_records = list(matrix.dns_records)
@@ -116,6 +118,11 @@ pulumi.export("bridgeTokens", matrix.bridge_tokens)  # secret; `commstack doctor
 if matrix.proxy.certificate_pem is not None:
     # The generated certificate (public): what `doctor --stack` trusts, and what a client can pin.
     pulumi.export("tlsCertificate", matrix.proxy.certificate_pem)
+if matrix.monitoring is not None:
+    pulumi.export("alertRoom", matrix.monitoring.room_alias)  # where alerts arrive; doctor checks a test alert reaches it
+    if matrix.monitoring.grafana_admin_password is not None:
+        pulumi.export("grafanaUrl", f"https://{settings.matrix.matrix_host}/grafana/")
+        pulumi.export("grafanaAdminPassword", matrix.monitoring.grafana_admin_password)  # secret; user `admin`
 if matrix.backup is not None:
     pulumi.export("backupRepository", matrix.backup.repository_url)
     pulumi.export("backupRepositoryPassword", matrix.backup.repository_password)  # secret: keep a copy off the host
@@ -131,7 +138,8 @@ if settings.signal.enabled:
         "signal",
         BackendArgs(signal=settings.signal, edge=settings.edge, domain=settings.matrix.domain,
                     # The proxy's own network with Signal-Server (components/matrix/network.py web-<backend>).
-                    edge_network=matrix.network.web[extra_routes[0].backend] if signal_upstream else None),
+                    edge_network=matrix.network.web[extra_routes[0].backend] if signal_upstream else None,
+                    metrics_network=matrix.network.metrics.get("signal-server")),
         opts=signal_opts,
     )
     dns_records += signal.dns_records

@@ -379,7 +379,8 @@ def segmentation_problems(networks: Mapping[str, Mapping[str, Any]],
                           containers: Mapping[str, tuple[list[str], list[str]]]) -> list[tuple[str, str]]:
     """(container or network, problem) for: datastores on a non-internal network, a non-internal
     network that lets its containers talk, Postgres sharing a network with a non-client, coturn on an
-    internal network, Element sharing a network with anything but the proxy.
+    internal network (other than its metrics network, shared with Prometheus alone), Element sharing a
+    network with anything but the proxy.
     `networks`: docker name -> props; `containers`: name -> (image references, network names)."""
     members: dict[str, list[str]] = {}
     for container, (_, joined) in containers.items():
@@ -402,7 +403,11 @@ def segmentation_problems(networks: Mapping[str, Mapping[str, Any]],
                         strangers.add((peer, network))
         if any(_is_image(ref, "coturn") for ref in images):
             for network in joined:
-                if networks.get(network, {}).get("internal"):
+                # Its metrics network is the exception: Prometheus alone shares it (monitoring on).
+                others = [peer for peer in members.get(network, []) if peer != container]
+                scraper_only = bool(others) and all(any(_is_image(ref, "prometheus") for ref in containers[peer][0])
+                                                    for peer in others)
+                if networks.get(network, {}).get("internal") and not scraper_only:
                     problems.append((container, f"coturn ({container}) is on the internal network {network}"))
         if any(_is_image(ref, "element-web") for ref in images):
             for network in joined:

@@ -52,8 +52,9 @@ def test_postgres_shares_networks_only_with_its_clients(evaluation):
     joined = networks_of(evaluation)
     assert joined["postgres"] == {"commstack-matrix-database"}
     bridges = {name for name in joined if name.startswith("bridge-")}
-    # The backup job (pg_dump, pg_restore) is a Postgres client too.
-    assert members(evaluation, "commstack-matrix-database") == {"postgres", "postgres-init", "synapse", "backup", *bridges,
+    # The backup job (pg_dump, pg_restore) is a Postgres client too, and so is postgres_exporter (pg_monitor).
+    assert members(evaluation, "commstack-matrix-database") == {"postgres", "postgres-init", "synapse", "backup",
+                                                                "postgres-exporter", *bridges,
                                                                 *synapse_workers(evaluation)}
 
 
@@ -62,8 +63,10 @@ def test_coturn_is_on_no_internal_network(evaluation):
     turn = networks_of(evaluation).get("turn")
     if turn is None:
         pytest.skip("turn is off in this stack")
-    assert turn == {"commstack-matrix-egress"}
-    assert not any(nets[n].get("internal") for n in turn)
+    # Its metrics network is shared with Prometheus alone (monitoring on).
+    assert turn == {"commstack-matrix-egress", "commstack-matrix-metrics-turn"}
+    assert members(evaluation, "commstack-matrix-metrics-turn") == {"turn", "prometheus"}
+    assert not nets["commstack-matrix-egress"].get("internal")
 
 
 def test_element_is_reachable_only_from_the_proxy(evaluation):
@@ -76,9 +79,11 @@ def test_synapse_is_reached_over_http_only_through_the_well_known_nginx(evaluati
     joined = networks_of(evaluation)
     reach = {peer for network in joined["synapse"] - {"commstack-matrix-egress"} for peer in members(evaluation, network)}
     bridges = {name for name in joined if name.startswith("bridge-")}
-    # backup: over Postgres; its own workers and Redis: over the replication network.
+    # backup and postgres_exporter: over Postgres; Prometheus: the metrics listener; the alert relay: appservice;
+    # its own workers and Redis: over the replication network.
     processes = synapse_workers(evaluation) | ({"synapse-redis"} if synapse_workers(evaluation) else set())
-    assert reach - {"synapse"} == {"postgres", "postgres-init", "backup", "wellknown", *bridges, *processes}
+    assert reach - {"synapse"} == {"postgres", "postgres-init", "backup", "postgres-exporter", "wellknown",
+                                   "prometheus", "alert-relay", *bridges, *processes}
     assert "proxy" not in reach and "turn" not in reach and "element" not in reach
 
 
@@ -97,9 +102,11 @@ def test_dev_signal_containers_are_on_their_own_network(evaluation):
         pytest.skip("no Signal containers in this stack")
     for name, nets in signal.items():
         matrix_nets = {n for n in nets if n.startswith("commstack-matrix-")}
-        assert matrix_nets <= {"commstack-matrix-web-signal-server"}, name
+        assert matrix_nets <= {"commstack-matrix-web-signal-server", "commstack-matrix-metrics-signal-server"}, name
         assert "signal-local-net" in nets
     assert members(evaluation, "commstack-matrix-web-signal-server") == {"proxy", "signal-local-server"}
+    # blackbox_exporter probes its health check (monitoring on), and nothing else shares that network.
+    assert members(evaluation, "commstack-matrix-metrics-signal-server") == {"blackbox-exporter", "signal-local-server"}
     assert members(evaluation, "signal-local-egress") == {"signal-local-server", "signal-local-registration"}
 
 
@@ -136,6 +143,9 @@ EXPECTED_CAPABILITIES = {
     "signal-local-redis-cluster-create": set(), "signal-local-tables": set(),
     "signal-local-aws-local": {"NET_BIND_SERVICE"},
     "signal-local-registration": set(), "signal-local-server": set(),
+    # Monitoring: each runs as its image's user (or root reading only its own files), keeping nothing.
+    "prometheus": set(), "alertmanager": set(), "alert-relay": set(), "node-exporter": set(),
+    "postgres-exporter": set(), "blackbox-exporter": set(), "grafana": set(), "grafana-dashboards": set(),
 }
 
 
@@ -211,7 +221,10 @@ def test_every_service_has_a_health_check(evaluation):
 SECRET_OWNERS = {"postgres": "999", "postgres-init": "0", "backup": "0", "synapse": "991", "proxy": "0", "turn": "65534",
                  "livekit": "65534", "lk-jwt-service": "65534",
                  "bridge-whatsapp": "1337", "bridge-telegram": "1337", "signal-local-aws-local": "0",
-                 "signal-local-registration": "10001", "signal-local-server": "0"}  # registration: components/signal/registration.py RUN_UID
+                 "signal-local-registration": "10001", "signal-local-server": "0",  # registration: components/signal/registration.py RUN_UID
+                 # Monitoring: Alertmanager and postgres_exporter run as nobody, the relay as root of its image.
+                 "alertmanager": "65534", "postgres-exporter": "65534", "alert-relay": "0",
+                 "grafana": "472"}
 
 
 def test_every_secret_file_is_0400_or_0600_and_its_readers(evaluation):

@@ -127,7 +127,8 @@ def test_bridge_tokens_output_is_secret_and_matches_each_registration(evaluation
     synapse = evaluation.container("synapse")
     registrations = {u["file"]: yaml.safe_load(u["content"]) for u in synapse.plain_inputs["uploads"]
                      if u["file"].startswith("/data/appservices/")}
-    expected = {doc["id"]: doc["as_token"] for doc in registrations.values()}
+    # The bridges' (doctor pings each); not the alert relay's, which has no URL to ping.
+    expected = {doc["id"]: doc["as_token"] for doc in registrations.values() if doc["url"] is not None}
     assert expected and offline.unwrap(tokens) == expected
 
 

@@ -508,6 +508,8 @@ def target_from_args(args: Any, outputs: Callable[[str], dict] = lambda stack: s
         raise AdminError("give --stack NAME or --server-name DOMAIN")
     target = _target(args, stack, server_name)
     _check_target(target)
+    for flag in ("--prometheus-url", "--alertmanager-url"):
+        _check_url(flag, getattr(args, flag[2:].replace("-", "_"), None))
     pem = stack.get("tlsCertificate")
     if isinstance(pem, str) and pem.strip():
         target.self_signed = True
@@ -534,6 +536,7 @@ def _target(args: Any, stack: dict, server_name: str) -> Target:
         via=_pairs(args.via, "--via"),
         self_signed=args.ca_file is not None,
         signal_logs=stack.get("signalLogsCommand"),
+        alert_room=getattr(args, "alert_room", None) or stack.get("alertRoom"),
         **_calls_target(args, stack),
     )
 
@@ -582,6 +585,14 @@ def add_arguments(parser) -> None:
                         help="also report the newest backup's age and the last restore drill (read through "
                              "`docker exec backup` on --backup-docker-host, or from --backup-scripts-dir)")
     parser.add_argument("--backup-docker-host", help="the stack's Docker engine, for --backups")
+    parser.add_argument("--monitoring", action="store_true",
+                        help="also check monitoring: every Prometheus target up, and a test alert that reaches the "
+                             "alert room (read with --access-token / COMMSTACK_ACCESS_TOKEN of a recipient; takes "
+                             "about 30 s); Prometheus and Alertmanager are reached with `docker exec` over the "
+                             "stack's dockerHost unless given below")
+    parser.add_argument("--alert-room", help="the alert room's alias (default: the stack's alertRoom output)")
+    parser.add_argument("--prometheus-url", help="a private URL of Prometheus (an SSH tunnel to its port 9090), for --monitoring")
+    parser.add_argument("--alertmanager-url", help="a private URL of Alertmanager (port 9093), for --monitoring")
     parser.add_argument("--backup-scripts-dir", metavar="DIR", help="run the backup job's scripts from DIR, for --backups")
 
 
@@ -597,8 +608,23 @@ def main(args: Any) -> int:
     checks = run_checks(target)
     if getattr(args, "backups", False):
         checks += check_backups(args)
+    if getattr(args, "monitoring", False):
+        checks += check_monitoring(args, target)
     print(format_table(checks))
     return 1 if any(c.status == FAIL for c in checks) else 0
+
+
+def check_monitoring(args: Any, target: Target) -> list[Check]:
+    """Prometheus's targets, and a test alert through Alertmanager into the alert room (doctor_monitoring)."""
+    from commstack.checks import doctor_monitoring
+    from commstack.checks.target import public_session
+
+    monitoring = doctor_monitoring.MonitoringTarget(
+        docker_host=target.docker_host, prometheus_url=getattr(args, "prometheus_url", None),
+        alertmanager_url=getattr(args, "alertmanager_url", None), alert_room=target.alert_room)
+    rows = doctor_monitoring.check_monitoring(monitoring, target.homeserver_url, target.access_token,
+                                              session=lambda: public_session(target))
+    return [Check(*row) for row in rows]
 
 
 def check_backups(args: Any) -> list[Check]:

@@ -53,6 +53,7 @@ class Target:
     livekit_url: Optional[str] = None  # the stack's livekitUrl (wss://...), what lk-jwt-service must hand out
     livekit_media_ports: Optional[tuple[int, int]] = None  # the stack's livekitMediaPorts
     livekit_token: Optional[str] = None  # an operator's LiveKit token for the LiveKit rows
+    alert_room: Optional[str] = None  # the stack's alertRoom, for --monitoring
 
 
 # -- reaching public names ----------------------------------------------------------------
@@ -140,6 +141,16 @@ def _request(target: Target, method: str, url: str, **kwargs) -> requests.Respon
         session.mount("http://", ConnectTo(target.via))
         session.mount("https://", ConnectTo(target.via))
         return session.request(method, url, timeout=TIMEOUT, verify=_verify(target), **kwargs)
+
+
+def public_session(target: Target) -> requests.Session:
+    """A session that reaches the public names as _request does (via, the stack's certificate)."""
+    session = requests.Session()
+    session.mount("http://", ConnectTo(target.via))
+    session.mount("https://", ConnectTo(target.via))
+    session.verify = _verify(target)
+    session.trust_env = False
+    return session
 
 
 def _get(target: Target, url: str, **kwargs) -> requests.Response:

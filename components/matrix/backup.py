@@ -29,7 +29,7 @@ from components.settings import CONFIGS_DIR, BackupSettings
 
 CONTAINER = "backup"
 SCRIPTS_DIR = "/commstack"
-SCRIPTS = ("lib.sh", "backup.sh", "restore.sh", "drill.sh", "snapshots.sh", "schedule.sh", "health.sh")
+SCRIPTS = ("lib.sh", "backup.sh", "restore.sh", "drill.sh", "snapshots.sh", "schedule.sh", "health.sh", "metrics.sh")
 BACKUP_CONFIGS = CONFIGS_DIR / "backup"
 ENV_PATH = f"{SCRIPTS_DIR}/env.sh"
 PASSWORD_FILE = "/run/secrets/restic-password"
@@ -40,6 +40,8 @@ MEDIA_DIR = "/data/synapse-media"
 SIGNING_KEY_FILE = "/data/synapse-signing/signing.key"
 ACME_DIR = "/data/traefik-acme"
 STAGING_DIR = "/staging"
+# The job's status for Prometheus (configs/backup/metrics.sh), a volume node_exporter reads (monitoring on).
+METRICS_DIR = "/metrics"
 # Synapse's backup guide: this table's data is not worth keeping.
 EXCLUDE_TABLE_DATA = "e2e_one_time_keys_json"
 # restic's snapshot host: stable, unlike a container's random hostname.
@@ -75,6 +77,7 @@ class BackupArgs:
     # Containers to stop before a restore (Synapse and the bridges), for the CLI.
     stop_containers: Sequence[str] = ()
     extra_networks: Sequence[pulumi.Input[str]] = ()  # egress, for an S3 repository
+    metrics_volume: Optional[pulumi.Input[str]] = None  # node_exporter's textfile directory (monitoring on)
 
 
 def s3_repository_url(endpoint: str, bucket: str, prefix: str = "restic") -> str:
@@ -88,7 +91,7 @@ def aws_repository_url(region: str, bucket: str) -> str:
 
 def render_env(*, repository: str, databases: Sequence[str], settings: BackupSettings, postgres_host: str,
                postgres_port: int, superuser: str, acme: bool, s3_credentials: bool,
-               region: Optional[str] = None) -> str:
+               region: Optional[str] = None, metrics: bool = False) -> str:
     """env.sh, sourced by every script: the only rendered file among them. Every value shell-quoted."""
     for db in databases:
         if not db.replace("_", "").isalnum() or not db.islower():
@@ -114,6 +117,7 @@ def render_env(*, repository: str, databases: Sequence[str], settings: BackupSet
         "SCHEDULE_AT": settings.schedule,
         "DRILL_WEEKDAY": str(DRILL_WEEKDAY),
         "S3_CREDENTIALS_FILE": S3_CREDENTIALS_FILE if s3_credentials else "",
+        "METRICS_DIR": METRICS_DIR if metrics else "",
     }
     if region:
         values["AWS_DEFAULT_REGION"] = region
@@ -148,6 +152,8 @@ class Backup(pulumi.ComponentResource):
         volumes = [docker.ContainerVolumeArgs(volume_name=args.media_volume, container_path=MEDIA_DIR)]
         if args.acme_volume is not None:
             volumes.append(docker.ContainerVolumeArgs(volume_name=args.acme_volume, container_path=ACME_DIR))
+        if args.metrics_volume is not None:
+            volumes.append(docker.ContainerVolumeArgs(volume_name=args.metrics_volume, container_path=METRICS_DIR))
         files = script_files()
         repo = args.repository
         if repo is None:
@@ -162,7 +168,8 @@ class Backup(pulumi.ComponentResource):
         env = self.repository_url.apply(lambda url: render_env(
             repository=url, databases=args.databases, settings=args.settings, postgres_host=args.postgres_host,
             postgres_port=args.postgres_port, superuser=args.superuser, acme=args.acme_volume is not None,
-            s3_credentials=repo is not None, region=repo.region if repo else None))
+            s3_credentials=repo is not None, region=repo.region if repo else None,
+            metrics=args.metrics_volume is not None))
         files += [
             ConfigFile(ENV_PATH, env),
             ConfigFile(PASSWORD_FILE, self.repository_password, permissions="0400", owner="0"),

@@ -72,6 +72,7 @@ class CallsArgs:
     turn_tls: bool
     # The program's self-signed certificate (None with Let's Encrypt).
     extra_ca_pem: Optional[pulumi.Input[str]] = None
+    livekit_metrics_network: Optional[pulumi.Input[str]] = None  # metrics-livekit (monitoring on)
     # Without federation no user of another homeserver has a call here, so lk-jwt-service gets no
     # egress: it reaches only Traefik (our names are aliases of it on its web network), and a token
     # naming any other homeserver fails to resolve instead of making it fetch that server.
@@ -88,6 +89,7 @@ class Calls(pulumi.ComponentResource):
         self.livekit = LiveKit(f"{name}-livekit", LiveKitArgs(
             network=args.egress_network, extra_networks=[args.livekit_network], node_ip=args.public_ip, api_key=api_key, api_secret=api_secret,
             turn_servers=turn_servers(args.turn_host, args.turn_tls), turn_shared_secret=args.turn_shared_secret,
+            metrics_network=args.livekit_metrics_network,
         ), opts=child(self))
         self.jwt_service = LkJwtService(f"{name}-jwt", LkJwtServiceArgs(
             network=args.jwt_network, extra_networks=[args.egress_network] if args.federation else [],

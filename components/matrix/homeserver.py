@@ -12,26 +12,32 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import pulumi
+import pulumi_docker as docker
 import pulumi_tls as tls
 
-from components.common import child, generated_secret
+from components.common import child, generated_secret, stateful_child
 from components.edge.dns import cloudflare_proxy_ranges
 from components.edge.records import DnsRecordSpec
 from components.matrix.backup import Backup, BackupArgs, BackupRepository
 from components.matrix.bridges import BRIDGE_SPECS, MAX_OPEN_CONNS as BRIDGE_POOL, BridgeArgs, MautrixBridge
 from components.matrix.calls import Calls, CallsArgs, calls_routes, rtc_transports
+from components.matrix import monitoring as mon
 from components.matrix.lkjwt import CONTAINER as LK_JWT_CONTAINER
-from components.matrix.livekit import CONTAINER as LIVEKIT_CONTAINER, media_ports
+from components.matrix.livekit import CONTAINER as LIVEKIT_CONTAINER, METRICS_PORT as LIVEKIT_METRICS_PORT, media_ports
+from components.matrix.monitoring import Monitoring, MonitoringArgs
 from components.matrix.element import LOGICAL_NAME as ELEMENT_CONTAINER, Element, ElementArgs
 from components.matrix.network import Network, NetworkArgs
-from components.matrix.postgres import DatabaseSpec, Postgres, PostgresArgs
-from components.matrix.proxy import ReverseProxy, ReverseProxyArgs, Route
+from components.matrix.postgres import MONITOR_ROLE, DatabaseSpec, Postgres, PostgresArgs
+from components.matrix.proxy import (CONTAINER as PROXY_CONTAINER, METRICS_PORT as PROXY_METRICS_PORT, ReverseProxy,
+                                     ReverseProxyArgs, Route)
 from components.matrix.redis import SynapseRedis, SynapseRedisArgs
-from components.matrix.synapse import RedisEndpoint, Synapse, SynapseArgs, WorkerNetworks
-from components.matrix.turn import Turn, TurnArgs
+from components.matrix.synapse import (LOGICAL_NAME as SYNAPSE_CONTAINER, METRICS_PATH as SYNAPSE_METRICS_PATH,
+                                       METRICS_PORT as SYNAPSE_METRICS_PORT, RedisEndpoint, Synapse, SynapseArgs,
+                                       WorkerNetworks)
+from components.matrix.turn import CONTAINER as TURN_CONTAINER, METRICS_PORT as TURN_METRICS_PORT, Turn, TurnArgs
 from components.matrix.wellknown import CONTAINER as WELLKNOWN_CONTAINER, WellKnown, WellKnownArgs
 from components.matrix.workers import ROLE_SLACK, max_connections, synapse_connection_limit, worker_plan
-from components.settings import BackupSettings, EdgeSettings, MatrixSettings, PostgresSettings
+from components.settings import BackupSettings, EdgeSettings, MatrixSettings, MonitoringSettings, PostgresSettings
 
 SYNAPSE_DATABASE = DatabaseSpec("synapse", "synapse", synapse_locale=True)
 # One limit for Synapse's max_upload_size and nginx's client_max_body_size.
@@ -52,6 +58,38 @@ class HomeserverArgs:
     backup_repository: Optional[BackupRepository] = None
     # The data's Postgres major and any major upgrade under way (None: the legacy major).
     postgres: Optional[PostgresSettings] = None
+    # Metrics, Prometheus, alerts into the Matrix room (None or not enabled: off).
+    monitoring: Optional[MonitoringSettings] = None
+    # Docker target, monitoring on: Signal-Server's health check URL, which blackbox_exporter probes.
+    signal_health_url: Optional[str] = None
+    # Outgoing e-mail (SmtpSettings) for Alertmanager's second channel; None: no e-mail.
+    smtp: Optional[object] = None
+
+
+def monitoring_targets(m: MatrixSettings, bridge_specs: dict, signal_health_url: Optional[str] = None,
+                       workers: Sequence[str] = ()) -> tuple[list[mon.ScrapeTarget], list[mon.Probe]]:
+    """What Prometheus scrapes on this stack, and the health checks blackbox_exporter probes for it.
+    Synapse's worker processes are targets of the `synapse` job beside the main process."""
+    targets = [
+        mon.ScrapeTarget("prometheus", mon.PROMETHEUS, mon.PROMETHEUS_PORT),
+        mon.ScrapeTarget("alertmanager", mon.ALERTMANAGER, mon.ALERTMANAGER_PORT),
+        mon.ScrapeTarget("synapse", SYNAPSE_CONTAINER, SYNAPSE_METRICS_PORT, SYNAPSE_METRICS_PATH),
+        *(mon.ScrapeTarget("synapse", worker, SYNAPSE_METRICS_PORT, SYNAPSE_METRICS_PATH) for worker in workers),
+        mon.ScrapeTarget("traefik", PROXY_CONTAINER, PROXY_METRICS_PORT),
+        mon.ScrapeTarget("node", mon.NODE_EXPORTER, mon.NODE_EXPORTER_PORT),
+        mon.ScrapeTarget("postgres", mon.POSTGRES_EXPORTER, mon.POSTGRES_EXPORTER_PORT),
+    ]
+    if m.calls:
+        targets.append(mon.ScrapeTarget("livekit", LIVEKIT_CONTAINER, LIVEKIT_METRICS_PORT))
+    if m.turn:
+        targets.append(mon.ScrapeTarget("turn", TURN_CONTAINER, TURN_METRICS_PORT))
+    probes = [mon.Probe("bridges", spec.container, f"http://{spec.container}:{spec.port}/_matrix/mau/live")
+              for spec in bridge_specs.values()]
+    if signal_health_url:
+        probes.append(mon.Probe("signal", "signal-server", signal_health_url))
+    if probes:
+        targets.append(mon.ScrapeTarget("blackbox", mon.BLACKBOX_EXPORTER, mon.BLACKBOX_PORT))
+    return targets, probes
 
 
 def bridge_network_config(kind: str, matrix: MatrixSettings) -> dict:
@@ -99,16 +137,29 @@ class Homeserver(pulumi.ComponentResource):
         if m.calls:
             # MatrixRTC on its own host, by path: lk-jwt-service and LiveKit each get a web-<backend> network.
             routes += calls_routes(m.rtc_host)
+        grafana_on = args.monitoring is not None and args.monitoring.enabled and args.monitoring.grafana
+        if grafana_on:
+            # Grafana (commstack:grafana) under https://<matrix host>/grafana/, behind its own login.
+            routes.append(Route(m.matrix_host, f"http://{mon.GRAFANA}:{mon.GRAFANA_PORT}", path_prefix=mon.GRAFANA_PATH))
         # Synapse's processes (commstack:synapseWorkers): the main one alone, or with workers.
         plan = worker_plan(m.synapse_workers, dict(m.synapse_worker_counts))
         self.workers = plan
+        bridge_specs = {kind: BRIDGE_SPECS[kind] for kind in m.bridges}
+        monitoring_on = args.monitoring is not None and args.monitoring.enabled
+        backup_on = args.backup is not None and args.backup.enabled
+        targets, probes = (monitoring_targets(m, bridge_specs, args.signal_health_url,
+                                              [p.name for p in plan.processes]) if monitoring_on else ([], []))
+        metrics_containers = [t.container for t in targets if t.container not in (mon.PROMETHEUS, mon.ALERTMANAGER)]
+        metrics_containers += [p.container for p in probes]
+        if grafana_on:
+            metrics_containers.append(mon.GRAFANA)  # Grafana reads Prometheus over it (nothing scrapes Grafana)
         # One small network per role (components/matrix/network.py): each container joins only its own.
         self.network = Network(f"{name}-network", NetworkArgs(
             internal_name=f"commstack-{name}", web_backends=[route.backend for route in routes],
-            replication=plan.enabled), opts=child(self))
+            replication=plan.enabled, alerting=monitoring_on, metrics_targets=metrics_containers), opts=child(self))
         nets = self.network
+        metrics_net = nets.metrics.get
 
-        bridge_specs = {kind: BRIDGE_SPECS[kind] for kind in m.bridges}
         # Every role gets a connection limit that fits its pools, and the server room for all of them.
         databases = [DatabaseSpec(SYNAPSE_DATABASE.name, SYNAPSE_DATABASE.owner, synapse_locale=True,
                                   connection_limit=synapse_connection_limit(plan))]
@@ -119,6 +170,7 @@ class Homeserver(pulumi.ComponentResource):
             databases=databases,
             version=args.postgres,
             max_connections=max_connections([d.connection_limit for d in databases]),
+            monitor_role=monitoring_on,
         ), opts=child(self))
 
         self.bridges = {
@@ -171,6 +223,7 @@ class Homeserver(pulumi.ComponentResource):
             # Through the well-known nginx too: the proxy shares no network with Synapse.
             federation_upstream=WELLKNOWN_UPSTREAM,
             trusted_ips=cloudflare_ranges,
+            metrics_network=metrics_net(PROXY_CONTAINER),
         ), opts=child(self))
 
         self.turn = None
@@ -182,7 +235,7 @@ class Homeserver(pulumi.ComponentResource):
                 network=nets.egress, realm=m.turn_host, external_ip=edge.public_ip, shared_secret=turn_secret,
                 tls_cert_pem=cert_pem, tls_key_pem=key_pem, host=m.turn_host,
                 # See _turn_certificate: with letsencrypt nobody trusts 5349's certificate.
-                advertise_tls=not letsencrypt), opts=child(self))
+                advertise_tls=not letsencrypt, metrics_network=metrics_net(TURN_CONTAINER)), opts=child(self))
 
         self.calls = None
         if m.calls:
@@ -192,9 +245,30 @@ class Homeserver(pulumi.ComponentResource):
                 jwt_network=nets.web[LK_JWT_CONTAINER], server_name=m.server_name, rtc_host=m.rtc_host,
                 public_ip=edge.public_ip, turn_host=m.turn_host, turn_shared_secret=turn_secret,
                 turn_tls=not letsencrypt, extra_ca_pem=None if letsencrypt else self.proxy.certificate_pem,
+                livekit_metrics_network=metrics_net(LIVEKIT_CONTAINER),
                 federation=m.federation,
             ), opts=child(self))
         transports = rtc_transports(m.rtc_host) if m.calls else []
+
+        self.monitoring = None
+        self.metrics_volume = None
+        appservice_registrations = {b.registration_path: b.registration_yaml for b in self.bridges.values()}
+        if monitoring_on:
+            if backup_on:
+                # The backup job writes its status here; node_exporter serves it (configs/backup/metrics.sh).
+                self.metrics_volume = docker.Volume(f"{name}-backup-metrics", name="backup-metrics",
+                                                    opts=stateful_child(self))
+            self.monitoring = Monitoring(f"{name}-monitoring", MonitoringArgs(
+                settings=args.monitoring, stack=pulumi.get_stack(), server_name=m.server_name,
+                alerting_network=nets.alerting, appservice_network=nets.appservice, metrics_networks=dict(nets.metrics),
+                targets=targets, probes=probes, backup=backup_on,
+                textfile_volume=self.metrics_volume.name if self.metrics_volume is not None else None,
+                postgres_user=MONITOR_ROLE, postgres_password=self.postgres.monitor_password,
+                database_network=nets.database, egress_network=nets.egress, smtp=args.smtp,
+                grafana_web_network=nets.web.get(mon.GRAFANA),
+                grafana_root_url=f"https://{m.matrix_host}{mon.GRAFANA_PATH}/",
+            ), opts=child(self))
+            appservice_registrations[self.monitoring.relay_registration_path] = self.monitoring.relay_registration_yaml
 
         self.redis = None
         redis = None
@@ -208,7 +282,7 @@ class Homeserver(pulumi.ComponentResource):
         self.synapse = Synapse(f"{name}-synapse", SynapseArgs(
             network=nets.database,
             # Its HTTP front, its bridges (if any) and federation outside.
-            extra_networks=[nets.synapse, *([nets.appservice] if self.bridges else []), nets.egress],
+            extra_networks=[nets.synapse, *([nets.appservice] if self.bridges or monitoring_on else []), nets.egress],
             server_name=m.server_name,
             public_baseurl=m.public_baseurl,
             database=self.postgres.credentials[SYNAPSE_DATABASE.name],
@@ -216,17 +290,21 @@ class Homeserver(pulumi.ComponentResource):
             federation=m.federation,
             turn_uris=self.turn.uris if self.turn else (),
             turn_shared_secret=turn_secret,
-            appservice_registrations={b.registration_path: b.registration_yaml for b in self.bridges.values()},
+            appservice_registrations=appservice_registrations,
             element_url=element_url,
             max_upload_size=MAX_UPLOAD_SIZE,
             matrix_rtc_transports=transports,
+            metrics_network=metrics_net(SYNAPSE_CONTAINER),
+            smtp=args.smtp,
             public_ip=edge.public_ip,
             media_retention={k: v for k, v in media_retention.items() if v},
             workers=plan,
             redis=redis,
             worker_networks=WorkerNetworks(
                 database=nets.database, replication=nets.replication, front=nets.synapse, egress=nets.egress,
-                appservice=nets.appservice if self.bridges else None) if plan.enabled else None,
+                appservice=nets.appservice if self.bridges else None,
+                metrics={p.name: nets.metrics[p.name] for p in plan.processes if p.name in nets.metrics},
+            ) if plan.enabled else None,
         ), opts=child(self))
 
         self.wellknown = WellKnown(f"{name}-wellknown", WellKnownArgs(
@@ -264,6 +342,7 @@ class Homeserver(pulumi.ComponentResource):
                 repository=args.backup_repository,
                 stop_containers=["synapse", *(p.name for p in plan.processes)]
                 + [spec.container for spec in bridge_specs.values()],
+                metrics_volume=self.metrics_volume.name if self.metrics_volume is not None else None,
             ), opts=child(self, depends_on=[self.postgres.provisioner]))
 
         self.postgres_upgrade = None

@@ -35,6 +35,8 @@ from components.edge.ports import ports_for
 CONTAINER = "livekit"
 HTTP_PORT = 7880
 INTERNAL_URL = f"http://{CONTAINER}:{HTTP_PORT}"
+# Its Prometheus exporter (prometheus.port), never published.
+METRICS_PORT = 6789
 CONFIG_PATH = "/etc/livekit/livekit.yaml"
 KEY_FILE_PATH = "/etc/livekit/keys.yaml"
 TURN_SECRET_PATH = "/etc/livekit/turn-secret"
@@ -85,7 +87,7 @@ def key_file(api_key: str, api_secret: str) -> str:
 
 def render_livekit_config(*, node_ip: str, udp_ports: tuple[int, int], turn_servers: Sequence[TurnServer] = (),
                           turn_secret_path: Optional[str] = TURN_SECRET_PATH, port: int = HTTP_PORT,
-                          key_file_path: str = KEY_FILE_PATH) -> dict:
+                          key_file_path: str = KEY_FILE_PATH, metrics_port: Optional[int] = None) -> dict:
     """livekit.yaml as data; it holds no secret (they are in the key file and the TURN secret file)."""
     address = ipaddress.ip_address(node_ip)  # raises on anything but an address
     if address.version != 4:
@@ -108,7 +110,7 @@ def render_livekit_config(*, node_ip: str, udp_ports: tuple[int, int], turn_serv
     if turn_servers:
         rtc["turn_servers"] = [{"host": s.host, "port": s.port, "protocol": s.protocol, "secret_file": turn_secret_path,
                                 "ttl": 3600} for s in turn_servers]
-    return {
+    config = {
         "port": port,
         "logging": {"level": "info"},
         "rtc": rtc,
@@ -118,6 +120,10 @@ def render_livekit_config(*, node_ip: str, udp_ports: tuple[int, int], turn_serv
         "turn": {"enabled": False},
         "key_file": key_file_path,
     }
+    if metrics_port is not None:
+        # pkg/config/config.go PrometheusConfig; not published, Prometheus scrapes it on metrics-livekit.
+        config["prometheus"] = {"port": metrics_port}
+    return config
 
 
 @dataclass
@@ -129,6 +135,7 @@ class LiveKitArgs:
     turn_servers: Sequence[TurnServer] = ()
     turn_shared_secret: Optional[pulumi.Output[str]] = None
     extra_networks: Sequence[pulumi.Input[str]] = ()  # web-livekit, shared with Traefik only
+    metrics_network: Optional[pulumi.Input[str]] = None  # metrics-livekit, shared with Prometheus only
 
 
 class LiveKit(pulumi.ComponentResource):
@@ -138,7 +145,8 @@ class LiveKit(pulumi.ComponentResource):
         super().__init__("commstack:matrix:LiveKit", name, None, opts)
         if args.turn_servers and args.turn_shared_secret is None:
             raise ValueError("turn_servers need turn_shared_secret")
-        config = render_livekit_config(node_ip=args.node_ip, udp_ports=media_ports(), turn_servers=args.turn_servers)
+        config = render_livekit_config(node_ip=args.node_ip, udp_ports=media_ports(), turn_servers=args.turn_servers,
+                                       metrics_port=METRICS_PORT if args.metrics_network is not None else None)
         keys = pulumi.Output.all(args.api_key, args.api_secret).apply(lambda kv: key_file(kv[0], kv[1]))
         # Only LiveKit's own user reads the secrets.
         files = [ConfigFile(CONFIG_PATH, to_yaml(config)),
@@ -152,7 +160,8 @@ class LiveKit(pulumi.ComponentResource):
                 image_key="livekit",
                 network=args.network,
                 aliases=[CONTAINER],
-                extra_networks=[(network, [CONTAINER]) for network in args.extra_networks],
+                extra_networks=[(network, [CONTAINER]) for network in
+                                [*args.extra_networks, *([args.metrics_network] if args.metrics_network is not None else [])]],
                 files=files,
                 command=["--config", CONFIG_PATH],
                 user=f"{RUN_AS}:{RUN_AS}",

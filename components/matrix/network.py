@@ -9,6 +9,8 @@ that talk over it, so every container reaches only what it needs.
 | `appservice`    | yes      | Synapse, the bridges (and nginx with workers)      | appservice transactions, both ways   |
 | `replication`   | yes      | Synapse's processes, their Redis (workers only)    | Redis pub/sub and HTTP replication between the processes |
 | `web-<backend>` | yes      | the proxy and that one routed backend              | e.g. `web-element`: Element is reachable only from the proxy |
+| `alerting`      | yes      | Prometheus, Alertmanager, the alert relay          | alerts flow Prometheus -> Alertmanager -> relay (monitoring on) |
+| `metrics-<name>`| yes      | Prometheus (or blackbox_exporter) and that one target | e.g. `metrics-synapse`: only the scraper reaches Synapse's metrics listener |
 
 coturn is on `egress` only (no internal network); Element only on `web-element`; the Signal
 containers of the Docker target have their own network (components/signal/local.py), and only
@@ -55,6 +57,8 @@ NETWORK_ROLES: dict[str, NetworkRole] = {
 # Made only when Synapse runs workers (components/matrix/workers.py).
 REPLICATION_ROLE = NetworkRole(internal=True, purpose="Synapse's processes and their Redis")
 WEB_ROLE = NetworkRole(internal=True, purpose="the proxy and one backend it routes to")
+ALERTING_ROLE = NetworkRole(internal=True, purpose="Prometheus, Alertmanager and the alert relay")
+METRICS_ROLE = NetworkRole(internal=True, purpose="the scraper (Prometheus or blackbox_exporter) and one target")
 
 
 @dataclass
@@ -64,6 +68,9 @@ class NetworkArgs:
     web_backends: Sequence[str] = field(default_factory=list)
     # Synapse runs workers: the `replication` network joins its processes and Redis.
     replication: bool = False
+    # Monitoring on: the `alerting` network, and a `metrics-<name>` network for each scraped container.
+    alerting: bool = False
+    metrics_targets: Sequence[str] = field(default_factory=list)
 
 
 def network_options(role: NetworkRole) -> dict:
@@ -77,6 +84,8 @@ class Network(pulumi.ComponentResource):
     appservice: pulumi.Output[str]
     replication: Optional[pulumi.Output[str]]
     web: dict[str, pulumi.Output[str]]
+    alerting: pulumi.Output[str] | None
+    metrics: dict[str, pulumi.Output[str]]
 
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("commstack:matrix:Network", name, None, opts)
@@ -99,5 +108,8 @@ class Network(pulumi.ComponentResource):
             setattr(self, key, make(key, role))
         self.replication = make("replication", REPLICATION_ROLE) if args.replication else None
         self.web = {backend: make(f"web-{backend}", WEB_ROLE) for backend in dict.fromkeys(args.web_backends)}
+        self.alerting = make("alerting", ALERTING_ROLE) if args.alerting else None
+        self.metrics = {target: make(f"metrics-{target}", METRICS_ROLE) for target in dict.fromkeys(args.metrics_targets)}
         self.register_outputs({"egress": self.egress, "database": self.database, "synapse": self.synapse,
-                               "appservice": self.appservice, "replication": self.replication, "web": self.web})
+                               "appservice": self.appservice, "replication": self.replication, "web": self.web,
+                               "alerting": self.alerting, "metrics": self.metrics})

@@ -94,9 +94,14 @@ class PostgresArgs:
     databases: Sequence[DatabaseSpec]
     # Which major the data is on and any upgrade under way; None: the legacy major, no upgrade.
     version: Optional[PostgresSettings] = None
+    # A login role for postgres_exporter (monitoring on): pg_monitor's read-only statistics, no data.
+    monitor_role: bool = False
     # The server's max_connections (components/matrix/workers.py max_connections); None or
     # Postgres's default (100) leaves the server's own setting.
     max_connections: Optional[int] = None
+
+
+MONITOR_ROLE = "commstack_monitor"
 
 
 def data_volume_names(name: str, major: int) -> tuple[str, str]:
@@ -134,7 +139,7 @@ def _check_identifier(value: str) -> str:
     return value
 
 
-def render_init_sql(databases: list[tuple[DatabaseSpec, str]]) -> str:
+def render_init_sql(databases: list[tuple[DatabaseSpec, str]], monitor_password: Optional[str] = None) -> str:
     """Idempotent provisioning SQL for `psql -v ON_ERROR_STOP=1 -f`.
 
     `databases` pairs each spec with its role's plaintext password. CREATE
@@ -181,6 +186,18 @@ def render_init_sql(databases: list[tuple[DatabaseSpec, str]]) -> str:
                 f"'database {db} exists with a non-C locale; Synapse needs LC_COLLATE and LC_CTYPE C'; "
                 "END IF; END $$;"
             )
+    if monitor_password is not None:
+        if not monitor_password:
+            raise ValueError(f"the role {MONITOR_ROLE} needs a password")
+        lines += [
+            "",
+            f"-- {MONITOR_ROLE}: postgres_exporter's login; pg_monitor reads statistics and settings, no table data.",
+            f"SELECT 'CREATE ROLE {MONITOR_ROLE}' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{MONITOR_ROLE}')\\gexec",
+            f"ALTER ROLE {MONITOR_ROLE} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+            f" CONNECTION LIMIT 3 PASSWORD {_sql_literal(monitor_password)};",
+            f"GRANT pg_monitor TO {MONITOR_ROLE};",
+            f"GRANT CONNECT ON DATABASE postgres TO {MONITOR_ROLE};",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -247,8 +264,10 @@ class Postgres(pulumi.ComponentResource):
         )
 
         specs = list(args.databases)
-        init_sql = pulumi.Output.all(*(passwords[s.name] for s in specs)).apply(
-            lambda pws: render_init_sql(list(zip(specs, pws)))
+        self.monitor_password = (generated_secret(f"{name}-{MONITOR_ROLE}-password", self)
+                                 if args.monitor_role else None)
+        init_sql = pulumi.Output.all(*(passwords[s.name] for s in specs), self.monitor_password).apply(
+            lambda pws: render_init_sql(list(zip(specs, pws[:-1])), monitor_password=pws[-1])
         )
         wait_then_run = (
             f"for i in $(seq 60); do pg_isready -q -h {LOGICAL_NAME} -U {SUPERUSER} && break; sleep 2; done; "

@@ -44,6 +44,8 @@ HARDENING = Hardening(capabilities=("NET_BIND_SERVICE",), memory_mb=256, config_
 TLS_MODES = ("self-signed", "letsencrypt")
 # Not published: only the container's own health check calls it.
 PING_ADDRESS = ":8082"
+# Not published either: Prometheus scrapes it on the metrics-proxy network (monitoring on).
+METRICS_PORT = 8083
 # Access log without credentials. RequestPath is the request URI with its raw query
 # (traefik/traefik pkg/middlewares/accesslog/logger.go), where Matrix clients may put
 # `?access_token=…`. Traefik v3.5 cannot drop just the query
@@ -134,7 +136,7 @@ def _service_name(upstream: str) -> str:
 
 
 def render_traefik_static(*, tls: str, acme_email: str, serve_federation_8448: bool,
-                          trusted_ips: Sequence[str] = ()) -> dict:
+                          trusted_ips: Sequence[str] = (), metrics: bool = False) -> dict:
     """traefik.yml: entry points, the file provider, the ACME resolver. No API, no dashboard."""
     if tls not in TLS_MODES:
         raise ValueError(f"tls must be one of {TLS_MODES}, not {tls!r}")
@@ -155,6 +157,9 @@ def render_traefik_static(*, tls: str, acme_email: str, serve_federation_8448: b
     }
     if serve_federation_8448:
         entry_points["federation"] = {"address": f":{FEDERATION_PORT}"}
+    if metrics:
+        # Its own entry point, never published: Prometheus reaches it on the metrics-proxy network.
+        entry_points["metrics"] = {"address": f":{METRICS_PORT}"}
     static = {
         "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
         "log": {"level": "INFO"},
@@ -163,6 +168,10 @@ def render_traefik_static(*, tls: str, acme_email: str, serve_federation_8448: b
         "entryPoints": entry_points,
         "providers": {"file": {"filename": DYNAMIC_PATH, "watch": False}},
     }
+    if metrics:
+        # traefik_tls_certs_not_after (every certificate it serves) feeds CertificateExpiringSoon.
+        static["metrics"] = {"prometheus": {"entryPoint": "metrics", "addEntryPointsLabels": True,
+                                            "addServicesLabels": True}}
     if tls == "letsencrypt":
         static["certificatesResolvers"] = {RESOLVER: {"acme": {
             "email": acme_email,
@@ -290,6 +299,8 @@ class ReverseProxyArgs:
     # Of those, the ones where Traefik also answers to the public host names (network aliases), so a
     # backend that calls public URLs itself (lk-jwt-service) reaches them without leaving the host.
     aliased_networks: Sequence[tuple[pulumi.Input[str], Sequence[str]]] = ()
+    # Prometheus's network to the metrics entry point; None leaves metrics off.
+    metrics_network: Optional[pulumi.Input[str]] = None
 
 
 class ReverseProxy(pulumi.ComponentResource):
@@ -303,7 +314,7 @@ class ReverseProxy(pulumi.ComponentResource):
         assert not letsencrypt or args.dns_api_token is not None, "letsencrypt (DNS-01) needs the Cloudflare token"
         static = render_traefik_static(tls=args.tls, acme_email=args.acme_email,
                                        serve_federation_8448=args.serve_federation_8448,
-                                       trusted_ips=args.trusted_ips)
+                                       trusted_ips=args.trusted_ips, metrics=args.metrics_network is not None)
         dynamic = render_traefik_dynamic(routes=args.routes, tls=args.tls, certificate_hosts=args.certificate_hosts,
                                          serve_federation_8448=args.serve_federation_8448,
                                          federation_upstream=args.federation_upstream,
@@ -354,7 +365,8 @@ class ReverseProxy(pulumi.ComponentResource):
                 files=files,
                 command=[f"--configFile={STATIC_PATH}"],
                 extra_networks=[*((network, [CONTAINER]) for network in args.extra_networks),
-                                *((network, [CONTAINER, *aliases]) for network, aliases in args.aliased_networks)],
+                                *((network, [CONTAINER, *aliases]) for network, aliases in args.aliased_networks),
+                                *([(args.metrics_network, [CONTAINER])] if args.metrics_network is not None else [])],
                 envs=envs,
                 ports=ports,
                 volumes=volumes,

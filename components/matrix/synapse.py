@@ -26,6 +26,9 @@ from components.settings import CONFIGS_DIR
 
 LOGICAL_NAME = "synapse"
 HTTP_PORT = 8008
+# Synapse's metrics listener (type: metrics), on the metrics-synapse network only (docs/metrics-howto.md).
+METRICS_PORT = 9000
+METRICS_PATH = "/_synapse/metrics"
 INTERNAL_URL = f"http://{LOGICAL_NAME}:{HTTP_PORT}"
 DATA_DIR = "/data"
 CONFIG_PATH = f"{DATA_DIR}/homeserver.yaml"
@@ -118,6 +121,8 @@ def render_homeserver_config(
     process: str = MAIN,
     redis: Optional[Mapping[str, Any]] = None,
     replication_secret: Optional[str] = None,
+    metrics: bool = False,
+    email: Optional[Mapping[str, Any]] = None,
 ) -> dict:
     """homeserver.yaml as data. `database` holds user, password, database, host, port.
     `matrix_rtc_transports` (lk-jwt-service's URL) turns on what MatrixRTC calls need.
@@ -161,7 +166,8 @@ def render_homeserver_config(
         },
         **data_paths(data_dir),
         "report_stats": False,
-        "enable_metrics": False,
+        # Its own listener, never routed by the proxy: only Prometheus reaches it (monitoring on).
+        "enable_metrics": metrics,
         "registration_shared_secret": registration_shared_secret,
         "macaroon_secret_key": macaroon_secret_key,
         "form_secret": form_secret,
@@ -178,6 +184,8 @@ def render_homeserver_config(
         "url_preview_enabled": False,
         "app_service_config_files": list(app_service_config_files),
     }
+    if email:
+        config["email"] = dict(email)
     # Each feature below adds its own keys; merge_config keeps every one of them (the bridges' and
     # MatrixRTC's flags share `experimental_features`) and refuses two values for one key.
     if app_service_config_files:
@@ -205,6 +213,39 @@ def render_homeserver_config(
         _set_process_listeners(config, workers, process, data_dir)
     elif process != MAIN:
         raise ValueError(f"there are no workers, so no process {process!r}")
+    if metrics:
+        # Every process its own metrics listener (a worker's among its worker_listeners), never routed
+        # by the proxy: only Prometheus reaches it, on the process's metrics-<process> network.
+        listeners = config["worker_listeners"] if "worker_app" in config else config["listeners"]
+        listeners.append({"port": METRICS_PORT, "type": "metrics", "tls": False, "bind_addresses": ["0.0.0.0"]})
+    return config
+
+
+def email_config(*, host: str, port: int, from_address: str, tls: str, user: str = "",
+                 password: Optional[str] = None, client_base_url: Optional[str] = None) -> dict:
+    """homeserver.yaml's `email` section (synapse/config/emailconfig.py): password resets and notifications.
+
+    TLS is never optional: `starttls` requires STARTTLS (require_transport_security), `tls` speaks TLS from
+    the first byte (force_tls)."""
+    if tls not in ("starttls", "tls"):
+        raise ValueError(f"tls must be starttls or tls, not {tls!r}")
+    if user and not password:
+        raise ValueError("an SMTP user needs its password")
+    config: dict[str, Any] = {
+        "smtp_host": host,
+        "smtp_port": int(port),
+        "force_tls": tls == "tls",
+        "require_transport_security": tls == "starttls",
+        "enable_tls": True,
+        "notif_from": f"%(app)s <{from_address}>",
+        "enable_notifs": True,
+        "notif_for_new_users": True,
+        "validation_token_lifetime": "1h",
+    }
+    if user:
+        config.update(smtp_user=user, smtp_pass=password)
+    if client_base_url:
+        config["client_base_url"] = client_base_url  # links in notification e-mails open Element
     return config
 
 
@@ -317,6 +358,10 @@ class SynapseArgs:
     extra_networks: Sequence[pulumi.Input[str]] = ()
     # MatrixRTC transports (lk-jwt-service's public URL); empty leaves calls off.
     matrix_rtc_transports: Sequence[Mapping[str, Any]] = ()
+    # Prometheus's network to the metrics listener; None leaves metrics off.
+    metrics_network: Optional[pulumi.Input[str]] = None
+    # Outgoing e-mail (components.settings.SmtpSettings); None: no e-mail.
+    smtp: Optional[Any] = None
     # The host's public address (commstack:publicIp), never contacted by Synapse.
     public_ip: Optional[str] = None
     # Synapse's media_retention (local_media_lifetime, remote_media_lifetime); empty keeps all media.
@@ -346,6 +391,8 @@ class WorkerNetworks:
     front: pulumi.Input[str]  # the `synapse` network, where nginx reaches the routed workers
     egress: pulumi.Input[str]
     appservice: Optional[pulumi.Input[str]] = None  # with bridges
+    # process name -> its metrics-<process> network, shared with Prometheus only (monitoring on)
+    metrics: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
 
 
 # Workers drop to 991:991 with gosu as the main process does (SETUID, SETGID); only the media worker,
@@ -366,6 +413,8 @@ def worker_container_spec(process: WorkerProcess, files: Sequence[ConfigFile], n
         joined.append(networks.egress)
     if process.appservice and networks.appservice is not None:
         joined.append(networks.appservice)
+    if process.name in networks.metrics:
+        joined.append(networks.metrics[process.name])
     hardening = dataclasses.replace(HARDENING if media else WORKER_HARDENING, memory_mb=process.memory_mb)
     start = f"chown {SYNAPSE_UID_GID} {media.container_path} && exec /start.py" if media else "exec /start.py"
     return ContainerSpec(
@@ -422,6 +471,7 @@ class Synapse(pulumi.ComponentResource):
                 turn_shared_secret=args.turn_shared_secret,
                 replication_secret=replication_secret,
                 redis_password=redis.password if redis else None,
+                smtp_password=args.smtp.password if args.smtp is not None else None,
             ).apply(lambda s: to_yaml(render_homeserver_config(
                 server_name=args.server_name,
                 public_baseurl=args.public_baseurl,
@@ -444,6 +494,10 @@ class Synapse(pulumi.ComponentResource):
                 process=process,
                 redis={"host": redis.host, "port": redis.port, "password": s["redis_password"]} if redis else None,
                 replication_secret=s["replication_secret"],
+                metrics=args.metrics_network is not None,
+                email=email_config(host=args.smtp.host, port=args.smtp.port, from_address=args.smtp.from_address,
+                                   tls=args.smtp.tls, user=args.smtp.user, password=s["smtp_password"],
+                                   client_base_url=args.element_url) if args.smtp is not None else None,
             )))
 
         signing_key_file = pulumi.Output.all(signing_key.private_key_pem_pkcs8, signing_key.public_key_pem).apply(
@@ -474,7 +528,9 @@ class Synapse(pulumi.ComponentResource):
                 image_key="synapse",
                 network=args.network,
                 aliases=[LOGICAL_NAME],
-                extra_networks=[(network, [LOGICAL_NAME]) for network in args.extra_networks] + replication_networks,
+                extra_networks=[(network, [LOGICAL_NAME]) for network in
+                                [*args.extra_networks, *([args.metrics_network] if args.metrics_network is not None else [])]]
+                + replication_networks,
                 files=files(MAIN),
                 envs={"SYNAPSE_CONFIG_PATH": CONFIG_PATH, "PYTHONPATH": PYTHON_PATH_DIR},
                 entrypoint=["/bin/sh", "-c", f"chown {SYNAPSE_UID_GID} {media_path} && exec /start.py"],

@@ -29,6 +29,8 @@ KEY_PATH = "/etc/coturn/certs/privkey.pem"
 # such a file unless that capability is in the bounding set, so it is the one kept (the ports are
 # above 1024, and no-new-privileges keeps it from being granted).
 NOBODY = "65534"
+# coturn's Prometheus exporter's default port (`prometheus` option, coturn README).
+METRICS_PORT = 9641
 HARDENING = Hardening(capabilities=("NET_BIND_SERVICE",), memory_mb=256,
                       why="turnserver's file capability must be in the bounding set for it to exec")
 
@@ -45,18 +47,23 @@ def _relay_range() -> tuple[int, int]:
 
 def render_turnserver_conf(*, realm: str, external_ip: str, shared_secret: str, cert_path: str, key_path: str,
                            listening_port: int = 3478, tls_listening_port: int = 5349,
-                           min_port: int = 49160, max_port: int = 49200) -> str:
+                           min_port: int = 49160, max_port: int = 49200, metrics: bool = False) -> str:
     """turnserver.conf text; the secret is a plain value here, so call it inside an apply."""
     ipaddress.ip_address(external_ip)  # raises on anything but an address
     if not shared_secret or any(c.isspace() for c in shared_secret):
         raise ValueError("the TURN shared secret must be a non-empty token without whitespace")
     if not 0 < min_port < max_port < 65536:
         raise ValueError(f"bad relay range {min_port}-{max_port}")
-    return _template().substitute(
+    conf = _template().substitute(
         realm=realm, external_ip=external_ip, shared_secret=shared_secret, cert_path=cert_path,
         key_path=key_path, listening_port=listening_port, tls_listening_port=tls_listening_port,
         min_port=min_port, max_port=max_port,
     )
+    if metrics:
+        # coturn's Prometheus exporter on METRICS_PORT (the coturn image is built with it), reached by
+        # Prometheus on the metrics-turn network only; the port is not published.
+        conf += "\n# Metrics for Prometheus on coturn's default port 9641 (monitoring on); not published.\nprometheus\n"
+    return conf
 
 
 def turn_uris(host: str, listening_port: int = 3478, tls_listening_port: Optional[int] = 5349) -> list[str]:
@@ -83,6 +90,7 @@ class TurnArgs:
     # Advertise `turns:` (5349) only when clients can verify the certificate served there;
     # the TLS listener runs either way.
     advertise_tls: bool = True
+    metrics_network: Optional[pulumi.Input[str]] = None  # metrics-turn, shared with Prometheus only
 
 
 def health_check(listening_port: int) -> list[str]:
@@ -104,6 +112,7 @@ class Turn(pulumi.ComponentResource):
                 realm=args.realm, external_ip=args.external_ip, shared_secret=secret,
                 cert_path=CERT_PATH, key_path=KEY_PATH, listening_port=listening_port,
                 tls_listening_port=tls_listening_port, min_port=min_port, max_port=max_port,
+                metrics=args.metrics_network is not None,
             )
         )
         self.container = service_container(
@@ -112,6 +121,7 @@ class Turn(pulumi.ComponentResource):
                 image_key="coturn",
                 network=args.network,
                 aliases=[CONTAINER],
+                extra_networks=[(args.metrics_network, [CONTAINER])] if args.metrics_network is not None else [],
                 files=[
                     # The shared secret and the key: only coturn's user reads them.
                     ConfigFile(CONF_PATH, conf, permissions="0400", owner=NOBODY),

@@ -45,6 +45,18 @@ class BackendArgs:
     domain: str
     # Docker target: the reverse proxy's network, so it can route chat.<domain> to the server.
     edge_network: Optional[pulumi.Input[str]] = None
+    # Docker target, monitoring on: blackbox_exporter's network to the server's health check.
+    metrics_network: Optional[pulumi.Input[str]] = None
+
+
+def local_health_url(signal: SignalSettings) -> Optional[str]:
+    """Signal-Server's Dropwizard health check on the Docker target, as blackbox_exporter probes it over
+    the metrics-signal-server network (None on AWS, where the instance is another host)."""
+    if not signal.enabled or signal.target != "docker":
+        return None
+    from components.signal.local import health_url
+
+    return health_url(load_version(signal.server_ref))
 
 
 def local_edge_upstream(signal: SignalSettings) -> Optional[str]:
@@ -216,7 +228,8 @@ class Backend(pulumi.ComponentResource):
             version=version, server_repo=args.signal.server_repo, server_ref=args.signal.server_ref,
             name_prefix=name_prefix, config_yml=config_yml, tls_cert_pem=internal_tls.cert_pem,
             program_values=program_values, app_config=app_config, region=LOCAL_REGION,
-            edge_network=args.edge_network, verification=verification_from_settings(args.signal),
+            edge_network=args.edge_network, metrics_network=args.metrics_network,
+            verification=verification_from_settings(args.signal),
             twilio_api_key_secret=args.signal.twilio_api_key_secret), opts=opts)
         self.components = {"secrets": secrets, "local": local}
         # The values sit in the server container's volume, which the program cannot read.

@@ -135,6 +135,11 @@ def edge_upstream(version: ServerVersion) -> str:
     return f"http://{EDGE_ALIAS}:{version.server_ports['app']}"
 
 
+def health_url(version: ServerVersion) -> str:
+    """Dropwizard's admin health check (the container's own health check calls it too)."""
+    return f"http://{EDGE_ALIAS}:{version.server_ports['admin']}/healthcheck"
+
+
 @dataclass
 class LocalBackendArgs:
     version: ServerVersion
@@ -148,6 +153,8 @@ class LocalBackendArgs:
     region: str = LOCAL_REGION
     # The reverse proxy's network: the server joins it as EDGE_ALIAS so the proxy can route chat.<domain>.
     edge_network: Optional[pulumi.Input[str]] = None
+    # Monitoring on: blackbox_exporter's network, where it probes health_url().
+    metrics_network: Optional[pulumi.Input[str]] = None
     # How registration-service verifies numbers; the insecure dev environment only if the settings allowed it.
     verification: Verification = field(default_factory=lambda: Verification(insecure_unverified=True))
     twilio_api_key_secret: Optional[pulumi.Input[str]] = None  # secret; with Twilio Verify
@@ -259,7 +266,8 @@ class LocalBackend(pulumi.ComponentResource):
         self.server = service_container(self.server_container_name, ContainerSpec(
             image_key="signal-runtime", built_image=server_image.repo_digest, network=net, aliases=["signal-server"],
             extra_networks=[(self.egress_network.name, [EDGE_ALIAS]),
-                            *([(args.edge_network, [EDGE_ALIAS])] if args.edge_network is not None else [])],
+                            *([(args.edge_network, [EDGE_ALIAS])] if args.edge_network is not None else []),
+                            *([(args.metrics_network, [EDGE_ALIAS])] if args.metrics_network is not None else [])],
             hardening=SERVER_HARDENING,
             files=secrets_spec_files,
             volumes=[docker.ContainerVolumeArgs(volume_name=secrets_volume.name, container_path="/var/lib/signal/secrets")],

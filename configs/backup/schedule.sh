@@ -7,6 +7,8 @@ set -u
 here=$(dirname "$0")
 mkdir -p "$STAGING_DIR" && date -u +%s >"$STAGING_DIR/scheduler-started"
 echo "backups daily at $SCHEDULE_AT UTC into $RESTIC_REPOSITORY; restore drill on weekday $DRILL_WEEKDAY"
+# The status for Prometheus (configs/backup/metrics.sh), at start and after every backup and drill.
+"$here/metrics.sh" || echo "cannot write the backup metrics" >&2
 while :; do
   sleep "$(seconds_until "$SCHEDULE_AT")"
   if "$here/backup.sh"; then
@@ -14,4 +16,5 @@ while :; do
   else
     echo "backup failed; see above" >&2
   fi
+  "$here/metrics.sh" || echo "cannot write the backup metrics" >&2
 done

@@ -14,11 +14,20 @@ build caches (GOMODCACHE, GOCACHE) are Go's own, also outside the clone.
     python -m tests.integration.gobuild            # build (or find) every program, print paths
     python -m tests.integration.gobuild NAME ...   # only these
 
-It builds two programs at a time, each with -trimpath and without symbols (BUILD_FLAGS).
+It builds two programs at a time (programs of one module one after the other), each with -trimpath and
+without symbols (BUILD_FLAGS).
 
 `go install module@version` refuses modules whose go.mod has replace directives, and fails when the
 proxy does not serve the module's version list; then the build runs in a throwaway wrapper module
 that requires the exact version and carries the program's replaces.
+
+Two more shapes, declared per program in configs/go-programs.yaml:
+- `module_version:` maps the image tag to the module version when they differ (Prometheus 3.16.0 is
+  the module github.com/prometheus/prometheus v0.316.0): a format with {major}, {minor} and {patch}.
+- `placeholders:` files a module's zip lacks but its code embeds (Alertmanager's built web UI,
+  `ui/app/dist`): the build copies the module, writes each listed file with a one-line placeholder,
+  and builds in a wrapper module whose `replace` points at that copy. The program then serves a
+  placeholder page instead of the UI; its API is untouched.
 """
 
 from __future__ import annotations
@@ -56,6 +65,9 @@ class GoProgram:
     tags: tuple[str, ...] = ()
     cgo: bool = False
     binary: str = ""  # the built file's name; default: the package's last element, as `go build` names it
+    # Files (relative to the module root) the module zip lacks but the code embeds: written as placeholders
+    # in a copy of the module that the build uses through a `replace`.
+    placeholders: tuple[str, ...] = ()
 
     @property
     def binary_name(self) -> str:
@@ -75,6 +87,15 @@ def _module_version(tag: str) -> str:
     return tag if tag.startswith("v") else "v" + tag
 
 
+def _mapped_version(tag_version: str, scheme: str) -> str:
+    """An image tag's version through a program's `module_version` format (v3.16.0 -> v0.316.0)."""
+    parts = tag_version.lstrip("v").split(".")
+    if len(parts) != 3 or not all(part.isdigit() for part in parts):
+        raise GoBuildError(f"module_version {scheme!r} needs a MAJOR.MINOR.PATCH image tag, not {tag_version!r}")
+    major, minor, patch = (int(part) for part in parts)
+    return scheme.format(major=major, minor=minor, patch=patch)
+
+
 def programs(programs_file: Path = PROGRAMS_FILE, images_file: Path = IMAGES_FILE) -> dict[str, GoProgram]:
     entries = yaml.safe_load(programs_file.read_text()) or {}
     images = yaml.safe_load(images_file.read_text()) or {}
@@ -84,6 +105,8 @@ def programs(programs_file: Path = PROGRAMS_FILE, images_file: Path = IMAGES_FIL
             ref = images[entry["image"]]
             tag = ref.rpartition(":")[2]
             version = _module_version(tag)
+            if "module_version" in entry:
+                version = _mapped_version(version, str(entry["module_version"]))
         else:
             version = _module_version(str(entry["version"]))
         out[name] = GoProgram(
@@ -94,6 +117,7 @@ def programs(programs_file: Path = PROGRAMS_FILE, images_file: Path = IMAGES_FIL
             tags=tuple(entry.get("tags", ())),
             cgo=bool(entry.get("cgo", False)),
             binary=str(entry.get("binary", "")),
+            placeholders=tuple(entry.get("placeholders", ())),
         )
     return out
 
@@ -147,8 +171,27 @@ def _replaces(program: GoProgram, work: Path, env: dict[str, str]) -> list[str]:
     return lines
 
 
+def _module_copy_with_placeholders(program: GoProgram, work: Path, env: dict[str, str]) -> Path:
+    """A writable copy of the module at the pinned version with each of `placeholders` written."""
+    done = _run(["go", "mod", "download", "-json", f"{program.module}@{program.version}"], work, env)
+    if done.returncode != 0:
+        raise GoBuildError(f"{program.name}: go mod download {program.module}@{program.version} failed:\n{done.stdout}{done.stderr}")
+    copy = work / "module"
+    shutil.copytree(json.loads(done.stdout)["Dir"], copy)
+    for directory in [copy, *copy.rglob("*")]:
+        if directory.is_dir():
+            directory.chmod(0o755)  # the module cache is read-only
+    for relative in program.placeholders:
+        target = copy / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(f"<!-- placeholder: {relative} is not in the {program.module} module zip -->\n")
+    return copy
+
+
 def _build_in_wrapper(program: GoProgram, work: Path, out_dir: Path, env: dict[str, str]) -> None:
     replaces = _replaces(program, work, env)
+    if program.placeholders:
+        replaces.append(f"{program.module} => {_module_copy_with_placeholders(program, work, env)}")
     wrapper = work / "wrapper"
     wrapper.mkdir()
     gomod = [f"module commstack.invalid/gobuild/{program.name}", "", "go 1.22", "",
@@ -187,7 +230,10 @@ def build(program: GoProgram, *, log=sys.stderr) -> Path:
             out_dir.mkdir()
             env = _go_env(out_dir, program.cgo)
             tags = ["-tags", ",".join(program.tags)] if program.tags else []
-            done = _run(["go", "install", *BUILD_FLAGS, *tags, f"{program.package}@{program.version}"], work, env)
+            if program.placeholders:  # go install would fail on the missing files: straight to the wrapper
+                done = subprocess.CompletedProcess([], 1, "", "the module zip lacks embedded files\n")
+            else:
+                done = _run(["go", "install", *BUILD_FLAGS, *tags, f"{program.package}@{program.version}"], work, env)
             if done.returncode != 0:
                 # go install refuses modules with replace directives, and looks up the module's
                 # version list (for deprecations), which the proxy may not serve; a wrapper
@@ -224,15 +270,31 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown program(s) {', '.join(unknown)}; known: {', '.join(known)}")
     names = args.names or list(known)
+    # Programs of one module (prometheus and promtool) are built one after the other, so the second
+    # finds the first's packages in GOCACHE instead of compiling them again beside it.
+    by_module: dict[str, list[str]] = {}
+    for name in names:
+        by_module.setdefault(known[name].module, []).append(name)
+
+    def build_group(group: list[str]) -> dict[str, object]:
+        results: dict[str, object] = {}
+        for name in group:
+            try:
+                results[name] = build(known[name])
+            except GoBuildError as err:
+                results[name] = err
+        return results
+
     with ThreadPoolExecutor(max_workers=PARALLEL_BUILDS) as pool:
-        futures = [pool.submit(build, known[name]) for name in names]
+        futures = [pool.submit(build_group, group) for group in by_module.values()]
+    results = {name: result for future in futures for name, result in future.result().items()}
     failed = False
-    for name, future in zip(names, futures):
-        try:
-            print(f"{name}\t{future.result()}")
-        except GoBuildError as err:
-            print(f"error: {err}", file=sys.stderr)
+    for name in names:
+        if isinstance(results[name], GoBuildError):
+            print(f"error: {results[name]}", file=sys.stderr)
             failed = True
+        else:
+            print(f"{name}\t{results[name]}")
     return 1 if failed else 0
 
 

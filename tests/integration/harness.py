@@ -108,6 +108,12 @@ def harness_config() -> dict[str, str]:
         element="true",
         signal="true",
         signalTarget="docker",
+        # A user of the monitoring tests' own (test_synapse.py makes `admin`): the alert room's reader.
+        alertRecipients='["@alerts-reader:commstack.localhost"]',
+        # Outgoing e-mail into the harness's SMTP server (SmtpStandIn): password resets, alert e-mails.
+        smtpHost="smtp.example.org",
+        smtpFrom="matrix@commstack.localhost",
+        alertEmails='["ops@commstack.localhost"]',
     )
 
 
@@ -350,6 +356,35 @@ class LoopbackHttpServer:
         self.server.server_close()
 
 
+class SmtpServer:
+    """A real SMTP server on loopback (aiosmtpd) where the program's e-mail arrives: each message as
+    email.message.EmailMessage, in order."""
+
+    def __init__(self, port: int):
+        from aiosmtpd.controller import Controller
+
+        self.messages: list = []
+        outer = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):
+                import email
+                from email import policy
+
+                message = email.message_from_bytes(envelope.content, policy=policy.default)
+                outer.messages.append((list(envelope.rcpt_tos), message))
+                return "250 Message accepted for delivery"
+
+        self.controller = Controller(Handler(), hostname=LOOPBACK, port=port)
+        self.controller.start()
+
+    def to(self, address: str) -> list:
+        return [message for recipients, message in self.messages if address in recipients]
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+
 class StaticFilesStandIn(LoopbackHttpServer):
     """Serves a container's rendered files from the temp dir, like Element's nginx serves /app
     (the Element image's web bundle is not needed to prove the routing and config.json)."""
@@ -373,8 +408,10 @@ class Harness:
     bridges_not_booted: dict[str, str] = field(default_factory=dict)  # kind -> why not
     bridges: dict[str, Service] = field(default_factory=dict)  # kind -> its running process
     element_stand_in: Optional[StaticFilesStandIn] = None
+    smtp: Optional[SmtpServer] = None  # where commstack:smtpHost's e-mail arrives
     moto: object = None
     calls: object = None  # calls_backend.CallsServices: LiveKit, and lk-jwt-service when built
+    monitoring: object = None  # monitoring_backend.MonitoringServices: Prometheus, Alertmanager, exporters, relay
     cold_boot_seconds: float = 0.0
     # Only the Matrix core (Postgres, Synapse and its workers, Redis, nginx, Traefik, the Go-built
     # bridges): the second deployment of tests/integration/conftest.py's `worker_harness`.
@@ -476,6 +513,7 @@ class Harness:
 
     def boot(self) -> None:
         started = time.perf_counter()
+        self.smtp = SmtpServer(self.ports.smtp)
         synapse = self._spawn_synapse()
         with ThreadPoolExecutor(max_workers=6 + len(self.bridge_binaries)) as pool:
             database_then_synapse = pool.submit(self._boot_postgres_then_synapse, synapse)
@@ -485,6 +523,8 @@ class Harness:
             # Each bridge needs its database (the init SQL) and Synapse: it pings Synapse back at start.
             others += [pool.submit(self._boot_bridge_after, database_then_synapse, kind) for kind in self.bridge_binaries]
             if not self.core_only:
+                # Prometheus and its exporters at once; the alert relay once Synapse answers.
+                others.append(pool.submit(self._boot_monitoring, database_then_synapse))
                 self._start_element_stand_in()
             for future in [database_then_synapse, *others]:
                 future.result()
@@ -570,7 +610,7 @@ class Harness:
                                                             container=container))
             elif path.startswith("/data/appservices/"):
                 content = loopback_yaml(loopback.appservice_registration(
-                    yaml.safe_load(content), bridge_port=self.ports.bridges[Path(path).stem]))
+                    yaml.safe_load(content), bridge_port=self.ports.bridges.get(Path(path).stem)))
             self.write(container, path, content, mode=0o600)
 
     def _spawn_synapse(self) -> Service:
@@ -700,6 +740,12 @@ class Harness:
         for service, port in zip(services, self.ports.redis):
             wait_until(service.name, lambda p=port: tcp_open(p), service.process, service.log)
 
+    # Monitoring --------------------------------------------------------------------------
+    def _boot_monitoring(self, synapse_ready) -> None:
+        from tests.integration import monitoring_backend
+
+        self.monitoring = monitoring_backend.boot(self, self.spawn, wait_until, synapse_ready)
+
     # MatrixRTC ---------------------------------------------------------------------------
     def _boot_calls(self) -> None:
         from tests.integration import calls_backend
@@ -766,6 +812,8 @@ class Harness:
                     service.process.wait()
         if self.element_stand_in is not None:
             self.element_stand_in.stop()
+        if self.smtp is not None:
+            self.smtp.stop()
         if self.moto is not None:
             self.moto.stop()
         if self.calls is not None:
@@ -873,8 +921,10 @@ def start(rendered: Optional[Rendered] = None, core_only: bool = False) -> Harne
         bridges={kind: free_port() for kind in bridges}, redis=tuple(free_cluster_port() for _ in rendered.redis_nodes),
         proxy={name: free_port() for name in entry_points}, element=free_port(), signal_server=free_port(),
         livekit=free_port(), livekit_rtc=free_port(), lk_jwt=free_port(), connect_proxy=free_port(),
+        synapse_metrics=free_port(), livekit_metrics=free_port(), prometheus=free_port(), alertmanager=free_port(),
+        relay=free_port(), node_exporter=free_port(), blackbox=free_port(), smtp=free_port(),
         synapse_replication=free_port(), workers={name: free_port() for name in rendered.synapse_workers},
-        synapse_redis=free_port(),
+        synapse_redis=free_port(), worker_metrics={name: free_port() for name in rendered.synapse_workers},
     )
     found, not_booted = bridge_binaries(bridges)
     harness = Harness(rendered=rendered, root=root, ports=ports, binaries=binaries, bridge_binaries=found,

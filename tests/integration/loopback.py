@@ -17,8 +17,10 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 from urllib.parse import urlsplit, urlunsplit
+
+import yaml
 
 LOOPBACK = "127.0.0.1"
 
@@ -57,11 +59,21 @@ class LoopbackPorts:
     livekit_rtc: int = 0  # LiveKit's one UDP media port (its share of 49160-49200 when deployed)
     lk_jwt: int = 0  # lk-jwt-service (8080 in the container); only booted in sessions that built it
     connect_proxy: int = 0  # the CONNECT tunnel that takes lk-jwt-service's HTTPS to the public names
+    # Monitoring (components/matrix/monitoring.py): the metrics endpoints and the alert pipeline.
+    synapse_metrics: int = 0  # Synapse's metrics listener (9000 in the container)
+    livekit_metrics: int = 0  # LiveKit's prometheus.port (6789)
+    prometheus: int = 0
+    alertmanager: int = 0
+    relay: int = 0  # the alert relay (8080)
+    smtp: int = 0  # the test SMTP server (aiosmtpd) that stands in for commstack:smtpHost
+    node_exporter: int = 0
+    blackbox: int = 0
     # Synapse workers (a stack with commstack:synapseWorkers): the main process's replication
     # listener, each worker's one listener (by its name, synapse-<group>-<n>), and their Redis.
     synapse_replication: int = 0
     workers: dict[str, int] = field(default_factory=dict)
     synapse_redis: int = 0
+    worker_metrics: dict[str, int] = field(default_factory=dict)  # each worker's metrics listener (monitoring on)
 
 
 def host_path(root: Path, container: str, path: str) -> Path:
@@ -91,9 +103,12 @@ def homeserver_config(config: dict, *, root: Path, ports: LoopbackPorts, data_di
     # The media volume the main process and the media worker share -> one directory, the main process's.
     adapted["media_store_path"] = str(host_path(root, "synapse", MEDIA_VOLUME))
     if "worker_listeners" in adapted:
-        listener, = adapted["worker_listeners"]
+        listener, = [l for l in adapted["worker_listeners"] if l["type"] == "http"]
         # Its container's port -> a free loopback port of its own; no other interface.
         adapted["worker_listeners"] = [{**listener, "port": ports.workers[container], "bind_addresses": [LOOPBACK]}]
+        # Its metrics listener (monitoring on): another free loopback port of its own.
+        adapted["worker_listeners"] += [{**l, "port": ports.worker_metrics[container], "bind_addresses": [LOOPBACK]}
+                                        for l in config["worker_listeners"] if l["type"] == "metrics"]
     else:
         http_listeners = [listener for listener in adapted["listeners"] if listener.get("type") == "http"]
         client = [l for l in http_listeners if l["resources"][0]["names"] != ["replication"]]
@@ -104,6 +119,9 @@ def homeserver_config(config: dict, *, root: Path, ports: LoopbackPorts, data_di
         if replication:
             adapted["listeners"].append({**replication[0], "port": ports.synapse_replication,
                                          "bind_addresses": [LOOPBACK]})
+        # The metrics listener (monitoring on): its container port -> a free loopback port, loopback only.
+        adapted["listeners"] += [{**listener, "port": ports.synapse_metrics, "bind_addresses": [LOOPBACK]}
+                                 for listener in config["listeners"] if listener.get("type") == "metrics"]
     if "instance_map" in adapted:
         # Container hostnames -> the processes' loopback ports.
         adapted["instance_map"] = {name: {"host": LOOPBACK, "port": ports.synapse_replication if name == "main"
@@ -114,6 +132,11 @@ def homeserver_config(config: dict, *, root: Path, ports: LoopbackPorts, data_di
     # Container hostname `postgres` -> the harness's PostgreSQL on loopback.
     adapted["database"] = {**adapted["database"],
                            "args": {**adapted["database"]["args"], "host": LOOPBACK, "port": ports.postgres}}
+    if "email" in adapted:
+        # commstack:smtpHost -> the harness's SMTP server, which speaks plain SMTP on loopback (no
+        # certificate Synapse would trust): TLS requirements off for the test only.
+        adapted["email"] = {**adapted["email"], "smtp_host": LOOPBACK, "smtp_port": ports.smtp, "force_tls": False,
+                            "require_transport_security": False}
     adapted.update(TEST_RATE_LIMITS)  # tests only: no throttling of bursts
     adapted.update(TEST_PASSWORD_HASHING)  # tests only: cheap password hashes for throwaway users
     return adapted
@@ -137,8 +160,11 @@ def log_config(config: dict, *, root: Path, data_dir: str = "/data", container: 
     return adapted
 
 
-def appservice_registration(registration: dict, *, bridge_port: int) -> dict:
-    """The bridge container's hostname -> the real bridge listening on a free loopback port."""
+def appservice_registration(registration: dict, *, bridge_port: Optional[int]) -> dict:
+    """The bridge container's hostname -> the real bridge listening on a free loopback port. The alert
+    relay's registration has no URL (Synapse pushes it nothing) and stays as rendered."""
+    if registration.get("url") is None:
+        return registration
     return {**registration, "url": f"http://{LOOPBACK}:{bridge_port}"}
 
 
@@ -178,8 +204,10 @@ def _conf_lines_without(text: str, keys: set[str]) -> list[str]:
 def turnserver_conf(text: str, *, root: Path, ports: LoopbackPorts) -> str:
     """coturn's turnserver.conf for loopback."""
     lines = []
+    # `prometheus`: Debian's coturn is built without Prometheus support (the coturn image has it), so
+    # it would refuse the option; its scrape target is not booted here (NOT_BOOTED_TARGETS).
     for line in _conf_lines_without(text, {"listening-port", "tls-listening-port", "listening-ip", "relay-ip",
-                                           "log-file", "pidfile"}):
+                                           "log-file", "pidfile", "prometheus"}):
         key, sep, value = line.partition("=")
         if key.strip() in ("cert", "pkey") and value.strip().startswith("/"):
             line = f"{key}{sep}{host_path(root, 'turn', value.strip())}"  # in-container path -> temp dir
@@ -292,7 +320,7 @@ def backup_env(text: str, *, root: Path, job_root: Path, ports: LoopbackPorts, t
     # files there (in Docker the container mounts Synapse's media volume and holds the key's copy).
     values["MEDIA_DIR"] = str(host_path(root, "synapse", "/data/media_store"))
     values["SIGNING_KEY_FILE"] = str(host_path(root, "synapse", "/data/signing.key"))
-    for key in ("RESTIC_PASSWORD_FILE", "PGPASSFILE", "STAGING_DIR", "RESTIC_CACHE_DIR", "ACME_DIR"):
+    for key in ("RESTIC_PASSWORD_FILE", "PGPASSFILE", "STAGING_DIR", "RESTIC_CACHE_DIR", "ACME_DIR", "METRICS_DIR"):
         if values.get(key):
             values[key] = str(host_path(job_root, "backup", values[key]))
     if values["RESTIC_REPOSITORY"].startswith("/"):
@@ -441,6 +469,8 @@ def livekit_config(config: dict, *, root: Path, ports: LoopbackPorts, turn_host:
     adapted = _relocate(config, config_dir, root, container)  # key file and TURN secret file -> temp dir
     adapted["port"] = ports.livekit  # the container's 7880 -> a free loopback port
     adapted["bind_addresses"] = [LOOPBACK]  # never listen on this machine's real interfaces
+    if "prometheus" in adapted:
+        adapted["prometheus"] = {**adapted["prometheus"], "port": ports.livekit_metrics}  # 6789 -> a free port
     rtc = adapted["rtc"]
     rtc["udp_port"] = str(ports.livekit_rtc)  # the published 49193-49200 -> one free loopback UDP port
     # Gather (and bind the UDP mux) on loopback only; in a container the interfaces are Docker's.
@@ -470,3 +500,120 @@ def lk_jwt_environment(envs: dict[str, str], *, root: Path, ports: LoopbackPorts
     adapted["HTTPS_PROXY"] = f"http://{LOOPBACK}:{ports.connect_proxy}"
     adapted["NO_PROXY"] = ""
     return adapted
+
+
+# -- monitoring (components/matrix/monitoring.py) ------------------------------------------------------
+
+# Scrape jobs and probes whose program the harness cannot boot, and why; the loopback Prometheus leaves
+# them out (a job that can never be up would only fire TargetDown into the tests' alert room). Their
+# rules are still exercised by promtool (tests/integration/test_alert_rules.py).
+NOT_BOOTED_TARGETS = {
+    "postgres": "postgres_exporter: the Go module proxy refuses github.com/prometheus-community/postgres_exporter "
+                "(403), so it cannot be built here",
+    "turn": "Debian's coturn (what the harness boots) is built without Prometheus support; the coturn image has it",
+    "signal": "Signal-Server is a JVM service the harness boots only in sessions (tests/integration/test_signal_jvm.py)",
+}
+# Tests only: scrape, evaluate and notify within a second or two instead of the deployed 30 s and 5 m.
+TEST_SCRAPE_INTERVAL = "1s"
+TEST_RULE_FOR = "1s"
+TEST_GROUP_TIMING = {"group_wait": "1s", "group_interval": "1s", "repeat_interval": "1h"}
+
+
+def monitoring_addresses(ports: LoopbackPorts, bridges: dict) -> dict[str, str]:
+    """Container host:port -> where the harness runs it on loopback (scrape targets and probe URLs)."""
+    from components.matrix import monitoring
+    from components.matrix.livekit import METRICS_PORT as LIVEKIT_METRICS_PORT
+    from components.matrix.proxy import METRICS_PORT as PROXY_METRICS_PORT
+    from components.matrix.synapse import METRICS_PORT as SYNAPSE_METRICS_PORT
+
+    addresses = {
+        f"{monitoring.PROMETHEUS}:{monitoring.PROMETHEUS_PORT}": f"{LOOPBACK}:{ports.prometheus}",
+        f"{monitoring.ALERTMANAGER}:{monitoring.ALERTMANAGER_PORT}": f"{LOOPBACK}:{ports.alertmanager}",
+        f"{monitoring.RELAY}:{monitoring.RELAY_PORT}": f"{LOOPBACK}:{ports.relay}",
+        f"{monitoring.NODE_EXPORTER}:{monitoring.NODE_EXPORTER_PORT}": f"{LOOPBACK}:{ports.node_exporter}",
+        f"{monitoring.BLACKBOX_EXPORTER}:{monitoring.BLACKBOX_PORT}": f"{LOOPBACK}:{ports.blackbox}",
+        f"synapse:{SYNAPSE_METRICS_PORT}": f"{LOOPBACK}:{ports.synapse_metrics}",
+        f"proxy:{PROXY_METRICS_PORT}": f"{LOOPBACK}:{ports.proxy.get('metrics', 0)}",
+        f"livekit:{LIVEKIT_METRICS_PORT}": f"{LOOPBACK}:{ports.livekit_metrics}",
+    }
+    for container, port in bridges.items():
+        addresses[f"{container}:{port}"] = f"{LOOPBACK}:{ports.bridges[container.removeprefix('bridge-')]}"
+    return addresses
+
+
+def _readdress(text: str, addresses: dict[str, str]) -> str:
+    for container_address, loopback_address in addresses.items():
+        text = re.sub(rf"(?<![\w.-]){re.escape(container_address)}(?![\d])", loopback_address, text)
+    return text
+
+
+def prometheus_config(config: dict, *, root: Path, addresses: dict[str, str], booted_bridges: set[str]) -> dict:
+    """prometheus.yml for loopback: targets at their loopback ports, short intervals, files in the temp dir."""
+    adapted = _relocate(config, "/etc/prometheus", root, "prometheus")  # the rule file -> temp dir
+    adapted["global"] = {**adapted["global"], "scrape_interval": TEST_SCRAPE_INTERVAL,
+                         "evaluation_interval": TEST_SCRAPE_INTERVAL, "scrape_timeout": TEST_SCRAPE_INTERVAL}
+    jobs = []
+    for job in adapted["scrape_configs"]:
+        if job["job_name"] in NOT_BOOTED_TARGETS:
+            continue  # the program is not booted here (NOT_BOOTED_TARGETS says why)
+        job = yaml.safe_load(_readdress(yaml.safe_dump(job), addresses))  # container names -> loopback ports
+        if job["job_name"] == "bridges":  # only the bridges the harness boots (telegram needs a session build)
+            for group in job["static_configs"]:
+                group["targets"] = [t for t in group["targets"] if any(f":{port}/" in t for port in booted_bridges)]
+        jobs.append(job)
+    adapted["scrape_configs"] = jobs
+    adapted["alerting"] = yaml.safe_load(_readdress(yaml.safe_dump(adapted["alerting"]), addresses))
+    return adapted
+
+
+def alert_rules(rules: dict) -> dict:
+    """The rule file for loopback: every `for` one second, so a stopped program alerts within the test."""
+    adapted = copy.deepcopy(rules)
+    for group in adapted["groups"]:
+        for rule in group["rules"]:
+            if "for" in rule:
+                rule["for"] = TEST_RULE_FOR
+    return adapted
+
+
+def alertmanager_config(config: dict, *, root: Path, addresses: dict[str, str], ports: LoopbackPorts) -> dict:
+    """alertmanager.yml for loopback: the relay at its loopback port, notifications within a second."""
+    adapted = yaml.safe_load(_readdress(yaml.safe_dump(config), addresses))
+    adapted = _relocate(adapted, "/etc/alertmanager", root, "alertmanager")  # the token file -> temp dir
+    adapted["route"] = {**adapted["route"], **TEST_GROUP_TIMING}
+    if "global" in adapted:
+        # commstack:smtpHost -> the harness's plain-SMTP server on loopback (TLS requirement off, test only).
+        adapted["global"] = {**adapted["global"], "smtp_smarthost": f"{LOOPBACK}:{ports.smtp}",
+                             "smtp_require_tls": False, "smtp_force_implicit_tls": False}
+    return adapted
+
+
+def relay_config(config: dict, *, root: Path, ports: LoopbackPorts) -> dict:
+    """The alert relay's settings for loopback: Synapse and its own listener on loopback ports."""
+    adapted = _relocate(config, "/commstack", root, "alert-relay")  # token files -> temp dir
+    adapted["homeserver"] = f"http://{LOOPBACK}:{ports.synapse}"  # container `synapse` -> the harness's
+    adapted["listen"] = {"host": LOOPBACK, "port": ports.relay}  # 0.0.0.0:8080 -> loopback only
+    return adapted
+
+
+def node_exporter_command(command: list[str], *, root: Path, ports: LoopbackPorts) -> list[str]:
+    """node_exporter's flags for loopback: this machine's own root (no bind mount of it at /host), the
+    textfile directory in the temp dir, and a loopback listener."""
+    from components.matrix import monitoring
+
+    adapted = []
+    for flag in command:
+        if flag.startswith("--path.rootfs="):
+            flag = "--path.rootfs=/"
+        elif flag.startswith("--collector.textfile.directory="):
+            flag = f"--collector.textfile.directory={host_path(root, monitoring.NODE_EXPORTER, monitoring.TEXTFILE_DIR)}"
+        elif flag.startswith("--web.listen-address="):
+            flag = f"--web.listen-address={LOOPBACK}:{ports.node_exporter}"
+        adapted.append(flag)
+    return adapted
+
+
+def listen_on_loopback(command: list[str], port: int) -> list[str]:
+    """`--web.listen-address=...` (Prometheus, Alertmanager, blackbox_exporter) -> loopback only."""
+    return [f"--web.listen-address={LOOPBACK}:{port}" if flag.startswith("--web.listen-address=") else flag
+            for flag in command]

@@ -14,7 +14,12 @@ def test_versions_come_from_the_pinned_images():
     for name, entry in entries.items():
         if "image" in entry:
             tag = images[entry["image"]].rpartition(":")[2]
-            assert programs[name].version.lstrip("v") == tag.lstrip("v"), name
+            expected = gobuild._module_version(tag)
+            if "module_version" in entry:  # Prometheus: release 3.16.0 is module v0.316.0
+                expected = gobuild._mapped_version(expected, entry["module_version"])
+            assert programs[name].version == expected, name
+    assert programs["prometheus"].version == "v0.{}{:02d}.{}".format(
+        *map(int, images["prometheus"].rpartition(":v")[2].split(".")))
 
 
 def test_a_bumped_tag_changes_the_build_and_its_cache_key(tmp_path, monkeypatch):
@@ -48,3 +53,41 @@ def test_a_tag_whose_system_library_is_missing_fails_with_the_apt_line(tmp_path,
 
 def test_every_program_is_built_stripped_and_without_local_paths():
     assert "-trimpath" in gobuild.BUILD_FLAGS and "-ldflags=-s -w" in gobuild.BUILD_FLAGS
+
+
+def test_a_release_maps_to_its_module_version(tmp_path):
+    (tmp_path / "images.yaml").write_text("prom: example.org/prom:v3.16.0\n")
+    (tmp_path / "programs.yaml").write_text(
+        "prom: {image: prom, module_version: 'v0.{major}{minor:02d}.{patch}', module: example.org/prom}\n")
+    assert gobuild.programs(tmp_path / "programs.yaml", tmp_path / "images.yaml")["prom"].version == "v0.316.0"
+    (tmp_path / "images.yaml").write_text("prom: example.org/prom:latest\n")
+    try:
+        gobuild.programs(tmp_path / "programs.yaml", tmp_path / "images.yaml")
+    except gobuild.GoBuildError as err:
+        assert "MAJOR.MINOR.PATCH" in str(err)
+    else:
+        raise AssertionError("a tag that is no release version must be refused")
+
+
+def test_placeholders_go_into_a_writable_copy_of_the_module(tmp_path, monkeypatch):
+    """Alertmanager's zip lacks ui/app/dist, which ui/web.go embeds: the copy gets placeholder files."""
+    import json
+    import subprocess
+
+    module = tmp_path / "modcache" / "example.org" / "am@v0.35.0"
+    (module / "ui").mkdir(parents=True)
+    (module / "ui" / "web.go").write_text("package ui\n")
+    for path in (module / "ui", module):
+        path.chmod(0o555)  # the module cache is read-only
+    (module / "ui" / "web.go").chmod(0o444)
+    program = gobuild.GoProgram(name="am", module="example.org/am", package="example.org/am/cmd/am",
+                                version="v0.35.0", placeholders=("ui/app/dist/elm/index.html",))
+    monkeypatch.setattr(gobuild, "_run", lambda cmd, cwd, env: subprocess.CompletedProcess(
+        cmd, 0, json.dumps({"Dir": str(module)}), ""))
+    work = tmp_path / "work"
+    work.mkdir()
+    copy = gobuild._module_copy_with_placeholders(program, work, {})
+    assert (copy / "ui" / "web.go").read_text() == "package ui\n"
+    assert "placeholder" in (copy / "ui" / "app" / "dist" / "elm" / "index.html").read_text()
+    for path in (module / "ui", module):
+        path.chmod(0o755)  # let tmp_path clean up

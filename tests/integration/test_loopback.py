@@ -14,7 +14,8 @@ from tests.integration import harness as harness_module
 from tests.integration import loopback
 
 ROOT = Path("/tmp/harness-root")
-PORTS = loopback.LoopbackPorts(postgres=1, synapse=2, nginx=3, turn=4, turn_tls=5, bridges={"whatsapp": 6})
+PORTS = loopback.LoopbackPorts(postgres=1, synapse=2, nginx=3, turn=4, turn_tls=5, bridges={"whatsapp": 6},
+                               synapse_metrics=7, smtp=8)
 
 
 def test_homeserver_changes_only_listener_database_paths_and_rate_limits(harness):
@@ -22,9 +23,16 @@ def test_homeserver_changes_only_listener_database_paths_and_rate_limits(harness
     adapted = loopback.homeserver_config(rendered, root=ROOT, ports=PORTS)
     changed = {k for k in set(rendered) | set(adapted) if rendered.get(k) != adapted.get(k)}
     assert changed - set(loopback.TEST_RATE_LIMITS) - set(loopback.TEST_PASSWORD_HASHING) == {
-        "listeners", "database", "signing_key_path", "log_config", "media_store_path", "app_service_config_files"}
+        "listeners", "database", "signing_key_path", "log_config", "media_store_path", "app_service_config_files",
+        "email"}
     assert adapted["bcrypt_rounds"] == 4
-    listener, = adapted["listeners"]
+    listener, metrics = adapted["listeners"]
+    # The metrics listener (monitoring on): only its port and address change.
+    assert metrics == {**rendered["listeners"][1], "port": PORTS.synapse_metrics, "bind_addresses": ["127.0.0.1"]}
+    # E-mail: the harness's plain-SMTP server on loopback; everything else as rendered.
+    changed_email = {k for k in rendered["email"] if rendered["email"][k] != adapted["email"][k]}
+    assert changed_email <= {"smtp_host", "smtp_port", "force_tls", "require_transport_security"}
+    assert (adapted["email"]["smtp_host"], adapted["email"]["smtp_port"]) == ("127.0.0.1", PORTS.smtp)
     assert {k: v for k, v in listener.items() if k not in ("port", "bind_addresses")} == \
         {k: v for k, v in rendered["listeners"][0].items() if k not in ("port", "bind_addresses")}
     assert {k: v for k, v in adapted["database"]["args"].items() if k not in ("host", "port")} == \
@@ -37,7 +45,9 @@ def test_turnserver_keeps_every_rendered_line_but_ports_and_paths(harness):
     adapted = loopback.turnserver_conf("\n".join(rendered), root=ROOT, ports=PORTS).splitlines()
     added = {"listening-port", "tls-listening-port", "listening-ip", "relay-ip", "allow-loopback-peers",
              "log-file", "pidfile"}
-    body = [line for line in rendered if line.split("=")[0] not in added]
+    # `prometheus` goes: Debian's coturn has no Prometheus support (loopback.NOT_BOOTED_TARGETS says so).
+    assert "prometheus" in rendered
+    body = [line for line in rendered if line.split("=")[0] not in added | {"prometheus"}]
     assert len(adapted) == len(body) + len(added)
     for before, after in zip(body, adapted):
         key, _, value = before.partition("=")
@@ -89,8 +99,8 @@ def test_bridge_config_changes_only_addresses_and_ports(harness, kind):
 
 
 PROXY_PORTS = loopback.LoopbackPorts(postgres=1, synapse=2, nginx=3, turn=4, turn_tls=5, element=7, signal_server=8,
-                                     proxy={"web": 10, "websecure": 11, "ping": 12}, livekit=13, livekit_rtc=14,
-                                     lk_jwt=15, connect_proxy=16)
+                                     proxy={"web": 10, "websecure": 11, "ping": 12, "metrics": 17}, livekit=13, livekit_rtc=14,
+                                     lk_jwt=15, connect_proxy=16, livekit_metrics=18)
 
 
 def test_traefik_static_changes_only_entry_point_addresses_file_paths_and_the_access_log_file(harness):
@@ -98,7 +108,8 @@ def test_traefik_static_changes_only_entry_point_addresses_file_paths_and_the_ac
     adapted = loopback.traefik_static(rendered, root=ROOT, ports=PROXY_PORTS)
     assert {k for k in rendered if rendered[k] != adapted[k]} == {"entryPoints", "providers", "accessLog"}
     assert {name: ep["address"] for name, ep in adapted["entryPoints"].items()} == \
-        {"web": "127.0.0.1:10", "websecure": "127.0.0.1:11", "ping": "127.0.0.1:12"}
+        {"web": "127.0.0.1:10", "websecure": "127.0.0.1:11", "ping": "127.0.0.1:12",
+         "metrics": "127.0.0.1:17"}
     for name, entry_point in rendered["entryPoints"].items():
         assert {k: v for k, v in adapted["entryPoints"][name].items() if k != "address"} == \
             {k: v for k, v in entry_point.items() if k != "address"}
@@ -162,8 +173,9 @@ def test_livekit_changes_only_listeners_paths_and_the_turn_address(harness):
     turn_host = rendered["rtc"]["turn_servers"][0]["host"]
     adapted = loopback.livekit_config(rendered, root=ROOT, ports=PROXY_PORTS, turn_host=turn_host)
     assert {k for k in set(rendered) | set(adapted) if rendered.get(k) != adapted.get(k)} == \
-        {"port", "bind_addresses", "rtc", "key_file"}
+        {"port", "bind_addresses", "rtc", "key_file", "prometheus"}
     assert (adapted["port"], adapted["bind_addresses"]) == (13, ["127.0.0.1"])
+    assert adapted["prometheus"] == {"port": PROXY_PORTS.livekit_metrics}  # its exporter on a free loopback port
     assert adapted["key_file"] == str(ROOT / "livekit" / "etc/livekit/keys.yaml")
     changed_rtc = {k for k in set(rendered["rtc"]) | set(adapted["rtc"])
                    if rendered["rtc"].get(k) != adapted["rtc"].get(k)}

@@ -148,7 +148,11 @@ def users(worker_harness) -> tuple[Client, Client, str]:
 PORTS = loopback.LoopbackPorts(postgres=1, synapse=2, nginx=3, turn=4, turn_tls=5, synapse_replication=6,
                                synapse_redis=7, workers={"synapse-writer-1": 8, "synapse-sync-1": 9,
                                                          "synapse-client-1": 10, "synapse-media-1": 11,
-                                                         "synapse-tasks-1": 12})
+                                                         "synapse-tasks-1": 12},
+                               # Monitoring: each process's metrics listener on a port of its own.
+                               synapse_metrics=13, worker_metrics={"synapse-writer-1": 14, "synapse-sync-1": 15,
+                                                                   "synapse-client-1": 16, "synapse-media-1": 17,
+                                                                   "synapse-tasks-1": 18}, smtp=19)
 ROOT = Path("/tmp/harness-root")
 
 
@@ -160,10 +164,11 @@ def test_loopback_moves_only_each_process_s_addresses_paths_and_test_limits(work
     untouched = set(loopback.TEST_RATE_LIMITS) | set(loopback.TEST_PASSWORD_HASHING)
     main = worker_harness.rendered.yaml("synapse", HOMESERVER)
     adapted = loopback.homeserver_config(main, root=ROOT, ports=PORTS)
+    # email: the harness's SMTP server (test_loopback.py checks that adaptation).
     assert _changed(main, adapted) - untouched == {"listeners", "instance_map", "redis", "database", "signing_key_path",
-                                                   "log_config", "media_store_path", "app_service_config_files"}
-    assert [(l["port"], l["resources"]) for l in adapted["listeners"]] == [
-        (2, main["listeners"][0]["resources"]), (6, [{"names": ["replication"], "compress": False}])]
+                                                   "log_config", "media_store_path", "app_service_config_files", "email"}
+    assert [(l["port"], l.get("resources")) for l in adapted["listeners"]] == [
+        (2, main["listeners"][0]["resources"]), (6, [{"names": ["replication"], "compress": False}]), (13, None)]
     assert adapted["instance_map"] == {"main": {"host": "127.0.0.1", "port": 6},
                                        "synapse-writer-1": {"host": "127.0.0.1", "port": 8}}
     assert adapted["redis"] == {**main["redis"], "host": "127.0.0.1", "port": 7}
@@ -171,8 +176,10 @@ def test_loopback_moves_only_each_process_s_addresses_paths_and_test_limits(work
     adapted = loopback.homeserver_config(worker, root=ROOT, ports=PORTS, container="synapse-media-1")
     assert _changed(worker, adapted) - untouched == {"worker_listeners", "instance_map", "redis", "database",
                                                      "signing_key_path", "log_config", "worker_log_config",
-                                                     "media_store_path", "app_service_config_files"}
-    listener, = adapted["worker_listeners"]
+                                                     "media_store_path", "app_service_config_files", "email"}
+    listener, metrics = adapted["worker_listeners"]
+    # Its metrics listener (monitoring on): its own loopback port, nothing else changed.
+    assert metrics == {**worker["worker_listeners"][1], "port": 17, "bind_addresses": ["127.0.0.1"]}
     assert {k: v for k, v in listener.items() if k not in ("port", "bind_addresses")} == \
         {k: v for k, v in worker["worker_listeners"][0].items() if k not in ("port", "bind_addresses")}
     assert listener["port"] == 11
