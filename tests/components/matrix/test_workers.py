@@ -441,7 +441,10 @@ def uploaded(props: dict, path: str) -> str:
 
 
 def networks(props: dict) -> set[str]:
-    return {n["name"].removeprefix("commstack-matrix-") for n in props["networksAdvanced"]}
+    """A container's networks, without its own `metrics-<container>` network (Prometheus's way in,
+    components/matrix/monitoring.py), which every scraped container has."""
+    return {n["name"].removeprefix("commstack-matrix-") for n in props["networksAdvanced"]
+            if not n["name"].removeprefix("commstack-matrix-").startswith("metrics-")}
 
 
 def test_each_worker_is_a_hardened_service_with_its_own_config_health_and_memory(balanced):
