@@ -74,24 +74,31 @@ def aws_provider():
 
 backup_repository = None
 if settings.backup.enabled and settings.backup.target != "local":
-    from components.matrix.backup import BackupRepository, aws_repository_url, s3_repository_url
+    from components.matrix.backup import (BackupRepository, aws_repository_url, rest_credentials, rest_repository_url,
+                                          s3_credentials, s3_repository_url)
 
     if settings.backup.target == "aws":
         from components.matrix.backup_bucket import BackupBucket, BackupBucketArgs
 
         bucket = BackupBucket(
             "matrix-backup-bucket",
-            BackupBucketArgs(name_prefix=f"commstack-{settings.stack}-matrix-backups"),
+            # The key works only from the Docker host's own address.
+            BackupBucketArgs(name_prefix=f"commstack-{settings.stack}-matrix-backups", source_ip=settings.edge.public_ip),
             opts=pulumi.ResourceOptions(provider=aws_provider()),
         )
         backup_repository = BackupRepository(
             url=bucket.bucket_name.apply(lambda name: aws_repository_url(settings.backup.region, name)),
-            access_key_id=bucket.access_key_id, secret_access_key=bucket.secret_access_key,
-            region=settings.backup.region)
+            credentials=s3_credentials(bucket.access_key_id, bucket.secret_access_key), region=settings.backup.region)
+    elif settings.backup.target == "rest":
+        # restic's rest-server in --append-only mode on another machine: this host adds snapshots, deletes none.
+        backup_repository = BackupRepository(
+            url=rest_repository_url(settings.backup.rest_url),
+            credentials=rest_credentials(settings.backup.rest_username, settings.backup.rest_password),
+            ca_certificate=settings.backup.rest_ca_certificate or None)
     else:
         backup_repository = BackupRepository(
             url=s3_repository_url(settings.backup.s3_endpoint, settings.backup.s3_bucket),
-            access_key_id=settings.backup.s3_access_key_id, secret_access_key=settings.backup.s3_secret_access_key)
+            credentials=s3_credentials(settings.backup.s3_access_key_id, settings.backup.s3_secret_access_key))
 
 matrix = Homeserver(
     "matrix",
@@ -126,6 +133,9 @@ if matrix.monitoring is not None:
 if matrix.backup is not None:
     pulumi.export("backupRepository", matrix.backup.repository_url)
     pulumi.export("backupRepositoryPassword", matrix.backup.repository_password)  # secret: keep a copy off the host
+    # What `python -m commstack backup-prune --stack` keeps (an off-host repository is pruned from the admin's machine).
+    pulumi.export("backupRetention", {"daily": settings.backup.keep_daily, "weekly": settings.backup.keep_weekly,
+                                      "monthly": settings.backup.keep_monthly})
 
 if settings.signal.enabled:
     from components.signal.backend import Backend, BackendArgs

@@ -28,6 +28,8 @@ COMMANDS = {
     "backup": ("commstack.operations.backup", "take a backup of the Matrix half now (databases, media, signing key, ACME store)"),
     "backups": ("commstack.operations.backups", "list the backup snapshots with their age and size"),
     "restore": ("commstack.operations.restore", "restore a snapshot into the stack; refuses over live data unless told"),
+    "backup-prune": ("commstack.operations.backup_prune",
+                     "apply the retention policy to an off-host backup repository, with the admin's credentials"),
     "signal-restore": ("commstack.operations.signal_restore",
                        "Signal half: DynamoDB tables to a point in time (new tables), S3 object versions, SSM secrets"),
 }

@@ -142,11 +142,15 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
         ConfigKey("backup", True, "Back up the Matrix half (databases, media, signing key, ACME store) with restic, daily, with a weekly restore drill.", "false"),
         ConfigKey("backupSchedule", "03:30", "Time of the daily backup, HH:MM in UTC; the restore drill follows Sunday's.", "02:15"),
         ConfigKey("backupRetention", '{"daily":7,"weekly":4,"monthly":6}', "JSON object: how many daily, weekly and monthly snapshots to keep.", "'{\"daily\":14,\"weekly\":8,\"monthly\":12}'"),
-        ConfigKey("backupTarget", "local", "`local` (a protected Docker volume), `aws` (an S3 bucket the program creates; needs aws:region) or `s3` (any S3-compatible endpoint).", "aws"),
+        ConfigKey("backupTarget", "local", "`local` (a protected Docker volume on the same host), `aws` (an S3 bucket the program creates, whose key cannot delete history; needs aws:region), `s3` (any S3-compatible endpoint) or `rest` (restic's rest-server --append-only on another machine).", "aws"),
         ConfigKey("backupS3Endpoint", "", "For backupTarget s3: the endpoint URL, e.g. https://s3.eu-central-003.backblazeb2.com.", "https://s3.eu-central-003.backblazeb2.com"),
         ConfigKey("backupS3Bucket", "", "For backupTarget s3: the bucket, which must exist (create it private and versioned).", "my-matrix-backups"),
         ConfigKey("backupS3AccessKeyId", None, "For backupTarget s3: the access key id (secret).", "<key id>", secret=True),
         ConfigKey("backupS3SecretAccessKey", None, "For backupTarget s3: the secret access key (secret).", "<secret key>", secret=True),
+        ConfigKey("backupRestUrl", "", "For backupTarget rest: the rest-server repository's https URL (run with --append-only --private-repos; docs/operations.md).", "https://backup.example.org:8000/commstack/"),
+        ConfigKey("backupRestUsername", "", "For backupTarget rest: the rest-server user (its .htpasswd entry; with --private-repos also the URL's path).", "commstack"),
+        ConfigKey("backupRestPassword", None, "For backupTarget rest: that user's password (secret).", "<password>", secret=True),
+        ConfigKey("backupRestCaCertificate", "", "For backupTarget rest: the PEM certificate of the CA that signed the rest-server's TLS certificate, when no public CA did.", "\"$(cat rest-server-ca.pem)\""),
         # -- monitoring ---------------------------------------------------------
         ConfigKey("monitoring", True, "Metrics on private networks, Prometheus with alert rules, and Alertmanager posting alerts into the Matrix room #alerts:<domain> (see docs/monitoring.md).", "false"),
         ConfigKey("alertRecipients", [], "JSON list of Matrix users invited to the alert room; empty: @admin:<domain>, the user `create-admin` makes by default.", "'[\"@alice:example.org\"]'"),
@@ -256,7 +260,12 @@ class MatrixSettings:
         return f"https://{self.matrix_host}/"
 
 
-BACKUP_TARGETS = ("local", "aws", "s3")
+BACKUP_TARGETS = ("local", "aws", "s3", "rest")
+# rest-server: https only (the credentials and the data travel in it); its user names (htpasswd.go validUsername).
+_REST_URL_RE = re.compile(r"https://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~-]+)*/?", re.ASCII)
+_REST_USER_RE = re.compile(r"[A-Za-z0-9_.@-]{1,64}", re.ASCII)
+_PEM_CERTIFICATE_RE = re.compile(r"\s*(-----BEGIN CERTIFICATE-----\s+[A-Za-z0-9+/=\s]+-----END CERTIFICATE-----\s*)+",
+                                 re.ASCII)
 _HHMM_RE = re.compile(r"^(?:[01]\d|2[0-3]):[0-5]\d$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _ENDPOINT_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(?::\d{1,5})?/?$")
@@ -275,6 +284,10 @@ class BackupSettings:
     s3_bucket: str = ""
     s3_access_key_id: Optional[pulumi.Output] = field(default=None, repr=False)
     s3_secret_access_key: Optional[pulumi.Output] = field(default=None, repr=False)
+    rest_url: str = ""
+    rest_username: str = ""
+    rest_password: Optional[pulumi.Output] = field(default=None, repr=False)
+    rest_ca_certificate: str = ""
 
 
 @dataclass(frozen=True)
@@ -356,7 +369,7 @@ SIGNAL_LOCAL_CONTAINERS = tuple(f"signal-local-{part}" for part in (
 def known_containers() -> tuple[str, ...]:
     return ("postgres", "postgres-init", "postgres-upgrade", "synapse", "backup", "wellknown", "proxy", "turn", "element",
             "livekit", "lk-jwt-service", "prometheus", "alertmanager", "alert-relay", "node-exporter",
-            "postgres-exporter", "blackbox-exporter", "grafana", "grafana-dashboards",
+            "postgres-exporter", "blackbox-exporter", "redis-exporter", "grafana", "grafana-dashboards",
             *(f"bridge-{kind}" for kind in KNOWN_BRIDGES), *SIGNAL_LOCAL_CONTAINERS)
 
 
@@ -1076,12 +1089,28 @@ def _read_backup(r: _Reader) -> BackupSettings:
                 f"{bucket!r} is not an S3 bucket name (required when backupTarget is s3)")
         r.check(key_id is not None, "commstack:backupS3AccessKeyId", "is required when backupTarget is s3")
         r.check(secret_key is not None, "commstack:backupS3SecretAccessKey", "is required when backupTarget is s3")
+    rest_url, rest_user = r.text("commstack:backupRestUrl"), r.text("commstack:backupRestUsername")
+    rest_password, rest_ca = r.secret("commstack:backupRestPassword"), r.text("commstack:backupRestCaCertificate")
+    if enabled and target == "rest":
+        r.check(bool(_REST_URL_RE.fullmatch(rest_url)), "commstack:backupRestUrl",
+                f"{rest_url!r} is not an https://host[:port]/path/ URL (required when backupTarget is rest; the "
+                "credentials and the snapshots travel in it, so plain http is refused)",
+                "https://backup.example.org:8000/commstack/")
+        r.check(bool(_REST_USER_RE.fullmatch(rest_user)), "commstack:backupRestUsername",
+                f"{rest_user!r} is not a rest-server user name (letters, digits, _ - . @; required when backupTarget "
+                "is rest)", "commstack")
+        r.check(rest_password is not None, "commstack:backupRestPassword", "is required when backupTarget is rest")
+        r.check(not rest_ca or bool(_PEM_CERTIFICATE_RE.fullmatch(rest_ca)), "commstack:backupRestCaCertificate",
+                "is not a PEM certificate (-----BEGIN CERTIFICATE----- ...)", "\"$(cat rest-server-ca.pem)\"")
     return BackupSettings(
         enabled=enabled, schedule=schedule, keep_daily=retention["daily"], keep_weekly=retention["weekly"],
         keep_monthly=retention["monthly"], target=target, region=region if target == "aws" else None,
         s3_endpoint=endpoint.rstrip("/"), s3_bucket=bucket,
         s3_access_key_id=key_id if target == "s3" else None,
-        s3_secret_access_key=secret_key if target == "s3" else None)
+        s3_secret_access_key=secret_key if target == "s3" else None,
+        rest_url=rest_url if target == "rest" else "", rest_username=rest_user if target == "rest" else "",
+        rest_password=rest_password if target == "rest" else None,
+        rest_ca_certificate=rest_ca.strip() + "\n" if target == "rest" and rest_ca else "")
 
 
 # -- Postgres major upgrades -------------------------------------------------------

@@ -410,6 +410,13 @@ def emulate_invoke(token: str, args: dict) -> dict:
         return {"partition": "aws", "dnsSuffix": "amazonaws.com"}
     if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
         return {"names": ["eu-central-1a", "eu-central-1b"], "zoneIds": ["euc1-az1", "euc1-az2"]}
+    if token == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
+        # Every type in both zones, unless a test says otherwise (tests/components/signal/test_host.py).
+        wanted = [v for f in args.get("filters") or [] if f.get("name") == "instance-type" for v in f.get("values", [])]
+        zones = ["eu-central-1a", "eu-central-1b"]
+        return {"id": "offline", "locations": [z for z in zones for _ in wanted], "locationTypes":
+                ["availability-zone"] * (len(zones) * len(wanted)),
+                "instanceTypes": [t for _ in zones for t in wanted]}
     if token in ("cloudflare:index/getZone:getZone", "cloudflare:index/getZones:getZones"):
         name = (args.get("filter") or {}).get("name") or args.get("name")
         zone = {"id": OFFLINE_ZONE_ID, "zoneId": OFFLINE_ZONE_ID, "name": name, "account": {"id": "offline-account"}}

@@ -1,4 +1,4 @@
-"""`python -m commstack backup | backups | restore`: the Matrix backups, by hand.
+"""`python -m commstack backup | backups | restore | backup-prune`: the Matrix backups, by hand.
 
 Each command runs one of the backup job's own scripts (configs/backup/*.sh, placed in the `backup`
 container at /commstack), so a manual backup or restore is exactly the scheduled one:
@@ -11,6 +11,10 @@ container at /commstack), so a manual backup or restore is exactly the scheduled
 `restore` refuses while Synapse or a bridge holds the databases open, and over existing data,
 unless told: `--stop-services` stops them first (and starts them again after), `--overwrite`
 replaces live data. Nothing here prints the repository password; the scripts read it from a file.
+
+`backup-prune` is the one that deletes: it applies the retention policy to an off-host repository
+from the admin's machine, with the admin's own credentials, which the host's job does not have
+(components/matrix/backup.py); it runs restic itself, after `restic check`.
 """
 
 from __future__ import annotations
@@ -20,15 +24,22 @@ import os
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 CONTAINER = "backup"
 SCRIPTS_DIR = "/commstack"
+# The job's restic --host and --tag (components/matrix/backup.py BACKUP_HOST; configs/backup/backup.sh).
+BACKUP_HOST = "commstack"
+BACKUP_TAG = "commstack"
 STOP_LABEL = "commstack.backup.stop-before-restore"
 DRILL_TAG_PREFIX = "drill-"
+# drill.sh records each drill as a small snapshot of its own (an append-only repository refuses rewriting
+# the drilled one's tags): tagged DRILL_RECORD_TAG, drill-<result>-<time> and DRILLED_TAG_PREFIX<snapshot>.
+DRILL_RECORD_TAG = "commstack-drill"
+DRILLED_TAG_PREFIX = "drilled-"
 # A daily schedule: older than this means the last run (or more) failed.
 MAX_BACKUP_AGE_HOURS = 36
 # A weekly drill: older than this means the last drill did not run.
@@ -129,7 +140,7 @@ class Snapshot:
 
 
 def parse_snapshots(text: str) -> list[Snapshot]:
-    """`restic snapshots --json`, oldest first."""
+    """`restic snapshots --json`, oldest first; the drills' records (drill.sh) fold into the snapshots they drilled."""
     try:
         raw = json.loads(text or "[]")
     except json.JSONDecodeError as exc:
@@ -141,12 +152,21 @@ def parse_snapshots(text: str) -> list[Snapshot]:
                                             for e in raw):
         raise BackupCommandError("the snapshot list is not restic's `snapshots --json` output: is `backup` the "
                                  "commstack backup container on this Docker host?")
-    snapshots = []
+    snapshots, drills = [], {}
     for entry in raw:
+        tags = tuple(entry.get("tags") or ())
+        if DRILL_RECORD_TAG in tags:
+            # A drill's record: its result belongs to the snapshot it drilled.
+            for tag in tags:
+                if tag.startswith(DRILLED_TAG_PREFIX):
+                    drills.setdefault(tag[len(DRILLED_TAG_PREFIX):], []).extend(
+                        t for t in tags if t.startswith(DRILL_TAG_PREFIX))
+            continue
         summary = entry.get("summary") or {}
         snapshots.append(Snapshot(short_id=entry.get("short_id") or entry["id"][:8], time=_parse_time(entry["time"]),
                                   size=summary.get("total_bytes_processed"), added=summary.get("data_added"),
-                                  tags=tuple(entry.get("tags") or ())))
+                                  tags=tags))
+    snapshots = [replace(snap, tags=snap.tags + tuple(drills.get(snap.short_id, ()))) for snap in snapshots]
     return sorted(snapshots, key=lambda s: s.time)
 
 
@@ -316,3 +336,157 @@ def backup_status(snapshots: Sequence[Snapshot], now: Optional[datetime] = None)
                      "see `docker logs backup`; run ./scripts/commstack backup --drill" if result != "pass"
                      else "the weekly drill has not run: see `docker logs backup`"))
     return rows
+
+
+# -- prune, from the admin's machine -------------------------------------------------------
+
+# What restic forget says, exiting 0 all the same, when the repository refuses to delete a snapshot.
+REFUSED_REMOVAL = "unable to remove"
+# Drill records kept by a prune: a year of weekly drills.
+KEEP_DRILLS = 52
+# The schema's default retention (components/settings.py commstack:backupRetention), when neither the stack
+# nor the command line says otherwise.
+DEFAULT_RETENTION = {"daily": 7, "weekly": 4, "monthly": 6}
+
+
+@dataclass
+class PrunePlan:
+    repository: str
+    password_file: str
+    retention: dict[str, int]
+    keep_drills: int = KEEP_DRILLS
+    dry_run: bool = False
+    restic: str = "restic"
+
+
+def prune_commands(plan: PrunePlan) -> list[list[str]]:
+    """What a prune runs, in order: `restic check` first (a repository that does not check out is left
+    alone: damaged, or tampered with by the host), then the retention policy on the stack's snapshots
+    (grouped by host only, see configs/backup/backup.sh), a year of drill records, and the prune."""
+    base = [plan.restic]
+    dry = ["--dry-run"] if plan.dry_run else []
+    commands = [
+        [*base, "check"],
+        [*base, "forget", "--host", BACKUP_HOST, "--tag", BACKUP_TAG, "--group-by", "host",
+         "--keep-daily", str(plan.retention["daily"]), "--keep-weekly", str(plan.retention["weekly"]),
+         "--keep-monthly", str(plan.retention["monthly"]), *dry],
+        [*base, "forget", "--host", BACKUP_HOST, "--tag", DRILL_RECORD_TAG, "--group-by", "host",
+         "--keep-last", str(plan.keep_drills), *dry],
+    ]
+    if not plan.dry_run:
+        commands.append([*base, "prune"])
+    return commands
+
+
+def run_prune(plan: PrunePlan, run: Run = subprocess.run) -> int:
+    env = {**os.environ, "RESTIC_REPOSITORY": plan.repository, "RESTIC_PASSWORD_FILE": plan.password_file}
+    for command in prune_commands(plan):
+        try:
+            done = run(command, env=env, check=False, text=True, capture_output=True)
+        except FileNotFoundError as exc:
+            raise BackupCommandError(f"cannot run {plan.restic!r}: install restic (the stack pins "
+                                     f"{_pinned_restic()}) or give --restic PATH") from exc
+        sys.stdout.write(done.stdout or "")
+        sys.stderr.write(done.stderr or "")
+        # restic forget reports a snapshot it could not delete and still exits 0 (an append-only repository,
+        # a key without delete rights): that is a failure here.
+        if done.returncode != 0 or REFUSED_REMOVAL in (done.stderr or ""):
+            step = command[1]
+            if step == "check":
+                raise BackupCommandError(
+                    "`restic check` failed, so nothing was deleted: the repository is damaged, or was changed by "
+                    "something other than restic (a compromised host?). Find the cause before pruning; see "
+                    "docs/operations.md, Backups")
+            hint = ""
+            if plan.repository.startswith("rest:"):
+                hint = (": a rest-server in --append-only mode refuses every delete, by design; prune on the backup "
+                        "server itself, against its data directory (--repository /srv/restic/<repository>)")
+            elif plan.repository.startswith("s3:"):
+                hint = (": the stack's own backup key may not delete; run this with the admin's AWS credentials "
+                        "(AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
+            raise BackupCommandError(f"`restic {step}` failed (exit {done.returncode}){hint}")
+    return 0
+
+
+def _pinned_restic() -> str:
+    from components.common import image
+
+    return image("restic")
+
+
+def _retention_from(args: Any, outputs: dict) -> dict[str, int]:
+    retention = dict(DEFAULT_RETENTION)
+    stacked = outputs.get("backupRetention")
+    if isinstance(stacked, dict):
+        retention.update({k: int(v) for k, v in stacked.items() if k in retention})
+    for key in retention:
+        given = getattr(args, f"keep_{key}", None)
+        if given is not None:
+            retention[key] = given
+    return retention
+
+
+def prune_main(args: Any, run: Run = subprocess.run) -> int:
+    """`backup-prune`: the retention policy on an off-host repository, from the admin's machine."""
+    import tempfile
+
+    from commstack.operations.admin import AdminError, stack_outputs
+
+    outputs: dict = {}
+    try:
+        if getattr(args, "stack", None):
+            outputs = stack_outputs(args.stack, show_secrets=not args.password_file)
+        repository = args.repository or outputs.get("backupRepository")
+        if not repository:
+            raise BackupCommandError("give --repository (restic's repository URL or path) or --stack NAME")
+        if repository.startswith("/") and not args.repository:
+            raise BackupCommandError(f"stack {args.stack} keeps its backups in a volume on the Docker host, whose job "
+                                     "prunes it itself; backup-prune is for an off-host repository")
+        retention = _retention_from(args, outputs)
+        with tempfile.TemporaryDirectory(prefix="commstack-prune-") as scratch:
+            password_file = args.password_file
+            if not password_file:
+                password = outputs.get("backupRepositoryPassword")
+                if not password:
+                    raise BackupCommandError("give --password-file (the stack's backupRepositoryPassword output) "
+                                             "or --stack NAME")
+                password_file = os.path.join(scratch, "password")
+                descriptor = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(descriptor, "w") as handle:
+                    handle.write(password)
+            elif not os.path.isfile(password_file):
+                raise BackupCommandError(f"--password-file {password_file} is not a file")
+            plan = PrunePlan(repository=repository, password_file=password_file, retention=retention,
+                             keep_drills=args.keep_drills, dry_run=args.dry_run, restic=args.restic)
+            return run_prune(plan, run)
+    except (BackupCommandError, AdminError) as exc:
+        return _report(exc)
+
+
+def _at_least_zero(value: str) -> int:
+    import argparse
+
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return number
+
+
+def prune_arguments(parser) -> None:
+    parser.add_argument("--stack", help="read the repository, its password and the retention from this stack's "
+                                        "outputs (the Pulumi CLI)")
+    parser.add_argument("--repository", help="restic's repository: s3:..., or the rest-server's data directory on "
+                                             "the backup server (default: the stack's backupRepository)")
+    parser.add_argument("--password-file", help="a file holding the repository password (default: the stack's "
+                                                "backupRepositoryPassword)")
+    for key in DEFAULT_RETENTION:
+        parser.add_argument(f"--keep-{key}", type=_at_least_zero, metavar="N",
+                            help=f"{key} snapshots to keep (default: the stack's backupRetention, else "
+                                 f"{DEFAULT_RETENTION[key]})")
+    parser.add_argument("--keep-drills", type=_at_least_zero, default=KEEP_DRILLS, metavar="N",
+                        help=f"restore-drill records to keep (default {KEEP_DRILLS})")
+    parser.add_argument("--dry-run", action="store_true", help="say what would be forgotten; delete nothing")
+    parser.add_argument("--restic", default="restic", help="the restic program (default: restic on PATH)")

@@ -22,6 +22,9 @@ volume declared and protected for a rollback.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -29,8 +32,8 @@ from typing import Optional, Sequence
 import pulumi
 import pulumi_docker as docker
 
-from components.common import (ConfigFile, ContainerSpec, Hardening, checked_job, generated_secret,
-                               service_container, stateful_child)
+from components.common import (ConfigFile, ContainerSpec, Hardening, checked_job, generated_bytes_b64,
+                               generated_secret, service_container, stateful_child)
 from components.settings import CONFIGS_DIR, LEGACY_POSTGRES_MAJOR, PostgresSettings
 
 LOGICAL_NAME = "postgres"
@@ -51,7 +54,11 @@ POSTGRES_UID = "999"
 PGPASS_PATH = "/root/.pgpass"
 # Postgres's own max_connections default.
 DEFAULT_MAX_CONNECTIONS = 100
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}", re.ASCII)
+# Postgres's own defaults for the verifiers it makes (src/common/scram-common.c, scram_iterations).
+SCRAM_ITERATIONS = 4096
+SCRAM_SALT_BYTES = 16
+_SCRAM_VERIFIER = re.compile(r"SCRAM-SHA-256\$[0-9]+:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+", re.ASCII)
 # The image's docker-entrypoint.sh runs as root: it chowns and chmods the data and socket
 # directories (CHOWN, FOWNER; DAC_OVERRIDE to walk a data directory only postgres may read),
 # then drops to postgres with gosu (SETUID, SETGID).
@@ -134,17 +141,37 @@ def _sql_literal(value: str) -> str:
 
 
 def _check_identifier(value: str) -> str:
-    if not _IDENTIFIER.match(value):
+    if not _IDENTIFIER.fullmatch(value):
         raise ValueError(f"{value!r} is not a plain lowercase SQL identifier")
     return value
 
 
-def render_init_sql(databases: list[tuple[DatabaseSpec, str]], monitor_password: Optional[str] = None) -> str:
+def scram_sha256_verifier(password: str, salt: bytes, iterations: int = SCRAM_ITERATIONS) -> str:
+    """The SCRAM-SHA-256 verifier Postgres stores for `password` (RFC 5802 and 7677, in Postgres's
+    `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` form, src/common/scram-common.c
+    scram_build_secret). Given to ALTER ROLE ... PASSWORD, Postgres stores it as is: the plaintext
+    never reaches the server, its statement log or pg_stat_activity.
+
+    Postgres SASLprep-normalises a password first; for printable ASCII (what generated_secret
+    makes) that is the identity, and anything else is refused rather than hashed differently."""
+    if not password or not all(" " <= c <= "~" for c in password):
+        raise ValueError("a role password must be non-empty printable ASCII (SASLprep is not applied)")
+    if len(salt) < SCRAM_SALT_BYTES or iterations < SCRAM_ITERATIONS:
+        raise ValueError(f"a SCRAM verifier needs a salt of {SCRAM_SALT_BYTES}+ bytes and {SCRAM_ITERATIONS}+ iterations")
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def render_init_sql(databases: list[tuple[DatabaseSpec, str]], monitor_verifier: Optional[str] = None) -> str:
     """Idempotent provisioning SQL for `psql -v ON_ERROR_STOP=1 -f`.
 
-    `databases` pairs each spec with its role's plaintext password. CREATE
-    DATABASE cannot run inside a DO block, so creation goes through psql's
-    \\gexec guarded by NOT EXISTS; everything else is re-applied every run.
+    `databases` pairs each spec with its role's SCRAM-SHA-256 verifier (scram_sha256_verifier),
+    never a plaintext password. CREATE DATABASE cannot run inside a DO block, so creation goes
+    through psql's \\gexec guarded by NOT EXISTS; everything else is re-applied every run.
     """
     names = [spec.name for spec, _ in databases]
     if len(set(names)) != len(names):
@@ -157,10 +184,10 @@ def render_init_sql(databases: list[tuple[DatabaseSpec, str]], monitor_password:
         "REVOKE CONNECT ON DATABASE postgres FROM PUBLIC;",
         "REVOKE CONNECT ON DATABASE template1 FROM PUBLIC;",
     ]
-    for spec, password in databases:
+    for spec, verifier in databases:
         db, owner = _check_identifier(spec.name), _check_identifier(spec.owner)
-        if not password:
-            raise ValueError(f"the role {owner} needs a password")
+        if not _SCRAM_VERIFIER.fullmatch(verifier or ""):
+            raise ValueError(f"the role {owner} needs a SCRAM-SHA-256 verifier for its password, never the password")
         limit = -1 if spec.connection_limit is None else spec.connection_limit
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < -1 or limit == 0:
             raise ValueError(f"the connection limit of {owner} must be a positive whole number, not {limit!r}")
@@ -170,7 +197,7 @@ def render_init_sql(databases: list[tuple[DatabaseSpec, str]], monitor_password:
             f"-- {db}, owned by {owner}",
             f"SELECT 'CREATE ROLE {owner}' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{owner}')\\gexec",
             f"ALTER ROLE {owner} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
-            f" CONNECTION LIMIT {limit} PASSWORD {_sql_literal(password)};",
+            f" CONNECTION LIMIT {limit} PASSWORD {_sql_literal(verifier)};",
             f"SELECT 'CREATE DATABASE {db} WITH OWNER {owner} ENCODING ''UTF8''{locale} TEMPLATE template0'"
             f" WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{db}')\\gexec",
             f"ALTER DATABASE {db} OWNER TO {owner};",
@@ -186,15 +213,15 @@ def render_init_sql(databases: list[tuple[DatabaseSpec, str]], monitor_password:
                 f"'database {db} exists with a non-C locale; Synapse needs LC_COLLATE and LC_CTYPE C'; "
                 "END IF; END $$;"
             )
-    if monitor_password is not None:
-        if not monitor_password:
-            raise ValueError(f"the role {MONITOR_ROLE} needs a password")
+    if monitor_verifier is not None:
+        if not _SCRAM_VERIFIER.fullmatch(monitor_verifier):
+            raise ValueError(f"the role {MONITOR_ROLE} needs a SCRAM-SHA-256 verifier for its password, never the password")
         lines += [
             "",
             f"-- {MONITOR_ROLE}: postgres_exporter's login; pg_monitor reads statistics and settings, no table data.",
             f"SELECT 'CREATE ROLE {MONITOR_ROLE}' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{MONITOR_ROLE}')\\gexec",
             f"ALTER ROLE {MONITOR_ROLE} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
-            f" CONNECTION LIMIT 3 PASSWORD {_sql_literal(monitor_password)};",
+            f" CONNECTION LIMIT 3 PASSWORD {_sql_literal(monitor_verifier)};",
             f"GRANT pg_monitor TO {MONITOR_ROLE};",
             f"GRANT CONNECT ON DATABASE postgres TO {MONITOR_ROLE};",
         ]
@@ -221,6 +248,10 @@ class Postgres(pulumi.ComponentResource):
         superuser_password = generated_secret(f"{name}-superuser-password", self)
         self.superuser_password = superuser_password  # for the backup job's pg_dump
         passwords = {spec.name: generated_secret(f"{name}-{spec.name}-password", self) for spec in args.databases}
+        # One salt per role, made once and kept in state: the verifier (and so the init SQL) stays the same
+        # from one `up` to the next, and the job re-runs only when something really changes.
+        salts = {spec.name: generated_bytes_b64(f"{name}-{spec.name}-scram-salt", self, length=SCRAM_SALT_BYTES)
+                 for spec in args.databases}
 
         version = args.version or PostgresSettings(LEGACY_POSTGRES_MAJOR, LEGACY_POSTGRES_MAJOR)
         self.version = version
@@ -266,9 +297,14 @@ class Postgres(pulumi.ComponentResource):
         specs = list(args.databases)
         self.monitor_password = (generated_secret(f"{name}-{MONITOR_ROLE}-password", self)
                                  if args.monitor_role else None)
-        init_sql = pulumi.Output.all(*(passwords[s.name] for s in specs), self.monitor_password).apply(
-            lambda pws: render_init_sql(list(zip(specs, pws[:-1])), monitor_password=pws[-1])
-        )
+        monitor_salt = (generated_bytes_b64(f"{name}-{MONITOR_ROLE}-scram-salt", self, length=SCRAM_SALT_BYTES)
+                        if args.monitor_role else None)
+        verifiers = [pulumi.Output.all(passwords[s.name], salts[s.name]).apply(
+            lambda pair: scram_sha256_verifier(pair[0], base64.b64decode(pair[1]))) for s in specs]
+        monitor_verifier = (pulumi.Output.all(self.monitor_password, monitor_salt).apply(
+            lambda pair: scram_sha256_verifier(pair[0], base64.b64decode(pair[1]))) if args.monitor_role else None)
+        init_sql = pulumi.Output.all(*verifiers, monitor_verifier).apply(
+            lambda found: render_init_sql(list(zip(specs, found[:-1])), monitor_verifier=found[-1]))
         wait_then_run = (
             f"for i in $(seq 60); do pg_isready -q -h {LOGICAL_NAME} -U {SUPERUSER} && break; sleep 2; done; "
             f"exec psql -v ON_ERROR_STOP=1 -h {LOGICAL_NAME} -U {SUPERUSER} -d postgres -f {INIT_SQL_PATH}"

@@ -21,7 +21,8 @@ from components.signal.secrets import (TLS_KEY_PARAMETER, InternalTls, InternalT
                                        ServerSecretsArgs, bundle_parameter, config_parameter, public_parameter,
                                        public_path)
 from components.signal.registration import verification_from_settings
-from components.signal.server_config import AppConfigNames, RegistrationEndpoint, render_server_config
+from components.signal.server_config import (CONTAINER_BIND, INSTANCE_BIND, AppConfigNames, RegistrationEndpoint,
+                                            render_server_config)
 from components.signal.version import ServerVersion, load_version
 
 # What each Signal hostname (components/settings.py SIGNAL_SUBDOMAINS) serves; Matrix owns matrix., element., turn.
@@ -183,7 +184,7 @@ class Backend(pulumi.ComponentResource):
                 version, region=region, domain=args.domain, table_names=a[0], bucket_names=a[1],
                 redis_cluster_uri=a[2], redis_pubsub_uri=a[2],
                 registration=RegistrationEndpoint(*registration, a[3]),
-                app_config=AppConfigNames(a[4], a[5], a[6]), internal_ca_pem=a[3]))
+                app_config=AppConfigNames(a[4], a[5], a[6]), internal_ca_pem=a[3], bind=INSTANCE_BIND))
         self.config_yml = config_yml
         host = SignalHost(f"{name}-host", SignalHostArgs(
             version=version, instance_type=signal.instance_type, server_repo=signal.server_repo,
@@ -222,7 +223,8 @@ class Backend(pulumi.ComponentResource):
         config_yml = internal_tls.cert_pem.apply(lambda pem: render_server_config(
             version, region=LOCAL_REGION, domain=args.domain, table_names=table_names, bucket_names=bucket_names,
             redis_cluster_uri=redis_uri, redis_pubsub_uri=redis_uri,
-            registration=RegistrationEndpoint(*registration, pem), app_config=app_config, internal_ca_pem=pem))
+            registration=RegistrationEndpoint(*registration, pem), app_config=app_config, internal_ca_pem=pem,
+            bind=CONTAINER_BIND))
         self.config_yml = config_yml
         local = LocalBackend(f"{name}-local", LocalBackendArgs(
             version=version, server_repo=args.signal.server_repo, server_ref=args.signal.server_ref,

@@ -44,6 +44,16 @@ TWILIO_SECRET_PARAMETER = "registration/twilio-api-key-secret"
 # out, so nothing in a bridge-networked container (registration-service) can get the role's credentials.
 IMDS_HOP_LIMIT = 1
 IMDS_ADDRESS = "169.254.169.254"
+# The service user Signal-Server runs as, and the unprivileged one that builds its jar at first boot (root only
+# installs the finished jar): a build runs the pinned source's Maven plugins, which need no root.
+SERVER_USER = "signal"
+BUILD_USER = "signal-build"
+BUILD_HOME = "/var/lib/signal-build"
+# nginx's worker user (Debian): the only user that may connect to registration-service's plaintext gRPC port.
+NGINX_USER = "www-data"
+GRPC_FIREWALL_CHAIN = "COMMSTACK-REGISTRATION"
+# The redis image's user (uid 999 in the Debian images): the instance's Redis containers run as it, not as root.
+REDIS_UID = 999
 
 PATHS = {
     "tool": f"{OPT}/signal_secrets.py",
@@ -87,7 +97,7 @@ def certbot_script(host: str, email: str) -> str:
 
 
 def render_certbot_unit(host: str, email: str) -> str:
-    return _render("signal-certbot.service.tmpl", host=systemd_text(host),
+    return _render("signal-certbot.service.tmpl", host=systemd_text(host), data=DATA,
                    exec_start=f"/bin/sh -c {systemd_exec_word(certbot_script(host, email))}",
                    retry_seconds=CERTBOT_RETRY_SECONDS)
 
@@ -103,9 +113,11 @@ def encode_user_data(cloud_config: str) -> str:
 
 def secrets_manifest(version: ServerVersion, *, store: str, prefix: str, paths: dict,
                      program_values: Optional[str] = None, region: Optional[str] = None,
-                     registration_secrets: Optional[dict[str, str]] = None) -> dict:
+                     registration_secrets: Optional[dict[str, str]] = None, server_user: Optional[str] = None) -> dict:
     """What signal_secrets.py needs: entry names and sources, never values. `registration_secrets`: the
-    registration-service secrets file's dotted keys -> store names (written 0600 for its unprivileged user)."""
+    registration-service secrets file's dotted keys -> store names (written 0600 for its unprivileged user).
+    `server_user`: who owns the two files Signal-Server reads (the bundle and config.yml); every other file
+    keeps its own owner (nginx's TLS key root, registration-service's secrets its user)."""
     manifest = {
         "store": store, "prefix": prefix, "region": region, "program_values": program_values,
         "jar": paths["jar"], "generic_zk_source": paths["generic_zk_source"], "ud_key_id": version["ud_key_id"],
@@ -116,6 +128,8 @@ def secrets_manifest(version: ServerVersion, *, store: str, prefix: str, paths: 
         "tls_key": "tls/registration-key",
         "outputs": {k: paths[k] for k in ("bundle", "config_in", "config_out", "tls_key")},
     }
+    if server_user:
+        manifest["server_user"] = server_user
     if registration_secrets:
         manifest["registration_secrets"] = {"path": paths["registration_secrets"], "owner": reg.RUN_UID,
                                             "values": dict(registration_secrets)}
@@ -161,15 +175,31 @@ def server_checkout_command(version: ServerVersion, server_repo: str, server_ref
             f"test \"$(git rev-parse --verify {shell_word(server_ref + '^{commit}')})\" = {commit}")
 
 
-def server_build_steps(version: ServerVersion) -> str:
-    """In the checked-out source: our build patch (the data file's `build_patch`), then the build."""
-    return f"{version['build_patch']} && {version['build']}"
+def verified_maven_steps(version: ServerVersion, directory: str) -> str:
+    """The data file's Maven (`maven`) into `directory`, from Maven Central, checked against its pinned SHA-512
+    before anything in it runs; a mismatch stops the build."""
+    maven = version["maven"]
+    archive = f"{directory}.tar.gz"
+    return (f"curl -fsSL --retry 3 -o {archive} {shell_word(maven['url'])} && "
+            f"echo {shell_word(maven['sha512'] + '  ' + archive)} | sha512sum -c - && "
+            f"mkdir -p {directory} && tar -xzf {archive} -C {directory} --strip-components=1 && rm -f {archive}")
+
+
+def server_build_steps(version: ServerVersion, maven_dir: str = "/tmp/maven") -> str:
+    """In the checked-out source: the verified Maven, our build patch (the data file's `build_patch`), then the
+    build with that Maven (never the source's own unverified wrapper)."""
+    return (f"{verified_maven_steps(version, maven_dir)} && {version['build_patch']} && "
+            f"export PATH={maven_dir}/bin:\"$PATH\" && {version['build']}")
 
 
 def server_build_command(version: ServerVersion, server_repo: str, server_ref: str) -> str:
-    src = f"{OPT}/src"
-    return (f"{server_checkout_command(version, server_repo, server_ref, src)} && "
-            f"{server_build_steps(version)} && cp {src}/{version['jar']} {PATHS['jar']}")
+    """At first boot: the checkout and build as BUILD_USER in its own home; root only installs the jar."""
+    src = f"{BUILD_HOME}/src"
+    build = (f"{server_checkout_command(version, server_repo, server_ref, src)} && "
+             f"{server_build_steps(version, f'{BUILD_HOME}/maven')}")
+    return (f"install -d -o {BUILD_USER} -g {BUILD_USER} -m 0750 {BUILD_HOME} && "
+            f"runuser -u {BUILD_USER} -- env HOME={BUILD_HOME} sh -c {shell_word(build)} && "
+            f"install -m 0644 -o root -g root {src}/{version['jar']} {PATHS['jar']}")
 
 
 def render_cloud_init(version: ServerVersion, *, server_repo: str, server_ref: str, jar_s3_uri: str, host: str,
@@ -179,7 +209,8 @@ def render_cloud_init(version: ServerVersion, *, server_repo: str, server_ref: s
     rs = version.registration_service
     ports = version.server_ports
     manifest = secrets_manifest(version, store="ssm", prefix=parameter_prefix, paths=PATHS, region=region,
-                                registration_secrets=registration_secret_sources(verification))
+                                registration_secrets=registration_secret_sources(verification),
+                                server_user=SERVER_USER)
     files = [
         (PATHS["tool"], template("signal_secrets.py"), "0755"),
         (PATHS["generic_zk_source"], template("GenericZkParams.java"), "0644"),
@@ -192,7 +223,7 @@ def render_cloud_init(version: ServerVersion, *, server_repo: str, server_ref: s
         (f"{OPT}/registration/CommstackSelfHosted.java", template("CommstackSelfHosted.java"), "0644"),
         (PATHS["compose"], to_yaml(compose_file(version, redis_in_containers, verification)), "0644"),
         ("/etc/systemd/system/signal-server.service", render_systemd_unit(server_ref, region), "0644"),
-        ("/etc/systemd/system/signal-redis.service", _compose_unit(region), "0644"),
+        ("/etc/systemd/system/signal-redis.service", _compose_unit(region, version), "0644"),
         ("/etc/systemd/system/signal-certbot.service", render_certbot_unit(host, acme_email), "0644"),
         ("/etc/nginx/sites-available/signal.conf",
          render_nginx_conf(host, ports["app"], rs["port"], rs["tls_port"]), "0644"),
@@ -204,9 +235,10 @@ def render_cloud_init(version: ServerVersion, *, server_repo: str, server_ref: s
         fetch_jar = server_build_command(version, server_repo, server_ref)
     document = {
         "package_update": True,
-        "packages": [f"openjdk-{version['java']}-jdk-headless", "git", "docker.io", "docker-compose", "nginx",
+        "packages": [f"openjdk-{version['java']}-jdk-headless", "git", "curl", "docker.io", "docker-compose", "nginx",
                      "certbot", "python3-boto3", "python3-yaml", "awscli", "openssl"],
-        "users": ["default", {"name": "signal", "system": True, "shell": "/usr/sbin/nologin"}],
+        "users": ["default", {"name": SERVER_USER, "system": True, "shell": "/usr/sbin/nologin"},
+                  {"name": BUILD_USER, "system": True, "shell": "/usr/sbin/nologin", "homedir": BUILD_HOME}],
         "write_files": [{"path": p, "content": c, "permissions": m} for p, c, m in files],
         "runcmd": [
             f"{OPT}/mount-data.sh",
@@ -229,10 +261,35 @@ IMDS_FIREWALL = (f"iptables -C DOCKER-USER -d {IMDS_ADDRESS}/32 -j REJECT 2>/dev
                  f"iptables -I DOCKER-USER -d {IMDS_ADDRESS}/32 -j REJECT")
 
 
-def _compose_unit(region: str) -> str:
+def grpc_firewall(port: int) -> str:
+    """registration-service's plaintext gRPC port answers nginx's TLS front only. It is published on loopback,
+    where any local process could reach it (and micronaut-grpc serves no Unix socket), so the kernel refuses every
+    connection to it that is not nginx's (owner match in OUTPUT, which sees local processes): docker-proxy, which
+    relays nginx's connection into the container as root, passes; so does anything else root, which could stop
+    the firewall anyway. Idempotent: the chain is rebuilt and hooked in once."""
+    chain = GRPC_FIREWALL_CHAIN
+    return (f"iptables -N {chain} 2>/dev/null || iptables -F {chain}; "
+            f"iptables -A {chain} -m owner --uid-owner {NGINX_USER} -j RETURN && "
+            f"iptables -A {chain} -m owner --uid-owner root -j RETURN && "
+            f"iptables -A {chain} -j REJECT --reject-with tcp-reset && "
+            f"{{ iptables -C OUTPUT -p tcp --dport {port} -j {chain} 2>/dev/null || "
+            f"iptables -I OUTPUT -p tcp --dport {port} -j {chain}; }}")
+
+
+def redis_data_dirs_command() -> str:
+    """The Redis containers run as the image's user, so their data directories on the data volume belong to it
+    (the redis entrypoint chowned them itself when it ran as root; new ones are made here)."""
+    dirs = " ".join(f"{DATA}/redis/{port}" for port in redis.node_ports())
+    return f"install -d -o {REDIS_UID} -g {REDIS_UID} -m 0700 {dirs} && chown -R {REDIS_UID}:{REDIS_UID} {DATA}/redis"
+
+
+def _compose_unit(region: str, version: ServerVersion) -> str:
     return (
         "[Unit]\nDescription=Redis cluster and registration-service (docker-compose)\nRequires=docker.service\n"
-        "After=docker.service\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nWorkingDirectory=/opt/signal\n"
+        "After=docker.service\n"
+        # Redis keeps its data on the data volume: never on the root disk when the volume did not mount.
+        f"RequiresMountsFor={DATA}\n"
+        "\n[Service]\nType=oneshot\nRemainAfterExit=yes\nWorkingDirectory=/opt/signal\n"
         # SSM or the image build can fail transiently at boot (network, IAM not yet propagated): retry.
         "Restart=on-failure\nRestartSec=30\n"
         f"Environment={systemd_environment('AWS_DEFAULT_REGION', region)}\n"
@@ -240,6 +297,8 @@ def _compose_unit(region: str) -> str:
         f"ExecStartPre=/usr/bin/python3 {PATHS['tool']} assemble {PATHS['manifest']}\n"
         # Belt and braces with the hop limit: no container reaches the instance metadata service.
         f"ExecStartPre=/bin/sh -c '{IMDS_FIREWALL}'\n"
+        f"ExecStartPre=/bin/sh -c '{grpc_firewall(version.registration_service['port'])}'\n"
+        f"ExecStartPre=/bin/sh -c '{redis_data_dirs_command()}'\n"
         f"ExecStart=/usr/bin/docker-compose -f {PATHS['compose']} up -d --build\n"
         f"ExecStop=/usr/bin/docker-compose -f {PATHS['compose']} stop\n\n[Install]\nWantedBy=multi-user.target\n"
     )
@@ -257,6 +316,15 @@ def _mount_script(volume_id: str) -> str:
         f"grep -q signal-data /etc/fstab || echo 'LABEL=signal-data {DATA} ext4 defaults,nofail 0 2' >> /etc/fstab\n"
         f"mountpoint -q {DATA} || mount {DATA}\n"
     )
+
+
+def offered_zone(instance_type: str, zones, offered) -> str:
+    """The first of `zones` (available, in AWS's order) in which `instance_type` is offered."""
+    for zone in zones or ():
+        if zone in set(offered or ()):
+            return zone
+    raise ValueError(f"EC2 offers {instance_type} in none of this region's available zones ({', '.join(zones or ())}); "
+                     "choose another type: pulumi config set commstack:signalInstanceType t3.large")
 
 
 @dataclass
@@ -294,10 +362,18 @@ class SignalHost(pulumi.ComponentResource):
                                      filters=[aws.ec2.GetAmiFilterArgs(name="name", values=[DEBIAN_12_AMI_PATTERN]),
                                               aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"])],
                                      opts=pulumi.InvokeOptions(parent=self))
-        # One AZ for the instance and its volume.
-        zone = aws.get_availability_zones_output(state="available", opts=pulumi.InvokeOptions(parent=self)).names[0]
+        # One AZ for the instance and its volume: the first available one where the instance type is offered
+        # (not every type is offered in every zone, and names[0] may not have it). The volume keeps the zone it
+        # was made in (ignore_changes: a later choice never moves the data), and the instance follows the volume.
+        zones = aws.get_availability_zones_output(state="available", opts=pulumi.InvokeOptions(parent=self))
+        offered = aws.ec2.get_instance_type_offerings_output(
+            location_type="availability-zone",
+            filters=[aws.ec2.GetInstanceTypeOfferingsFilterArgs(name="instance-type", values=[args.instance_type])],
+            opts=pulumi.InvokeOptions(parent=self))
+        zone = pulumi.Output.all(zones.names, offered.locations).apply(
+            lambda found: offered_zone(args.instance_type, found[0], found[1]))
         volume = aws.ebs.Volume(f"{name}-data", availability_zone=zone, size=args.data_volume_gb, type="gp3",
-                                encrypted=True, opts=stateful_child(self))
+                                encrypted=True, opts=stateful_child(self, ignore_changes=["availabilityZone"]))
         self.user_data = pulumi.Output.all(args.config_yml, args.tls_cert_pem, volume.id).apply(
             lambda a: render_cloud_init(
                 args.version, server_repo=args.server_repo, server_ref=args.server_ref, jar_s3_uri=args.jar_s3_uri,
@@ -306,7 +382,7 @@ class SignalHost(pulumi.ComponentResource):
                 redis_in_containers=args.redis_in_containers, verification=args.verification))
         self.user_data_base64 = self.user_data.apply(encode_user_data)
         self.instance = aws.ec2.Instance(
-            f"{name}-instance", ami=ami.id, instance_type=args.instance_type, availability_zone=zone,
+            f"{name}-instance", ami=ami.id, instance_type=args.instance_type, availability_zone=volume.availability_zone,
             iam_instance_profile=args.instance_profile_name, vpc_security_group_ids=[args.security_group_id],
             user_data_base64=self.user_data_base64, user_data_replace_on_change=True,
             # IMDSv2 only (no simple SSRF), answering the instance itself only (IMDS_HOP_LIMIT).

@@ -118,9 +118,10 @@ def aws_local_command(app_config: AppConfigNames) -> list[str]:
 # image's dynamodblocal user: DAC_OVERRIDE.
 DYNAMODB_HARDENING = Hardening(capabilities=("DAC_OVERRIDE",), memory_mb=1024,
                                why="runs as root to write a volume directory owned by the image's user")
-# The redis image's entrypoint chowns /data to redis (CHOWN) and drops to it with gosu (SETUID, SETGID).
-REDIS_HARDENING = Hardening(capabilities=("CHOWN", "SETGID", "SETUID"), memory_mb=256,
-                            why="docker-entrypoint.sh chowns /data, then gosu to redis")
+# Redis runs as the image's own user from the start (redis.REDIS_USER), so it needs no capability: the image's
+# entrypoint chowns /data and drops privileges only when started as root. A new volume takes /data's owner
+# (redis) from the image; an older stack's volume was chowned to redis by that entrypoint already.
+REDIS_HARDENING = Hardening(memory_mb=256)
 JOB_HARDENING = Hardening(memory_mb=256)
 # aws-local answers on ports 80 and 443 as root.
 AWS_LOCAL_HARDENING = Hardening(capabilities=("NET_BIND_SERVICE",), memory_mb=128, why="listens on 80 and 443")
@@ -218,13 +219,13 @@ class LocalBackend(pulumi.ComponentResource):
                 image_key="redis", network=net, aliases=[redis_alias(i)],
                 command=redis.node_command(REDIS_PORT, announce_hostname=redis_alias(i)),
                 volumes=[docker.ContainerVolumeArgs(volume_name=data.name, container_path="/data")],
-                healthcheck=["CMD", "redis-cli", "ping"], hardening=REDIS_HARDENING), self))
+                healthcheck=["CMD", "redis-cli", "ping"], hardening=REDIS_HARDENING, user=redis.REDIS_USER), self))
         # redis-cli --cluster create wants addresses; the names resolve on the private network.
         resolved = [f"$(getent hosts {redis_alias(i)} | cut -d' ' -f1):{REDIS_PORT}" for i in range(redis.NODES)]
         redis_cluster = service_container(f"{name}-redis-cluster-create", ContainerSpec(
             image_key="redis", network=net, aliases=[], one_shot=True,
             command=["sh", "-c", redis.cluster_create_script(resolved, f"{redis_alias(0)}:{REDIS_PORT}")],
-            hardening=JOB_HARDENING, extra={"logs": True}), self, depends_on=nodes)
+            hardening=JOB_HARDENING, user=redis.REDIS_USER, extra={"logs": True}), self, depends_on=nodes)
 
         rs = version.registration_service
         # Relative to the project (pulumi-docker v4.0.1 resolves `dockerfile` against Pulumi.yaml's directory),

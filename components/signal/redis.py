@@ -63,22 +63,35 @@ def cluster_create_script(addresses: Sequence[str], probe: str) -> str:
     )
 
 
+# The redis image's own user (uid and gid 999 in the Debian images). Run as it from the start, a container needs
+# no capability at all: the image's entrypoint chowns and drops privileges only when started as root.
+REDIS_USER = "999:999"
+
+
+def hardened(service: dict, memory: str) -> dict:
+    """Like the Docker target's containers (components/common.py Hardening): non-root, every capability dropped,
+    no privilege escalation, a read-only root with a small /tmp, a memory cap."""
+    return {**service, "user": REDIS_USER, "read_only": True, "tmpfs": ["/tmp:size=16m"], "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges:true"], "mem_limit": memory}
+
+
 def compose_services(data_dir: str) -> dict:
-    """docker-compose services for the instance: host networking bound to 127.0.0.1 (never public)."""
+    """docker-compose services for the instance: host networking bound to 127.0.0.1 (never public), hardened;
+    each node's data directory belongs to REDIS_USER (components/signal/host.py makes it so before they start)."""
     services = {}
     for port in node_ports():
-        services[f"redis-{port}"] = {
+        services[f"redis-{port}"] = hardened({
             "image": image("redis"), "network_mode": "host", "restart": "unless-stopped",
             "command": node_command(port), "volumes": [f"{data_dir}/redis/{port}:/data"],
             "healthcheck": {"test": ["CMD", "redis-cli", "-p", str(port), "ping"], "interval": "5s", "retries": 10},
-        }
-    services["redis-cluster-create"] = {
+        }, memory="256m")
+    services["redis-cluster-create"] = hardened({
         "image": image("redis"), "network_mode": "host", "restart": "no",
         "depends_on": {name: {"condition": "service_healthy"} for name in list(services)},
         # `$$` is a literal `$` to docker-compose, which would otherwise interpolate the script's shell variables.
         "command": ["sh", "-c", cluster_create_script([f"127.0.0.1:{p}" for p in node_ports()],
                                                       f"127.0.0.1:{FIRST_PORT}").replace("$", "$$")],
-    }
+    }, memory="64m")
     return services
 
 

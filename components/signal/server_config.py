@@ -25,6 +25,29 @@ class RegistrationEndpoint:
 
 
 @dataclass(frozen=True)
+class ServerBind:
+    """Where Dropwizard's two connectors listen (config.yml `server:`). Without the block Signal-Server takes
+    Dropwizard's defaults: every interface, the application on 8080 and the admin port on 8081, whose tasks
+    accept POSTs (DefaultServerFactory)."""
+
+    app: str
+    admin: str
+
+
+# EC2: nginx on the instance is the only client of either port.
+INSTANCE_BIND = ServerBind(app="127.0.0.1", admin="127.0.0.1")
+# Docker: the reverse proxy reaches the application port over its network (no port is published); the admin port
+# is for the container's own health check only.
+CONTAINER_BIND = ServerBind(app="0.0.0.0", admin="127.0.0.1")
+
+
+def server_block(version: ServerVersion, bind: ServerBind) -> dict:
+    ports = version.server_ports
+    return {"applicationConnectors": [{"type": "http", "bindHost": bind.app, "port": ports["app"]}],
+            "adminConnectors": [{"type": "http", "bindHost": bind.admin, "port": ports["admin"]}]}
+
+
+@dataclass(frozen=True)
 class AppConfigNames:
     application: str
     environment: str
@@ -50,6 +73,7 @@ def render_server_config(
     registration: RegistrationEndpoint,
     app_config: AppConfigNames,
     internal_ca_pem: str,
+    bind: ServerBind = INSTANCE_BIND,
 ) -> str:
     """config.yml for `version`. `table_names`/`bucket_names` map the data file's config paths to
     the physical names of the resources the program created."""
@@ -98,6 +122,8 @@ def render_server_config(
     # Filled on the instance (configs/signal/signal_secrets.py assemble); kept as keys so the shape is complete.
     for path in version["config_patches"]:
         set_dotted(config, path, None)
+
+    config["server"] = server_block(version, bind)
 
     ordered = {section: config[section] for section in version.required_sections if section in config}
     ordered.update({k: v for k, v in config.items() if k not in ordered})

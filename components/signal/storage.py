@@ -131,38 +131,23 @@ class BucketsArgs:
 
 
 class Buckets(pulumi.ComponentResource):
-    """Private, public-access-blocked, encrypted, versioned, protected buckets."""
+    """Private, public-access-blocked, encrypted, versioned, protected, TLS-only buckets (components/s3.py)."""
 
     buckets: dict[str, pulumi.CustomResource]  # aws.s3.Bucket by config path
-    controls: list[pulumi.CustomResource]  # access block, ownership, encryption, versioning of each bucket
+    controls: list[pulumi.CustomResource]  # access block, ownership, encryption, versioning, policy of each bucket
     names: pulumi.Output
     arns: pulumi.Output
 
     def __init__(self, name: str, args: BucketsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("commstack:signal:Buckets", name, None, opts)
-        import pulumi_aws as aws  # AWS target only: the docker target never loads the SDK
+        from components.s3 import private_bucket
 
         self.buckets = {}
         self.controls = []
         for spec in args.buckets:
-            res = f"{name}-{spec.name}"
-            bucket = aws.s3.Bucket(res, bucket_prefix=f"{args.name_prefix}-{spec.name}-", force_destroy=False,
-                                   opts=stateful_child(self))
-            self.controls += [
-                aws.s3.BucketPublicAccessBlock(f"{res}-public-access", bucket=bucket.id, block_public_acls=True,
-                                               block_public_policy=True, ignore_public_acls=True,
-                                               restrict_public_buckets=True, opts=child(self)),
-                aws.s3.BucketOwnershipControls(f"{res}-ownership", bucket=bucket.id,
-                                               rule={"object_ownership": "BucketOwnerEnforced"}, opts=child(self)),
-                aws.s3.BucketServerSideEncryptionConfiguration(
-                    f"{res}-sse", bucket=bucket.id,
-                    rules=[{"apply_server_side_encryption_by_default": {"sse_algorithm": "AES256"},
-                            "bucket_key_enabled": True}],
-                    opts=child(self)),
-                aws.s3.BucketVersioning(f"{res}-versioning", bucket=bucket.id,
-                                        versioning_configuration={"status": "Enabled"}, opts=child(self)),
-            ]
-            self.buckets[spec.config] = bucket
+            made = private_bucket(f"{name}-{spec.name}", self, bucket_prefix=f"{args.name_prefix}-{spec.name}-")
+            self.controls += made.controls
+            self.buckets[spec.config] = made.bucket
         self.names = pulumi.Output.all(**{path: b.bucket for path, b in self.buckets.items()})
         self.arns = pulumi.Output.all(*[b.arn for b in self.buckets.values()])
         self.register_outputs({"names": self.names, "arns": self.arns})

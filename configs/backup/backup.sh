@@ -1,10 +1,15 @@
 #!/bin/sh
 # One backup: a custom-format dump of every database, then one restic snapshot of the dumps,
-# Synapse's local media and signing key and Traefik's ACME store; then the retention policy.
+# Synapse's local media and signing key and Traefik's ACME store; then, only where the repository is
+# the host's own volume (HOST_PRUNES=1), the retention policy. An off-host repository is append-only
+# to this host: its history is pruned from the admin's machine (python -m commstack backup-prune).
 set -eu
 . "$(dirname "$0")/lib.sh"
 open_repository init
 dumps="$STAGING_DIR/postgres"
+# The dumps hold every message in plaintext: never left behind, whichever way this run ends.
+trap 'rm -rf "$dumps"' EXIT
+trap 'exit 1' HUP INT TERM
 rm -rf "$dumps" && mkdir -p "$dumps"
 for db in $DATABASES; do
   # Synapse's backup guide: one-time keys are not worth restoring (clients upload fresh ones).
@@ -23,8 +28,11 @@ for path in "$MEDIA_DIR/local_content" "$MEDIA_DIR/local_thumbnails" "$SIGNING_K
   if [ -e "$path" ]; then set -- "$@" "$path"; fi
 done
 restic backup --host "$BACKUP_HOST" --tag commstack "$@"
-restic forget --quiet --host "$BACKUP_HOST" --tag commstack --group-by host,tags --prune \
-  --keep-daily "$KEEP_DAILY" --keep-weekly "$KEEP_WEEKLY" --keep-monthly "$KEEP_MONTHLY"
-rm -rf "$dumps"
+if [ "${HOST_PRUNES:-0}" = 1 ]; then
+  # Grouped by host only: a snapshot's other tags (drill results of older versions) must not make it a
+  # group of its own that the policy never thins out.
+  restic forget --quiet --host "$BACKUP_HOST" --tag commstack --group-by host --prune \
+    --keep-daily "$KEEP_DAILY" --keep-weekly "$KEEP_WEEKLY" --keep-monthly "$KEEP_MONTHLY"
+fi
 date -u +%s >"$STAGING_DIR/last-backup"  # for health.sh
 echo "backup done"

@@ -1,20 +1,28 @@
 #!/bin/sh
 # The restore drill: restores the newest snapshot's dumps into scratch databases, checks their tables
 # against the live database and their row counts against those the backup recorded in the dump's own
-# snapshot; records the result as a tag on the snapshot.
+# snapshot; records the result in the repository as a small snapshot of its own (tags commstack-drill,
+# drill-<pass|fail>-<time>, drilled-<snapshot>): adding is all an append-only repository allows.
 set -eu
 . "$(dirname "$0")/lib.sh"
 open_repository
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
-snapshot=$(restic snapshots --host "$BACKUP_HOST" --tag commstack --latest 1 --json | sed -n 's/.*"short_id":"\([0-9a-f]*\)".*/\1/p' | tail -n 1)
+snapshot=$(restic snapshots --no-lock --host "$BACKUP_HOST" --tag commstack --latest 1 --json | sed -n 's/.*"short_id":"\([0-9a-f]*\)".*/\1/p' | tail -n 1)
 [ -n "$snapshot" ] || fail "there is no snapshot to drill"
 work="$STAGING_DIR/drill"
-problems=""
-record() {
-  result=$1
-  restic tag --quiet --host "$BACKUP_HOST" --add "drill-$result-$stamp" "$snapshot" >/dev/null 2>&1 || true
+# The restored dumps and the scratch databases hold every message: gone again however the drill ends.
+cleanup() {
   rm -rf "$work"
   for db in $DATABASES; do psql -X -q -d postgres -c "drop database if exists drill_$db" >/dev/null 2>&1 || true; done
+}
+trap cleanup EXIT
+trap 'exit 1' HUP INT TERM
+problems=""
+record() {
+  printf 'restore drill of snapshot %s at %s: %s\n%s\n' "$snapshot" "$stamp" "$1" "$problems" \
+    | restic backup --quiet --host "$BACKUP_HOST" --tag "commstack-drill,drill-$1-$stamp,drilled-$snapshot" \
+        --stdin --stdin-filename drill-report.txt >/dev/null 2>&1 \
+    || echo "warning: could not record the drill's result in the repository" >&2
 }
 rm -rf "$work" && mkdir -p "$work"
 if ! restic check --quiet >"$work/check.log" 2>&1; then

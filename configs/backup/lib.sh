@@ -2,7 +2,8 @@
 . "$(dirname "$0")/env.sh"
 export LC_ALL=C  # one sort order for join, awk and the comparisons
 export PGOPTIONS="--client-min-messages=warning"  # no NOTICEs about what did not exist
-if [ -n "${S3_CREDENTIALS_FILE:-}" ]; then . "$S3_CREDENTIALS_FILE"; fi
+# The off-host repository's credentials (rest-server's or the S3 key), from a secret file, never the command line.
+if [ -n "${CREDENTIALS_FILE:-}" ]; then . "$CREDENTIALS_FILE"; fi
 
 fail() { echo "error: $*" >&2; exit 1; }
 

@@ -18,11 +18,14 @@ if [ "${RESTORE_OVERWRITE:-0}" != 1 ]; then
   done
 fi
 work="$STAGING_DIR/restore"
+# What is read back (every message, the signing key) is gone again however the restore ends.
+trap 'rm -rf "$work"' EXIT
+trap 'exit 1' HUP INT TERM
 rm -rf "$work" && mkdir -p "$work"
 restic restore "$snapshot" --host "$BACKUP_HOST" --tag commstack --target "$work" \
-  || { rm -rf "$work"; fail "snapshot $snapshot could not be read back (damaged repository?); nothing was changed"; }
+  || fail "snapshot $snapshot could not be read back (damaged repository?); nothing was changed"
 for db in $DATABASES; do
-  [ -f "$work$STAGING_DIR/postgres/$db.dump" ] || { rm -rf "$work"; fail "snapshot $snapshot has no dump of $db; nothing was changed"; }
+  [ -f "$work$STAGING_DIR/postgres/$db.dump" ] || fail "snapshot $snapshot has no dump of $db; nothing was changed"
 done
 for db in $DATABASES; do
   # --create recreates the database as dumped (owner, C locale for Synapse, privileges).
@@ -47,5 +50,4 @@ fi
 if [ -n "${ACME_DIR:-}" ] && [ -d "$work$ACME_DIR" ]; then
   cp -a "$work$ACME_DIR/." "$ACME_DIR/" && echo "restored the ACME store"
 fi
-rm -rf "$work"
 echo "restore of snapshot $snapshot done; start Synapse and the bridges again"

@@ -34,12 +34,15 @@ frozen=""
 new_running=0
 finish() {
   rc=$?
+  # The dumps and the roles' dump (every message, every role's password verifier) never stay behind.
+  rm -rf "$work"
   [ -f "$done_marker" ] && return 0
   if [ "$new_running" = 1 ]; then as_postgres "$NEW_BIN/pg_ctl" -D "$NEW_DATA" -m fast -w stop >/dev/null 2>&1 || true; fi
   for role in $frozen; do psql -X -q -d postgres -c "alter role \"$role\" login" >/dev/null 2>&1 || true; done
   [ -z "$frozen" ] || echo "the upgrade did not finish (exit $rc): the Postgres $OLD_MAJOR data is as it was, and $frozen may log in to it again" >&2
 }
 trap finish EXIT
+trap 'exit 1' HUP INT TERM
 
 version=$(psql -X -At -d postgres -c "show server_version_num" 2>&1) \
   || fail "cannot reach the Postgres $OLD_MAJOR server at $PGHOST:$PGPORT ($version); nothing was changed"
@@ -112,6 +115,5 @@ new_running=0
 echo "step 6/6: marking the new data directory done"
 rm -f "$started_marker"
 as_postgres sh -c "date -u +%Y-%m-%dT%H:%M:%SZ >'$done_marker'"
-rm -rf "$work"
 echo "the upgrade from Postgres $OLD_MAJOR to $NEW_MAJOR is done. The old data stays untouched in its volume for a rollback."
 echo "next: pulumi config set commstack:postgresMajor $NEW_MAJOR && pulumi up (the postgres container switches to Postgres $NEW_MAJOR)"

@@ -191,6 +191,15 @@ def assemble(manifest, store):
             raise SystemExit(f"missing {stored} for {path}; run first-boot (or `pulumi up` for program values)")
         _set(config, path, value)
     _write_private(out["config_out"], yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=100000))
+    server_user = manifest.get("server_user")
+    if server_user:
+        # The two files the server reads, and no others: the TLS key stays root's (nginx), the registration
+        # secrets their container user's.
+        import pwd
+
+        entry = pwd.getpwnam(server_user)
+        for path in (out["bundle"], out["config_out"]):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
     registration = manifest.get("registration_secrets")
     if registration:
         secrets = {}

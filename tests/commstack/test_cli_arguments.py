@@ -92,6 +92,13 @@ CASES = [
     ("backup-missing-scripts", ["backup", "--scripts-dir", "{tmp}/no-such-dir"], "", None, "error"),
     ("backups-no-docker", ["backups", "--json"], "", None, "error"),
     ("restore-no-docker", ["restore", "--snapshot", "zzz"], "", None, "error"),
+    # backup-prune runs restic on this machine; each of these fails before it does.
+    ("backup-prune-nothing", ["backup-prune"], "", 1, "give --repository"),
+    ("backup-prune-negative", ["backup-prune", "--keep-daily", "-1"], "", "usage", "must be 0 or more"),
+    ("backup-prune-unknown-stack", ["backup-prune", "--stack", "nosuch"], "", 1, "no stack named 'nosuch' found"),
+    ("backup-prune-no-password", ["backup-prune", "--repository", "s3:x/y/restic"], "", 1, "give --password-file"),
+    ("backup-prune-password-dir", ["backup-prune", "--repository", "s3:x/y/restic", "--password-file", "{tmp}/notes"],
+     "", 1, "is not a file"),
     # signal-restore refuses each of these before it sends anything to AWS.
     ("signal-restore-no-what", ["signal-restore"], "", "usage", "the following arguments are required: WHAT"),
     ("signal-restore-unknown-stack", ["signal-restore", "tables", "--stack", "nosuch", "--latest"], "", 2,

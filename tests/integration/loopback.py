@@ -13,6 +13,7 @@ says why in one line.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -305,7 +306,8 @@ def traefik_dynamic(config: dict, *, root: Path, ports: LoopbackPorts, config_di
 
 
 def backup_env(text: str, *, root: Path, job_root: Path, ports: LoopbackPorts, tools: list[str],
-               repository: str | None = None, s3_credentials: str | None = None) -> str:
+               repository: str | None = None, credentials: str | None = None,
+               extra: dict[str, str] | None = None) -> str:
     """The backup job's env.sh for loopback: each `export KEY=value` line re-quoted after its change."""
     import shlex
 
@@ -325,10 +327,11 @@ def backup_env(text: str, *, root: Path, job_root: Path, ports: LoopbackPorts, t
             values[key] = str(host_path(job_root, "backup", values[key]))
     if values["RESTIC_REPOSITORY"].startswith("/"):
         values["RESTIC_REPOSITORY"] = str(host_path(job_root, "backup", values["RESTIC_REPOSITORY"]))
-    if repository is not None:  # another repository for this run (moto's S3 on loopback)
+    if repository is not None:  # another repository for this run (moto's S3 or rest-server on loopback)
         values["RESTIC_REPOSITORY"] = repository
-    if s3_credentials is not None:
-        values["S3_CREDENTIALS_FILE"] = s3_credentials
+    if credentials is not None:  # an off-host repository's credentials file
+        values["CREDENTIALS_FILE"] = credentials
+    values.update(extra or {})  # what the render of an off-host target sets (HOST_PRUNES, RESTIC_CACERT)
     # restic and the Postgres clients: the image's -> the Go build of the pinned restic and Debian's.
     values["PATH"] = os.pathsep.join([*tools, os.environ.get("PATH", "")])
     return "".join(f"export {key}={shlex.quote(value)}\n" for key, value in values.items())
@@ -398,9 +401,14 @@ def signal_server_config(config: dict, *, ports: SignalJvmPorts, redis_port: int
         section["uri"] = _redis_uri(section["uri"], redis_port)
     # registration-service's container port -> its free loopback port (the name resolves by jvm_hosts_file).
     adapted["registrationService"]["port"] = ports.registration
-    # Dropwizard's defaults (8080 and 8081 on every interface) -> free loopback ports.
-    adapted["server"] = {"applicationConnectors": [{"type": "http", "bindHost": LOOPBACK, "port": ports.server}],
-                         "adminConnectors": [{"type": "http", "bindHost": LOOPBACK, "port": ports.admin}]}
+    # The rendered connectors' ports -> free loopback ports; a bind on every interface (the Docker target's
+    # application port, which the proxy reaches over its network) -> loopback, as every harness program binds.
+    # A loopback bind stays as rendered: test_signal_jvm checks where the admin port really listens.
+    for connectors, port in (("applicationConnectors", ports.server), ("adminConnectors", ports.admin)):
+        connector, = adapted["server"][connectors]
+        connector["port"] = port
+        if connector["bindHost"] in ("0.0.0.0", "::"):
+            connector["bindHost"] = LOOPBACK
     return adapted
 
 
@@ -617,3 +625,22 @@ def listen_on_loopback(command: list[str], port: int) -> list[str]:
     """`--web.listen-address=...` (Prometheus, Alertmanager, blackbox_exporter) -> loopback only."""
     return [f"--web.listen-address={LOOPBACK}:{port}" if flag.startswith("--web.listen-address=") else flag
             for flag in command]
+
+
+def redis_exporter_files(command: list[str], passwords: str, *, root: Path, ports: LoopbackPorts,
+                         listen_port: int) -> tuple[list[str], str]:
+    """redis_exporter's flags and password file for loopback: Synapse's Redis (container `synapse-redis`) at
+    the harness's port, the password file in the temp dir, a loopback listener."""
+    from components.matrix import monitoring
+
+    redis = f"redis://{LOOPBACK}:{ports.synapse_redis}"
+    adapted = []
+    for flag in command:
+        if flag.startswith("--redis.addr="):
+            flag = f"--redis.addr={redis}"  # container hostname -> the harness's redis-server
+        elif flag.startswith("--redis.password-file="):
+            flag = f"--redis.password-file={host_path(root, monitoring.REDIS_EXPORTER, monitoring.REDIS_PASSWORD_FILE)}"
+        adapted.append(flag)
+    # The file's key is the address it scrapes: the same move.
+    rekeyed = {redis: password for password in json.loads(passwords).values()}
+    return listen_on_loopback(adapted, listen_port), json.dumps(rekeyed)

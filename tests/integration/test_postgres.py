@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 import psycopg2
 import pytest
+
+from tests.integration.loopback import host_path
 
 
 def _credentials(harness) -> dict[str, dict]:
@@ -58,3 +61,31 @@ def test_synapse_database_has_c_collation(harness):
     done = harness.psql_superuser("-At", "-c", "select datcollate, datctype, pg_encoding_to_char(encoding) "
                                               "from pg_database where datname = 'synapse'")
     assert done.stdout.strip() == "C|C|UTF8"
+
+
+def _init_sql(harness) -> str:
+    return harness.rendered.text("postgres-init", harness.init_sql_path)
+
+
+def test_roles_get_scram_verifiers_and_the_plaintext_never_reaches_postgres(harness):
+    """The init SQL gives Postgres each role's SCRAM-SHA-256 verifier: the role logs in with its password
+    (test_each_role_reaches_its_own_database), Postgres stores exactly that verifier, and with every statement
+    logged, a run of the init SQL leaves no password in the server's log."""
+    creds = _credentials(harness)
+    sql = _init_sql(harness)
+    log = next(s.log for s in harness.services if s.name == "postgres")
+    for service, own in creds.items():
+        assert own["password"] not in sql, service
+        verifier = re.search(rf"^ALTER ROLE {own['user']} .* PASSWORD '(SCRAM-SHA-256\$[^']+)';$", sql, re.M).group(1)
+        stored = harness.psql_superuser("-At", "-c", f"select rolpassword from pg_authid where rolname = '{own['user']}'")
+        assert stored.stdout.strip() == verifier, service
+    logged_from = log.stat().st_size
+    done = harness.psql_superuser("-c", "set log_statement = 'all'",
+                                  "-f", str(host_path(harness.root, "postgres-init", harness.init_sql_path)))
+    assert done.returncode == 0, done.stderr
+    logged = log.read_bytes()[logged_from:].decode(errors="replace")
+    assert "ALTER ROLE synapse WITH LOGIN" in logged and "PASSWORD 'SCRAM-SHA-256$4096:" in logged
+    for service, own in creds.items():
+        assert own["password"] not in logged, service
+    # ... and the roles still log in after the re-run.
+    test_each_role_reaches_its_own_database(harness)

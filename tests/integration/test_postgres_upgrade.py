@@ -132,10 +132,16 @@ def can_log_in(harness, role: str) -> bool:
 
 
 def snapshot_count(scripts: Path) -> int:
-    import json
+    return len(snapshot_ids(scripts))
+
+
+def snapshot_ids(scripts: Path) -> list[str]:
+    """The stack's snapshots (not the drills' records), oldest first."""
+    from commstack.operations import backup as backup_cli
+
     done = run(scripts, "snapshots.sh")
     assert done.returncode == 0, done.stderr
-    return len(json.loads(done.stdout or "[]"))
+    return [s.short_id for s in backup_cli.parse_snapshots(done.stdout)]
 
 
 def swap_to_new_major(stack, new_data: Path) -> None:
@@ -175,12 +181,48 @@ def test_a_failed_backup_stops_the_upgrade_before_anything_changes(stack):
     assert snapshot_count(scripts) == snapshots
 
 
+def test_an_upgrade_that_fails_after_its_dumps_leaves_none_behind(stack):
+    """The dumps hold every message and the roles' dump every role's password verifier: whatever stops the job
+    after step 3, they are gone, and the old major's roles log in again."""
+    harness = stack.harness
+    scripts = upgrade_job(stack)
+    # The new major's programs, but an initdb that fails: the job stops at step 4, after dumping everything.
+    broken = harness.root / "postgres-16-broken-initdb"
+    broken.mkdir(exist_ok=True)
+    for program in stack.new_bin.iterdir():
+        if not (broken / program.name).exists():
+            (broken / program.name).symlink_to(program)
+    (broken / "initdb").unlink()
+    (broken / "initdb").write_text("#!/bin/sh\necho 'initdb: disk full' >&2\nexit 1\n")
+    (broken / "initdb").chmod(0o755)
+    # upgrade.sh reads NEW_BIN from upgrade-env.sh (after env.sh): a copy of the job with that one line changed.
+    variant = scripts.parent / "commstack-broken-initdb"
+    if not variant.exists():
+        shutil.copytree(scripts, variant)
+        with (variant / "upgrade-env.sh").open("a") as env:
+            env.write(f"export NEW_BIN={shlex.quote(str(broken))}\n")
+    done = run(variant, "upgrade.sh")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "step 3/6" in done.stdout and "initdb of Postgres 16 failed" in done.stderr, done.stdout + done.stderr
+    staging = scripts.parent / "backup" / "staging"
+    assert not (staging / "upgrade").exists(), sorted(p.name for p in (staging / "upgrade").iterdir())
+    assert not (staging / "postgres").exists()  # the backup's own dumps too
+    assert can_log_in(harness, "synapse")
+    new_data = harness.root / f"postgres-data-{NEW_MAJOR}"
+    assert not new_data.exists() or not any(new_data.iterdir())
+    # Step 2 ended Synapse's sessions; its pool reconnects, one failed request per dead connection, and the old
+    # major serves again.
+    wait_until("synapse on Postgres 15 again", lambda: requests.get(
+        f"{harness.synapse_url}/_matrix/client/v3/register/available?username=nobody-yet", timeout=5).status_code == 200,
+        timeout=60)
+
+
 def test_upgrade_from_15_to_16_keeps_every_row_and_synapse_boots_on_16(stack):
     harness = stack.harness
     scripts = upgrade_job(stack)
     seeded = seed_history(stack)
     keys_before = server_keys(harness.synapse_url)
-    snapshots_before = snapshot_count(scripts)
+    snapshots_before = snapshot_ids(scripts)
     old_data = harness.root / "postgres-data"
     new_data = harness.root / f"postgres-data-{NEW_MAJOR}"
 
@@ -189,7 +231,8 @@ def test_upgrade_from_15_to_16_keeps_every_row_and_synapse_boots_on_16(stack):
     for step in range(1, 7):
         assert f"step {step}/6" in done.stdout, step
     assert "synapse: " in done.stdout and f"as in Postgres {OLD_MAJOR}" in done.stdout
-    assert snapshot_count(scripts) == snapshots_before + 1  # the backup came first
+    # The backup came first: a snapshot none of the earlier ones (the job's retention may have thinned those).
+    assert snapshot_ids(scripts)[-1] not in snapshots_before
     assert (new_data / "PG_VERSION").read_text().strip() == str(NEW_MAJOR)
     assert (new_data / component.done_marker(OLD_MAJOR)).is_file()
     assert not (new_data / "commstack-upgrade-started").exists()

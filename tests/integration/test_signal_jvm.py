@@ -32,6 +32,7 @@ import requests
 import yaml
 
 from components.signal.local import AWS_LOCAL_ALIAS, REGISTRATION_ALIAS, aws_hostnames
+from components.signal.registration import LAST_DIGITS_SENDER
 from components.signal.version import SIGNAL_CONFIGS, get_dotted, load_version
 from tests.integration import loopback
 from tests.integration.harness import free_port, harness_config, loopback_yaml, tcp_open, wait_until
@@ -438,17 +439,28 @@ def selfhosted_registration(harness):
     wait_until("registration-service (selfhosted)", lambda: tcp_open(port), service.process, service.log,
                timeout=JVM_BOOT_SECONDS)
 
+    return {"environments": envs["MICRONAUT_ENVIRONMENTS"], "cli": _registration_cli(hosts, port, host_path(
+                root, container, "/etc/registration/cert.pem")), "log": service.log,
+            "config": yaml.safe_load(rendered.text(container, config_path)), "sessions": {}}
+
+
+def _registration_cli(hosts: Path, port: int, certificate: Path):
     def cli(*args: str) -> subprocess.CompletedProcess:
         """registration-service's own gRPC client (org.signal.registration.cli, in its jar), over the TLS the
         program configures, trusting the program's internal certificate."""
         return subprocess.run([
             f"{JAVA_HOME}/bin/java", f"-Djdk.net.hosts.file={hosts}", "-cp", os.environ["COMMSTACK_REGISTRATION_JAR"],
             "org.signal.registration.cli.RegistrationClient", f"--host={REGISTRATION_ALIAS}", f"--port={port}",
-            f"--trusted-server-certificate={host_path(root, container, '/etc/registration/cert.pem')}", *args],
+            f"--trusted-server-certificate={certificate}", *args],
             capture_output=True, text=True, timeout=180)
 
-    return {"environments": envs["MICRONAUT_ENVIRONMENTS"], "cli": cli, "log": service.log,
-            "config": yaml.safe_load(rendered.text(container, config_path))}
+    return cli
+
+
+def _session(created: subprocess.CompletedProcess) -> str:
+    found = re.search(r"Created registration session ([0-9a-f]+)", created.stdout)
+    assert found, created.stdout + created.stderr
+    return found.group(1)
 
 
 def test_the_twilio_stack_runs_registration_service_in_the_selfhosted_environment(selfhosted_registration):
@@ -456,23 +468,43 @@ def test_the_twilio_stack_runs_registration_service_in_the_selfhosted_environmen
     log = selfhosted_registration["log"].read_text(errors="replace")
     assert "Established active environments: [selfhosted]" in log
     assert "commstack selfhosted: 1 allowed numbers" in log
+    # Upstream's per-number limit (application.yml rate-limits.leaky-bucket.session-creation), restored.
+    assert "per number at most 5 sessions, one more every PT4H48M, PT1M apart" in log
     assert selfhosted_registration["config"]["selection"]["sms"]["fallback-senders"] == ["twilio-verify"]
 
 
 def test_only_a_listed_number_can_start_a_registration(selfhosted_registration):
     cli = selfhosted_registration["cli"]
-    listed = cli("create-session", LISTED.lstrip("+"))
-    assert "Created registration session" in listed.stdout, listed.stdout + listed.stderr
+    selfhosted_registration["sessions"]["listed"] = _session(cli("create-session", LISTED.lstrip("+")))
     other = cli("create-session", "15550100999")
     assert "Could not create session" in other.stderr and "RATE_LIMITED" in other.stderr, other.stdout + other.stderr
 
 
-def test_the_last_six_digits_never_verify_a_number_outside_the_dev_environment(selfhosted_registration):
+def test_a_listed_number_gets_no_second_session_within_the_minute(selfhosted_registration):
+    # The first one is test_only_a_listed_number_can_start_a_registration's (a minute apart at least).
+    assert selfhosted_registration["sessions"].get("listed")
+    again = selfhosted_registration["cli"]("create-session", LISTED.lstrip("+"))
+    assert "Could not create session" in again.stderr and "RATE_LIMITED" in again.stderr, again.stdout + again.stderr
+
+
+def _last_digits_verify(cli, session_id: str, number: str) -> subprocess.CompletedProcess:
+    """Asks for the last-six-digits sender by name (any gRPC client may name a sender: SendVerificationCodeRequest
+    sender_name, WeightedSelector.chooseVerificationCodeSender), then checks the number's last six digits."""
+    cli("send-verification-code", "--sender-name", LAST_DIGITS_SENDER, session_id)
+    return cli("check-verification-code", session_id, number[-6:])
+
+
+def test_the_last_six_digits_never_verify_a_number_outside_the_dev_environment(selfhosted_registration, signal_jvm):
+    # Control, so this test can fail: the same requests verify a number on the dev stack's registration-service
+    # (the last-six-digits sender exists there).
+    dev_cli = _registration_cli(signal_jvm.hosts_file, signal_jvm.ports.registration, host_path(
+        signal_jvm.root, signal_jvm.registration_container, "/etc/registration/cert.pem"))
+    number = "+15550100321"
+    control = _last_digits_verify(dev_cli, _session(dev_cli("create-session", number.lstrip("+"))), number)
+    assert "Session verified" in control.stdout, control.stdout + control.stderr
+    # In the selfhosted environment no such sender exists: the name falls through to Twilio Verify, which cannot be
+    # reached here, and the last six digits verify nothing.
     cli = selfhosted_registration["cli"]
-    created = cli("create-session", LISTED.lstrip("+"))
-    session_id = re.search(r"Created registration session ([0-9a-f]+)", created.stdout).group(1)
-    sent = cli("send-verification-code", session_id)  # Twilio Verify is the only sender; it cannot be reached here
-    checked = cli("check-verification-code", session_id, LISTED[-6:])
-    assert "Session verified" not in checked.stdout, sent.stdout + sent.stderr + checked.stdout + checked.stderr
-    log = selfhosted_registration["log"].read_text(errors="replace")
-    assert "last-digits-of-phone-number" not in log
+    session_id = selfhosted_registration["sessions"].get("listed") or _session(cli("create-session", LISTED.lstrip("+")))
+    checked = _last_digits_verify(cli, session_id, LISTED)
+    assert "Session verified" not in checked.stdout, checked.stdout + checked.stderr

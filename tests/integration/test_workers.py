@@ -426,6 +426,38 @@ def test_the_load_bench_loads_the_monolith_and_the_preset_with_real_traffic(harn
     assert preset["cpu_seconds"]["synapse-sync-1"] > 0 and preset["cpu_seconds"]["synapse-writer-1"] > 0
 
 
+def test_the_redis_exporter_reads_the_workers_redis(worker_harness):
+    """Monitoring with workers: the pinned redis_exporter (built from the Go module proxy) with its rendered
+    flags and password file reads this deployment's Redis (redis_up 1), and a wrong password reads nothing."""
+    import json
+
+    import requests
+
+    from components.matrix import monitoring
+    from tests.integration import gobuild
+    from tests.integration.harness import free_port, wait_until
+
+    rendered = worker_harness.rendered
+    passwords = rendered.text(monitoring.REDIS_EXPORTER, monitoring.REDIS_PASSWORD_FILE)
+    for password, expected in ((None, "redis_up 1"), ("not-the-password", "redis_up 0")):
+        port = free_port()
+        command, file_content = loopback.redis_exporter_files(
+            rendered.commands[monitoring.REDIS_EXPORTER], passwords, root=worker_harness.root,
+            ports=worker_harness.ports, listen_port=port)
+        if password is not None:
+            file_content = json.dumps({key: password for key in json.loads(file_content)})
+        worker_harness.write(monitoring.REDIS_EXPORTER, monitoring.REDIS_PASSWORD_FILE, file_content, mode=0o600)
+        service = worker_harness.spawn(f"redis-exporter-{port}", [str(gobuild.binary("redis-exporter")), *command])
+        try:
+            wait_until("redis_exporter", lambda: requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok,
+                       service.process, service.log)
+            metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            assert expected in metrics.splitlines(), [line for line in metrics.splitlines() if "redis_up" in line]
+        finally:
+            service.process.terminate()
+            service.process.wait(timeout=10)
+
+
 def test_a_stopped_worker_is_routed_around_or_reported(worker_harness, users):
     """Last in the file: it stops two workers for good (nothing after this file uses the deployment)."""
     wh = worker_harness

@@ -10,7 +10,8 @@ import yaml
 from commstack.devtools import offline
 
 WORKFLOW = offline.ROOT / ".github/workflows/preview.yml"
-PINNED_ACTION = re.compile(r"^[\w.-]+/[\w.-]+@v\d+(\.\d+){0,2}$")
+# A full commit SHA (tests/integration/test_actionlint.py checks each is its release's commit).
+PINNED_ACTION = re.compile(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}")
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +24,7 @@ def steps(workflow: dict, job: str) -> list[dict]:
 
 
 def step_using(workflow: dict, job: str, action: str) -> dict:
+    """The one step of `job` that uses `action` (pinned by commit: `action@<sha>`)."""
     found, = [s for s in steps(workflow, job) if s.get("uses", "").startswith(f"{action}@")]
     return found
 
@@ -38,10 +40,28 @@ def test_runs_on_pull_requests_with_least_permissions(workflow):
     assert {"test", "render-diff", "preview"} <= set(workflow["jobs"])
 
 
-def test_every_action_is_pinned_to_a_release(workflow):
+def test_every_action_is_pinned_by_commit(workflow):
     uses = [s["uses"] for job in workflow["jobs"].values() for s in job["steps"] if "uses" in s]
-    assert uses and all(PINNED_ACTION.match(u) for u in uses), uses
-    assert "pulumi/actions@v7" in uses
+    assert uses and all(PINNED_ACTION.fullmatch(u) for u in uses), uses
+    assert "pulumi/actions@8e5e406f4007fca908480587cb9893c07090f58d" in uses  # v7.0.0
+
+
+def test_the_pulumi_cli_is_a_pinned_release_checked_before_it_runs(workflow):
+    preview = steps(workflow, "preview")
+    install = next(s for s in preview if "sha256sum -c" in s.get("run", ""))
+    pulumi = step_using(workflow, "preview", "pulumi/actions")
+    assert preview.index(install) < preview.index(pulumi)
+    version, digest = install["env"]["PULUMI_VERSION"], install["env"]["PULUMI_SHA256"]
+    assert re.fullmatch(r"3\.\d+\.\d+", version) and re.fullmatch(r"[0-9a-f]{64}", digest)
+    # The action finds that very version installed and downloads nothing of its own.
+    assert pulumi["with"]["pulumi-version"] == version
+    script = install["run"]
+    assert script.index("curl ") < script.index("sha256sum -c") < script.index("tar -x")
+    piped_to_a_shell = re.compile(r"\|\s*(sudo\s+)?(sh|bash)\b")
+    for job in workflow["jobs"].values():
+        for step in job["steps"]:
+            assert not piped_to_a_shell.search(step.get("run", "")), step
+    assert piped_to_a_shell.search("curl -fsSL https://get.pulumi.com | sh")  # the check can fail
 
 
 def test_test_job_runs_the_test_command(workflow):

@@ -92,6 +92,16 @@ def certificate_domains(node) -> set[str]:
     return found
 
 
+def verifier_of(password: str, like: str) -> str:
+    """The SCRAM-SHA-256 verifier of `password` with the salt and iterations of the verifier `like`."""
+    import base64
+
+    from components.matrix.postgres import scram_sha256_verifier
+
+    iterations, salt = like.split("$")[1].split(":")
+    return scram_sha256_verifier(password, base64.b64decode(salt), int(iterations))
+
+
 def role_passwords(init_sql: str) -> dict[str, str]:
     return dict(re.findall(r"^ALTER ROLE (\w+) WITH .* PASSWORD '([^']*)';$", init_sql, flags=re.M))
 
@@ -152,12 +162,13 @@ def test_shared_values_are_equal_on_both_sides(recorded, tmp_path):
         assert len(set(passwords.values())) == 3
         db = homeserver["database"]["args"]
         assert (db["user"], db["database"], db["host"], db["port"]) == ("synapse", "synapse", "postgres", 5432)
-        assert db["password"] == passwords["synapse"]
+        # Postgres gets each role's SCRAM verifier: the consumer's password is the one it was made from.
+        assert verifier_of(db["password"], passwords["synapse"]) == passwords["synapse"]
         assert "SELECT 'CREATE DATABASE synapse WITH OWNER synapse ENCODING ''UTF8'' LC_COLLATE ''C''" in init_sql
         for kind in ("whatsapp", "telegram"):
             uri = urlsplit(yaml.safe_load(uploads(recorded, f"bridge-{kind}")["/data/config.yaml"])["database"]["uri"])
             assert (uri.username, uri.hostname, uri.path) == (f"mautrix_{kind}", "postgres", f"/mautrix_{kind}")
-            assert uri.password == passwords[f"mautrix_{kind}"]
+            assert verifier_of(uri.password, passwords[f"mautrix_{kind}"]) == passwords[f"mautrix_{kind}"]
 
         # Routing: the apex and matrix host reach Synapse only through the well-known nginx.
         dynamic = yaml.safe_load(uploads(recorded, "proxy")["/etc/traefik/dynamic.yml"])

@@ -1,5 +1,8 @@
 """Postgres: the init SQL, the provisioner job and the credentials it hands out."""
 
+import base64
+import hashlib
+import hmac
 import re
 from urllib.parse import urlsplit
 
@@ -8,7 +11,7 @@ import pytest
 
 from commstack.devtools import offline
 from components.matrix.postgres import (
-    INIT_SQL_PATH, DatabaseSpec, Postgres, PostgresArgs, render_init_sql,
+    INIT_SQL_PATH, DatabaseSpec, Postgres, PostgresArgs, render_init_sql, scram_sha256_verifier,
 )
 
 SYNAPSE_DB = DatabaseSpec("synapse", "synapse", synapse_locale=True, connection_limit=15)
@@ -19,11 +22,43 @@ def statements(sql: str) -> list[str]:
     return [line for line in sql.splitlines() if line and not line.startswith("--")]
 
 
+SALT = bytes(range(16))
+VERIFIERS = {name: scram_sha256_verifier(password, SALT) for name, password in (("synapse", "pwsynapse1"),
+                                                                                 ("bridge", "pwbridge2"))}
+
+
+def scram_proof_matches(verifier: str, password: str) -> bool:
+    """What the server checks in a SCRAM exchange (RFC 5802 section 3), from the client's side: the ClientKey
+    derived from the password hashes to the verifier's StoredKey, and its ServerKey is the password's."""
+    scheme, parameters, keys = verifier.split("$")
+    iterations, salt = parameters.split(":")
+    stored_b64, server_b64 = keys.split(":")
+    assert scheme == "SCRAM-SHA-256"
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(salt), int(iterations))
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    return (hashlib.sha256(client_key).digest() == base64.b64decode(stored_b64)
+            and hmac.new(salted, b"Server Key", hashlib.sha256).digest() == base64.b64decode(server_b64))
+
+
+def test_scram_verifier_has_postgres_shape_and_matches_only_its_password():
+    verifier = scram_sha256_verifier("pwsynapse1", SALT)
+    assert re.fullmatch(r"SCRAM-SHA-256\$4096:AAECAwQFBgcICQoLDA0ODw==\$[A-Za-z0-9+/]{43}=:[A-Za-z0-9+/]{43}=", verifier)
+    assert scram_proof_matches(verifier, "pwsynapse1")
+    assert not scram_proof_matches(verifier, "pwsynapse2")
+    assert scram_sha256_verifier("pwsynapse1", bytes(16)) != verifier  # the salt is in it
+
+
+@pytest.mark.parametrize("password, salt", [("", SALT), ("naïve", SALT), ("tab\there", SALT), ("ok", b"short")])
+def test_scram_verifier_refuses_what_postgres_would_hash_differently(password, salt):
+    with pytest.raises(ValueError):
+        scram_sha256_verifier(password, salt)
+
+
 def test_init_sql_creates_each_role_and_database_guarded_for_reruns():
-    sql = render_init_sql([(SYNAPSE_DB, "pwsynapse1"), (BRIDGE_DB, "pwbridge2")])
+    sql = render_init_sql([(SYNAPSE_DB, VERIFIERS["synapse"]), (BRIDGE_DB, VERIFIERS["bridge"])])
     lines = statements(sql)
     assert lines[0] == "\\set ON_ERROR_STOP on"
-    for spec, password in ((SYNAPSE_DB, "pwsynapse1"), (BRIDGE_DB, "pwbridge2")):
+    for spec, password in ((SYNAPSE_DB, VERIFIERS["synapse"]), (BRIDGE_DB, VERIFIERS["bridge"])):
         create_role = [l for l in lines if l.startswith(f"SELECT 'CREATE ROLE {spec.owner}'")]
         assert len(create_role) == 1 and create_role[0].endswith("\\gexec")
         assert f"WHERE rolname = '{spec.owner}'" in create_role[0]
@@ -39,7 +74,7 @@ def test_init_sql_creates_each_role_and_database_guarded_for_reruns():
 
 
 def test_only_the_synapse_database_gets_c_locale_and_a_locale_guard():
-    lines = statements(render_init_sql([(SYNAPSE_DB, "a1"), (BRIDGE_DB, "b2")]))
+    lines = statements(render_init_sql([(SYNAPSE_DB, VERIFIERS["synapse"]), (BRIDGE_DB, VERIFIERS["bridge"])]))
     synapse_create = next(l for l in lines if l.startswith("SELECT 'CREATE DATABASE synapse "))
     bridge_create = next(l for l in lines if l.startswith("SELECT 'CREATE DATABASE mautrix_whatsapp "))
     assert re.search(r"ENCODING ''UTF8'' LC_COLLATE ''C'' LC_CTYPE ''C'' TEMPLATE template0'", synapse_create)
@@ -48,18 +83,20 @@ def test_only_the_synapse_database_gets_c_locale_and_a_locale_guard():
     assert len(guards) == 1 and "datname = 'synapse'" in guards[0] and "RAISE EXCEPTION" in guards[0]
 
 
-def test_password_literal_is_quoted():
-    sql = render_init_sql([(BRIDGE_DB, "it's")])
-    assert "PASSWORD 'it''s';" in sql
+V = VERIFIERS["bridge"]
 
 
 @pytest.mark.parametrize("databases, message", [
-    ([(DatabaseSpec("Synapse", "synapse"), "pw")], "identifier"),
-    ([(DatabaseSpec("synapse", "drop table;"), "pw")], "identifier"),
-    ([(DatabaseSpec("x", "x"), "")], "password"),
-    ([(DatabaseSpec("x", "x"), "a"), (DatabaseSpec("x", "y"), "b")], "unique"),
-    ([(DatabaseSpec("x", "x", connection_limit=0), "pw")], "connection limit"),
-    ([(DatabaseSpec("x", "x", connection_limit="5; DROP ROLE x"), "pw")], "connection limit"),
+    ([(DatabaseSpec("Synapse", "synapse"), V)], "identifier"),
+    ([(DatabaseSpec("synapse", "drop table;"), V)], "identifier"),
+    ([(DatabaseSpec("synapse\n", "synapse"), V)], "identifier"),
+    ([(DatabaseSpec("x", "x"), "")], "verifier"),
+    # A plaintext password is refused: it would reach the server, its log and pg_stat_activity.
+    ([(DatabaseSpec("x", "x"), "pwbridge2")], "verifier"),
+    ([(DatabaseSpec("x", "x"), V + "'; drop role x; --")], "verifier"),
+    ([(DatabaseSpec("x", "x"), V), (DatabaseSpec("x", "y"), V)], "unique"),
+    ([(DatabaseSpec("x", "x", connection_limit=0), V)], "connection limit"),
+    ([(DatabaseSpec("x", "x", connection_limit="5; DROP ROLE x"), V)], "connection limit"),
 ])
 def test_init_sql_rejects_unsafe_input(databases, message):
     with pytest.raises(ValueError, match=message):
@@ -118,8 +155,18 @@ def test_postgres_provisions_by_job_and_hands_out_matching_credentials(recorded)
             assert superuser_password not in str(offline.unwrap(reg.inputs.get("envs"))), reg.name
         assert INIT_SQL_PATH in job["command"][0] and "ON_ERROR_STOP=1" in job["command"][0]
         sql = upload["content"]
-        assert f"ALTER ROLE synapse WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 15 PASSWORD '{synapse_password}';" in sql
-        assert f"PASSWORD '{bridge_password}';" in sql
+        # Postgres gets each role's SCRAM verifier, never the password itself.
+        assert synapse_password not in sql and bridge_password not in sql
+        alter = re.search(r"^ALTER ROLE synapse WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+                          r"NOBYPASSRLS CONNECTION LIMIT 15 PASSWORD '(SCRAM-SHA-256\$4096:[^']+)';$", sql, re.M)
+        assert alter and scram_proof_matches(alter.group(1), synapse_password)
+        assert not scram_proof_matches(alter.group(1), bridge_password)
+        bridge_verifier = re.search(r"^ALTER ROLE mautrix_whatsapp .* PASSWORD '([^']+)';$", sql, re.M).group(1)
+        assert scram_proof_matches(bridge_verifier, bridge_password)
+        # Each role has its own salt, kept in state: the same verifier on every run.
+        assert bridge_verifier.split("$")[1] != alter.group(1).split("$")[1]
+        salts = [r for r in recorded.of_type("random:index/randomBytes:RandomBytes") if "scram-salt" in r.name]
+        assert sorted(r.name for r in salts) == ["pg-mautrix_whatsapp-scram-salt", "pg-synapse-scram-salt"]
         assert synapse_password != bridge_password and len(synapse_password) >= 32
 
         uri = urlsplit(bridge_uri)

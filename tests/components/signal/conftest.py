@@ -55,3 +55,12 @@ def missing_key_paths(config: dict, paths) -> list[str]:
         if value is None and path not in patched:
             missing.append(path)
     return missing
+
+
+def jar_build(evaluation) -> tuple[str, str]:
+    """The cloud-config's jar build: (the whole runcmd line, the script BUILD_USER runs under runuser)."""
+    import shlex
+
+    line = next(c for c in user_data(evaluation)["runcmd"] if isinstance(c, list) and "runuser" in c[2])[2]
+    words = shlex.split(line)
+    return line, words[words.index("-c", words.index("runuser")) + 1]

@@ -19,15 +19,11 @@ import boto3
 import botocore.session
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from ipaddress import ip_address
 from moto.server import ThreadedMotoServer
 
 from components.signal.storage import create_table_request
 from components.signal.version import SIGNAL_CONFIGS, load_version
+from tests.certificates import self_signed
 
 VERSION = load_version("v9.81.0")
 ROLE = "signal-local"
@@ -42,20 +38,8 @@ def _free_port() -> int:
 
 
 def _self_signed(tmp_path) -> tuple[str, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "aws-local")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return str(cert_path), str(key_path)
+    cert, key = self_signed(tmp_path, "aws-local", ips=("127.0.0.1",))
+    return str(cert), str(key)
 
 
 def _wait_for(port: int, process: subprocess.Popen) -> None:

@@ -12,7 +12,7 @@ from components.edge.ports import firewall_ranges
 from components.signal.host import PATHS, REGISTRATION_TLS_HOST
 from components.signal.server_config import NO_IDENTITY_TOKEN
 from components.signal.version import get_dotted, key_paths, load_version
-from tests.components.signal.conftest import missing_key_paths, role_policy, user_data, written_file
+from tests.components.signal.conftest import jar_build, missing_key_paths, role_policy, user_data, written_file
 from tests.conftest import ROOT, evaluate
 
 VERSION = load_version("v9.81.0")
@@ -247,7 +247,7 @@ def test_no_generated_secret_in_plaintext_on_docker(dev_evaluation):
 def test_cloud_init_builds_the_pinned_ref_and_runs_the_server_under_systemd(prod_signal):
     document = user_data(prod_signal)
     assert {"openjdk-17-jdk-headless", "git", "docker.io", "nginx", "certbot"} <= set(document["packages"])
-    fetch = next(c for c in document["runcmd"] if isinstance(c, list) and "git clone" in c[2])[2]
+    _, fetch = jar_build(prod_signal)
     assert "https://github.com/signalapp/Signal-Server" in fetch and f"checkout --detach {VERSION['commit']}" in fetch
     assert f"test \"$(git rev-parse --verify 'v9.81.0^{{commit}}')\" = {VERSION['commit']}" in fetch
     unit = written_file(prod_signal, "/etc/systemd/system/signal-server.service")

@@ -6,6 +6,7 @@ import gzip
 import os
 import re
 import shutil
+import json
 import subprocess
 
 import pulumi
@@ -18,7 +19,7 @@ from components.signal.host import (CERTBOT_RETRY_SECONDS, PATHS, USER_DATA_LIMI
 from components.signal.registration import TwilioVerify, Verification
 from components.signal.version import load_version
 from tests.conftest import write_self_signed_pair
-from tests.components.signal.conftest import user_data, user_data_text, written_file
+from tests.components.signal.conftest import jar_build, user_data, user_data_text, written_file
 
 VERSION = load_version("v9.81.0")
 TWILIO = Verification(twilio=TwilioVerify("AC" + "1" * 32, "SK" + "2" * 32, "VA" + "3" * 32, "AbCdEfGhIjK"))
@@ -62,7 +63,8 @@ def test_instance_gets_the_gzipped_cloud_config_within_the_limit(recorded):
 def test_whole_program_user_data_fits_and_is_stable(prod_signal):
     encoded = prod_signal.of_type("aws:ec2/instance:Instance")[0].plain_inputs["userDataBase64"]
     text = user_data_text(prod_signal)
-    assert len(encoded) <= USER_DATA_LIMIT
+    # EC2's limit is on the user data before base64 (host.py USER_DATA_LIMIT), here the gzip stream.
+    assert len(base64.b64decode(encoded)) <= USER_DATA_LIMIT
     # The same cloud-config always encodes the same way, so it never replaces the instance by itself.
     assert encode_user_data(text) == encoded
 
@@ -245,10 +247,52 @@ def test_the_server_checkout_fails_unless_the_tag_names_the_pinned_commit(tmp_pa
 
 
 def test_cloud_init_checks_the_server_commit_and_builds_with_strict_checksums(prod_signal):
-    fetch = next(c for c in user_data(prod_signal)["runcmd"] if isinstance(c, list) and "git clone" in c[2])[2]
+    from components.signal.host import BUILD_HOME, BUILD_USER, PATHS
+
+    line, fetch = jar_build(prod_signal)
     assert f"git checkout --detach {VERSION['commit']}" in fetch
     assert "rev-parse --verify 'v9.81.0^{commit}'" in fetch
-    assert "mvnw -C " in fetch and VERSION["build"] in fetch
+    assert VERSION["build"] in fetch and VERSION["build"].startswith("mvn -C ") and "mvnw" not in fetch
+    # The pinned Maven, checked against its SHA-512 before it runs, never the source's own unverified wrapper.
+    maven = VERSION["maven"]
+    assert fetch.index(maven["sha512"]) < fetch.index("sha512sum -c") < fetch.index(VERSION["build"])
+    assert maven["url"].endswith(f"apache-maven-{maven['version']}-bin.tar.gz")
+    # Built as the unprivileged build user in its own home; root only installs the finished jar.
+    assert line.startswith(f"install -d -o {BUILD_USER} -g {BUILD_USER} -m 0750 {BUILD_HOME} && "
+                           f"runuser -u {BUILD_USER} -- env HOME={BUILD_HOME} sh -c ")
+    assert line.endswith(f"install -m 0644 -o root -g root {BUILD_HOME}/src/{VERSION['jar']} {PATHS['jar']}")
+    users = {u["name"]: u for u in user_data(prod_signal)["users"] if isinstance(u, dict)}
+    assert users[BUILD_USER]["shell"] == "/usr/sbin/nologin" and users[BUILD_USER]["system"] is True
+
+
+@pytest.mark.parametrize("archive_matches", [True, False])
+def test_the_maven_download_is_refused_unless_its_sha512_matches(tmp_path, archive_matches):
+    import hashlib
+    import io
+    import tarfile
+
+    from components.signal.host import verified_maven_steps
+
+    tarball = io.BytesIO()
+    with tarfile.open(fileobj=tarball, mode="w:gz") as tar:
+        data = b"#!/bin/sh\necho maven\n"
+        info = tarfile.TarInfo("apache-maven-9.9.9/bin/mvn")
+        info.size, info.mode = len(data), 0o755
+        tar.addfile(info, io.BytesIO(data))
+    served = tmp_path / "served.tar.gz"
+    served.write_bytes(tarball.getvalue() if archive_matches else tarball.getvalue() + b"tampered")
+    # `curl` here hands out the served file, as Maven Central would.
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "curl").write_text(f"#!/bin/sh\nwhile [ \"$1\" != -o ]; do shift; done\ncp {served} \"$2\"\n")
+    (stub / "curl").chmod(0o755)
+    version = type(VERSION)("v9.81.0", {**VERSION.raw, "maven": {
+        "version": "9.9.9", "url": "https://repo.maven.apache.org/apache-maven-9.9.9-bin.tar.gz",
+        "sha512": hashlib.sha512(tarball.getvalue()).hexdigest()}})
+    done = subprocess.run(["sh", "-c", verified_maven_steps(version, str(tmp_path / "maven"))], capture_output=True,
+                          text=True, env={**os.environ, "PATH": f"{stub}:{os.environ['PATH']}"})
+    assert (done.returncode == 0) is archive_matches, done.stderr
+    assert (tmp_path / "maven" / "bin" / "mvn").exists() is archive_matches
 
 
 def test_the_docker_target_checks_the_server_commit_too(dev_evaluation):
@@ -308,8 +352,8 @@ def test_every_server_build_applies_the_patch_first(prod_signal, dev_evaluation)
 
     steps = server_build_steps(VERSION)
     assert steps.index(VERSION["build_patch"]) < steps.index(VERSION["build"])
-    fetch = next(c for c in user_data(prod_signal)["runcmd"] if isinstance(c, list) and "git clone" in c[2])[2]
-    assert steps in fetch
+    _, fetch = jar_build(prod_signal)
+    assert server_build_steps(VERSION, "/var/lib/signal-build/maven") in fetch
     assert dev_evaluation.named("signal-local-server-image").plain_inputs["build"]["args"]["BUILD"] == steps
 
 
@@ -319,3 +363,112 @@ def test_the_build_names_its_jar_as_the_data_file_expects_even_from_the_patched_
     forced = re.search(r"-Djgitver\.use-version=(\S+)", VERSION["build"])
     assert forced and VERSION["jar"] == f"service/target/TextSecureServer-{forced.group(1)}.jar"
     assert forced.group(1) == VERSION.ref.lstrip("v")
+
+
+# -- what the instance's units and containers may do ------------------------------------------------------------
+
+
+def test_signal_server_listens_on_loopback_only_on_the_instance(prod_signal):
+    from components.signal.host import PATHS
+
+    config = yaml.safe_load(written_file(prod_signal, PATHS["config_in"]))
+    # Without the block Dropwizard listens on every interface, the admin port's tasks included.
+    assert config["server"] == {
+        "applicationConnectors": [{"type": "http", "bindHost": "127.0.0.1", "port": 8080}],
+        "adminConnectors": [{"type": "http", "bindHost": "127.0.0.1", "port": 8081}]}
+    nginx = written_file(prod_signal, "/etc/nginx/sites-available/signal.conf")
+    assert "proxy_pass http://127.0.0.1:8080;" in nginx and "8081" not in nginx
+
+
+def test_on_docker_the_admin_port_is_the_containers_own(dev_evaluation):
+    server = next(c for c in dev_evaluation.of_type("docker:index/container:Container")
+                  if c.plain_inputs["name"].endswith("-server") and "signal" in c.plain_inputs["name"])
+    uploads = {u["file"]: u["content"] for u in server.plain_inputs["uploads"]}
+    config = yaml.safe_load(uploads["/etc/signal/config.base.yml"])
+    # The proxy reaches the application port over its network (nothing is published); the admin port answers the
+    # container's own health check only.
+    assert config["server"]["applicationConnectors"] == [{"type": "http", "bindHost": "0.0.0.0", "port": 8080}]
+    assert config["server"]["adminConnectors"] == [{"type": "http", "bindHost": "127.0.0.1", "port": 8081}]
+    assert "127.0.0.1:8081/healthcheck" in " ".join(server.plain_inputs["healthcheck"]["tests"])
+    assert not server.plain_inputs.get("ports")
+
+
+def test_registration_services_grpc_port_answers_nginx_only(prod_signal):
+    from components.signal.host import GRPC_FIREWALL_CHAIN, NGINX_USER, grpc_firewall
+
+    port = VERSION.registration_service["port"]
+    unit = _unit(written_file(prod_signal, "/etc/systemd/system/signal-redis.service"))
+    assert f"/bin/sh -c '{grpc_firewall(port)}'" in unit["ExecStartPre"]
+    rules = grpc_firewall(port)
+    assert f"-A {GRPC_FIREWALL_CHAIN} -m owner --uid-owner {NGINX_USER} -j RETURN" in rules
+    assert f"-A {GRPC_FIREWALL_CHAIN} -j REJECT" in rules
+    assert f"iptables -I OUTPUT -p tcp --dport {port} -j {GRPC_FIREWALL_CHAIN}" in rules
+    assert subprocess.run(["bash", "-n", "-c", rules]).returncode == 0
+    # nginx's TLS front is what Signal-Server's registrationService points at.
+    nginx = written_file(prod_signal, "/etc/nginx/sites-available/signal.conf")
+    assert f"grpc_pass grpc://127.0.0.1:{port};" in nginx
+
+
+def test_state_on_the_data_volume_waits_for_its_mount(prod_signal):
+    from components.signal.host import DATA
+
+    for unit_name in ("signal-redis.service", "signal-certbot.service"):
+        unit = _unit(written_file(prod_signal, f"/etc/systemd/system/{unit_name}"))
+        assert unit["RequiresMountsFor"] == [DATA], unit_name
+
+
+def test_the_server_unit_changes_no_owner_and_is_sandboxed(prod_signal):
+    from components.signal.host import PATHS, SERVER_USER
+
+    unit = _unit(written_file(prod_signal, "/etc/systemd/system/signal-server.service"))
+    assert not any("chown" in step for step in unit["ExecStartPre"])
+    assert json.loads(written_file(prod_signal, PATHS["manifest"]))["server_user"] == SERVER_USER
+    assert unit["User"] == [SERVER_USER] and unit["CapabilityBoundingSet"] == [""]
+    for key in ("NoNewPrivileges", "PrivateTmp", "PrivateDevices", "ProtectHome", "ProtectKernelTunables",
+                "ProtectKernelModules", "ProtectControlGroups", "RestrictSUIDSGID", "LockPersonality"):
+        assert unit[key] == ["true"], key
+    assert unit["ProtectSystem"] == ["strict"]
+
+
+def test_the_instances_redis_runs_unprivileged_on_its_own_data(prod_signal):
+    from components.signal.host import OPT, REDIS_UID, redis_data_dirs_command
+
+    services = yaml.safe_load(written_file(prod_signal, f"{OPT}/compose.yml"))["services"]
+    redis = {name: s for name, s in services.items() if name.startswith("redis")}
+    assert len(redis) == 7
+    for name, service in redis.items():
+        assert service["user"] == f"{REDIS_UID}:{REDIS_UID}" and service["read_only"] is True, name
+        assert service["cap_drop"] == ["ALL"] and service["security_opt"] == ["no-new-privileges:true"], name
+        assert service["mem_limit"] and service["network_mode"] == "host", name
+    unit = _unit(written_file(prod_signal, "/etc/systemd/system/signal-redis.service"))
+    assert f"/bin/sh -c '{redis_data_dirs_command()}'" in unit["ExecStartPre"]
+
+
+def test_the_zone_is_one_where_the_instance_type_is_offered(monkeypatch):
+    from components.signal.host import offered_zone
+
+    assert offered_zone("t3.large", ["eu-central-1a", "eu-central-1b"], ["eu-central-1b"]) == "eu-central-1b"
+    assert offered_zone("t3.large", ["eu-central-1a", "eu-central-1b"], ["eu-central-1a", "eu-central-1b"]) == \
+        "eu-central-1a"
+    with pytest.raises(ValueError, match="commstack:signalInstanceType"):
+        offered_zone("x9.huge", ["eu-central-1a"], ["eu-central-1c"])
+
+    # The whole program: a type offered only in the second zone puts the volume there, and the instance with it.
+    original = offline.emulate_invoke
+
+    def only_in_b(token, args):
+        found = original(token, args)
+        if token == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
+            return {**found, "locations": ["eu-central-1b"]}
+        return found
+
+    monkeypatch.setattr(offline, "emulate_invoke", only_in_b)
+    from tests.conftest import evaluate
+
+    evaluation = evaluate("prod")
+    volume = evaluation.named("signal-host-data")
+    assert volume.plain_inputs["availabilityZone"] == "eu-central-1b"
+    # An existing volume keeps its zone whatever is chosen later; the instance follows the volume.
+    assert "availabilityZone" in volume.ignore_changes
+    instance, = evaluation.of_type("aws:ec2/instance:Instance")
+    assert instance.plain_inputs["availabilityZone"] == volume.plain_outputs["availabilityZone"] == "eu-central-1b"

@@ -263,3 +263,13 @@ def test_dynamodb_local_sends_no_telemetry(dev_evaluation):
     # DynamoDB Local 2.x reports usage to AWS unless told not to (its -help: -disableTelemetry).
     command = dev_evaluation.named("signal-local-dynamodb").plain_inputs["command"]
     assert command[:2] == ["-jar", "DynamoDBLocal.jar"] and "-disableTelemetry" in command
+
+
+def test_redis_runs_as_the_images_user_with_no_capability(dev_evaluation):
+    from components.signal.redis import REDIS_USER
+
+    for reg in dev_evaluation.of_type("docker:index/container:Container"):
+        name = reg.plain_inputs["name"]
+        if name.startswith("signal-local-redis-"):
+            assert reg.plain_inputs["user"] == REDIS_USER == "999:999", name
+            assert reg.plain_inputs["capabilities"]["adds"] == [] or not reg.plain_inputs["capabilities"].get("adds"), name

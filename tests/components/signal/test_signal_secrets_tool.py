@@ -142,9 +142,10 @@ def test_ssm_store_uses_the_manifests_region_when_nothing_else_sets_one(tmp_path
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to the registration-service user needs root, as on the instance")
-def test_assemble_writes_registration_services_secrets_file_for_its_user_only(tmp_path):
+def _twilio_setup(tmp_path, **manifest_options):
+    """A Twilio stack's manifest (registration-service's secrets file included), first boot and assemble run."""
     from components.signal.host import TWILIO_SECRET_PARAMETER, registration_secret_sources
-    from components.signal.registration import RUN_UID, TwilioVerify, Verification
+    from components.signal.registration import TwilioVerify, Verification
 
     program = {**_program_values(), TWILIO_SECRET_PARAMETER: "twilio-secret-value"}
     paths, env = _setup(tmp_path, program=program)
@@ -152,10 +153,18 @@ def test_assemble_writes_registration_services_secrets_file_for_its_user_only(tm
     verification = Verification(twilio=TwilioVerify("AC" + "1" * 32, "SK" + "2" * 32, "VA" + "3" * 32, "AbCdEfGhIjK"))
     manifest = secrets_manifest(VERSION, store=f"dir:{tmp_path / 'store'}", prefix="", paths=paths,
                                 program_values=str(tmp_path / "program.json"),
-                                registration_secrets=registration_secret_sources(verification))
+                                registration_secrets=registration_secret_sources(verification), **manifest_options)
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     _run(tmp_path, env, "first-boot")
     _run(tmp_path, env, "assemble")
+    return paths, env, program
+
+
+def test_assemble_writes_registration_services_secrets_file_for_its_user_only(tmp_path):
+    from components.signal.host import TWILIO_SECRET_PARAMETER
+    from components.signal.registration import RUN_UID
+
+    paths, env, program = _twilio_setup(tmp_path)
     written = os.stat(paths["registration_secrets"])
     assert yaml.safe_load(open(paths["registration_secrets"])) == {"twilio": {"api-key-secret": "twilio-secret-value"}}
     assert (stat.S_IMODE(written.st_mode), written.st_uid, written.st_gid) == (0o600, RUN_UID, RUN_UID)
@@ -178,3 +187,19 @@ def test_recaptcha_gets_a_well_formed_credential_not_the_samples_empty_object(tm
     for key in ("credentialConfigurationJson", "secondaryCredentialConfigurationJson"):
         credential = json.loads(recaptcha[key])
         assert credential["type"] == "service_account" and "BEGIN PRIVATE KEY" in credential["private_key"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root (as on the instance)")
+def test_assemble_gives_the_server_user_its_two_files_and_nothing_else(tmp_path):
+    """What replaced signal-server.service's `chown -R signal:signal /etc/signal`, which re-owned nginx's TLS key
+    and registration-service's secrets at every start."""
+    import pwd
+
+    from components.signal.registration import RUN_UID
+
+    server = pwd.getpwnam("nobody")
+    paths, _, _ = _twilio_setup(tmp_path, server_user="nobody")
+    owners = {key: (os.stat(paths[key]).st_uid, stat.S_IMODE(os.stat(paths[key]).st_mode))
+              for key in ("bundle", "config_out", "tls_key", "registration_secrets")}
+    assert owners == {"bundle": (server.pw_uid, 0o600), "config_out": (server.pw_uid, 0o600),
+                      "tls_key": (os.geteuid(), 0o600), "registration_secrets": (RUN_UID, 0o600)}

@@ -1,5 +1,7 @@
 """DynamoDB tables and S3 buckets come from the version data file and carry the safety settings."""
 
+import json
+
 import boto3
 import pulumi
 from moto import mock_aws
@@ -94,5 +96,14 @@ def test_buckets_are_private_encrypted_versioned_and_protected(recorded):
         assert [r.plain_inputs["rules"][0]["applyServerSideEncryptionByDefault"]["sseAlgorithm"] for r in sse] == ["AES256"] * 2
         versioning = recorded.of_type("aws:s3/bucketVersioning:BucketVersioning")
         assert [r.plain_inputs["versioningConfiguration"]["status"] for r in versioning] == ["Enabled"] * 2
+        # Each bucket refuses every request not made over TLS, and says nothing else.
+        by_bucket = {r.plain_outputs["id"]: r.plain_outputs["arn"] for r in regs}
+        policies = recorded.of_type("aws:s3/bucketPolicy:BucketPolicy")
+        assert sorted(p.plain_inputs["bucket"] for p in policies) == sorted(by_bucket)
+        for reg in policies:
+            arn = by_bucket[reg.plain_inputs["bucket"]]
+            assert json.loads(reg.plain_inputs["policy"]) == {"Version": "2012-10-17", "Statement": [
+                {"Sid": "TlsOnly", "Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": [arn, f"{arn}/*"],
+                 "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]}
 
     return pulumi.Output.all(buckets.names, *[c.id for c in buckets.controls]).apply(check)
