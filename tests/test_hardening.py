@@ -80,8 +80,9 @@ def test_synapse_is_reached_over_http_only_through_the_well_known_nginx(evaluati
     reach = {peer for network in joined["synapse"] - {"commstack-matrix-egress"} for peer in members(evaluation, network)}
     bridges = {name for name in joined if name.startswith("bridge-")}
     # backup and postgres_exporter: over Postgres; Prometheus: the metrics listener; the alert relay: appservice;
-    # its own workers and Redis: over the replication network.
-    processes = synapse_workers(evaluation) | ({"synapse-redis"} if synapse_workers(evaluation) else set())
+    # its own workers and Redis, and redis_exporter (which reads that Redis): over the replication network.
+    processes = synapse_workers(evaluation) | ({"synapse-redis", "redis-exporter"} if synapse_workers(evaluation)
+                                               else set())
     assert reach - {"synapse"} == {"postgres", "postgres-init", "backup", "postgres-exporter", "wellknown",
                                    "prometheus", "alert-relay", *bridges, *processes}
     assert "proxy" not in reach and "turn" not in reach and "element" not in reach
@@ -146,7 +147,8 @@ EXPECTED_CAPABILITIES = {
     "signal-local-registration": set(), "signal-local-server": set(),
     # Monitoring: each runs as its image's user (or root reading only its own files), keeping nothing.
     "prometheus": set(), "alertmanager": set(), "alert-relay": set(), "node-exporter": set(),
-    "postgres-exporter": set(), "blackbox-exporter": set(), "grafana": set(), "grafana-dashboards": set(),
+    "postgres-exporter": set(), "blackbox-exporter": set(), "redis-exporter": set(), "grafana": set(),
+    "grafana-dashboards": set(),
 }
 
 
@@ -225,7 +227,7 @@ SECRET_OWNERS = {"postgres": "999", "postgres-init": "0", "backup": "0", "synaps
                  "signal-local-registration": "10001", "signal-local-server": "0",  # registration: components/signal/registration.py RUN_UID
                  # Monitoring: Alertmanager and postgres_exporter run as nobody, the relay as root of its image.
                  "alertmanager": "65534", "postgres-exporter": "65534", "alert-relay": "0",
-                 "grafana": "472"}
+                 "grafana": "472", "redis-exporter": "59000"}
 
 
 def test_every_secret_file_is_0400_or_0600_and_its_readers(evaluation):

@@ -225,10 +225,12 @@ def test_no_container_takes_a_secret_in_its_environment_or_command(evaluation):
 
 # The Docker names of an existing stack's volumes, as deployed before commstack:volumeNames existed: any
 # change would replace a protected volume, so it must never happen.
+# Monitoring (on by default): metrics history, Alertmanager's silences, the backup job's status.
+MONITORING_VOLUMES = {"prometheus-data", "alertmanager-data", "backup-metrics"}
 LEGACY_VOLUMES = {
     "dev": {"synapse-media", "postgres-data", "backup-repository", "signal-local-dynamodb-data", "signal-local-secrets",
-            *{f"signal-local-redis-{i}-data" for i in range(6)}},
-    "prod": {"synapse-media", "postgres-data", "matrix-proxy-acme"},
+            *{f"signal-local-redis-{i}-data" for i in range(6)}, *MONITORING_VOLUMES},
+    "prod": {"synapse-media", "postgres-data", "matrix-proxy-acme", *MONITORING_VOLUMES},
 }
 
 

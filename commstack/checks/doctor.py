@@ -19,8 +19,9 @@ certificate checks altogether, for when neither is at hand. Names under
 Protocols: Matrix spec v1.x server discovery (/.well-known/matrix/*),
 Client-Server API (/versions, /voip/turnServer, /v1/appservice/{id}/ping),
 Server-Server API (/federation/v1/version, /key/v2/server); TURN per
-RFC 8656 (Allocate) with STUN long-term credentials per RFC 8489 §9.2, and
-the TURN REST credential scheme coturn's use-auth-secret implements.
+RFC 8656 (Allocate) with STUN long-term credentials per RFC 8489 §9.2 (the
+messages built and parsed by PyPI `aioice`), and the TURN REST credential
+scheme coturn's use-auth-secret implements.
 MatrixRTC calls (foci, lk-jwt-service's token, LiveKit's signalling and UDP media):
 commstack/checks/doctor_calls.py.
 """
@@ -45,6 +46,7 @@ from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
 import requests
+from aioice import stun, turn
 
 from commstack.checks.doctor_calls import check_calls, parse_port_range
 from commstack.checks.target import (FAIL, PASS, SKIP, TIMEOUT, Check, Target, TestUser, _default_port, _errcode, _get,
@@ -114,11 +116,8 @@ def check_federation_api(target: Target, delegated: str) -> Check:
 
 # -- TURN --------------------------------------------------------------------------------------
 
-_MAGIC = 0x2112A442
-_ALLOCATE, _ALLOCATE_OK, _ALLOCATE_ERROR = 0x0003, 0x0103, 0x0113
-_USERNAME, _MESSAGE_INTEGRITY, _ERROR_CODE, _REALM, _NONCE = 0x0006, 0x0008, 0x0009, 0x0014, 0x0015
-_XOR_RELAYED_ADDRESS, _LIFETIME, _REQUESTED_TRANSPORT = 0x0016, 0x000D, 0x0019
-_UDP = 17
+# REQUESTED-TRANSPORT asks for a UDP relay (RFC 8656 §18.6: protocol 17, then three zero bytes).
+UDP_RELAY = turn.UDP_TRANSPORT
 
 
 @dataclass
@@ -128,34 +127,18 @@ class TurnResult:
     error_code: Optional[int] = None
 
 
-def _attribute(kind: int, value: bytes) -> bytes:
-    return struct.pack("!HH", kind, len(value)) + value + b"\x00" * (-len(value) % 4)
-
-
-def _stun_message(method: int, transaction: bytes, attributes: list[bytes], integrity_key: Optional[bytes]) -> bytes:
-    body = b"".join(attributes)
-    if integrity_key is not None:
-        # The length field covers MESSAGE-INTEGRITY itself (RFC 8489 §14.5).
-        header = struct.pack("!HHI", method, len(body) + 24, _MAGIC) + transaction
-        digest = hmac.new(integrity_key, header + body, hashlib.sha1).digest()
-        body += _attribute(_MESSAGE_INTEGRITY, digest)
-    return struct.pack("!HHI", method, len(body), _MAGIC) + transaction + body
-
-
-def _parse_stun(data: bytes) -> tuple[int, dict[int, bytes]]:
-    method, length, _ = struct.unpack("!HHI", data[:8])
-    attributes, offset = {}, 20
-    while offset < 20 + length:
-        kind, size = struct.unpack("!HH", data[offset:offset + 4])
-        attributes.setdefault(kind, data[offset + 4:offset + 4 + size])
-        offset += 4 + size + (-size % 4)
-    return method, attributes
-
-
-def _xor_address(value: bytes) -> str:
-    port = struct.unpack("!H", value[2:4])[0] ^ (_MAGIC >> 16)
-    address = struct.unpack("!I", value[4:8])[0] ^ _MAGIC
-    return f"{ipaddress.IPv4Address(address)}:{port}"
+def allocate_request(username: Optional[str] = None, realm: Optional[str] = None, nonce: Optional[bytes] = None,
+                     password: Optional[str] = None) -> bytes:
+    """A TURN Allocate request (RFC 8656 §7.1); with the server's realm and nonce it carries the
+    long-term credentials and MESSAGE-INTEGRITY keyed with MD5(username:realm:password) (RFC 8489 §9.2)."""
+    request = stun.Message(stun.Method.ALLOCATE, stun.Class.REQUEST)
+    request.attributes["REQUESTED-TRANSPORT"] = UDP_RELAY
+    if realm is not None and nonce is not None and username is not None and password is not None:
+        request.attributes["USERNAME"] = username
+        request.attributes["REALM"] = realm
+        request.attributes["NONCE"] = nonce
+        request.add_message_integrity(turn.make_integrity_key(username, realm, password))
+    return bytes(request)
 
 
 def turn_allocate(host: str, port: int, username: str, password: str, transport: str = "udp",
@@ -174,41 +157,40 @@ def turn_allocate(host: str, port: int, username: str, password: str, transport:
                 context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
             sock = context.wrap_socket(sock, server_hostname=tls_server_name or host)
 
-    def exchange(message: bytes) -> tuple[int, dict[int, bytes]]:
+    def exchange(message: bytes) -> stun.Message:
         for _ in range(3 if transport == "udp" else 1):
             sock.send(message)
             try:
                 if transport == "udp":
-                    return _parse_stun(sock.recv(2048))
+                    return stun.parse_message(sock.recv(2048))
                 header = _recv_exact(sock, 20)
-                return _parse_stun(header + _recv_exact(sock, struct.unpack("!H", header[2:4])[0]))
+                return stun.parse_message(header + _recv_exact(sock, struct.unpack("!H", header[2:4])[0]))
             except socket.timeout:
                 continue
         raise TimeoutError(f"no answer from {host}:{port}/{transport}")
 
     try:
-        transport_attr = _attribute(_REQUESTED_TRANSPORT, bytes([_UDP, 0, 0, 0]))
-        _, challenge = exchange(_stun_message(_ALLOCATE, secrets.token_bytes(12), [transport_attr], None))
-        realm, nonce = challenge.get(_REALM), challenge.get(_NONCE)
-        if realm is None or nonce is None:
+        challenge = exchange(allocate_request())
+        realm, nonce = challenge.attributes.get("REALM"), challenge.attributes.get("NONCE")
+        if challenge.message_class != stun.Class.ERROR or realm is None or nonce is None:
             return TurnResult(False, "the server did not ask for long-term credentials (use-auth-secret off?)")
-        key = hashlib.md5(f"{username}:{realm.decode()}:{password}".encode()).digest()
-        attributes = [transport_attr, _attribute(_USERNAME, username.encode()),
-                      _attribute(_REALM, realm), _attribute(_NONCE, nonce)]
-        method, answer = exchange(_stun_message(_ALLOCATE, secrets.token_bytes(12), attributes, key))
+        answer = exchange(allocate_request(username, realm, nonce, password))
     except (OSError, TimeoutError, ssl.SSLError) as exc:
         return TurnResult(False, f"{host}:{port}/{transport}: {exc}")
+    except ValueError as exc:  # aioice's parser: not a STUN message we know
+        return TurnResult(False, f"{host}:{port}/{transport}: a malformed STUN answer ({exc})")
     finally:
         sock.close()
-    if method == _ALLOCATE_OK and _XOR_RELAYED_ADDRESS in answer:
-        lifetime = struct.unpack("!I", answer[_LIFETIME])[0] if _LIFETIME in answer else 0
-        return TurnResult(True, f"relay {_xor_address(answer[_XOR_RELAYED_ADDRESS])} for {lifetime} s")
-    code = None
-    if _ERROR_CODE in answer:
-        raw = answer[_ERROR_CODE]
-        code = raw[2] * 100 + raw[3]
-        return TurnResult(False, f"error {code} {raw[4:].decode(errors='replace')}", code)
-    return TurnResult(False, f"unexpected STUN method {method:#06x}")
+    relayed = answer.attributes.get("XOR-RELAYED-ADDRESS")
+    if answer.message_method == stun.Method.ALLOCATE and answer.message_class == stun.Class.RESPONSE and relayed:
+        if "MESSAGE-INTEGRITY" in answer.attributes and not answer.check_message_integrity(
+                turn.make_integrity_key(username, realm, password)):
+            return TurnResult(False, "the success answer's MESSAGE-INTEGRITY does not match our credentials")
+        return TurnResult(True, f"relay {relayed[0]}:{relayed[1]} for {answer.attributes.get('LIFETIME', 0)} s")
+    if "ERROR-CODE" in answer.attributes:
+        code, reason = answer.attributes["ERROR-CODE"]
+        return TurnResult(False, f"error {code} {reason}", code)
+    return TurnResult(False, f"unexpected STUN {answer.message_method.name} {answer.message_class.name.lower()}")
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytes:

@@ -8,37 +8,32 @@ routes a STUN packet from an unknown address only by the ufrag in its USERNAME a
 without USERNAME, or with a ufrag of no live session, is dropped without an answer
 (pion/ice v4.4.0 udp_mux.go, connWorker). So a real check needs ICE credentials: LiveKit's
 ufrag and password from an SDP answer, which needs a join token and an offer. That is what this
-does, without DTLS, SCTP or any media: WebSocket (RFC 6455), LiveKit's signalling protobufs
-(PyPI livekit-protocol), an SDP offer (RFC 8866, JSEP RFC 8829), then one STUN Binding request
-with ICE attributes (RFC 8445 §7.1.2, short-term credentials RFC 8489 §9.1, FINGERPRINT §14.7).
+does, without DTLS, SCTP or any media: a WebSocket (RFC 6455, PyPI `websockets`), LiveKit's
+signalling protobufs (PyPI `livekit-protocol`), an SDP offer (RFC 8866, JSEP RFC 8829), then one
+STUN Binding request with ICE attributes (RFC 8445 §7.1.2) built by PyPI `aioice`'s STUN module:
+short-term credentials (RFC 8489 §9.1), MESSAGE-INTEGRITY and FINGERPRINT (§14.5, §14.7).
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import json
-import os
 import secrets
 import socket
 import ssl
-import struct
 import time
-import zlib
 from dataclasses import dataclass, field
 from typing import Optional
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+from aioice import stun
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidHeader, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
 # The signalling protocol version LiveKit's own SDKs speak (v16: ICE lite, prflx candidates).
 PROTOCOL_VERSION = 16
-
-_MAGIC = 0x2112A442
-_BINDING_REQUEST, _BINDING_SUCCESS, _BINDING_ERROR = 0x0001, 0x0101, 0x0111
-_USERNAME, _MESSAGE_INTEGRITY, _ERROR_CODE = 0x0006, 0x0008, 0x0009
-_XOR_MAPPED_ADDRESS, _PRIORITY, _FINGERPRINT, _ICE_CONTROLLING = 0x0020, 0x0024, 0x8028, 0x802A
-_FINGERPRINT_XOR = 0x5354554E
+# LiveKit's signalling messages are small protobufs; a bound keeps a hostile peer from filling memory.
+MAX_SIGNALLING_MESSAGE = 4 * 2**20
 
 
 class SignallingError(Exception):
@@ -50,113 +45,66 @@ class SignallingError(Exception):
         self.body = body
 
 
-# -- WebSocket (RFC 6455), client side, just enough for LiveKit's binary signalling -------------
+# -- the signalling WebSocket --------------------------------------------------------------------
 
 
-class WebSocket:
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
-        self.buffer = b""
+class Signalling:
+    """LiveKit's signalling WebSocket: binary protobuf messages each way."""
 
-    def _read(self, size: int) -> bytes:
-        while len(self.buffer) < size:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise SignallingError("the signalling connection was closed")
-            self.buffer += chunk
-        data, self.buffer = self.buffer[:size], self.buffer[size:]
-        return data
+    def __init__(self, connection: ClientConnection):
+        self.connection = connection
 
-    def send(self, payload: bytes, opcode: int = 0x2) -> None:
-        mask = os.urandom(4)
-        length = len(payload)
-        if length < 126:
-            header = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
-        elif length < 65536:
-            header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
-        else:
-            header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(header + mask + masked)
+    def send(self, payload: bytes) -> None:
+        try:
+            self.connection.send(payload)
+        except ConnectionClosed as exc:
+            raise _closed(exc) from None
 
-    def receive(self) -> bytes:
-        """The next data message (binary or text); answers pings, raises on close."""
-        message = b""
-        while True:
-            first, second = self._read(2)
-            opcode, length = first & 0x0F, second & 0x7F
-            if length == 126:
-                length = struct.unpack("!H", self._read(2))[0]
-            elif length == 127:
-                length = struct.unpack("!Q", self._read(8))[0]
-            mask = self._read(4) if second & 0x80 else b""
-            payload = self._read(length)
-            if mask:
-                payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-            if opcode == 0x8:
-                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
-                raise SignallingError(f"LiveKit closed the signalling connection ({code} "
-                                      f"{payload[2:].decode(errors='replace')})".replace(" )", ")"))
-            if opcode == 0x9:
-                self.send(payload, opcode=0xA)
-                continue
-            if opcode == 0xA:
-                continue
-            message += payload
-            if first & 0x80:
-                return message
+    def receive(self, timeout: Optional[float] = None) -> bytes:
+        """The next message; TimeoutError when none comes in `timeout` seconds, SignallingError
+        when LiveKit closes the connection."""
+        try:
+            message = self.connection.recv(timeout=timeout)
+        except ConnectionClosed as exc:
+            raise _closed(exc) from None
+        return message.encode() if isinstance(message, str) else message
 
     def close(self) -> None:
-        try:
-            self.send(struct.pack("!H", 1000), opcode=0x8)
-        except OSError:
-            pass
-        self.sock.close()
+        self.connection.close()
 
 
-def websocket_accept(key: str) -> str:
-    return base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+def _closed(exc: ConnectionClosed) -> SignallingError:
+    close = exc.rcvd
+    detail = f"{close.code} {close.reason}".strip() if close is not None else "no close frame"
+    return SignallingError(f"LiveKit closed the signalling connection ({detail})")
 
 
 def open_websocket(address: tuple[str, int], url: str, *, tls_context: Optional[ssl.SSLContext],
-                   timeout: float = 10) -> WebSocket:
+                   timeout: float = 10) -> Signalling:
     """Opens `url` (ws:// or wss://) at `address`, keeping the URL's host in SNI and Host."""
-    parts = urlsplit(url)
     raw = socket.create_connection(address, timeout=timeout)
     try:
-        sock = tls_context.wrap_socket(raw, server_hostname=parts.hostname) if parts.scheme == "wss" else raw
-        key = base64.b64encode(os.urandom(16)).decode()
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
-        sock.sendall((f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
-                      f"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n").encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise SignallingError("the connection closed during the WebSocket upgrade")
-            head += chunk
-        head, _, rest = head.partition(b"\r\n\r\n")
-        status_line, *header_lines = head.decode(errors="replace").split("\r\n")
-        status = int(status_line.split(" ")[1])
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in header_lines)}
-        if status != 101:
-            length = int(headers.get("content-length", "0") or 0)
-            body = rest
-            while len(body) < min(length, 4096):
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                body += chunk
-            raise SignallingError(f"HTTP {status} instead of a WebSocket upgrade", status,
-                                  body.decode(errors="replace").strip())
-        if headers.get("sec-websocket-accept") != websocket_accept(key):
-            raise SignallingError("the WebSocket upgrade answered with a wrong Sec-WebSocket-Accept", status)
-        ws = WebSocket(sock)
-        ws.buffer = rest
-        return ws
+        # One short join: no compression, keepalive pings or proxy.
+        connection = connect(url, sock=raw, ssl=tls_context if url.startswith("wss:") else None, compression=None,
+                             proxy=None, open_timeout=timeout, ping_interval=None, max_size=MAX_SIGNALLING_MESSAGE,
+                             legacy=True)  # the connection itself: Signalling.close ends it
+    except InvalidStatus as exc:
+        raw.close()
+        body = exc.response.body or b""
+        raise SignallingError(f"HTTP {exc.response.status_code} instead of a WebSocket upgrade",
+                              exc.response.status_code, body[:4096].decode(errors="replace").strip()) from None
+    except InvalidHeader as exc:
+        raw.close()
+        if (exc.name or "").lower() == "sec-websocket-accept":
+            raise SignallingError("the WebSocket upgrade answered with a wrong Sec-WebSocket-Accept", 101) from None
+        raise SignallingError(f"the WebSocket upgrade failed: {exc}") from None
+    except InvalidHandshake as exc:
+        raw.close()
+        raise SignallingError(f"the WebSocket upgrade failed: {exc}") from None
     except BaseException:
         raw.close()
         raise
+    return Signalling(connection)
 
 
 def rtc_url(livekit_url: str, token: str) -> str:
@@ -239,14 +187,16 @@ class Join:
     candidates: list[Candidate] = field(default_factory=list)
 
 
-def join_and_offer(ws: WebSocket, linger: float = 0.5, timeout: float = 10) -> Join:
+def join_and_offer(ws: Signalling, linger: float = 0.5, timeout: float = 10) -> Join:
     """Reads the JoinResponse, sends a publisher offer, and collects LiveKit's answer and the
     candidates it trickles for it (until `linger` seconds pass without a new one, once it has one)."""
     from livekit.protocol import rtc as signal
 
     deadline = time.monotonic() + timeout
-    ws.sock.settimeout(timeout)
-    response = signal.SignalResponse.FromString(ws.receive())
+    try:
+        response = signal.SignalResponse.FromString(ws.receive(timeout=timeout))
+    except TimeoutError:
+        raise SignallingError(f"LiveKit sent no join response within {timeout:.0f} s") from None
     if response.WhichOneof("message") != "join":
         raise SignallingError(f"LiveKit sent {response.WhichOneof('message')} before its join response")
     joined = response.join
@@ -258,10 +208,9 @@ def join_and_offer(ws: WebSocket, linger: float = 0.5, timeout: float = 10) -> J
         until = deadline if last_candidate is None or remote is None else min(deadline, last_candidate + linger)
         if time.monotonic() >= until:
             break
-        ws.sock.settimeout(max(0.05, until - time.monotonic()))
         try:
-            message = signal.SignalResponse.FromString(ws.receive())
-        except socket.timeout:
+            message = signal.SignalResponse.FromString(ws.receive(timeout=max(0.05, until - time.monotonic())))
+        except TimeoutError:
             continue
         kind = message.WhichOneof("message")
         found = []
@@ -281,24 +230,20 @@ def join_and_offer(ws: WebSocket, linger: float = 0.5, timeout: float = 10) -> J
 
 # -- the ICE connectivity check ---------------------------------------------------------------
 
-
-def _attribute(kind: int, value: bytes) -> bytes:
-    return struct.pack("!HH", kind, len(value)) + value + b"\x00" * (-len(value) % 4)
+# A peer-reflexive candidate's priority (RFC 8445 §5.1.2.1: type preference 110, local 65535, component 1).
+PRFLX_PRIORITY = (110 << 24) | (65535 << 8) | 255
 
 
 def ice_binding_request(remote: IceCredentials, local: IceCredentials, transaction: bytes) -> bytes:
     """A STUN Binding request as an ICE controlling agent sends it (RFC 8445 §7.1.2): USERNAME
     `remote:local`, PRIORITY, ICE-CONTROLLING, MESSAGE-INTEGRITY keyed with the remote password,
     FINGERPRINT."""
-    priority = (110 << 24) | (65535 << 8) | 255  # a peer-reflexive candidate's priority
-    body = (_attribute(_USERNAME, f"{remote.ufrag}:{local.ufrag}".encode())
-            + _attribute(_PRIORITY, struct.pack("!I", priority))
-            + _attribute(_ICE_CONTROLLING, secrets.token_bytes(8)))
-    header = struct.pack("!HHI", _BINDING_REQUEST, len(body) + 24, _MAGIC) + transaction
-    body += _attribute(_MESSAGE_INTEGRITY, hmac.new(remote.pwd.encode(), header + body, hashlib.sha1).digest())
-    header = struct.pack("!HHI", _BINDING_REQUEST, len(body) + 8, _MAGIC) + transaction
-    crc = (zlib.crc32(header + body) ^ _FINGERPRINT_XOR) & 0xFFFFFFFF
-    return header + body + _attribute(_FINGERPRINT, struct.pack("!I", crc))
+    request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST, transaction_id=transaction)
+    request.attributes["USERNAME"] = f"{remote.ufrag}:{local.ufrag}"
+    request.attributes["PRIORITY"] = PRFLX_PRIORITY
+    request.attributes["ICE-CONTROLLING"] = secrets.randbits(64)
+    request.add_message_integrity(remote.pwd.encode())  # adds FINGERPRINT after it
+    return bytes(request)
 
 
 @dataclass
@@ -309,22 +254,9 @@ class IceResult:
     answered: bool = False  # any STUN answer came back
 
 
-def _parse(data: bytes) -> tuple[int, bytes, dict[int, bytes]]:
-    method, length, magic = struct.unpack("!HHI", data[:8])
-    attributes, offset = {}, 20
-    while offset + 4 <= min(len(data), 20 + length):
-        kind, size = struct.unpack("!HH", data[offset:offset + 4])
-        attributes.setdefault(kind, data[offset + 4:offset + 4 + size])
-        offset += 4 + size + (-size % 4)
-    return method, data[8:20], attributes
-
-
-def _xor_mapped(value: bytes) -> str:
-    port = struct.unpack("!H", value[2:4])[0] ^ (_MAGIC >> 16)
-    if value[1] == 1:
-        address = socket.inet_ntoa(struct.pack("!I", struct.unpack("!I", value[4:8])[0] ^ _MAGIC))
-        return f"{address}:{port}"
-    return f"[ipv6]:{port}"
+def _endpoint(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def ice_check(address: tuple[str, int], remote: IceCredentials, local: IceCredentials,
@@ -345,17 +277,23 @@ def ice_check(address: tuple[str, int], remote: IceCredentials, local: IceCreden
                 continue
             except ConnectionRefusedError:
                 return IceResult(False, "port unreachable (ICMP): nothing listens there", refused=True)
-            if len(data) < 20 or data[8:20] != transaction:
+            try:
+                answer = stun.parse_message(data)
+            except ValueError:
+                continue  # not STUN, or damaged on the way
+            if answer.transaction_id != transaction:
                 continue
-            method, _, attributes = _parse(data)
-            if method == _BINDING_SUCCESS:
-                mapped = _xor_mapped(attributes[_XOR_MAPPED_ADDRESS]) if _XOR_MAPPED_ADDRESS in attributes else "?"
-                return IceResult(True, f"ICE check answered (sees us as {mapped})", answered=True)
-            if method == _BINDING_ERROR and _ERROR_CODE in attributes:
-                raw = attributes[_ERROR_CODE]
-                return IceResult(False, f"STUN error {raw[2] * 100 + raw[3]} {raw[4:].decode(errors='replace')}",
+            if answer.message_method != stun.Method.BINDING:
+                return IceResult(False, f"unexpected STUN {answer.message_method.name} answer", answered=True)
+            if answer.message_class == stun.Class.RESPONSE:
+                mapped = answer.attributes.get("XOR-MAPPED-ADDRESS")
+                return IceResult(True, f"ICE check answered (sees us as {_endpoint(mapped) if mapped else '?'})",
                                  answered=True)
-            return IceResult(False, f"unexpected STUN method {method:#06x}", answered=True)
+            if answer.message_class == stun.Class.ERROR and "ERROR-CODE" in answer.attributes:
+                code, reason = answer.attributes["ERROR-CODE"]
+                return IceResult(False, f"STUN error {code} {reason}", answered=True)
+            return IceResult(False, f"unexpected STUN {answer.message_class.name.lower()} to a Binding request",
+                             answered=True)
     except OSError as exc:
         return IceResult(False, f"cannot send: {exc}")
     finally:

@@ -80,6 +80,8 @@ def monitoring_targets(m: MatrixSettings, bridge_specs: dict, signal_health_url:
         mon.ScrapeTarget("node", mon.NODE_EXPORTER, mon.NODE_EXPORTER_PORT),
         mon.ScrapeTarget("postgres", mon.POSTGRES_EXPORTER, mon.POSTGRES_EXPORTER_PORT),
     ]
+    if workers:  # their Redis
+        targets.append(mon.ScrapeTarget("redis", mon.REDIS_EXPORTER, mon.REDIS_EXPORTER_PORT))
     if m.calls:
         targets.append(mon.ScrapeTarget("livekit", LIVEKIT_CONTAINER, LIVEKIT_METRICS_PORT))
     if m.turn:
@@ -251,6 +253,13 @@ class Homeserver(pulumi.ComponentResource):
             ), opts=child(self))
         transports = rtc_transports(m.rtc_host) if m.calls else []
 
+        self.redis = None
+        redis = None
+        if plan.enabled:
+            self.redis = SynapseRedis(f"{name}-synapse-redis", SynapseRedisArgs(network=nets.replication),
+                                      opts=child(self))
+            redis = RedisEndpoint(host=self.redis.host, port=self.redis.port, password=self.redis.password,
+                                  container=self.redis.container)
         self.monitoring = None
         self.metrics_volume = None
         appservice_registrations = {b.registration_path: b.registration_yaml for b in self.bridges.values()}
@@ -268,16 +277,11 @@ class Homeserver(pulumi.ComponentResource):
                 database_network=nets.database, egress_network=nets.egress, smtp=args.smtp,
                 grafana_web_network=nets.web.get(mon.GRAFANA),
                 grafana_root_url=f"https://{m.matrix_host}{mon.GRAFANA_PATH}/",
+                redis_address=f"redis://{redis.host}:{redis.port}" if redis else None,
+                redis_password=redis.password if redis else None, redis_network=nets.replication,
             ), opts=child(self))
             appservice_registrations[self.monitoring.relay_registration_path] = self.monitoring.relay_registration_yaml
 
-        self.redis = None
-        redis = None
-        if plan.enabled:
-            self.redis = SynapseRedis(f"{name}-synapse-redis", SynapseRedisArgs(network=nets.replication),
-                                      opts=child(self))
-            redis = RedisEndpoint(host=self.redis.host, port=self.redis.port, password=self.redis.password,
-                                  container=self.redis.container)
         media_retention = {"local_media_lifetime": m.media_retention_local,
                            "remote_media_lifetime": m.media_retention_remote}
         self.synapse = Synapse(f"{name}-synapse", SynapseArgs(

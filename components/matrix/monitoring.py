@@ -45,6 +45,7 @@ RELAY = "alert-relay"
 NODE_EXPORTER = "node-exporter"
 POSTGRES_EXPORTER = "postgres-exporter"
 BLACKBOX_EXPORTER = "blackbox-exporter"
+REDIS_EXPORTER = "redis-exporter"
 GRAFANA = "grafana"
 GRAFANA_DASHBOARDS_JOB = "grafana-dashboards"
 
@@ -54,6 +55,9 @@ RELAY_PORT = 8080
 NODE_EXPORTER_PORT = 9100
 POSTGRES_EXPORTER_PORT = 9187
 BLACKBOX_PORT = 9115
+REDIS_EXPORTER_PORT = 9121
+REDIS_EXPORTER_UID = "59000"  # the image's user
+REDIS_PASSWORD_FILE = "/run/secrets/redis-passwords.json"
 GRAFANA_PORT = 3000
 GRAFANA_PATH = "/grafana"  # served at https://<matrix host>/grafana/ through Traefik
 GRAFANA_UID = "472"  # the image's grafana user
@@ -250,6 +254,11 @@ def render_alert_rules(*, jobs: Sequence[str], probe_jobs: Sequence[str] = (), b
             f"{{{{ $labels.mountpoint }}}} is more than {int(DISK_FULL_RATIO * 100)}% full",
             "`docker system df -v` shows the volumes; Synapse's media and Postgres usually grow: set media retention "
             "or grow the disk."))
+    if "redis" in jobs:
+        rules.append(_rule(
+            "RedisDown", "redis_up == 0", "2m", "critical",
+            "Synapse's Redis does not answer: its workers stop replicating",
+            "`docker logs --tail 100 synapse-redis`; the workers reconnect by themselves once it is back."))
     if "postgres" in jobs:
         rules.append(_rule(
             "PostgresConnectionsNearLimit",
@@ -434,6 +443,10 @@ class MonitoringArgs:
     postgres_user: Optional[str] = None
     postgres_password: Optional[pulumi.Output[str]] = None
     postgres_address: str = "postgres:5432"
+    # Synapse's Redis (workers on): its redis:// address, its password (secret) and the network to reach it.
+    redis_address: Optional[str] = None
+    redis_password: Optional[pulumi.Output[str]] = None
+    redis_network: Optional[pulumi.Input[str]] = None
     database_network: Optional[pulumi.Input[str]] = None  # postgres_exporter's way to Postgres
     egress_network: Optional[pulumi.Input[str]] = None  # Alertmanager's way to an SMTP server
     smtp: Optional[Any] = None  # SmtpSettings, when e-mail is set
@@ -525,6 +538,19 @@ class Monitoring(pulumi.ComponentResource):
                 healthcheck=["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{POSTGRES_EXPORTER_PORT}/metrics"],
                 hardening=EXPORTER_HARDENING,
             ), parent=self, resource_name=f"{name}-postgres-exporter")
+        if REDIS_EXPORTER in metrics_net and args.redis_password is not None:
+            # redis_exporter's password file: {redis address: password} (exporter/pwd_file.go), never the environment.
+            passwords = pulumi.Output.secret(args.redis_password).apply(
+                lambda password: json.dumps({args.redis_address: password}))
+            service_container(REDIS_EXPORTER, ContainerSpec(
+                image_key="redis-exporter", network=metrics_net[REDIS_EXPORTER], aliases=[REDIS_EXPORTER],
+                extra_networks=[(args.redis_network, [])] if args.redis_network is not None else [],
+                files=[ConfigFile(REDIS_PASSWORD_FILE, passwords, permissions="0400", owner=REDIS_EXPORTER_UID)],
+                command=[f"--redis.addr={args.redis_address}", f"--redis.password-file={REDIS_PASSWORD_FILE}",
+                         f"--web.listen-address=:{REDIS_EXPORTER_PORT}"],
+                healthcheck=["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{REDIS_EXPORTER_PORT}/health"],
+                hardening=EXPORTER_HARDENING,
+            ), parent=self, resource_name=f"{name}-redis-exporter")
         if args.probes:
             probe_networks = [(metrics_net[p.container], []) for p in args.probes if p.container in metrics_net]
             service_container(BLACKBOX_EXPORTER, ContainerSpec(

@@ -163,7 +163,7 @@ SIGNAL_LOCAL_CONTAINERS = tuple(f"signal-local-{part}" for part in (
 def known_containers() -> tuple[str, ...]:
     return ("postgres", "postgres-init", "postgres-upgrade", "synapse", "backup", "wellknown", "proxy", "turn", "element",
             "livekit", "lk-jwt-service", "prometheus", "alertmanager", "alert-relay", "node-exporter",
-            "postgres-exporter", "blackbox-exporter", "grafana", "grafana-dashboards",
+            "postgres-exporter", "blackbox-exporter", "redis-exporter", "grafana", "grafana-dashboards",
             *(f"bridge-{kind}" for kind in KNOWN_BRIDGES), *SIGNAL_LOCAL_CONTAINERS)
 
 

@@ -24,6 +24,7 @@ that requires the exact version and carries the program's replaces.
 Two more shapes, declared per program in configs/go-programs.yaml:
 - `module_version:` maps the image tag to the module version when they differ (Prometheus 3.16.0 is
   the module github.com/prometheus/prometheus v0.316.0): a format with {major}, {minor} and {patch}.
+- `tag_suffix:` an image variant's suffix the module version does not carry (`-alpine`).
 - `placeholders:` files a module's zip lacks but its code embeds (Alertmanager's built web UI,
   `ui/app/dist`): the build copies the module, writes each listed file with a one-line placeholder,
   and builds in a wrapper module whose `replace` points at that copy. The program then serves a
@@ -104,6 +105,8 @@ def programs(programs_file: Path = PROGRAMS_FILE, images_file: Path = IMAGES_FIL
         if "image" in entry:
             ref = images[entry["image"]]
             tag = ref.rpartition(":")[2]
+            # An image variant's suffix (`v1.97.0-alpine`) is no part of the module's version.
+            tag = tag.removesuffix(str(entry.get("tag_suffix", "")))
             version = _module_version(tag)
             if "module_version" in entry:
                 version = _mapped_version(version, str(entry["module_version"]))

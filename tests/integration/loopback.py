@@ -13,6 +13,7 @@ says why in one line.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -624,3 +625,22 @@ def listen_on_loopback(command: list[str], port: int) -> list[str]:
     """`--web.listen-address=...` (Prometheus, Alertmanager, blackbox_exporter) -> loopback only."""
     return [f"--web.listen-address={LOOPBACK}:{port}" if flag.startswith("--web.listen-address=") else flag
             for flag in command]
+
+
+def redis_exporter_files(command: list[str], passwords: str, *, root: Path, ports: LoopbackPorts,
+                         listen_port: int) -> tuple[list[str], str]:
+    """redis_exporter's flags and password file for loopback: Synapse's Redis (container `synapse-redis`) at
+    the harness's port, the password file in the temp dir, a loopback listener."""
+    from components.matrix import monitoring
+
+    redis = f"redis://{LOOPBACK}:{ports.synapse_redis}"
+    adapted = []
+    for flag in command:
+        if flag.startswith("--redis.addr="):
+            flag = f"--redis.addr={redis}"  # container hostname -> the harness's redis-server
+        elif flag.startswith("--redis.password-file="):
+            flag = f"--redis.password-file={host_path(root, monitoring.REDIS_EXPORTER, monitoring.REDIS_PASSWORD_FILE)}"
+        adapted.append(flag)
+    # The file's key is the address it scrapes: the same move.
+    rekeyed = {redis: password for password in json.loads(passwords).values()}
+    return listen_on_loopback(adapted, listen_port), json.dumps(rekeyed)

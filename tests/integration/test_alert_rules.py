@@ -1,6 +1,6 @@
 """The alert rules, read by the real promtool (built from the Go module proxy at the pinned Prometheus).
 
-For the dev and prod stacks' rendered rule files (as `commstack render` writes them into the
+For the dev and prod stacks' rendered rule files (and dev with Synapse workers, which adds Redis's) (as `commstack render` writes them into the
 prometheus container): `promtool check rules` accepts them, and `promtool test rules` runs
 tests/integration/alert_rules_test.yaml against each, which must hold a firing case for every rule.
 The expected annotations are the rule's own templates with the expected labels filled in, so a
@@ -33,8 +33,8 @@ def promtool() -> str:
 
 
 def rendered_rules(stack: str) -> dict:
-    """The rule file the stack uploads into the prometheus container."""
-    evaluation = evaluate(stack)
+    """The rule file the stack uploads into the prometheus container (`workers`: dev with Synapse workers)."""
+    evaluation = evaluate("dev", synapseWorkers="balanced") if stack == "workers" else evaluate(stack)
     container = next(reg for reg in evaluation.of_type("docker:index/container:Container")
                      if reg.plain_inputs["name"] == monitoring.PROMETHEUS)
     upload = next(u for u in container.plain_inputs["uploads"] if u["file"] == monitoring.RULES_PATH)
@@ -74,7 +74,7 @@ def firing_cases() -> set[str]:
     return {check["alertname"] for case in cases["tests"] for check in case["alert_rule_test"] if check["exp_alerts"]}
 
 
-@pytest.mark.parametrize("stack", ["dev", "prod"])
+@pytest.mark.parametrize("stack", ["dev", "prod", "workers"])
 def test_promtool_accepts_and_every_rule_fires_in_its_test(stack, promtool, tmp_path):
     rules = rendered_rules(stack)
     names = [rule["alert"] for group in rules["groups"] for rule in group["rules"]]
@@ -104,7 +104,7 @@ def test_a_broken_rule_fails_its_case(promtool, tmp_path):
 
 
 def test_all_rules_of_a_full_stack_have_cases():
-    rules = monitoring.render_alert_rules(jobs=["synapse", "node", "traefik", "postgres", "livekit", "turn"],
+    rules = monitoring.render_alert_rules(jobs=["synapse", "node", "traefik", "postgres", "livekit", "turn", "redis"],
                                           probe_jobs=["bridges", "signal"], backup=True)
     names = {rule["alert"] for group in rules["groups"] for rule in group["rules"]}
     assert names == firing_cases()

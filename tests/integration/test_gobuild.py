@@ -13,7 +13,7 @@ def test_versions_come_from_the_pinned_images():
     assert set(programs) == set(entries)
     for name, entry in entries.items():
         if "image" in entry:
-            tag = images[entry["image"]].rpartition(":")[2]
+            tag = images[entry["image"]].rpartition(":")[2].removesuffix(entry.get("tag_suffix", ""))
             expected = gobuild._module_version(tag)
             if "module_version" in entry:  # Prometheus: release 3.16.0 is module v0.316.0
                 expected = gobuild._mapped_version(expected, entry["module_version"])

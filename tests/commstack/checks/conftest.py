@@ -4,7 +4,9 @@ servers on loopback for the answers a deployment can give."""
 from __future__ import annotations
 
 import argparse
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional
 
@@ -59,3 +61,46 @@ def loopback_http() -> Callable[[type[BaseHTTPRequestHandler]], str]:
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+class UdpResponder:
+    """A real UDP socket on loopback answering each datagram with `reply(request, source)` (None: no answer)."""
+
+    def __init__(self, reply):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.address = self.sock.getsockname()
+        self.received: list[bytes] = []
+        self.stopped = False
+        threading.Thread(target=self._serve, args=(reply,), daemon=True).start()
+
+    def _serve(self, reply):
+        while not self.stopped:
+            try:
+                data, source = self.sock.recvfrom(2048)
+            except (socket.timeout, OSError):
+                continue
+            self.received.append(data)
+            answer = reply(data, source)
+            if answer:
+                self.sock.sendto(answer, source)
+
+    def close(self):
+        self.stopped = True
+        time.sleep(0.25)
+        self.sock.close()
+
+
+@pytest.fixture
+def udp_responder():
+    """Starts UdpResponder(reply) on loopback; closed after the test."""
+    started: list[UdpResponder] = []
+
+    def start(reply) -> UdpResponder:
+        started.append(UdpResponder(reply))
+        return started[-1]
+
+    yield start
+    for responder in started:
+        responder.close()

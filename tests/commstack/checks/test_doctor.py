@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 import requests
+from aioice import stun
 
 from commstack.checks import doctor
 from commstack.checks.target import ConnectTo, reach, resolve
@@ -101,23 +102,59 @@ def test_turn_rest_credentials_follow_the_use_auth_secret_scheme():
     assert base64.b64decode(password) == hmac.new(b"turnsecret", username.encode(), hashlib.sha1).digest()
 
 
-def test_stun_message_integrity_covers_the_header_with_its_own_length():
-    transaction = bytes(range(12))
-    key = hashlib.md5(b"user:realm:pass").digest()
-    message = doctor._stun_message(doctor._ALLOCATE, transaction, [doctor._attribute(doctor._USERNAME, b"user")], key)
+def test_the_allocate_request_carries_long_term_credentials():
+    message = doctor.allocate_request("1700000000:@a:x.org", "turn.example.org", b"nonce-123", "pass")
     method, length, magic = struct.unpack("!HHI", message[:8])
-    assert (method, magic, message[8:20], length) == (doctor._ALLOCATE, doctor._MAGIC, transaction, len(message) - 20)
-    body_before_integrity = message[:-24]
-    adjusted = body_before_integrity[:2] + struct.pack("!H", length) + body_before_integrity[4:]
-    assert message[-20:] == hmac.new(key, adjusted, hashlib.sha1).digest()
-    parsed_method, attributes = doctor._parse_stun(message)
-    assert (parsed_method, attributes[doctor._USERNAME]) == (doctor._ALLOCATE, b"user")
+    assert (method, magic, length) == (0x0003, 0x2112A442, len(message) - 20)  # Allocate request
+    attributes = stun.parse_message(message).attributes
+    assert (attributes["USERNAME"], attributes["REALM"], attributes["NONCE"]) == (
+        "1700000000:@a:x.org", "turn.example.org", b"nonce-123")
+    assert attributes["REQUESTED-TRANSPORT"] == 17 << 24  # UDP, then three zero bytes (RFC 8656 §18.6)
+    # MESSAGE-INTEGRITY, checked by hand: HMAC-SHA1 keyed with MD5(username:realm:password), over the
+    # message up to it with the length field covering it (RFC 8489 §9.2.2, §14.5); FINGERPRINT follows.
+    key = hashlib.md5(b"1700000000:@a:x.org:turn.example.org:pass").digest()
+    before = message[:-8 - 24]
+    adjusted = before[:2] + struct.pack("!H", len(before) - 20 + 24) + before[4:]
+    assert message[-8 - 24:-8 - 20] == struct.pack("!HH", 0x0008, 20)
+    assert message[-8 - 20:-8] == hmac.new(key, adjusted, hashlib.sha1).digest()
 
 
-def test_xor_relayed_address_decodes():
-    port, address = 49170, 0x7F000001
-    value = struct.pack("!BBHI", 0, 1, port ^ (doctor._MAGIC >> 16), address ^ doctor._MAGIC)
-    assert doctor._xor_address(value) == "127.0.0.1:49170"
+def test_the_first_allocate_asks_for_the_challenge():
+    attributes = stun.parse_message(doctor.allocate_request()).attributes
+    assert set(attributes) == {"REQUESTED-TRANSPORT"}
+
+
+def _stun_answer(request: bytes, method_and_class: int, attributes: bytes = b"") -> bytes:
+    return struct.pack("!HHI", method_and_class, len(attributes), 0x2112A442) + request[8:20] + attributes
+
+
+def _attribute(kind: int, value: bytes) -> bytes:
+    return struct.pack("!HH", kind, len(value)) + value + b"\x00" * (-len(value) % 4)
+
+
+def _coturn_like(request: bytes, source) -> bytes:
+    """401 with realm and nonce to the first Allocate; the relayed address to the second."""
+    if b"\x00\x06" not in request[20:24] and b"nonce" not in request:
+        error = struct.pack("!HBB", 0, 4, 1) + b"Unauthorized"
+        return _stun_answer(request, 0x0113, _attribute(0x0009, error) + _attribute(0x0014, b"example.org")
+                            + _attribute(0x0015, b"nonce"))
+    port, address = 49170 ^ 0x2112, 0x7F000001 ^ 0x2112A442
+    return _stun_answer(request, 0x0103, _attribute(0x0016, struct.pack("!BBHI", 0, 1, port, address))
+                        + _attribute(0x000D, struct.pack("!I", 600)))
+
+
+@pytest.mark.parametrize("reply, ok, detail", [
+    (_coturn_like, True, "relay 127.0.0.1:49170 for 600 s"),
+    (lambda request, source: _stun_answer(request, 0x0103), False,
+     "the server did not ask for long-term credentials (use-auth-secret off?)"),
+    (lambda request, source: b"not stun at all, but long enough", False, "a malformed STUN answer"),
+])
+def test_turn_allocate_against_a_real_udp_socket(udp_responder, reply, ok, detail):
+    responder = udp_responder(reply)
+    result = doctor.turn_allocate(*responder.address, "user", "pass")
+    assert (result.ok, detail in result.detail) == (ok, True), result
+    if ok:
+        assert len(responder.received) == 2 and b"user" in responder.received[1]
 
 
 def test_flags_override_stack_outputs(doctor_target):

@@ -1,5 +1,5 @@
-"""doctor's call rows without a deployment: what they parse and decide, the WebSocket and STUN/ICE
-encoding of the media probe, and each row against real loopback servers and sockets.
+"""doctor's call rows without a deployment: what they parse and decide, the signalling WebSocket
+and the ICE check of the media probe on the wire, and each row against real loopback servers and sockets.
 (Against the harness's real LiveKit and lk-jwt-service: tests/integration/test_doctor.py.)"""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import zlib
 from http.server import BaseHTTPRequestHandler
 
 import pytest
+from aioice import stun
 
 from commstack.checks import doctor, doctor_calls, rtc_probe
 from commstack.checks.rtc_probe import Candidate, IceCredentials
@@ -142,44 +143,18 @@ def test_the_binding_request_carries_ice_attributes_integrity_and_fingerprint():
     message = rtc_probe.ice_binding_request(REMOTE, LOCAL, transaction)
     method, length, magic = struct.unpack("!HHI", message[:8])
     assert (method, magic, message[8:20], length) == (0x0001, 0x2112A442, transaction, len(message) - 20)
-    _, _, attributes = rtc_probe._parse(message)
-    assert attributes[0x0006] == b"LKufrag1:doc1"  # USERNAME is the receiver's ufrag first (RFC 8445 §7.2.2)
-    assert 0x802A in attributes and 0x0024 in attributes  # ICE-CONTROLLING, PRIORITY
+    attributes = stun.parse_message(message).attributes
+    assert attributes["USERNAME"] == "LKufrag1:doc1"  # the receiver's ufrag first (RFC 8445 §7.2.2)
+    assert attributes["PRIORITY"] == (110 << 24) | (65535 << 8) | 255 and "ICE-CONTROLLING" in attributes
+    # Checked by hand on the bytes, not by the library that wrote them:
     # FINGERPRINT: CRC-32 of everything before it, XOR 0x5354554e (RFC 8489 §14.7).
+    assert message[-8:-4] == struct.pack("!HH", 0x8028, 4)
     assert struct.unpack("!I", message[-4:])[0] == (zlib.crc32(message[:-8]) ^ 0x5354554E) & 0xFFFFFFFF
     # MESSAGE-INTEGRITY: HMAC-SHA1 keyed with the remote password, the length covering it (§14.5).
     before = message[:-8 - 24]
+    assert message[-8 - 24:-8 - 20] == struct.pack("!HH", 0x0008, 20)
     adjusted = before[:2] + struct.pack("!H", len(before) - 20 + 24) + before[4:]
     assert message[-8 - 20:-8] == hmac.new(REMOTE.pwd.encode(), adjusted, hashlib.sha1).digest()
-
-
-class _UdpResponder:
-    """A real UDP socket on loopback answering each request with `reply(request, source)`."""
-
-    def __init__(self, reply):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.address = self.sock.getsockname()
-        self.received: list[bytes] = []
-        self.stopped = False
-        threading.Thread(target=self._serve, args=(reply,), daemon=True).start()
-
-    def _serve(self, reply):
-        while not self.stopped:
-            try:
-                data, source = self.sock.recvfrom(2048)
-            except (socket.timeout, OSError):
-                continue
-            self.received.append(data)
-            answer = reply(data, source)
-            if answer:
-                self.sock.sendto(answer, source)
-
-    def close(self):
-        self.stopped = True
-        time.sleep(0.25)
-        self.sock.close()
 
 
 def _success(request: bytes, source) -> bytes:
@@ -202,12 +177,9 @@ def _error_487(request: bytes, source) -> bytes:
     (lambda request, source: None, False, "no answer to 2 ICE checks"),
     (lambda request, source: b"\x01\x01\x00\x00" + b"\x00" * 16, False, "no answer"),  # another transaction
 ])
-def test_ice_check_against_a_real_udp_socket(reply, ok, detail):
-    responder = _UdpResponder(reply)
-    try:
-        result = rtc_probe.ice_check(responder.address, REMOTE, LOCAL, attempts=2, wait=0.3)
-    finally:
-        responder.close()
+def test_ice_check_against_a_real_udp_socket(reply, ok, detail, udp_responder):
+    responder = udp_responder(reply)
+    result = rtc_probe.ice_check(responder.address, REMOTE, LOCAL, attempts=2, wait=0.3)
     assert (result.ok, detail in result.detail) == (ok, True), result
     assert result.answered == (reply in (_success, _error_487))
     assert responder.received and responder.received[0][:2] == b"\x00\x01"
@@ -221,46 +193,70 @@ def test_ice_check_on_a_closed_udp_port_is_refused():
     assert (result.ok, result.refused, result.detail) == (False, True, "port unreachable (ICMP): nothing listens there")
 
 
-# -- WebSocket framing ----------------------------------------------------------------------------
+# -- the signalling WebSocket --------------------------------------------------------------------
 
-def test_websocket_accept_follows_rfc_6455():
-    assert rtc_probe.websocket_accept("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # §1.3
+@pytest.fixture
+def websocket_server():
+    """A real WebSocket server on loopback running `handler(connection)`; yields (port, requests seen)."""
+    from websockets.sync.server import serve
+
+    servers, seen = [], []
+
+    def start(handler):
+        def record(connection):
+            seen.append(connection.request)
+            handler(connection)
+
+        server = serve(record, "127.0.0.1", 0, compression=None)
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server.socket.getsockname()[1], seen
+
+    yield start
+    for server in servers:
+        server.shutdown()
 
 
-def _server_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
-    length = len(payload)
-    header = bytes([(0x80 if fin else 0) | opcode])
-    header += bytes([length]) if length < 126 else bytes([126]) + struct.pack("!H", length)
-    return header + payload
+def test_the_websocket_keeps_the_public_name_and_carries_binary_messages(websocket_server):
+    def echo_then_leave(connection):
+        connection.send(b"join")
+        connection.send(connection.recv() + b"!")
+        connection.close(1008, "leave")
 
-
-def test_websocket_masks_what_it_sends_answers_pings_and_joins_fragments():
-    ours, theirs = socket.socketpair()
-    ws = rtc_probe.WebSocket(ours)
+    port, seen = websocket_server(echo_then_leave)
+    ws = rtc_probe.open_websocket(("127.0.0.1", port), "ws://rtc.example.org/livekit/sfu/rtc?access_token=x",
+                                  tls_context=None)
     try:
-        ws.send(b"x" * 300)
-        header = theirs.recv(4)
-        assert header[0] == 0x82 and header[1] == 0x80 | 126 and struct.unpack("!H", header[2:])[0] == 300
-        mask = theirs.recv(4)
-        masked = b""
-        while len(masked) < 300:
-            masked += theirs.recv(300 - len(masked))
-        assert bytes(b ^ mask[i % 4] for i, b in enumerate(masked)) == b"x" * 300
-        theirs.sendall(_server_frame(0x9, b"hi") + _server_frame(0x2, b"ab", fin=False) + _server_frame(0x0, b"cd"))
-        assert ws.receive() == b"abcd"
-        pong = theirs.recv(2 + 4 + 2)
-        assert pong[0] == 0x8A and pong[1] == 0x80 | 2
-        assert bytes(b ^ pong[2:6][i % 4] for i, b in enumerate(pong[6:])) == b"hi"
-        theirs.sendall(_server_frame(0x8, struct.pack("!H", 1008) + b"leave"))
+        assert ws.receive(timeout=5) == b"join"
+        ws.send(b"offer")
+        assert ws.receive(timeout=5) == b"offer!"
         with pytest.raises(rtc_probe.SignallingError, match=r"closed the signalling connection \(1008 leave\)"):
-            ws.receive()
+            ws.receive(timeout=5)
     finally:
-        ours.close()
-        theirs.close()
+        ws.close()
+    request = seen[0]
+    assert request.headers["Host"] == "rtc.example.org"  # connected to 127.0.0.1, named as the public host
+    assert request.path == "/livekit/sfu/rtc?access_token=x"
+    assert "Sec-WebSocket-Extensions" not in request.headers  # no compression offered
+
+
+def test_a_quiet_websocket_times_out_and_a_send_after_close_is_a_signalling_error(websocket_server):
+    port, _ = websocket_server(lambda connection: connection.recv())
+    ws = rtc_probe.open_websocket(("127.0.0.1", port), "ws://rtc.example.org/rtc", tls_context=None)
+    with pytest.raises(TimeoutError):
+        ws.receive(timeout=0.2)
+    ws.send(b"bye")  # the server's handler returns: it closes the connection
+    with pytest.raises(rtc_probe.SignallingError, match="closed the signalling connection"):
+        for _ in range(50):
+            ws.send(b"more")
+            time.sleep(0.05)
+    ws.close()
 
 
 def test_a_refused_upgrade_reports_status_and_body(loopback_http):
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # as LiveKit and Traefik answer an upgrade request
+
         def do_GET(self):
             body = b"invalid API key: nosuchkey"
             self.send_response(401)
@@ -279,6 +275,8 @@ def test_a_refused_upgrade_reports_status_and_body(loopback_http):
 
 def test_an_upgrade_with_a_wrong_accept_key_is_refused(loopback_http):
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
         def do_GET(self):
             self.send_response(101)
             self.send_header("Upgrade", "websocket")

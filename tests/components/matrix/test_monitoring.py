@@ -311,3 +311,24 @@ def test_every_synapse_process_is_scraped_over_its_own_network():
         assert {"port": SYNAPSE_METRICS_PORT, "type": "metrics", "tls": False,
                 "bind_addresses": ["0.0.0.0"]} in worker_config["worker_listeners"]
         assert joined[worker] & joined[monitoring.PROMETHEUS] == {f"commstack-matrix-metrics-{worker}"}
+
+
+def test_the_workers_redis_is_watched_with_its_password_in_a_file():
+    evaluation = evaluate("dev", synapseWorkers="balanced")
+    exporter = evaluation.container(monitoring.REDIS_EXPORTER).plain_inputs
+    assert exporter["command"] == ["--redis.addr=redis://synapse-redis:6379",
+                                   f"--redis.password-file={monitoring.REDIS_PASSWORD_FILE}",
+                                   f"--web.listen-address=:{monitoring.REDIS_EXPORTER_PORT}"]
+    passwords = json.loads(files(evaluation, monitoring.REDIS_EXPORTER)[monitoring.REDIS_PASSWORD_FILE])
+    redis_conf = next(v for k, v in files(evaluation, "synapse-redis").items() if k.endswith(".conf"))
+    assert f'requirepass "{passwords["redis://synapse-redis:6379"]}"' in redis_conf or \
+        f"requirepass {passwords['redis://synapse-redis:6379']}" in redis_conf
+    assert "envs" not in exporter or not exporter["envs"]
+    joined = networks(evaluation)
+    assert joined[monitoring.REDIS_EXPORTER] & joined["synapse-redis"] == {"commstack-matrix-replication"}
+    assert joined[monitoring.REDIS_EXPORTER] & joined[monitoring.PROMETHEUS] == {"commstack-matrix-metrics-redis-exporter"}
+    rules = yaml.safe_load(files(evaluation, monitoring.PROMETHEUS)[monitoring.RULES_PATH])
+    assert "RedisDown" in {rule["alert"] for rule in rules["groups"][0]["rules"]}
+    # No workers, no Redis, no exporter.
+    names = {reg.plain_inputs["name"] for reg in evaluate("dev").of_type("docker:index/container:Container")}
+    assert monitoring.REDIS_EXPORTER not in names
