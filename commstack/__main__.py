@@ -32,6 +32,8 @@ COMMANDS = {
                      "apply the retention policy to an off-host backup repository, with the admin's credentials"),
     "signal-restore": ("commstack.operations.signal_restore",
                        "Signal half: DynamoDB tables to a point in time (new tables), S3 object versions, SSM secrets"),
+    "config-reference": ("components.settings.reference",
+                         "print the configuration reference (docs/configuration.md) generated from the settings schema"),
 }
 
 

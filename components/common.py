@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Mapping, Optional, Sequence
 
 import pulumi
@@ -11,7 +10,8 @@ import pulumi_docker as docker
 import pulumi_random as random
 import yaml
 
-from components.settings import CONFIGS_DIR
+from components.paths import CONFIGS_DIR  # noqa: F401 - re-exported for callers
+from components import pins
 
 # Options for anything whose loss loses data: never deleted by `pulumi up`
 # or `destroy`, and kept in the cloud if it ever leaves the program.
@@ -24,15 +24,6 @@ def child(parent: pulumi.Resource, **kwargs: Any) -> pulumi.ResourceOptions:
 
 def stateful_child(parent: pulumi.Resource, **kwargs: Any) -> pulumi.ResourceOptions:
     return pulumi.ResourceOptions(parent=parent, **STATEFUL, **kwargs)
-
-
-@lru_cache(maxsize=1)
-def images() -> dict[str, str]:
-    return yaml.safe_load((CONFIGS_DIR / "images.yaml").read_text())
-
-
-def image(key: str) -> str:
-    return images()[key]
 
 
 def generated_secret(name: str, parent: pulumi.Resource, length: int = 48, protect: bool = False) -> pulumi.Output:
@@ -51,6 +42,15 @@ def generated_bytes_b64(name: str, parent: pulumi.Resource, length: int = 32, pr
     """`length` random bytes, base64: the shape Signal-Server's shared secrets need."""
     raw = random.RandomBytes(name, length=length, opts=pulumi.ResourceOptions(parent=parent, protect=protect))
     return pulumi.Output.secret(raw.base64)
+
+
+def images() -> dict[str, str]:
+    """configs/images.yaml (components/pins.py; tests replace `pins.images` to try another pin)."""
+    return pins.images()
+
+
+def image(key: str) -> str:
+    return pins.images()[key]
 
 
 def to_yaml(data: Any) -> str:

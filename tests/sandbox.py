@@ -160,7 +160,8 @@ if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then
   mkdir -p "$3/bin"
   cat > "$3/bin/pip" <<'PIP'
 #!/bin/sh
-[ "$1" = install ] && [ "$2" = -r ] && [ -f "$3" ] || { echo "pip: no such requirements file: $3" >&2; exit 1; }
+file=""; prev=""; for a in "$@"; do [ "$prev" = -r ] && file=$a; prev=$a; done
+[ "$1" = install ] && [ -n "$file" ] && [ -f "$file" ] || { echo "pip: no such requirements file: $file" >&2; exit 1; }
 printf '{"cmd": "pip", "args": "%s"}\n' "$*" >> "$SANDBOX_LOG"
 PIP
   chmod +x "$3/bin/pip"

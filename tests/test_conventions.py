@@ -99,7 +99,7 @@ def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return cycles
 
 
-@pytest.mark.parametrize("package", ["commstack"])
+@pytest.mark.parametrize("package", ["commstack", "components"])
 def test_no_import_cycles(package):
     assert import_cycles(import_graph(package)) == []
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import json
 import logging
 import os
 import random as _random_module
@@ -543,28 +544,42 @@ def stack_config(stack: str, project_dir: Path = ROOT) -> dict[str, str]:
     path = project_dir / f"Pulumi.{stack}.yaml"
     if not path.exists():
         raise FileNotFoundError(f"no stack file {path.name}; committed stacks: {', '.join(committed_stacks(project_dir))}")
-    try:
-        document = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path.name} is not valid YAML: {exc}") from None
-    raw = (document.get("config") if isinstance(document, dict) else None) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path.name}: `config:` must be a mapping of keys to values")
+    raw = _stack_file_config(path)
     config = {}
     for key, value in raw.items():
         if isinstance(value, dict) and "secure" in value:
             continue  # ciphertext needs the stack's passphrase; tests and render supply their own
-        config[key] = value if isinstance(value, str) else yaml.safe_dump(value).strip() if isinstance(value, (dict, list)) else str(value).lower() if isinstance(value, bool) else str(value)
+        if isinstance(value, (dict, list)):
+            # As the CLI hands structured config to a program: JSON text.
+            try:
+                config[str(key)] = json.dumps(value, separators=(",", ":"), default=str)
+            except (RecursionError, ValueError):
+                raise ValueError(f"{path.name}: the value of {key} is nested too deeply") from None
+        else:
+            config[str(key)] = value if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
     return config
+
+
+def _stack_file_config(path: Path) -> dict:
+    """The `config:` mapping of a stack file; ValueError for a file that is not one (bad or runaway YAML)."""
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path.name} is not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{path.name} is nested too deeply to be a stack file") from None
+    raw = (document.get("config") if isinstance(document, dict) else None) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path.name}: `config:` must be a mapping of keys to values")
+    return raw
 
 
 def stack_secure_keys(stack: str, project_dir: Path = ROOT) -> list[str]:
     """Keys the stack file holds as ciphertext (`pulumi config set --secret`), which offline
     evaluation cannot decrypt and so skips."""
     path = project_dir / f"Pulumi.{stack}.yaml"
-    document = yaml.safe_load(path.read_text()) if path.exists() else None
-    raw = (document.get("config") if isinstance(document, dict) else None) or {}
-    return sorted(k for k, v in raw.items() if isinstance(v, dict) and "secure" in v) if isinstance(raw, dict) else []
+    raw = _stack_file_config(path) if path.exists() else {}
+    return sorted(k for k, v in raw.items() if isinstance(v, dict) and "secure" in v)
 
 
 def committed_stacks(project_dir: Path = ROOT) -> list[str]:

@@ -113,6 +113,17 @@ def offline_config(stack: str, config: Optional[dict[str, str]] = None,
     return config, secret_keys, standins
 
 
+def plaintext_secrets(stack: str, config: dict[str, str], project_dir: Path = offline.ROOT) -> set[str]:
+    """Secret settings whose value in `config` is the one Pulumi.<stack>.yaml holds in plaintext."""
+    from components.settings import CONFIG_KEYS
+
+    try:
+        committed = offline.stack_config(stack, project_dir)
+    except (FileNotFoundError, ValueError):
+        return set()
+    return {k for k, v in committed.items() if k in CONFIG_KEYS and CONFIG_KEYS[k].secret and config.get(k) == v}
+
+
 # -- files from registrations -------------------------------------------------------
 
 
@@ -286,7 +297,10 @@ def render_stack(stack: str, out: Path, config: Optional[dict[str, str]] = None,
     """Evaluates `stack` offline (its committed file, or the full `config` map) and writes the render;
     `redacted` makes it reproducible and secret-free (see the module docstring)."""
     config, secret_keys, standins = offline_config(stack, config)
-    evaluation = offline.evaluate(stack, config=config, secret_keys=secret_keys,
+    # A secret the stack file holds in plaintext reaches the program unmarked, as from the engine, so
+    # the program warns about it (it is still redacted below).
+    plaintext = plaintext_secrets(stack, config)
+    evaluation = offline.evaluate(stack, config=config, secret_keys=[k for k in secret_keys if k not in plaintext],
                                   seed=REDACT_SEED if redacted else None)
     markers = None
     if redacted:

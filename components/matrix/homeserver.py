@@ -321,6 +321,7 @@ class Homeserver(pulumi.ComponentResource):
             matrix_host=m.matrix_host,
             public_baseurl=m.public_baseurl,
             federation_port=m.federation_port,
+            federation=m.federation,
             synapse_upstream=Synapse.internal_url,
             max_body_size=MAX_UPLOAD_SIZE,
             upstream_proxies=cloudflare_ranges,

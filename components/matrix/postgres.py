@@ -34,7 +34,10 @@ import pulumi_docker as docker
 
 from components.common import (ConfigFile, ContainerSpec, Hardening, checked_job, generated_bytes_b64,
                                generated_secret, service_container, stateful_child)
-from components.settings import CONFIGS_DIR, LEGACY_POSTGRES_MAJOR, PostgresSettings
+# The settings' submodules, not the package: components.settings reads the worker presets, which import this.
+from components.paths import CONFIGS_DIR
+from components.settings.facts import LEGACY_POSTGRES_MAJOR
+from components.settings.model import PostgresSettings
 
 LOGICAL_NAME = "postgres"
 PORT = 5432

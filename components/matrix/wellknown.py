@@ -71,7 +71,7 @@ def _nginx_literal(document: dict) -> str:
     return text.replace("\\", "\\\\").replace("'", "\\'")
 
 
-def render_nginx_conf(*, server_name: str, matrix_host: str, server_json: dict, client_json: dict,
+def render_nginx_conf(*, server_name: str, matrix_host: str, server_json: Optional[dict], client_json: dict,
                       synapse_upstream: str, listen: str = "80",
                       max_body_size: str = DEFAULT_MAX_BODY_SIZE,
                       trusted_proxies: Sequence[str] = PRIVATE_PROXY_RANGES,
@@ -108,7 +108,8 @@ def render_nginx_conf(*, server_name: str, matrix_host: str, server_json: dict, 
         synapse_pass=synapse_pass,
         listen=listen,
         server_names=" ".join(dict.fromkeys([server_name, matrix_host])),
-        server_json=_nginx_literal(server_json),
+        # No federation: no delegation to advertise, so other servers find none (404).
+        server_return="404" if server_json is None else f"200 '{_nginx_literal(server_json)}'",
         client_json=_nginx_literal(client_json),
         max_body_size=max_body_size,
         real_ip_from="\n".join(f"    set_real_ip_from {network};" for network in networks),
@@ -122,6 +123,8 @@ class WellKnownArgs:
     matrix_host: str
     public_baseurl: str
     federation_port: int
+    # Off: /.well-known/matrix/server answers 404 (nothing to delegate).
+    federation: bool = True
     synapse_upstream: str = "http://synapse:8008"
     # Keep equal to Synapse's max_upload_size.
     max_body_size: str = DEFAULT_MAX_BODY_SIZE
@@ -141,7 +144,7 @@ class WellKnown(pulumi.ComponentResource):
         conf = render_nginx_conf(
             server_name=args.server_name,
             matrix_host=args.matrix_host,
-            server_json=well_known_server(args.matrix_host, args.federation_port),
+            server_json=well_known_server(args.matrix_host, args.federation_port) if args.federation else None,
             client_json=well_known_client(args.public_baseurl, args.rtc_foci),
             synapse_upstream=args.synapse_upstream,
             max_body_size=args.max_body_size,

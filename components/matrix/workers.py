@@ -239,11 +239,12 @@ MAIN_POOL_WITH_WORKERS = 5
 PRESETS: dict[str, tuple[WorkerGroup, ...]] = {
     # One process: small stacks (commstack's default, like matrix-docker-ansible-deploy's).
     "none": (),
-    # Every core busy on a small host, in six processes: events and every other stream on one
-    # writer, /sync on its own, the client and federation API on a generic worker, media, and one
-    # worker for everything that runs in the background.
+    # Every core busy on a small host, in six processes: one writer creates and persists events
+    # (no HTTP hop between the two, the costliest part of a send) and writes every other stream,
+    # /sync on its own, the rest of the client and federation API on a generic worker, media, and
+    # one worker for everything that runs in the background.
     "balanced": (
-        WorkerGroup("writer", ("events", "streams"), pool=10, memory_mb=1024),
+        WorkerGroup("writer", ("events", "streams", "room"), pool=10, memory_mb=1024),
         WorkerGroup("sync", ("sync",), pool=5, memory_mb=1024),
         WorkerGroup("client", ("client", "federation_inbound"), pool=10, memory_mb=1024),
         WorkerGroup("media", ("media",), pool=3, memory_mb=512),

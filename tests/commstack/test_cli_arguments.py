@@ -59,7 +59,7 @@ CASES = [
     ("render-set-typo", ["render", "--stack", "dev", "--out", "{tmp}/r", "--set", "domian=example.org"], "", 2,
      "did you mean commstack:domain?"),
     ("render-set-odd-value", ["render", "--stack", "dev", "--out", "{tmp}/r", "--set", "telegramApiId=²"], "", 2,
-     "must be a positive whole number"),
+     "contains a character that is not ASCII"),
     ("render-diff-no-base", ["render-diff"], "", "usage", "--base"),
     ("render-diff-bad-ref", ["render-diff", "--base", "no-such-ref-anywhere", "--stack", "dev"], "", 2,
      "no-such-ref-anywhere"),

@@ -250,6 +250,21 @@ def measure_round_trips(harness, messages: int, warmup: int = 5) -> dict:
             "bases": bases, "users": [sender[0], receiver[0]]}
 
 
+# -- load: the monolith and a worker preset (tests/integration/load_bench.py) ----------------------
+
+
+def measure_load(harness, preset: str, senders: int, syncers: int, rooms: int, seconds: float, warmup: float,
+                 rounds: int) -> dict:
+    """The load phases on this harness (the monolith) and on the preset's deployment, booted beside it."""
+    from tests.integration import load_bench
+
+    deployment = load_bench.boot_preset(preset)
+    try:
+        return load_bench.measure(harness, deployment, preset, senders, syncers, rooms, seconds, warmup, rounds)
+    finally:
+        deployment.stop()
+
+
 # -- the command -----------------------------------------------------------------------------------
 
 

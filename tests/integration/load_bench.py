@@ -143,11 +143,18 @@ async def _login(session: aiohttp.ClientSession, base: str, user_id: str, passwo
         return (await response.json())["access_token"]
 
 
-async def _call(session: aiohttp.ClientSession, method: str, url: str, token: str, **kwargs) -> dict:
-    async with session.request(method, url, headers={"Authorization": f"Bearer {token}"}, **kwargs) as response:
-        if response.status != 200:
-            raise RuntimeError(f"{method} {url}: {response.status} {(await response.text())[:200]}")
-        return await response.json()
+async def _call(session: aiohttp.ClientSession, method: str, url: str, token: str, wait_out_limits: bool = False,
+                **kwargs) -> dict:
+    """One request; with `wait_out_limits`, a 429 is retried after the time Synapse names (the set-up's
+    joins: Synapse limits joins per room, rc_joins_per_room)."""
+    while True:
+        async with session.request(method, url, headers={"Authorization": f"Bearer {token}"}, **kwargs) as response:
+            if response.status == 429 and wait_out_limits:
+                await asyncio.sleep((await response.json()).get("retry_after_ms", 1000) / 1000)
+                continue
+            if response.status != 200:
+                raise RuntimeError(f"{method} {url}: {response.status} {(await response.text())[:200]}")
+            return await response.json()
 
 
 async def run_phase(harness, name: str, senders: int, syncers: int, rooms: int, seconds: float,
@@ -184,7 +191,7 @@ async def run_phase(harness, name: str, senders: int, syncers: int, rooms: int, 
         joins += [(token, room) for token in syncer_tokens for room in room_ids]
         for chunk in range(0, len(joins), 10):
             await asyncio.gather(*(_call(session, "POST", f"{base}/_matrix/client/v3/join/{quote(room)}", token,
-                                         json={}) for token, room in joins[chunk:chunk + 10]))
+                                         wait_out_limits=True, json={}) for token, room in joins[chunk:chunk + 10]))
         first = await asyncio.gather(*(_call(session, "GET", f"{base}/_matrix/client/v3/sync", token,
                                              params={"filter": SYNC_FILTER, "timeout": "0"})
                                        for token in syncer_tokens))

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from components import common
+from components import common, pins
 from components.matrix import postgres_upgrade as component
 from tests.integration import gobuild
 from tests.integration.harness import harness_config, render, start, wait_until
@@ -50,7 +50,7 @@ def upgrading_render():
     """The program's files for the first phase of the upgrade: images.yaml bumped to 16, postgresUpgradeFrom 15."""
     pinned = {**common.images(), "postgres": NEW_IMAGE}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(common, "images", lambda: pinned)
+        patch.setattr(pins, "images", lambda: pinned)
         return render({**harness_config(), "commstack:postgresUpgradeFrom": str(OLD_MAJOR)})
 
 

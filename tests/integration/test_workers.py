@@ -25,7 +25,7 @@ from commstack.operations.admin import register_user
 from components.matrix import workers
 from components.matrix.bridges import BRIDGE_SPECS
 from tests.integration import loopback
-from tests.integration.harness import SYNAPSE_REDIS, SYNAPSE_REDIS_CONF, wait_until
+from tests.integration.harness import SYNAPSE_REDIS, SYNAPSE_REDIS_CONF
 
 HOMESERVER = "/data/homeserver.yaml"
 TIMEOUT = 30
@@ -240,14 +240,15 @@ def test_a_message_is_persisted_by_the_event_writer_and_reaches_the_other_user_o
     # Persisted by the events stream writer, the process Synapse's own table names.
     writer, = [p.name for p in workers.worker_plan("balanced").with_role("events")]
     assert _psql(wh, f"select instance_name from events where event_id = '{sent['event_id']}'") == [writer]
-    # The send went to the client worker, the long poll that returned it to the sync worker.
+    # The send went to the writer (balanced creates events where it persists them), the long poll that
+    # returned it to the sync worker.
     send_path = f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/"
     sends = _served(wh, "PUT", send_path, since=before, prefix=True)
-    assert [(e["group"], e["process"], e["status"]) for e in sends] == [("synapse_client", "synapse-client-1", "200")]
+    assert [(e["group"], e["process"], e["status"]) for e in sends] == [("synapse_writer", "synapse-writer-1", "200")]
     syncs = _served(wh, "GET", "/_matrix/client/v3/sync", since=before)
     assert syncs and {(e["group"], e["process"]) for e in syncs} == {("synapse_sync", "synapse-sync-1")}
     assert _processed(wh, "synapse-sync-1", "GET", "/_matrix/client/v3/sync")
-    assert _processed(wh, "synapse-client-1", "PUT", send_path)
+    assert _processed(wh, "synapse-writer-1", "PUT", send_path)
     assert not _processed(wh, "synapse", "GET", "/_matrix/client/v3/sync")
 
 
@@ -256,9 +257,9 @@ ROUTED_REQUESTS = [
     ("GET", "/_matrix/client/versions", None, "synapse-client-1"),
     ("GET", "/_matrix/client/v3/joined_rooms", None, "synapse-client-1"),
     ("GET", "/_matrix/client/v3/rooms/{room}/members", None, "synapse-client-1"),
-    ("GET", "/_matrix/client/v3/rooms/{room}/messages", None, "synapse-client-1"),
+    ("GET", "/_matrix/client/v3/rooms/{room}/messages", None, "synapse-writer-1"),
     ("POST", "/_matrix/client/v3/keys/query", {"device_keys": {"{user}": []}}, "synapse-client-1"),
-    ("PUT", "/_matrix/client/v3/rooms/{room}/state/m.room.topic/", {"topic": "routed"}, "synapse-client-1"),
+    ("PUT", "/_matrix/client/v3/rooms/{room}/state/m.room.topic/", {"topic": "routed"}, "synapse-writer-1"),
     ("GET", "/_matrix/federation/v1/version", None, "synapse-client-1"),
     ("PUT", "/_matrix/client/v3/rooms/{room}/typing/{user}", {"typing": True, "timeout": 1000}, "synapse-writer-1"),
     ("PUT", "/_matrix/client/v3/sendToDevice/m.test/{txn}", {"messages": {"{user}": {"*": {"hello": 1}}}},
@@ -385,14 +386,24 @@ def test_a_matrix_rtc_delayed_event_still_works_through_the_chain(worker_harness
     assert _psql(wh, f"select instance_name from events where event_id = '{event_id}'") == [writer]
 
 
-def test_the_load_bench_loads_the_monolith_and_the_preset_with_real_traffic(harness, worker_harness):
-    """`bench --load`, small: both deployments get real sends and long polls through their chains,
-    and every figure it reports is backed by what Synapse stored and what the processes used."""
-    from tests.integration import load_bench
+def test_the_load_bench_loads_the_monolith_and_the_preset_with_real_traffic(harness, worker_harness, monkeypatch):
+    """`bench --load`, small, as the live bench runs it on its boot (the preset's deployment is this
+    session's, not a third boot): both deployments get real sends and long polls through their
+    chains, and every figure it reports is backed by what Synapse stored and what the processes used."""
+    from tests.integration import live_bench, load_bench
 
-    report = load_bench.measure(harness, worker_harness, "balanced", senders=3, syncers=2, rooms=2, seconds=2.0,
-                                warmup=1.0, rounds=1)
-    monolith, preset = report["phases"]
+    class Borrowed:  # the session's worker deployment, which the bench must not stop
+        def __getattr__(self, name):
+            return getattr(worker_harness, name)
+
+        def stop(self):
+            pass
+
+    monkeypatch.setattr(load_bench, "boot_preset", lambda preset: Borrowed() if preset == "balanced" else None)
+    report = live_bench.measure(harness, joins=0, messages=0, warmup=0, load={
+        "preset": "balanced", "senders": 3, "syncers": 2, "rooms": 2, "seconds": 1.5, "warmup": 0.5, "rounds": 1})
+    assert set(report) == {"cold_boot_seconds", "load", "load_average", "cpus"}
+    monolith, preset = report["load"]["phases"]
     assert (monolith["deployment"], preset["deployment"]) == ("monolith", "balanced")
     for phase, deployment in ((monolith, harness), (preset, worker_harness)):
         assert phase["error_count"] == 0, phase["errors"]
@@ -406,35 +417,13 @@ def test_the_load_bench_loads_the_monolith_and_the_preset_with_real_traffic(harn
         assert phase["cpu_seconds"]["synapse"] > 0 and phase["cpu_seconds"]["postgres"] > 0
         assert phase["cpu_seconds"]["load generator"] > 0
     assert set(preset["cpu_seconds"]) >= {*worker_harness.workers, "synapse-redis", "nginx", "proxy"}
+    # commstack bench turns it into its table and ratio.
+    from commstack.devtools import bench
+
+    assert "balanced / monolith:" in "\n".join(bench.format_load(report["load"]))
     assert not any(name.startswith("synapse-") for name in monolith["cpu_seconds"])
     # The work really moved: the preset's sync worker answered the long polls, the writer persisted.
     assert preset["cpu_seconds"]["synapse-sync-1"] > 0 and preset["cpu_seconds"]["synapse-writer-1"] > 0
-
-
-def test_a_stopped_worker_is_routed_around_or_reported(worker_harness, users):
-    """Last in the file: it stops workers (and starts them again)."""
-    wh = worker_harness
-    alice, bob, room_id = users
-    before = len(_routed(wh))
-    # The sync worker stops: nginx sends /sync to the main process meanwhile.
-    assert wh.stop_worker("synapse-sync-1") == 0
-    bob.call("GET", "/_matrix/client/v3/sync", params={"timeout": 0})
-    served = _served(wh, "GET", "/_matrix/client/v3/sync", since=before)
-    assert [(e["group"], e["tried"], e["status"]) for e in served] == [
-        ("synapse_sync", ["synapse-sync-1", "synapse"], "200")]
-    # The media worker stops: nobody else may serve media, so the client gets 502 and nginx's log names the worker.
-    assert wh.stop_worker("synapse-media-1") == 0
-    response = alice.request("GET", "/_matrix/client/v1/media/config")
-    assert response.status_code == 502
-    media_port = wh.ports.workers["synapse-media-1"]
-    # Its routing access log line (nginx's error log keeps only critical entries, see docs/security.md).
-    assert re.search(rf'"GET /_matrix/client/v1/media/config" 502 synapse_media 127\.0\.0\.1:{media_port} 502',
-                     wh.nginx_log.read_text(errors="replace"))
-    # Both come back from their files, and report healthy.
-    for name in ("synapse-sync-1", "synapse-media-1"):
-        service = wh.start_worker(name)
-        wait_until(name, lambda n=name: requests.get(f"{wh.worker_url(n)}/health", timeout=1).status_code == 200,
-                   service.process, service.log, timeout=60)
 
 
 def test_the_redis_exporter_reads_the_workers_redis(worker_harness):
@@ -467,3 +456,25 @@ def test_the_redis_exporter_reads_the_workers_redis(worker_harness):
         finally:
             service.process.terminate()
             service.process.wait(timeout=10)
+
+
+def test_a_stopped_worker_is_routed_around_or_reported(worker_harness, users):
+    """Last in the file: it stops two workers for good (nothing after this file uses the deployment)."""
+    wh = worker_harness
+    alice, bob, room_id = users
+    before = len(_routed(wh))
+    # The sync worker stops: nginx sends /sync to the main process meanwhile.
+    assert wh.stop_worker("synapse-sync-1") == 0
+    bob.call("GET", "/_matrix/client/v3/sync", params={"timeout": 0})
+    served = _served(wh, "GET", "/_matrix/client/v3/sync", since=before)
+    assert [(e["group"], e["tried"], e["status"]) for e in served] == [
+        ("synapse_sync", ["synapse-sync-1", "synapse"], "200")]
+    # The media worker stops: nobody else may serve media, so the client gets 502 and nginx's log names the worker.
+    assert wh.stop_worker("synapse-media-1") == 0
+    mark = len(_routed(wh))
+    response = alice.request("GET", "/_matrix/client/v1/media/config")
+    assert response.status_code == 502
+    # Its routing access log line names it (nginx's error log keeps only critical entries, see docs/security.md).
+    served = _served(wh, "GET", "/_matrix/client/v1/media/config", since=mark)
+    assert [(e["group"], e["tried"], e["upstream_status"], e["status"]) for e in served] == [
+        ("synapse_media", ["synapse-media-1"], "502", "502")]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 import runpy
 import sys
 from typing import Callable, Optional
@@ -330,9 +331,10 @@ def test_pack_files_pin_the_project_versions():
     assert yaml.safe_load((ROOT / "policy/PulumiPolicy.yaml").read_text())["runtime"]["name"] == "python"
 
     def pins(path):
-        lines = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
-        return dict(line.split("==") for line in lines)
+        """name -> version of a hashed lock (scripts/lock)."""
+        return {name.lower(): version for name, version in
+                re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", path.read_text(), re.MULTILINE)}
 
-    pack, project = pins(ROOT / "policy/requirements.txt"), pins(ROOT / "requirements.txt")
+    pack, project = pins(ROOT / "policy/requirements.txt"), pins(ROOT / "requirements-test.txt")
     assert pack["pulumi-policy"] == "1.21.0" and pack["pulumi"] == "3.272.0"
     assert {k: project[k] for k in pack} == pack

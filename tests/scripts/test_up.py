@@ -167,7 +167,7 @@ def test_the_virtualenv_is_made_before_a_missing_prerequisite_stops_it(tmp_path)
     assert result.returncode == 1 and "error: 2 prerequisite(s) missing" in result.stderr
     assert (box.root / ".venv" / "bin" / "python").is_file()
     pip = [json.loads(line)["args"] for line in box.log.read_text().splitlines() if '"cmd": "pip"' in line]
-    assert pip == ["-m pip install -q --disable-pip-version-check -r requirements.txt"]
+    assert pip == ["-m pip install -q --disable-pip-version-check --require-hashes -r requirements.txt"]
     # What works meanwhile, said with the exact commands, which run as printed.
     assert "Meanwhile .venv is ready" in result.stderr
     commands = [line.split("#")[0].strip() for line in result.stderr.splitlines() if line.startswith("  ./scripts/")]

@@ -155,27 +155,29 @@ def test_backups_can_be_turned_off_and_then_nothing_is_rendered():
     ({"backupRetention": '{"daily": 0, "weekly": 0, "monthly": 0}'}, "commstack:backupRetention", "keeps no snapshot"),
     ({"backupRetention": '{"yearly": 3}'}, "commstack:backupRetention", "daily, weekly and monthly counts"),
     ({"backupTarget": "tape"}, "commstack:backupTarget", "must be one of local, aws, s3, rest"),
-    ({"backupTarget": "rest"}, "commstack:backupRestUrl", "is not an https://host[:port]/path/ URL"),
+    ({"backupTarget": "rest"}, "commstack:backupRestUrl", "is required when backup is true and backupTarget is rest"),
     ({"backupTarget": "rest", "backupRestUrl": "http://backup.example.org:8000/commstack/"}, "commstack:backupRestUrl",
      "plain http is refused"),
     ({"backupTarget": "rest", "backupRestUrl": "https://backup.example.org:8000/com stack/"},
      "commstack:backupRestUrl", "is not an https://host[:port]/path/ URL"),
-    ({"backupTarget": "rest"}, "commstack:backupRestUsername", "is not a rest-server user name"),
+    ({"backupTarget": "rest"}, "commstack:backupRestUsername", "is required when backup is true and backupTarget is rest"),
     ({"backupTarget": "rest", "backupRestUsername": "com stack"}, "commstack:backupRestUsername",
      "is not a rest-server user name"),
-    ({"backupTarget": "rest"}, "commstack:backupRestPassword", "is required when backupTarget is rest"),
+    ({"backupTarget": "rest"}, "commstack:backupRestPassword", "is required when backup is true and backupTarget is rest"),
     ({"backupTarget": "rest", "backupRestCaCertificate": "not a pem"}, "commstack:backupRestCaCertificate",
      "is not a PEM certificate"),
-    ({"backupTarget": "s3"}, "commstack:backupS3Endpoint", "is not an http(s)://host[:port] URL"),
-    ({"backupTarget": "s3"}, "commstack:backupS3AccessKeyId", "is required when backupTarget is s3"),
+    ({"backupTarget": "s3"}, "commstack:backupS3Endpoint", "is required when backup is true and backupTarget is s3"),
+    ({"backupTarget": "s3", "backupS3Endpoint": "s3.example.org"}, "commstack:backupS3Endpoint",
+     "is not a https/http://host[:port] URL"),
+    ({"backupTarget": "s3"}, "commstack:backupS3AccessKeyId", "is required when backup is true and backupTarget is s3"),
     ({"backupTarget": "aws", "signal": "false", "aws__region": None}, "aws:region",
-     "is required when backupTarget is aws"),
+     "is required when backup is true and backupTarget is aws"),
 ])
 def test_bad_backup_settings_name_the_key_and_the_fix(overrides, key, message):
     with pytest.raises(SettingsError) as raised:
         evaluate("dev", config=stack_config("dev", **overrides))
     problems = [p for p in raised.value.problems if p.startswith(key + ":")]
-    assert problems and message in problems[0] and "pulumi config set" in problems[0], raised.value.problems
+    assert problems and message in problems[0] and "Fix: pulumi config " in problems[0], raised.value.problems
 
 
 def test_env_sh_quotes_every_value_for_the_shell(tmp_path):

@@ -10,7 +10,7 @@ import shlex
 import pytest
 
 from commstack.devtools import offline
-from components import common
+from components import common, pins
 from components.matrix import postgres_upgrade
 from components.matrix.postgres_upgrade import NEW_DATA_DIR, render_upgrade_env
 from components.settings import LEGACY_POSTGRES_MAJOR, SettingsError, postgres_image_major
@@ -27,7 +27,7 @@ def next_major(monkeypatch):
     """configs/images.yaml as a bump of postgres to 16 leaves it: postgres-15 still pinned."""
     pinned = dict(common.images())
     pinned["postgres"] = NEXT_MAJOR_IMAGE
-    monkeypatch.setattr(common, "images", lambda: pinned)
+    monkeypatch.setattr(pins, "images", lambda: pinned)
     return pinned
 
 

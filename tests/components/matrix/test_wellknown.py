@@ -125,6 +125,22 @@ def test_server_block_serves_both_documents_as_json_with_cors():
                       "client": {"m.homeserver": {"base_url": "https://matrix.example.org/"}}}
 
 
+def test_without_federation_no_delegation_is_advertised(dev_evaluation):
+    wellknown, = find(find(parse_nginx(rendered(server_json=None)), "server")[0][2], "location", ["/.well-known/matrix/"])
+    location, = find(wellknown[2], "location", ["=", "/.well-known/matrix/server"])
+    assert directives(location[2])["return"] == ["404"]
+    # The program: commstack:federation false (whatever federationPort says) renders that 404.
+    from tests.conftest import evaluate
+
+    def server_return(evaluation):
+        conf = evaluation.container("wellknown").plain_inputs["uploads"][0]["content"]
+        tree = find(find(parse_nginx(conf), "server")[0][2], "location", ["/.well-known/matrix/"])[0][2]
+        return directives(find(tree, "location", ["=", "/.well-known/matrix/server"])[0][2])["return"]
+
+    assert server_return(evaluate("dev", federation="false", federationPort="8448")) == ["404"]
+    assert server_return(dev_evaluation)[0] == "200"
+
+
 def test_client_and_federation_api_are_proxied_with_forwarded_headers():
     body = find(parse_nginx(rendered(max_body_size="100M")), "server")[0][2]
     api, = find(body, "location", ["~", "^(/_matrix|/_synapse/client)"])

@@ -82,7 +82,7 @@ def test_the_original_tables_are_registered_exactly_as_before(repointed, prod_si
 
 @pytest.mark.parametrize("value,target,what,fix", [
     ('["Restored_1"]', "aws", "not table suffixes", "pulumi config set commstack:signalRestoredTables '[\"restored-"),
-    ('["r1", "r1"]', "aws", "lists a suffix twice", "pulumi config set commstack:signalRestoredTables '[\"r1\"]'"),
+    ('["r1", "r1"]', "aws", "lists 'r1' twice", "pulumi config set commstack:signalRestoredTables '[\"r1\"]'"),
     ('"r1"', "aws", "must be a JSON list of strings", "pulumi config set commstack:signalRestoredTables"),
     ('["r1"]', "docker", "is for signalTarget aws", "pulumi config set commstack:signalRestoredTables '[]'"),
 ])
